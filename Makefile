@@ -1,0 +1,69 @@
+# patchboard: `make test` and `make demo` work on a fresh machine; the Makefile
+# builds its own virtualenvs with a Python >= 3.12 that it finds by itself.
+
+VENV      := .venv
+VENV52    := .venv-django52
+PY        := $(VENV)/bin/python
+PY52      := $(VENV52)/bin/python
+DJANGO52  := django==5.2.19 django-tasks==0.12.0
+
+# pyenv installs first (their shims fail unless a version is selected), then PATH.
+PY_CANDIDATES := $(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3) \
+                 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) \
+                 python3.14 python3.13 python3.12 python3
+BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
+	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
+	  && { command -v "$$c"; break; }; done)
+
+.PHONY: test lint typecheck pytest pytest-django52 django-suite demo bench clean python
+
+python:
+	@if [ -z "$(BASE_PYTHON)" ]; then \
+	  echo "error: patchboard needs Python >= 3.12 (Django 6 does); none found among:" >&2; \
+	  echo "  $(PY_CANDIDATES)" >&2; \
+	  echo "install one (e.g. 'pyenv install 3.13') or run 'make BASE_PYTHON=/path/to/python3.12 test'" >&2; \
+	  exit 1; fi
+
+$(VENV)/.installed: pyproject.toml | python
+	rm -rf $(VENV)
+	$(BASE_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet -e . --group test --group lint --group demo --group bench
+	touch $@
+
+$(VENV52)/.installed: pyproject.toml | python
+	rm -rf $(VENV52)
+	$(BASE_PYTHON) -m venv $(VENV52)
+	$(PY52) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY52) -m pip install --quiet -e . --group test
+	$(PY52) -m pip install --quiet $(DJANGO52)
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check patchboard tests bench examples
+	$(VENV)/bin/ruff format --check patchboard tests bench examples
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.installed
+	$(VENV)/bin/pytest
+
+pytest-django52: $(VENV52)/.installed
+	$(VENV52)/bin/pytest -p no:cacheprovider -q
+
+# Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
+django-suite: $(VENV)/.installed
+	$(PY) tests/django_suite.py
+
+test: lint typecheck pytest pytest-django52 django-suite
+
+demo: $(VENV)/.installed
+	cd examples && ../$(PY) manage.py migrate --noinput >/dev/null && \
+	  ../$(PY) demo.py
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(VENV52) .pytest_cache .mypy_cache .ruff_cache build dist

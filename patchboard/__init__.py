@@ -1,0 +1,38 @@
+"""
+patchboard: an asyncio-native dispatch engine for Django signals.
+
+The public API, re-exported here; every module behind it is an
+implementation detail.
+"""
+
+from patchboard.exceptions import CircuitOpen as CircuitOpen
+from patchboard.exceptions import Expired as Expired
+from patchboard.exceptions import ListenerTimeout as ListenerTimeout
+from patchboard.exceptions import NotSerializable as NotSerializable
+from patchboard.exceptions import PatchboardError as PatchboardError
+from patchboard.exceptions import Rejected as Rejected
+from patchboard.exceptions import SyncCallInEventLoop as SyncCallInEventLoop
+from patchboard.listeners import Listener as Listener
+from patchboard.listeners import ListenerOptions as ListenerOptions
+from patchboard.listeners import receiver as receiver
+from patchboard.outcomes import Collected as Collected
+from patchboard.outcomes import Outcome as Outcome
+from patchboard.outcomes import Status as Status
+from patchboard.signals import Signal as Signal
+
+__all__ = [
+    "CircuitOpen",
+    "Collected",
+    "Expired",
+    "Listener",
+    "ListenerOptions",
+    "ListenerTimeout",
+    "NotSerializable",
+    "Outcome",
+    "PatchboardError",
+    "Rejected",
+    "Signal",
+    "Status",
+    "SyncCallInEventLoop",
+    "receiver",
+]

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class PatchboardConfig(AppConfig):
+    name = "patchboard"
+    verbose_name = "patchboard"
+
+    def ready(self) -> None:
+        # Registers the system checks (patchboard.E001 and on).
+        from patchboard import checks  # noqa: F401

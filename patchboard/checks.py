@@ -1,0 +1,35 @@
+"""
+System checks: bad ``PATCHBOARD`` settings are reported at start-up with ids,
+not as tracebacks at import.
+
+``patchboard.E001``
+    ``PATCHBOARD`` is not a dict, or one of its keys is unknown or invalid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+
+from patchboard.conf import parse
+
+E001_ID = "patchboard.E001"
+
+
+def settings_error(problem: str) -> Error:
+    """The ``patchboard.E001`` error for one problem in ``PATCHBOARD``."""
+    return Error(
+        problem,
+        hint="See the settings reference in patchboard's README.",
+        obj="settings.PATCHBOARD",
+        id=E001_ID,
+    )
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    raw = getattr(settings, "PATCHBOARD", None) or {}
+    _, errors = parse(raw)
+    return [settings_error(str(error)) for error in errors]

@@ -1,0 +1,221 @@
+"""
+Running the listeners of one dispatch: concurrently, in order, or inline.
+
+Concurrent dispatch starts every listener as an *eagerly started* task owned
+by the call. A listener that finishes without suspending (a cache hit, a
+no-op) never reaches the event loop, so it costs about a microsecond instead
+of the ~10 microseconds of a scheduled task; one that suspends keeps running
+as a task that the call waits for, cancels when the call is cancelled or
+when a sibling's error must propagate, and never leaves behind. That is the
+guarantee of an anyio task group, without its per-task cost (280 us for ten
+no-op listeners against 14 us here, measured in ``bench/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+
+from patchboard.outcomes import Collected, Outcome
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal as DjangoSignal
+
+    from patchboard.listeners import Listener
+    from patchboard.queue import ShortTermQueue
+
+
+def run_batch(
+    listeners: Sequence[Listener], signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
+) -> list[Outcome]:
+    """
+    Run batchable listeners one after another in the calling thread.
+
+    Stops after an outcome that must propagate: the listeners after it are
+    not called, as Django's ``send()`` stops at an exception.
+    """
+    outcomes = []
+    for listener in listeners:
+        outcome = listener.run_sync(signal, sender, kwargs)
+        outcomes.append(outcome)
+        if outcome.propagate:
+            break
+    return outcomes
+
+
+async def run_concurrently(
+    listeners: Sequence[Listener],
+    signal: DjangoSignal,
+    sender: Any,
+    kwargs: dict[str, Any],
+    queue: ShortTermQueue | None,
+) -> list[Outcome]:
+    """
+    Run every listener at once; return their outcomes in listener order.
+
+    Sync listeners that run on the thread-sensitive thread go there together,
+    in one hop and in priority order, concurrently with the async listeners
+    (Django's ``asend`` runs them *before* the async ones). With ``queue``,
+    inline listeners go through the short-term queue instead.
+    """
+    batch = [i for i, listener in enumerate(listeners) if _in_batch(listener, queue)]
+    batched = set(batch)
+    coros: list[Coroutine[Any, Any, Any]] = []
+    order: list[int] = []
+    for index, listener in enumerate(listeners):
+        if index in batched:
+            continue
+        order.append(index)
+        if queue is not None:
+            coros.append(queue.run(listener, signal, sender, kwargs))
+        else:
+            coros.append(listener.run_async(signal, sender, kwargs))
+    if batch:
+        in_thread = [listeners[i] for i in batch]
+        coros.append(
+            sync_to_async(run_batch, thread_sensitive=True)(in_thread, signal, sender, kwargs)
+        )
+    results = await supervise(coros)
+    outcomes: list[Outcome | None] = [None] * len(listeners)
+    for index, result in zip(order, results, strict=False):
+        outcomes[index] = result
+    if batch and results[-1] is not None:
+        for index, outcome in zip(batch, results[-1], strict=False):
+            outcomes[index] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _in_batch(listener: Listener, queue: ShortTermQueue | None) -> bool:
+    if queue is not None:
+        return listener.options.mode == "background"
+    return listener.batchable
+
+
+async def run_in_order(
+    listeners: Sequence[Listener],
+    signal: DjangoSignal,
+    sender: Any,
+    kwargs: dict[str, Any],
+) -> list[Outcome]:
+    """
+    Run listeners one at a time, in the given (priority) order.
+
+    Consecutive sync listeners share one hop to the thread-sensitive thread.
+    Stops after an outcome that must propagate.
+    """
+    outcomes: list[Outcome] = []
+    index, count = 0, len(listeners)
+    while index < count:
+        end = index
+        while end < count and listeners[end].batchable:
+            end += 1
+        if end > index:
+            batch = listeners[index:end]
+            outcomes.extend(
+                await sync_to_async(run_batch, thread_sensitive=True)(batch, signal, sender, kwargs)
+            )
+            index = end
+        else:
+            outcomes.append(await listeners[index].run_async(signal, sender, kwargs))
+            index += 1
+        if outcomes and outcomes[-1].propagate:
+            break
+    return outcomes
+
+
+def finish(outcomes: list[Outcome]) -> Collected:
+    """
+    The dispatch's result: the outcomes, or the first error that must propagate.
+
+    Raises:
+        Exception: the error of the first listener (in listener order) whose
+            ``on_error`` is ``"raise"``.
+    """
+    for outcome in outcomes:
+        if outcome.propagate:
+            assert outcome.error is not None
+            raise outcome.error
+    return Collected(outcomes)
+
+
+def _must_stop(task: asyncio.Task[Any]) -> bool:
+    if task.cancelled() or task.exception() is not None:
+        return True
+    result = task.result()
+    if isinstance(result, list):
+        return any(outcome.propagate for outcome in result)
+    return bool(result.propagate)
+
+
+async def supervise(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """
+    Run coroutines as eagerly started tasks owned by this call; return their results.
+
+    The call returns when every task is done. If one ends with an outcome
+    that must propagate (or an exception), the others are cancelled and
+    awaited first. If the call itself is cancelled, every task is cancelled
+    and awaited before the cancellation goes on: no task outlives the call.
+
+    Raises:
+        BaseException: a task's own ``BaseException`` (``KeyboardInterrupt``...),
+            or the call's cancellation.
+    """
+    loop = asyncio.get_running_loop()
+    tasks = [asyncio.Task(coro, loop=loop, eager_start=True) for coro in coros]
+    pending = {task for task in tasks if not task.done()}
+    if pending and not any(_must_stop(task) for task in tasks if task.done()):
+        await _wait(pending, tasks)
+    leftover = [task for task in tasks if not task.done()]
+    if leftover:
+        for task in leftover:
+            task.cancel()
+        await _wait_through_cancellation(leftover)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return [None if task.cancelled() else task.result() for task in tasks]
+
+
+async def _wait(pending: set[asyncio.Task[Any]], tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait until every pending task is done, or one must stop the dispatch."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_done(task: asyncio.Task[Any]) -> None:
+        pending.discard(task)
+        if not waiter.done() and (not pending or _must_stop(task)):
+            waiter.set_result(None)
+
+    for task in pending:
+        task.add_done_callback(on_done)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await _wait_through_cancellation(tasks)
+        raise
+    finally:
+        for task in tasks:
+            task.remove_done_callback(on_done)
+
+
+async def _wait_through_cancellation(tasks: list[asyncio.Task[Any]]) -> None:
+    """
+    Wait for cancelled tasks to finish, even if this call is cancelled again
+    meanwhile (anyio re-delivers a cancellation on every checkpoint); a
+    cancellation received here is raised once they are done.
+    """
+    cancelled = False
+    while True:
+        remaining = [task for task in tasks if not task.done()]
+        if not remaining:
+            break
+        try:
+            await asyncio.wait(remaining)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

@@ -1,0 +1,140 @@
+"""
+What happened to each listener of one dispatch.
+
+Every listener call ends as exactly one :class:`Outcome`. A dispatch returns
+them all, in connect order, as a :class:`Collected`; aggregating them is the
+collector's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+Status: TypeAlias = Literal[
+    "ok", "error", "timeout", "expired", "rejected", "circuit_open", "enqueued"
+]
+"""
+How a listener call ended:
+
+``"ok"``
+    the listener returned ``value``.
+``"error"``
+    it raised ``error``; ``value`` is the default that stood in.
+``"timeout"``
+    it ran past its time limit and was cancelled (or abandoned, for a thread).
+``"expired"``
+    it waited in the short-term queue past the expiry and never started.
+``"rejected"``
+    the short-term queue was full; it never started.
+``"circuit_open"``
+    its circuit breaker was open; it never started.
+``"enqueued"``
+    it is a background listener: a task was enqueued, ``task_id`` names it.
+"""
+
+STATUSES: tuple[Status, ...] = (
+    "ok",
+    "error",
+    "timeout",
+    "expired",
+    "rejected",
+    "circuit_open",
+    "enqueued",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """
+    The result of calling one listener once.
+
+    ``receiver`` is the function the user connected (not patchboard's
+    wrapper). ``value`` is the response, or the default or fallback value
+    that stood in for a failure. ``error`` is the exception when the status
+    is not ``"ok"``. ``elapsed`` is the time in seconds from the dispatch
+    reaching this listener to the outcome, queue wait included.
+    """
+
+    receiver: Callable[..., Any]
+    status: Status
+    value: Any = None
+    error: BaseException | None = None
+    elapsed: float = 0.0
+    task_id: str | None = None
+    propagate: bool = False
+    """True when the error must reach the caller (the listener's ``on_error="raise"``)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def has_value(self) -> bool:
+        """Whether a response or a stand-in value counts for :meth:`Collected.values`."""
+        return self.status == "ok" or (
+            self.status != "enqueued" and self.error is not None and not self.propagate
+        )
+
+
+class Collected:
+    """
+    The outcomes of one dispatch, in connect order (priority order on ordered
+    signals).
+
+    Iterating yields :class:`Outcome` objects. ``values()`` gives the responses
+    (stand-in defaults included), ready to aggregate: ``sum(collected.values())``.
+    """
+
+    __slots__ = ("_outcomes",)
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        self._outcomes = outcomes
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return iter(self._outcomes)
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    def __getitem__(self, index: int) -> Outcome:
+        return self._outcomes[index]
+
+    def __bool__(self) -> bool:
+        return bool(self._outcomes)
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for outcome in self._outcomes:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        summary = ", ".join(f"{status}={n}" for status, n in counts.items())
+        return f"<Collected {len(self._outcomes)} outcomes: {summary or 'none'}>"
+
+    def values(self) -> list[Any]:
+        """
+        The responses of the listeners that produced one, in order.
+
+        A failed listener whose error was collected (``on_error="log"``) or
+        whose fallback answered contributes its stand-in value; background
+        listeners contribute nothing.
+        """
+        return [o.value for o in self._outcomes if o.has_value]
+
+    def errors(self) -> dict[Callable[..., Any], BaseException]:
+        """Map each listener that did not succeed to its exception."""
+        return {o.receiver: o.error for o in self._outcomes if o.error is not None}
+
+    def as_pairs(self) -> list[tuple[Callable[..., Any], Any]]:
+        """
+        Django's ``[(receiver, response)]`` shape, as ``send_robust`` returns it:
+        the response for successes, the exception for failures.
+        """
+        return [
+            (o.receiver, o.value if o.error is None else o.error)
+            for o in self._outcomes
+        ]
+
+    def by_status(self, status: Status) -> list[Outcome]:
+        """The outcomes that ended with ``status``."""
+        return [o for o in self._outcomes if o.status == status]

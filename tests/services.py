@@ -1,0 +1,57 @@
+"""
+Real services for the tests that are about them.
+
+Locally, a test whose service is down skips with the reason; under ``CI=true``
+it fails instead, so a green CI run never hides a skipped Redis or PostgreSQL
+test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+REDIS_URL = os.environ.get("PATCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES = {
+    "HOST": os.environ.get("PATCHBOARD_TEST_PG_HOST", "127.0.0.1"),
+    "PORT": int(os.environ.get("PATCHBOARD_TEST_PG_PORT", "5432")),
+    "NAME": os.environ.get("PATCHBOARD_TEST_PG_NAME", "test"),
+    "USER": os.environ.get("PATCHBOARD_TEST_PG_USER", "postgres"),
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str, host: str, port: int) -> None:
+    """Skip (locally) or fail (under CI=true) when ``service`` is not listening."""
+    if _reachable(host, port):
+        return
+    reason = f"{service} is not reachable at {host}:{port}"
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_redis() -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+    return REDIS_URL
+
+
+def require_postgres() -> dict[str, object]:
+    require("PostgreSQL", str(POSTGRES["HOST"]), int(POSTGRES["PORT"]))
+    return dict(POSTGRES)

@@ -1,0 +1,9 @@
+from django.db import models
+
+
+class Order(models.Model):
+    reference = models.CharField(max_length=32)
+    paid_at = models.DateTimeField(null=True)
+
+    class Meta:
+        app_label = "testapp"
