@@ -45,7 +45,7 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
 def check_on_error(name: str, value: object) -> OnError:
     if value not in ON_ERROR_CHOICES:
         raise ValueError(f"{name} must be 'raise' or 'log', got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,8 +67,7 @@ class QueueSettings:
         check_int("MAX_WORKERS", self.max_workers, minimum=1)
         if self.min_workers > self.max_workers:
             raise ValueError(
-                f"MIN_WORKERS must be <= MAX_WORKERS, got {self.min_workers} > "
-                f"{self.max_workers}"
+                f"MIN_WORKERS must be <= MAX_WORKERS, got {self.min_workers} > {self.max_workers}"
             )
         check_positive("TASK_TIME_LIMIT", self.task_time_limit)
         check_positive("ITEM_EXPIRY", self.item_expiry)
@@ -123,12 +122,9 @@ class Settings:
         if not isinstance(self.store, str) or not (
             self.store == "memory" or self.store.startswith(("redis://", "rediss://"))
         ):
-            raise ValueError(
-                f"STORE must be 'memory' or a redis:// URL, got {self.store!r}"
-            )
+            raise ValueError(f"STORE must be 'memory' or a redis:// URL, got {self.store!r}")
         if not isinstance(self.breakers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, Mapping)
-            for k, v in self.breakers.items()
+            isinstance(k, str) and isinstance(v, Mapping) for k, v in self.breakers.items()
         ):
             raise TypeError(
                 "BREAKERS must map breaker names to dicts of CircuitBreaker "
@@ -146,7 +142,7 @@ class SettingError(ImproperlyConfigured):
     """One bad key of ``PATCHBOARD``; ``key`` is its path, e.g. ``SHORT_TERM_QUEUE.MIN_WORKERS``."""
 
     def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f'PATCHBOARD["{key}"]: {problem}' if key else problem)
+        super().__init__(f'PATCHBOARD["{key}"]: {problem}' if key else f"PATCHBOARD: {problem}")
         self.key = key
         self.problem = problem
 
@@ -163,9 +159,7 @@ def _build(cls: type[Any], raw: object, path: str) -> tuple[Any, list[SettingErr
         name = key.lower() if isinstance(key, str) else ""
         if name not in known or key != key.upper():
             choices = ", ".join(sorted(n.upper() for n in known))
-            errors.append(
-                SettingError(prefix + str(key), f"unknown setting; known: {choices}")
-            )
+            errors.append(SettingError(prefix + str(key), f"unknown setting; known: {choices}"))
             continue
         if name in _SECTIONS:
             value, nested = _build(_SECTIONS[name], value, prefix + key)

@@ -31,8 +31,7 @@ class ListenerTimeout(PatchboardError, TimeoutError):
 
     def __init__(self, listener: str, limit: float, elapsed: float) -> None:
         super().__init__(
-            f"listener {listener} exceeded its time limit of {limit:g}s "
-            f"(ran {elapsed:.3f}s)"
+            f"listener {listener} exceeded its time limit of {limit:g}s (ran {elapsed:.3f}s)"
         )
         self.listener = listener
         self.limit = limit

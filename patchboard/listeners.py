@@ -20,7 +20,7 @@ import functools
 import inspect
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -30,8 +30,7 @@ import anyio.to_thread
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
-from django.dispatch.dispatcher import _make_id
-from django.utils.inspect import func_accepts_kwargs
+from django.dispatch import dispatcher
 
 from patchboard.conf import OnError, check_on_error, check_positive, get_settings
 from patchboard.exceptions import CircuitOpen, ListenerTimeout
@@ -42,6 +41,10 @@ if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
 
     from patchboard.breaker import CircuitBreaker
+
+_make_id: Callable[[object], Hashable] = dispatcher._make_id  # type: ignore[attr-defined]
+"""Django's receiver/sender key: patchboard must compute exactly the same keys."""
+NONE_ID: Hashable = _make_id(None)
 
 Mode: TypeAlias = Literal["inline", "background"]
 ThreadRunner: TypeAlias = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -139,20 +142,26 @@ class Listener:
         self.is_async = inspect.iscoroutinefunction(func)
         self.options = options
         self.label = dotted(func)
-        self._func: Callable[[], Callable[..., Any] | None] | Callable[..., Any]
+        self._func: Callable[[], Callable[..., Any] | None]
         if weak:
             is_method = hasattr(func, "__self__") and hasattr(func, "__func__")
-            self._func = weakref.WeakMethod(func) if is_method else weakref.ref(func)  # type: ignore[arg-type]
+            self._func = weakref.WeakMethod(func) if is_method else weakref.ref(func)
         else:
             self._func = functools.partial(_identity, func)
         if self.is_async:
             # Makes Django (and asgiref) treat the wrapper as an async receiver.
-            inspect.markcoroutinefunction(self)  # type: ignore[arg-type]
+            inspect.markcoroutinefunction(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Django's send_robust() logs receivers by __qualname__: name the user's function.
+        if name in ("__qualname__", "__name__"):
+            return getattr(self.receiver, name, self.label)
+        raise AttributeError(name)
 
     @property
     def receiver(self) -> Callable[..., Any] | None:
         """The connected function, or None once it has been garbage collected."""
-        return self._func()  # type: ignore[call-arg, no-any-return]
+        return self._func()
 
     def __repr__(self) -> str:
         changed = ", ".join(
@@ -208,7 +217,7 @@ class Listener:
         (cancellation, ``KeyboardInterrupt``) escape.
         """
         started = perf_counter()
-        func = self._func()  # type: ignore[call-arg]
+        func = self._func()
         if func is None:
             return self._gone(started)
         options = self.options
@@ -266,7 +275,7 @@ class Listener:
         return its outcome; the others go through :meth:`run_async`.
         """
         started = perf_counter()
-        func = self._func()  # type: ignore[call-arg]
+        func = self._func()
         if func is None:
             return self._gone(started)
         if self.options.mode == "background":
@@ -493,9 +502,9 @@ _keepalive: weakref.WeakKeyDictionary[Any, dict[tuple[int, Hashable], Listener]]
 """Weakly connected listeners, held by their function (or its bound instance)."""
 
 
-def make_options(func: object, **options: Any) -> ListenerOptions:
+def make_options(func: object, signals: Sequence[DjangoSignal], **options: Any) -> ListenerOptions:
     """
-    Validate a receiver and its options.
+    Validate a receiver and its options for the signals it is about to join.
 
     Raises:
         TypeError: ``func`` is not callable, does not accept ``**kwargs``, or
@@ -505,7 +514,7 @@ def make_options(func: object, **options: Any) -> ListenerOptions:
     if not callable(func):
         raise TypeError(f"signal receivers must be callable, got {func!r}")
     label = dotted(func)
-    if not func_accepts_kwargs(func):
+    if not _accepts_kwargs(func):
         raise ValueError(f"receiver {label} must accept keyword arguments (**kwargs)")
     try:
         made = ListenerOptions(**options)
@@ -513,11 +522,26 @@ def make_options(func: object, **options: Any) -> ListenerOptions:
         raise TypeError(f"receiver {label}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"receiver {label}: {exc}") from None
+    if made.mode == "background" and any(getattr(s, "ordered", False) for s in signals):
+        raise ImproperlyConfigured(
+            f"receiver {label}: mode='background' would queue a listener of an ordered "
+            f"signal; side effects on an ordered signal run inline, in priority order"
+        )
     if made.mode == "background":
         from patchboard.background import check_background_listener
 
         check_background_listener(func, made)
     return made
+
+
+def _accepts_kwargs(func: Callable[..., Any]) -> bool:
+    # Not django.utils.inspect.func_accepts_kwargs: its lru_cache holds the
+    # function strongly, which would defeat weak=True.
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: let them through
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def connect(
@@ -536,11 +560,6 @@ def connect(
     itself, so ``signal.disconnect(func)`` finds it, and connecting the same
     function twice stays a no-op, as in Django.
     """
-    if getattr(signal, "ordered", False) and options.mode == "background":
-        raise ImproperlyConfigured(
-            f"receiver {dotted(func)}: mode='background' would queue a listener of an "
-            f"ordered signal; side effects on an ordered signal run inline, in priority order"
-        )
     listener = Listener(func, options, weak=weak)
     uid = dispatch_uid if dispatch_uid else _make_id(func)
     if weak:
@@ -623,7 +642,7 @@ def receiver(
     signals = signal if isinstance(signal, (list, tuple)) else [signal]
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
-        made = make_options(func, **options)
+        made = make_options(func, signals, **options)
         for each in signals:
             if made == DEFAULT_OPTIONS:
                 # Nothing to apply: connect the function itself, exactly as Django would.

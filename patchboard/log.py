@@ -73,7 +73,6 @@ def _name_django_signals() -> None:
     import django.core.signals
     import django.db.backends.signals
     import django.db.models.signals
-
     from django.dispatch import Signal
 
     modules = (

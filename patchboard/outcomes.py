@@ -130,10 +130,7 @@ class Collected:
         Django's ``[(receiver, response)]`` shape, as ``send_robust`` returns it:
         the response for successes, the exception for failures.
         """
-        return [
-            (o.receiver, o.value if o.error is None else o.error)
-            for o in self._outcomes
-        ]
+        return [(o.receiver, o.value if o.error is None else o.error) for o in self._outcomes]
 
     def by_status(self, status: Status) -> list[Outcome]:
         """The outcomes that ended with ``status``."""

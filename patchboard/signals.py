@@ -27,12 +27,19 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
-from django.dispatch.dispatcher import NONE_ID, _make_id
 
 from patchboard import dispatch
 from patchboard.conf import get_settings
 from patchboard.exceptions import SyncCallInEventLoop
-from patchboard.listeners import DEFAULT_OPTIONS, Listener, connect, forget, make_options
+from patchboard.listeners import (
+    DEFAULT_OPTIONS,
+    NONE_ID,
+    Listener,
+    _make_id,
+    connect,
+    forget,
+    make_options,
+)
 from patchboard.log import name_signal
 from patchboard.outcomes import Collected
 
@@ -84,7 +91,7 @@ class Signal(DjangoSignal):
 
     # -- connecting ----------------------------------------------------------------
 
-    def connect(  # type: ignore[override]
+    def connect(
         self,
         receiver: Callable[..., Any],
         sender: Any = None,
@@ -103,7 +110,7 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: an option an ordered signal cannot honour.
         """
         if options:
-            made = make_options(receiver, **options)
+            made = make_options(receiver, [self], **options)
             connect(self, receiver, made, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
             return
         priority = 0
@@ -136,9 +143,9 @@ class Signal(DjangoSignal):
         """The live listeners for ``sender``, in dispatch (priority, then connect) order."""
         if not self.receivers:
             return []
-        if self._dead_receivers:
+        if self._dead_receivers:  # type: ignore[attr-defined]
             with self.lock:
-                self._clear_dead_receivers()
+                self._clear_dead_receivers()  # type: ignore[attr-defined]
         senderkey = _make_id(sender)
         found = []
         for (_, r_senderkey), ref, sender_ref, _is_async in self.receivers:
@@ -270,7 +277,7 @@ class Signal(DjangoSignal):
                 except Exception as err:
                     if not robust:
                         raise
-                    self._log_robust_failure(receiver, err)
+                    self._log_robust_failure(receiver, err)  # type: ignore[attr-defined]
                     response = err
                 responses.append((receiver, response))
             else:
@@ -341,5 +348,5 @@ def _call_django_style(
     except Exception as err:
         if not robust:
             raise
-        signal._log_robust_failure(receiver, err)
+        signal._log_robust_failure(receiver, err)  # type: ignore[attr-defined]
         return receiver, err

@@ -1,6 +1,6 @@
 """Settings for patchboard's own test suite (SQLite in memory, in-process breakers)."""
 
-SECRET_KEY = "patchboard-tests"  # noqa: S105 - test-only
+SECRET_KEY = "patchboard-tests"
 DEBUG = False
 USE_TZ = True
 INSTALLED_APPS = [

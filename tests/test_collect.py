@@ -1,0 +1,241 @@
+"""collect_async / collect: every listener's response, gathered, never aggregated."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+import pytest
+from django.test import override_settings
+
+from patchboard import Collected, Outcome, Signal, receiver
+
+
+async def test_values_in_connect_order_and_aggregation_is_the_collectors() -> None:
+    quote = Signal(name="quote")
+
+    @receiver(quote)
+    async def ups(sender, **kwargs):
+        await asyncio.sleep(0.02)
+        return 10
+
+    @receiver(quote)
+    async def dhl(sender, **kwargs):
+        return 20
+
+    @receiver(quote)
+    def post(sender, **kwargs):
+        return 12
+
+    collected = await quote.collect_async(sender=None)
+
+    assert isinstance(collected, Collected)
+    assert collected.values() == [10, 20, 12]
+    assert sum(collected.values()) == 42
+    assert [o.receiver for o in collected] == [ups, dhl, post]
+    assert all(isinstance(o, Outcome) and o.status == "ok" and o.error is None for o in collected)
+    assert collected.as_pairs() == [(ups, 10), (dhl, 20), (post, 12)]
+    assert collected.errors() == {}
+
+
+async def test_async_listeners_run_concurrently() -> None:
+    """Three 200 ms listeners finish in well under the 600 ms they take one by one."""
+    slow = Signal()
+    for _ in range(3):
+
+        async def nap(sender, **kwargs):
+            await asyncio.sleep(0.2)
+            return "rested"
+
+        slow.connect(nap, weak=False)
+
+    started = time.perf_counter()
+    collected = await slow.collect_async(sender=None)
+    elapsed = time.perf_counter() - started
+
+    assert collected.values() == ["rested"] * 3
+    assert elapsed < 0.45, elapsed
+
+
+async def test_kwargs_and_sender_reach_listeners() -> None:
+    quote = Signal()
+    seen = {}
+
+    @receiver(quote)
+    async def listener(sender, *, cart, signal, **kwargs):
+        seen.update(sender=sender, cart=cart, signal=signal)
+        return cart * 2
+
+    collected = await quote.collect_async(sender=Outcome, cart=21)
+
+    assert collected.values() == [42]
+    assert seen == {"sender": Outcome, "cart": 21, "signal": quote}
+
+
+async def test_raise_policy_propagates_after_siblings_are_cancelled() -> None:
+    quote = Signal()
+    cancelled = anyio.Event()
+
+    @receiver(quote)
+    async def patient(sender, **kwargs):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @receiver(quote, on_error="raise")
+    async def broken(sender, **kwargs):
+        await asyncio.sleep(0.01)
+        raise LookupError("no rate")
+
+    with pytest.raises(LookupError, match="no rate"):
+        await quote.collect_async(sender=None)
+    assert cancelled.is_set()
+
+
+async def test_log_policy_turns_an_error_into_an_outcome_with_the_default(logs) -> None:
+    quote = Signal(name="quote_requested")
+
+    @receiver(quote, on_error="log", default=0)
+    async def broken(sender, **kwargs):
+        raise LookupError("no rate")
+
+    @receiver(quote)
+    async def fine(sender, **kwargs):
+        return 5
+
+    collected = await quote.collect_async(sender=Outcome, secret="hunter2")
+
+    failed = collected[0]
+    assert failed.status == "error"
+    assert failed.value == 0
+    assert isinstance(failed.error, LookupError)
+    assert not failed.ok
+    assert collected.values() == [0, 5]
+    assert collected.errors() == {broken: failed.error}
+    [event] = [e for e in logs.entries if e["event"] == "listener_failed"]
+    assert event["log_level"] == "error"
+    assert event["signal"] == "quote_requested"
+    assert event["listener"].endswith("broken")
+    assert event["sender"] == "patchboard.outcomes.Outcome"
+    assert isinstance(event["exc_info"], LookupError)
+    assert "hunter2" not in repr(event), "kwargs' values are never logged by default"
+
+
+@override_settings(PATCHBOARD={"ON_ERROR": "log"})
+async def test_listeners_that_do_not_say_follow_the_on_error_setting() -> None:
+    quote = Signal()
+
+    async def broken(sender, **kwargs):
+        raise ValueError("boom")
+
+    quote.connect(broken)
+
+    collected = await quote.collect_async(sender=None)
+
+    assert collected[0].status == "error"
+    assert collected.values() == [None]
+
+
+@override_settings(PATCHBOARD={"LOG_KWARGS": True})
+async def test_kwargs_are_logged_only_when_asked(logs) -> None:
+    quote = Signal()
+
+    @receiver(quote, on_error="log")
+    async def broken(sender, **kwargs):
+        raise ValueError("boom")
+
+    await quote.collect_async(sender=None, cart="c-1")
+
+    [event] = [e for e in logs.entries if e["event"] == "listener_failed"]
+    assert event["kwargs"] == {"cart": "c-1"}
+
+
+async def test_cancelling_the_collector_cancels_its_listeners() -> None:
+    quote = Signal()
+    finished = []
+
+    @receiver(quote)
+    async def slow(sender, **kwargs):
+        try:
+            await asyncio.sleep(10)
+        finally:
+            finished.append("slow")
+
+    with anyio.move_on_after(0.05) as scope:
+        await quote.collect_async(sender=None)
+
+    assert scope.cancelled_caught
+    assert finished == ["slow"], "the listener task ended before the call returned"
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_no_listeners_collects_nothing() -> None:
+    quote = Signal()
+    collected = await quote.collect_async(sender=None)
+    assert list(collected) == []
+    assert not collected
+    assert collected.values() == []
+
+
+async def test_sender_filtering() -> None:
+    quote = Signal()
+
+    class Cart:
+        pass
+
+    class Basket:
+        pass
+
+    @receiver(quote, sender=Cart)
+    async def only_carts(sender, **kwargs):
+        return "cart"
+
+    @receiver(quote)
+    async def anyone(sender, **kwargs):
+        return "any"
+
+    assert (await quote.collect_async(sender=Cart)).values() == ["cart", "any"]
+    assert (await quote.collect_async(sender=Basket)).values() == ["any"]
+
+
+async def test_sync_and_async_listeners_overlap() -> None:
+    """A sync listener runs concurrently with async ones, not before them (Django's asend)."""
+    mixed = Signal()
+
+    @receiver(mixed)
+    def blocking(sender, **kwargs):
+        time.sleep(0.2)
+        return "sync"
+
+    @receiver(mixed)
+    async def waiting(sender, **kwargs):
+        await asyncio.sleep(0.2)
+        return "async"
+
+    started = time.perf_counter()
+    collected = await mixed.collect_async(sender=None)
+    elapsed = time.perf_counter() - started
+
+    assert collected.values() == ["sync", "async"]
+    assert elapsed < 0.35, elapsed
+
+
+async def test_thread_insensitive_sync_listeners_run_in_parallel() -> None:
+    mixed = Signal()
+    for _ in range(3):
+
+        def blocking(sender, **kwargs):
+            time.sleep(0.2)
+            return 1
+
+        mixed.connect(blocking, weak=False, thread_sensitive=False)
+
+    started = time.perf_counter()
+    collected = await mixed.collect_async(sender=None)
+    elapsed = time.perf_counter() - started
+
+    assert collected.values() == [1, 1, 1]
+    assert elapsed < 0.45, elapsed

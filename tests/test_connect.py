@@ -1,0 +1,157 @@
+"""Connecting: Django's arguments keep their meaning; bad input fails at connect."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from django.dispatch import Signal as DjangoSignal
+
+from patchboard import Listener, Signal, receiver
+
+
+@pytest.fixture(params=["patchboard", "django"])
+def signal(request):
+    return Signal() if request.param == "patchboard" else DjangoSignal()
+
+
+def test_disconnect_original_function_removes_a_listener_with_options(signal) -> None:
+    def listener(sender, **kwargs):
+        return 1
+
+    signal.connect(listener, sender=None) if isinstance(signal, Signal) else None
+    receiver(signal, on_error="log")(listener)
+    assert signal.has_listeners()
+    assert len(signal.receivers) == 1, "connecting the same function twice is a no-op"
+
+    assert signal.disconnect(listener) is True
+    assert not signal.has_listeners()
+
+
+def test_dispatch_uid_identifies_a_listener_with_options(signal) -> None:
+    def listener(sender, **kwargs): ...
+
+    receiver(signal, dispatch_uid="uid-1", on_error="log")(listener)
+    receiver(signal, dispatch_uid="uid-1", on_error="log")(listener)
+
+    assert len(signal.receivers) == 1
+    assert signal.disconnect(dispatch_uid="uid-1") is True
+    assert not signal.has_listeners()
+
+
+def test_weak_listener_with_options_goes_away_with_its_function(signal) -> None:
+    def listener(sender, **kwargs): ...
+
+    receiver(signal, timeout=1.0)(listener)
+    assert signal.has_listeners()
+
+    del listener
+    gc.collect()
+
+    assert not signal.has_listeners()
+
+
+def test_strong_listener_with_options_stays(signal) -> None:
+    def listener(sender, **kwargs):
+        return "alive"
+
+    receiver(signal, weak=False, on_error="log")(listener)
+    del listener
+    gc.collect()
+
+    assert signal.has_listeners()
+    [(wrapper, response)] = signal.send(sender=None)
+    assert isinstance(wrapper, Listener)
+    assert response == "alive"
+
+
+def test_bound_method_listener_goes_away_with_its_instance(signal) -> None:
+    class Handler:
+        def on_event(self, sender, **kwargs):
+            return "handled"
+
+    handler = Handler()
+    receiver(signal, on_error="log")(handler.on_event)
+    assert [r for _, r in signal.send(sender=None)] == ["handled"]
+
+    del handler
+    gc.collect()
+
+    assert not signal.has_listeners()
+
+
+def test_listener_sees_sender_filtering(signal) -> None:
+    class A: ...
+
+    class B: ...
+
+    def listener(sender, **kwargs):
+        return sender
+
+    receiver(signal, sender=A, on_error="log")(listener)
+
+    assert [r for _, r in signal.send(sender=A)] == [A]
+    assert signal.send(sender=B) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"timeout": -1}, ValueError, r"receiver .*\.target: timeout must be > 0 seconds, got -1"),
+        ({"timeout": 0}, ValueError, r"timeout must be > 0 seconds, got 0"),
+        ({"timeout": "2"}, TypeError, r"timeout must be a number of seconds, got '2'"),
+        ({"on_error": "ignore"}, ValueError, r"on_error must be 'raise' or 'log', got 'ignore'"),
+        ({"mode": "later"}, ValueError, r"mode must be 'inline' or 'background', got 'later'"),
+        ({"priority": 1.5}, TypeError, r"priority must be an int, got 1.5"),
+        ({"fallback": 3}, TypeError, r"fallback must be callable, got 3"),
+        ({"breaker": 3}, TypeError, r"breaker must be a breaker name or a CircuitBreaker"),
+    ],
+)
+def test_bad_options_fail_at_connect_naming_listener_and_option(options, error, message) -> None:
+    def target(sender, **kwargs): ...
+
+    with pytest.raises(error, match=message):
+        receiver(Signal(), **options)(target)
+
+
+def test_non_callable_is_refused() -> None:
+    with pytest.raises(TypeError, match="signal receivers must be callable, got 42"):
+        receiver(Signal(), on_error="log")(42)
+
+
+def test_receiver_without_kwargs_is_refused() -> None:
+    def rigid(sender): ...
+
+    with pytest.raises(ValueError, match=r"receiver .*rigid must accept keyword arguments"):
+        receiver(Signal(), on_error="log")(rigid)
+
+
+def test_connect_with_options_on_patchboard_signal() -> None:
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        raise ValueError("x")
+
+    signal.connect(listener, on_error="log", default=7)
+
+    assert signal.collect(sender=None).values() == [7]
+
+
+def test_receiver_decorates_a_list_of_signals_and_returns_the_function() -> None:
+    one, two = Signal(), DjangoSignal()
+
+    def listener(sender, **kwargs):
+        return "hi"
+
+    assert receiver([one, two], on_error="log")(listener) is listener
+    assert one.collect(sender=None).values() == ["hi"]
+    assert [r for _, r in two.send(sender=None)] == ["hi"]
+
+
+def test_receiver_without_options_connects_the_function_itself() -> None:
+    signal = Signal()
+
+    def listener(sender, **kwargs): ...
+
+    receiver(signal)(listener)
+    assert signal.receivers[0][1]() is listener

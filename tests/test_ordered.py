@@ -1,0 +1,156 @@
+"""Ordered signals: side effects one at a time, highest priority first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from patchboard import Signal, receiver
+
+
+def _ordered_signal_with_log() -> tuple[Signal, list[str], dict[str, int]]:
+    paid = Signal(ordered=True, name="order_paid")
+    calls: list[str] = []
+    active = {"now": 0, "max": 0}
+
+    async def track(name: str) -> None:
+        active["now"] += 1
+        active["max"] = max(active["max"], active["now"])
+        await asyncio.sleep(0.01)
+        calls.append(name)
+        active["now"] -= 1
+
+    @receiver(paid, priority=10)
+    async def ship(sender, **kwargs):
+        await track("ship")
+
+    @receiver(paid, priority=100)
+    async def reserve_stock(sender, **kwargs):
+        await track("reserve_stock")
+
+    @receiver(paid)
+    def email(sender, **kwargs):
+        calls.append("email")
+
+    @receiver(paid, priority=10)
+    async def invoice(sender, **kwargs):
+        await track("invoice")
+
+    paid._keep = (ship, reserve_stock, email, invoice)  # type: ignore[attr-defined]
+    return paid, calls, active
+
+
+@pytest.mark.parametrize("verb", ["send_async", "collect_async"])
+async def test_listeners_run_one_at_a_time_by_priority_ties_in_connect_order(verb) -> None:
+    paid, calls, active = _ordered_signal_with_log()
+
+    collected = await getattr(paid, verb)(sender=None)
+
+    assert calls == ["reserve_stock", "ship", "invoice", "email"]
+    assert active["max"] == 1
+    assert [o.receiver.__name__ for o in collected] == calls
+
+
+def test_sync_twin_keeps_the_order() -> None:
+    paid, calls, active = _ordered_signal_with_log()
+
+    paid.send_sync(sender=None)
+
+    assert calls == ["reserve_stock", "ship", "invoice", "email"]
+    assert active["max"] == 1
+
+
+def test_djangos_send_on_an_ordered_signal_keeps_the_order() -> None:
+    paid, calls, active = _ordered_signal_with_log()
+
+    responses = paid.send(sender=None)
+
+    assert calls == ["reserve_stock", "ship", "invoice", "email"]
+    assert active["max"] == 1
+    assert len(responses) == 4
+
+
+async def test_djangos_asend_on_an_ordered_signal_keeps_the_order() -> None:
+    paid, calls, active = _ordered_signal_with_log()
+
+    await paid.asend(sender=None)
+
+    assert calls == ["reserve_stock", "ship", "invoice", "email"]
+    assert active["max"] == 1
+
+
+async def test_a_raising_listener_stops_the_chain() -> None:
+    paid = Signal(ordered=True)
+    calls = []
+
+    @receiver(paid, priority=2)
+    async def first(sender, **kwargs):
+        calls.append("first")
+        raise ValueError("stock")
+
+    @receiver(paid, priority=1)
+    async def second(sender, **kwargs):
+        calls.append("second")
+
+    with pytest.raises(ValueError, match="stock"):
+        await paid.send_async(sender=None)
+    assert calls == ["first"]
+
+
+async def test_a_logged_error_does_not_stop_the_chain() -> None:
+    paid = Signal(ordered=True)
+    calls = []
+
+    @receiver(paid, priority=2, on_error="log", default="skipped")
+    async def first(sender, **kwargs):
+        raise ValueError("stock")
+
+    @receiver(paid, priority=1)
+    async def second(sender, **kwargs):
+        calls.append("second")
+        return "done"
+
+    collected = await paid.collect_async(sender=None)
+
+    assert collected.values() == ["skipped", "done"]
+    assert calls == ["second"]
+
+
+def test_background_listener_on_an_ordered_signal_is_refused_at_connect() -> None:
+    paid = Signal(ordered=True)
+
+    with pytest.raises(ImproperlyConfigured, match="ordered signal"):
+
+        @receiver(paid, mode="background")
+        def receipt(sender, **kwargs): ...
+
+
+async def test_queue_true_on_an_ordered_signal_is_refused() -> None:
+    paid = Signal(ordered=True)
+
+    @receiver(paid)
+    async def listener(sender, **kwargs): ...
+
+    with pytest.raises(ImproperlyConfigured, match="never through the short-term queue"):
+        await paid.collect_async(sender=None, queue=True)
+
+
+def test_priorities_order_sync_listeners_of_a_plain_signal_under_djangos_send() -> None:
+    plain = Signal()
+    calls = []
+
+    @receiver(plain)
+    def low(sender, **kwargs):
+        calls.append("low")
+
+    @receiver(plain, priority=5)
+    def high(sender, **kwargs):
+        calls.append("high")
+
+    plain.send(sender=None)
+    assert calls == ["high", "low"]
+    calls.clear()
+    plain.collect(sender=None)
+    assert calls == ["high", "low"]
