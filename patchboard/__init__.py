@@ -18,6 +18,7 @@ from patchboard.listeners import receiver as receiver
 from patchboard.outcomes import Collected as Collected
 from patchboard.outcomes import Outcome as Outcome
 from patchboard.outcomes import Status as Status
+from patchboard.outcomes import outcome_counts as outcome_counts
 from patchboard.signals import Signal as Signal
 
 __all__ = [
@@ -34,5 +35,6 @@ __all__ = [
     "Signal",
     "Status",
     "SyncCallInEventLoop",
+    "outcome_counts",
     "receiver",
 ]

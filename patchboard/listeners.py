@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import inspect
 import weakref
-from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -35,7 +34,7 @@ from django.dispatch import dispatcher
 from patchboard.conf import OnError, check_on_error, check_positive, get_settings
 from patchboard.exceptions import CircuitOpen, ListenerTimeout
 from patchboard.log import dotted, logger, sender_label, signal_label
-from patchboard.outcomes import Outcome, Status
+from patchboard.outcomes import Outcome, Status, counted
 
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
@@ -54,9 +53,6 @@ NEVER_RAN: frozenset[Status] = frozenset({"expired", "rejected", "circuit_open"}
 """Outcomes of calls that never started: the listener's ``fallback`` answers for them."""
 
 _UNSET: Any = object()
-
-outcome_counts: Counter[Status] = Counter()
-"""How many listener calls ended with each status in this process."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,7 +234,7 @@ class Listener:
             return await self.settle_async("timeout", exc, started, signal, sender, kwargs)
         except Exception as exc:
             return await self.settle_async("error", exc, started, signal, sender, kwargs)
-        outcome_counts["ok"] += 1
+        counted["ok"] += 1
         return Outcome(receiver=func, status="ok", value=value, elapsed=perf_counter() - started)
 
     async def _invoke(
@@ -292,7 +288,7 @@ class Listener:
             return self.settle_sync("circuit_open", exc, started, signal, sender, kwargs)
         except Exception as exc:
             return self.settle_sync("error", exc, started, signal, sender, kwargs)
-        outcome_counts["ok"] += 1
+        counted["ok"] += 1
         return Outcome(receiver=func, status="ok", value=value, elapsed=perf_counter() - started)
 
     def breaker(self) -> CircuitBreaker:
@@ -364,7 +360,7 @@ class Listener:
     ) -> Outcome:
         elapsed = perf_counter() - started
         self._log(status, error, elapsed, signal, sender, kwargs, fallback=True)
-        outcome_counts[status] += 1
+        counted[status] += 1
         return Outcome(
             receiver=self.receiver or _gone_receiver,
             status=status,
@@ -384,7 +380,7 @@ class Listener:
     ) -> Outcome:
         elapsed = perf_counter() - started
         self._log(status, error, elapsed, signal, sender, kwargs, fallback=False)
-        outcome_counts[status] += 1
+        counted[status] += 1
         propagate = (self.options.on_error or get_settings().on_error) == "raise"
         return Outcome(
             receiver=self.receiver or _gone_receiver,
@@ -441,7 +437,7 @@ class Listener:
     def _gone(self, started: float) -> Outcome:
         # The function was collected between the signal resolving its weak
         # reference and this call: nothing ran, and nothing is left to blame.
-        outcome_counts["error"] += 1
+        counted["error"] += 1
         error = ReferenceError(f"listener {self.label} was garbage collected")
         logger().warning("listener_gone", listener=self.label)
         return Outcome(

@@ -8,6 +8,7 @@ collector's business.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -43,6 +44,19 @@ STATUSES: tuple[Status, ...] = (
     "circuit_open",
     "enqueued",
 )
+
+
+counted: Counter[Status] = Counter()
+"""How many listener calls ended with each status in this process (see :func:`outcome_counts`)."""
+
+
+def outcome_counts() -> dict[Status, int]:
+    """
+    How many listener calls ended with each status in this process, since
+    start-up (or the last :func:`patchboard.testing.reset`). Every call is
+    counted exactly once, whichever verb dispatched it.
+    """
+    return {status: counted[status] for status in STATUSES}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

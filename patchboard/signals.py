@@ -148,9 +148,12 @@ class Signal(DjangoSignal):
                 self._clear_dead_receivers()  # type: ignore[attr-defined]
         senderkey = _make_id(sender)
         found = []
-        for (_, r_senderkey), ref, sender_ref, _is_async in self.receivers:
+        for entry in self.receivers:
+            # (key, ref, sender_ref, is_async) on Django 6; no sender_ref on 5.2.
+            (_, r_senderkey), ref = entry[0], entry[1]
             if r_senderkey != NONE_ID and r_senderkey != senderkey:
                 continue
+            sender_ref = entry[2] if len(entry) == 4 else None
             if sender_ref is not None and sender_ref() is None:
                 continue
             receiver = ref() if isinstance(ref, weakref.ReferenceType) else ref

@@ -239,3 +239,28 @@ async def test_thread_insensitive_sync_listeners_run_in_parallel() -> None:
 
     assert collected.values() == [1, 1, 1]
     assert elapsed < 0.45, elapsed
+
+
+def test_every_call_is_counted_once_by_status() -> None:
+    from asgiref.sync import async_to_sync
+
+    from patchboard import outcome_counts
+
+    quote = Signal()
+
+    @receiver(quote, on_error="log")
+    async def broken(sender, **kwargs):
+        raise ValueError("x")
+
+    @receiver(quote)
+    def fine(sender, **kwargs):
+        return 1
+
+    before = outcome_counts()
+    async_to_sync(quote.collect_async)(sender=None)
+    quote.collect(sender=None)
+    after = outcome_counts()
+
+    assert after["ok"] - before["ok"] == 2
+    assert after["error"] - before["error"] == 2
+    assert sum(after.values()) - sum(before.values()) == 4
