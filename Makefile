@@ -1,4 +1,4 @@
-# patchboard: `make test` and `make demo` work on a fresh machine; the Makefile
+# patchboard: `make test` works on a fresh machine; the Makefile
 # builds its own virtualenvs with a Python >= 3.12 that it finds by itself.
 
 VENV      := .venv
@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite demo bench clean python
+.PHONY: test lint typecheck pytest pytest-django52 django-suite bench clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | python
 	rm -rf $(VENV)
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group test --group lint --group demo --group bench
+	$(PY) -m pip install --quiet -e . --group test --group lint --group bench
 	touch $@
 
 $(VENV52)/.installed: pyproject.toml | python
@@ -40,8 +40,8 @@ $(VENV52)/.installed: pyproject.toml | python
 	touch $@
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check patchboard tests bench examples
-	$(VENV)/bin/ruff format --check patchboard tests bench examples
+	$(VENV)/bin/ruff check patchboard tests bench
+	$(VENV)/bin/ruff format --check patchboard tests bench
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -57,10 +57,6 @@ django-suite: $(VENV)/.installed
 	$(PY) tests/django_suite.py
 
 test: lint typecheck pytest pytest-django52 django-suite
-
-demo: $(VENV)/.installed
-	cd examples && ../$(PY) manage.py migrate --noinput >/dev/null && \
-	  ../$(PY) demo.py
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
