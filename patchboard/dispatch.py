@@ -61,6 +61,13 @@ async def run_concurrently(
     (Django's ``asend`` runs them *before* the async ones). With ``queue``,
     inline listeners go through the short-term queue instead.
     """
+    if queue is None:
+        for listener in listeners:
+            if listener.batchable:
+                break
+        else:  # all async: the common case, kept lean
+            results = await supervise([lsn.run_async(signal, sender, kwargs) for lsn in listeners])
+            return [outcome for outcome in results if outcome is not None]
     batch = [i for i, listener in enumerate(listeners) if _in_batch(listener, queue)]
     batched = set(batch)
     coros: list[Coroutine[Any, Any, Any]] = []
@@ -158,40 +165,58 @@ async def supervise(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
     that must propagate (or an exception), the others are cancelled and
     awaited first. If the call itself is cancelled, every task is cancelled
     and awaited before the cancellation goes on: no task outlives the call.
+    A task cancelled here has ``None`` as its result.
 
     Raises:
         BaseException: a task's own ``BaseException`` (``KeyboardInterrupt``...),
             or the call's cancellation.
     """
     loop = asyncio.get_running_loop()
-    tasks = [asyncio.Task(coro, loop=loop, eager_start=True) for coro in coros]
-    pending = {task for task in tasks if not task.done()}
-    if pending and not any(_must_stop(task) for task in tasks if task.done()):
-        await _wait(pending, tasks)
+    tasks = []
+    pending: set[asyncio.Task[Any]] = set()
+    stop = False
+    for coro in coros:
+        task = asyncio.Task(coro, loop=loop, eager_start=True)
+        tasks.append(task)
+        if not task.done():
+            pending.add(task)
+    if pending:
+        stop = any(_must_stop(task) for task in tasks if task.done())
+        if not stop:
+            stop = await _wait(pending, tasks)
+    if not stop:
+        try:
+            # An outcome that must propagate is raised by finish(), in listener order.
+            return [task.result() for task in tasks]
+        except BaseException:
+            pass  # a task failed eagerly: clean up and raise below
     leftover = [task for task in tasks if not task.done()]
-    if leftover:
-        for task in leftover:
-            task.cancel()
-        await _wait_through_cancellation(leftover)
+    for task in leftover:
+        task.cancel()
+    await _wait_through_cancellation(leftover)
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     return [None if task.cancelled() else task.result() for task in tasks]
 
 
-async def _wait(pending: set[asyncio.Task[Any]], tasks: list[asyncio.Task[Any]]) -> None:
-    """Wait until every pending task is done, or one must stop the dispatch."""
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+async def _wait(pending: set[asyncio.Task[Any]], tasks: list[asyncio.Task[Any]]) -> bool:
+    """Wait until every pending task is done (False), or one must stop the dispatch (True)."""
+    waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_done(task: asyncio.Task[Any]) -> None:
         pending.discard(task)
-        if not waiter.done() and (not pending or _must_stop(task)):
-            waiter.set_result(None)
+        if waiter.done():
+            return
+        if _must_stop(task):
+            waiter.set_result(True)
+        elif not pending:
+            waiter.set_result(False)
 
     for task in pending:
         task.add_done_callback(on_done)
     try:
-        await waiter
+        return await waiter
     except asyncio.CancelledError:
         for task in tasks:
             task.cancel()

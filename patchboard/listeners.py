@@ -132,11 +132,27 @@ class Listener:
     function; patchboard's outcomes and logs name it, never the wrapper.
     """
 
-    __slots__ = ("__weakref__", "_func", "_is_coroutine_marker", "is_async", "label", "options")
+    __slots__ = (
+        "__weakref__",
+        "_direct",
+        "_func",
+        "_is_coroutine_marker",
+        "batchable",
+        "is_async",
+        "label",
+        "options",
+    )
 
     def __init__(self, func: Callable[..., Any], options: ListenerOptions, *, weak: bool) -> None:
         self.is_async = inspect.iscoroutinefunction(func)
         self.options = options
+        self._direct = self.is_async and options.plain
+        # Whether run_sync() can run it in the calling thread: a background
+        # listener (its enqueue must see the caller's transaction), or a sync
+        # one with no timeout that accepts the thread-sensitive thread.
+        self.batchable = options.mode == "background" or (
+            not self.is_async and options.timeout is None and options.thread_sensitive
+        )
         self.label = dotted(func)
         self._func: Callable[[], Callable[..., Any] | None]
         if weak:
@@ -180,18 +196,6 @@ class Listener:
             return _unwrap(self.run_sync(signal, sender, kwargs))
         return _unwrap(async_to_sync(self.run_async)(signal, sender, kwargs))
 
-    @property
-    def batchable(self) -> bool:
-        """
-        Whether :meth:`run_sync` can run this listener in the calling thread:
-        a background listener (its enqueue must see the caller's transaction),
-        or a sync one with no ``timeout`` that accepts the thread-sensitive thread.
-        """
-        o = self.options
-        return o.mode == "background" or (
-            not self.is_async and o.timeout is None and o.thread_sensitive
-        )
-
     # -- running -----------------------------------------------------------------
 
     async def run_async(
@@ -216,6 +220,16 @@ class Listener:
         func = self._func()
         if func is None:
             return self._gone(started)
+        if self._direct and time_limit is None:
+            # The fast path: an async listener with nothing to apply but its error policy.
+            try:
+                value = await func(signal=signal, sender=sender, **kwargs)
+            except Exception as exc:
+                return await self.settle_async("error", exc, started, signal, sender, kwargs)
+            counted["ok"] += 1
+            return _new_outcome(
+                Outcome, (func, "ok", value, None, perf_counter() - started, None, False)
+            )
         options = self.options
         if options.mode == "background":
             from patchboard.background import enqueue_async
@@ -446,6 +460,10 @@ class Listener:
             error=error,
             elapsed=perf_counter() - started,
         )
+
+
+_new_outcome = tuple.__new__
+"""Builds an Outcome from all its fields without the named tuple's Python-level __new__."""
 
 
 def _identity(func: Callable[..., Any]) -> Callable[..., Any]:

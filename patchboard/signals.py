@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from patchboard.queue import ShortTermQueue
 
 QueueChoice: TypeAlias = Literal["auto"] | bool
+_Entry: TypeAlias = tuple[Any, Any, "Listener | None"]
+"""A resolved receiver: (its reference or itself, its sender reference, its plain wrapper)."""
 
 _plain: weakref.WeakKeyDictionary[Callable[..., Any], Listener] = weakref.WeakKeyDictionary()
 """Receivers connected without options, wrapped once with the default options."""
@@ -80,6 +82,8 @@ class Signal(DjangoSignal):
         super().__init__(use_caching=use_caching)
         self.ordered = ordered
         self._priorities: dict[Hashable, int] = {}
+        # Per sender key: (the receivers list it was resolved from, its length, entries).
+        self._resolved: dict[Hashable, tuple[list[Any], int, list[_Entry]]] = {}
         if name is not None:
             name_signal(self, name)
 
@@ -117,6 +121,7 @@ class Signal(DjangoSignal):
         if isinstance(receiver, Listener):
             priority = receiver.options.priority
         super().connect(receiver, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+        self._resolved.clear()
         if priority or self._priorities:
             key = (dispatch_uid or _make_id(receiver), _make_id(sender))
             with self.lock:
@@ -133,6 +138,7 @@ class Signal(DjangoSignal):
     ) -> bool:
         """Disconnect as Django does; a function connected with options is found by itself."""
         disconnected = super().disconnect(receiver, sender=sender, dispatch_uid=dispatch_uid)
+        self._resolved.clear()
         if disconnected:
             key = (dispatch_uid or _make_id(receiver), _make_id(sender))
             self._priorities.pop(key, None)
@@ -141,25 +147,49 @@ class Signal(DjangoSignal):
 
     def listeners(self, sender: Any = None) -> list[Listener]:
         """The live listeners for ``sender``, in dispatch (priority, then connect) order."""
-        if not self.receivers:
+        receivers = self.receivers
+        if not receivers:
             return []
         if self._dead_receivers:  # type: ignore[attr-defined]
             with self.lock:
-                self._clear_dead_receivers()  # type: ignore[attr-defined]
+                self._clear_dead_receivers()
+            receivers = self.receivers
         senderkey = _make_id(sender)
+        cached = self._resolved.get(senderkey)
+        if cached is None or cached[0] is not receivers or cached[1] != len(receivers):
+            cached = (receivers, len(receivers), self._resolve(receivers, senderkey))
+            self._resolved[senderkey] = cached
         found = []
-        for entry in self.receivers:
+        for ref, sender_ref, wrapped in cached[2]:
+            if sender_ref is not None and sender_ref() is None:
+                continue
+            receiver = ref() if isinstance(ref, weakref.ReferenceType) else ref
+            if receiver is not None:
+                found.append(wrapped or receiver)
+        return found
+
+    def _resolve(self, receivers: list[Any], senderkey: Hashable) -> list[_Entry]:
+        # The entries for one sender, each with the Listener that wraps a plain
+        # receiver (it holds the function weakly, so caching it keeps nothing alive).
+        entries: list[_Entry] = []
+        for entry in receivers:
             # (key, ref, sender_ref, is_async) on Django 6; no sender_ref on 5.2.
             (_, r_senderkey), ref = entry[0], entry[1]
             if r_senderkey != NONE_ID and r_senderkey != senderkey:
                 continue
             sender_ref = entry[2] if len(entry) == 4 else None
-            if sender_ref is not None and sender_ref() is None:
-                continue
             receiver = ref() if isinstance(ref, weakref.ReferenceType) else ref
-            if receiver is not None:
-                found.append(_as_listener(receiver))
-        return found
+            if receiver is None:
+                continue
+            wrapped = None if type(receiver) is Listener else _as_listener(receiver)
+            if not isinstance(ref, weakref.ReferenceType) and wrapped is None:
+                ref = receiver
+            entries.append((ref, sender_ref, wrapped))
+        return entries
+
+    def _clear_dead_receivers(self) -> None:
+        super()._clear_dead_receivers()  # type: ignore[misc]
+        self._resolved.clear()
 
     # -- patchboard's verbs ----------------------------------------------------------
 
