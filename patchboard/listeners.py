@@ -15,6 +15,7 @@ failures are logged as structured events (``listener_failed``,
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -226,6 +227,10 @@ class Listener:
                 value = await func(signal=signal, sender=sender, **kwargs)
             except Exception as exc:
                 return await self.settle_async("error", exc, started, signal, sender, kwargs)
+            except asyncio.CancelledError as exc:
+                if _cancelled_from_outside():
+                    raise
+                return await self.settle_async("error", exc, started, signal, sender, kwargs)
             counted["ok"] += 1
             return _new_outcome(
                 Outcome, (func, "ok", value, None, perf_counter() - started, None, False)
@@ -247,6 +252,10 @@ class Listener:
         except ListenerTimeout as exc:
             return await self.settle_async("timeout", exc, started, signal, sender, kwargs)
         except Exception as exc:
+            return await self.settle_async("error", exc, started, signal, sender, kwargs)
+        except asyncio.CancelledError as exc:
+            if _cancelled_from_outside():
+                raise
             return await self.settle_async("error", exc, started, signal, sender, kwargs)
         counted["ok"] += 1
         return Outcome(receiver=func, status="ok", value=value, elapsed=perf_counter() - started)
@@ -460,6 +469,17 @@ class Listener:
             error=error,
             elapsed=perf_counter() - started,
         )
+
+
+def _cancelled_from_outside() -> bool:
+    """
+    Whether a ``CancelledError`` that reached a listener's caller is a real
+    cancellation of this task (it must propagate) rather than one the
+    listener raised on its own, e.g. from a future someone else cancelled
+    (that is the listener's error, and must not vanish).
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 _new_outcome = tuple.__new__

@@ -264,3 +264,25 @@ def test_every_call_is_counted_once_by_status() -> None:
     assert after["ok"] - before["ok"] == 2
     assert after["error"] - before["error"] == 2
     assert sum(after.values()) - sum(before.values()) == 4
+
+
+async def test_a_listener_that_raises_cancelled_error_on_its_own_is_an_error_outcome() -> None:
+    """Nothing is lost: a stray CancelledError from a listener is its error, not a cancellation."""
+    quote = Signal()
+
+    @receiver(quote, on_error="log", default="n/a")
+    async def stray(sender, **kwargs):
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    @receiver(quote)
+    async def fine(sender, **kwargs):
+        await asyncio.sleep(0.01)
+        return 1
+
+    collected = await quote.collect_async(sender=None)
+
+    assert [o.status for o in collected] == ["error", "ok"]
+    assert isinstance(collected[0].error, asyncio.CancelledError)
+    assert collected.values() == ["n/a", 1]
