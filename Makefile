@@ -53,8 +53,9 @@ pytest-django52: $(VENV52)/.installed
 	$(VENV52)/bin/pytest -p no:cacheprovider -q
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
-django-suite: $(VENV)/.installed
+django-suite: $(VENV)/.installed $(VENV52)/.installed
 	$(PY) tests/django_suite.py
+	$(PY52) tests/django_suite.py
 
 test: lint typecheck pytest pytest-django52 django-suite
 

@@ -50,6 +50,9 @@ QueueChoice: TypeAlias = Literal["auto"] | bool
 _Entry: TypeAlias = tuple[Any, Any, "Listener | None"]
 """A resolved receiver: (its reference or itself, its sender reference, its plain wrapper)."""
 
+_RESOLVED_SENDERS = 256
+"""How many senders' resolved receivers a signal caches before it starts over."""
+
 _plain: weakref.WeakKeyDictionary[Callable[..., Any], Listener] = weakref.WeakKeyDictionary()
 """Receivers connected without options, wrapped once with the default options."""
 
@@ -158,6 +161,8 @@ class Signal(DjangoSignal):
         cached = self._resolved.get(senderkey)
         if cached is None or cached[0] is not receivers or cached[1] != len(receivers):
             cached = (receivers, len(receivers), self._resolve(receivers, senderkey))
+            if len(self._resolved) >= _RESOLVED_SENDERS:
+                self._resolved.clear()  # Senders come and go (instances): stay bounded.
             self._resolved[senderkey] = cached
         found = []
         for ref, sender_ref, wrapped in cached[2]:
