@@ -147,7 +147,9 @@ class Listener:
     def __init__(self, func: Callable[..., Any], options: ListenerOptions, *, weak: bool) -> None:
         self.is_async = inspect.iscoroutinefunction(func)
         self.options = options
-        self._direct = self.is_async and options.plain
+        # Nothing to apply but the error policy: run_async (async) or run_sync
+        # (sync) take a path without option checks.
+        self._direct = options.plain
         # Whether run_sync() can run it in the calling thread: a background
         # listener (its enqueue must see the caller's transaction), or a sync
         # one with no timeout that accepts the thread-sensitive thread.
@@ -221,7 +223,7 @@ class Listener:
         func = self._func()
         if func is None:
             return self._gone(started)
-        if self._direct and time_limit is None:
+        if self._direct and self.is_async and time_limit is None:
             # The fast path: an async listener with nothing to apply but its error policy.
             try:
                 value = await func(signal=signal, sender=sender, **kwargs)
@@ -297,6 +299,15 @@ class Listener:
         func = self._func()
         if func is None:
             return self._gone(started)
+        if self._direct:
+            try:
+                value = func(signal=signal, sender=sender, **kwargs)
+            except Exception as exc:
+                return self.settle_sync("error", exc, started, signal, sender, kwargs)
+            counted["ok"] += 1
+            return _new_outcome(
+                Outcome, (func, "ok", value, None, perf_counter() - started, None, False)
+            )
         if self.options.mode == "background":
             from patchboard.background import enqueue_sync
 
