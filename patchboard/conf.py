@@ -89,12 +89,15 @@ class BackgroundSettings:
     """How many times a task whose circuit is open reschedules itself before giving up."""
     give_up_after: float = 86400.0
     """Seconds after the first enqueue past which a task no longer reschedules."""
+    retry_delay: float = 60.0
+    """Seconds a task waits before its next attempt when an open circuit names no retry time."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, str) or not self.backend:
             raise TypeError(f"BACKEND must be a backend alias, got {self.backend!r}")
         check_int("MAX_RESCHEDULES", self.max_reschedules, minimum=0)
         check_positive("GIVE_UP_AFTER", self.give_up_after)
+        check_positive("RETRY_DELAY", self.retry_delay)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,7 +108,7 @@ class Settings:
     """Error policy of listeners that don't set ``on_error`` themselves."""
     log_kwargs: bool = False
     """Log signal kwargs' values in failure events (they may hold secrets)."""
-    collect_queue_threshold: int = 8
+    collect_queue_threshold: int = 16
     """``collect_async(queue="auto")`` queues above this many live listeners."""
     short_term_queue: QueueSettings = field(default_factory=QueueSettings)
     store: str = "memory"

@@ -227,6 +227,8 @@ class Listener:
             # The fast path: an async listener with nothing to apply but its error policy.
             try:
                 value = await func(signal=signal, sender=sender, **kwargs)
+            except CircuitOpen as exc:  # from a breaker the listener uses itself
+                return await self.settle_async("circuit_open", exc, started, signal, sender, kwargs)
             except Exception as exc:
                 return await self.settle_async("error", exc, started, signal, sender, kwargs)
             except asyncio.CancelledError as exc:
@@ -302,6 +304,8 @@ class Listener:
         if self._direct:
             try:
                 value = func(signal=signal, sender=sender, **kwargs)
+            except CircuitOpen as exc:  # from a breaker the listener uses itself
+                return self.settle_sync("circuit_open", exc, started, signal, sender, kwargs)
             except Exception as exc:
                 return self.settle_sync("error", exc, started, signal, sender, kwargs)
             counted["ok"] += 1
@@ -611,6 +615,11 @@ def connect(
         owner = getattr(func, "__self__", func) if hasattr(func, "__func__") else func
         _keepalive.setdefault(owner, {})[(id(signal), (uid, _make_id(sender)))] = listener
     signal.connect(listener, sender=sender, weak=weak, dispatch_uid=uid)
+    if options.mode == "background":
+        from patchboard.background import register
+
+        # The worker runs only listeners registered here, in its own process.
+        register(listener, signal)
     return listener
 
 

@@ -1,0 +1,116 @@
+"""
+The end-to-end scenario's sender and reporter, run as processes of their own::
+
+    python -m tests.e2e.scenario send     # sends the signals; prints task ids as JSON
+    python -m tests.e2e.scenario report   # prints the evidence and the task rows as JSON
+
+with ``DJANGO_SETTINGS_MODULE=tests.e2e.settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import django
+
+PAID_AT = datetime(2031, 5, 4, 12, 30, 15, 123456, tzinfo=ZoneInfo("Europe/Paris"))
+
+
+class Rollback(Exception):
+    pass
+
+
+def send() -> dict[str, Any]:
+    from django.db import transaction
+
+    from patchboard.background import run_listener
+    from patchboard.payload import Job
+    from tests.e2e.listeners import order_paid, payment_requested
+    from tests.testapp.models import Order
+
+    ids: dict[str, Any] = {}
+    # post_save, sent by Django's own save(), outside any transaction.
+    order = Order.objects.create(reference="E2E-1", paid_at=PAID_AT)
+    [outcome] = order_paid.send_sync(
+        sender=Order, order=order, paid_at=PAID_AT, amount=Decimal("19.90")
+    )
+    ids["receipt"] = outcome.task_id
+
+    # A rolled-back transaction enqueues nothing, post_save included.
+    try:
+        with transaction.atomic():
+            doomed = Order.objects.create(reference="ROLLBACK", paid_at=PAID_AT)
+            order_paid.send_sync(sender=Order, order=doomed, paid_at=PAID_AT, amount=Decimal(1))
+            raise Rollback
+    except Rollback:
+        pass
+
+    # Committed inside atomic(): enqueued on commit.
+    with transaction.atomic():
+        committed = Order.objects.create(reference="COMMITTED")
+    ids["committed_pk"] = committed.pk
+
+    # The circuit is open on the first call.
+    [flaky] = Order.objects.bulk_create([Order(reference="FLAKY")])
+    [outcome] = payment_requested.send_sync(sender=Order, order=flaky)
+    ids["charge"] = outcome.task_id
+
+    # Deleted before the worker runs.
+    [gone] = Order.objects.bulk_create([Order(reference="GONE")])
+    [outcome] = order_paid.send_sync(sender=Order, order=gone, paid_at=PAID_AT, amount=Decimal(1))
+    ids["gone"] = outcome.task_id
+    Order.objects.filter(pk=gone.pk).delete()
+
+    # Forged: names an importable function that is not a connected listener.
+    job = Job(
+        listener="tests.e2e.listeners.never_connected",
+        signal="e2e.order_paid",
+        sender=None,
+        kwargs={},
+        first_enqueued_at=datetime.now(UTC),
+    )
+    ids["forged"] = run_listener.enqueue(job.to_json()).id
+    return ids
+
+
+def report() -> dict[str, Any]:
+    from django_tasks_db.models import DBTaskResult
+
+    from tests.e2e.models import Evidence
+
+    return {
+        "evidence": [
+            {"kind": e.kind, "reference": e.reference, "detail": e.detail, "at": e.at.isoformat()}
+            for e in Evidence.objects.order_by("pk")
+        ],
+        "tasks": [
+            {
+                "id": str(t.id),
+                "status": t.status,
+                "return_value": t.return_value,
+                "payload": t.args_kwargs["args"][0],
+                "run_after": t.run_after.isoformat(),
+                "enqueued_at": t.enqueued_at.isoformat(),
+                "started_at": t.started_at.isoformat() if t.started_at else None,
+                "exception": t.exception_class_path,
+            }
+            for t in DBTaskResult.objects.order_by("enqueued_at")
+        ],
+    }
+
+
+def main(argv: list[str]) -> None:
+    django.setup()
+    [command] = argv
+    result = {"send": send, "report": report}[command]()
+    # The marker separates the result from structlog's lines on the same stdout.
+    print("RESULT " + json.dumps(result, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
