@@ -14,8 +14,8 @@ ten no-op listeners in an anyio task group, 6 us as eager tasks: ``make bench``)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from asgiref.sync import sync_to_async
 
@@ -133,7 +133,12 @@ async def run_in_order(
     return outcomes
 
 
-def finish(outcomes: list[Outcome]) -> Collected:
+Observer: TypeAlias = Callable[["DjangoSignal", Any, list[Outcome]], None]
+observers: list[Observer] = []
+"""Called with (signal, sender, outcomes) after every dispatch (see patchboard.testing)."""
+
+
+def finish(signal: DjangoSignal, sender: Any, outcomes: list[Outcome]) -> Collected:
     """
     The dispatch's result: the outcomes, or the first error that must propagate.
 
@@ -141,6 +146,8 @@ def finish(outcomes: list[Outcome]) -> Collected:
         Exception: the error of the first listener (in listener order) whose
             ``on_error`` is ``"raise"``.
     """
+    for observer in observers:
+        observer(signal, sender, outcomes)
     for outcome in outcomes:
         if outcome.propagate:
             assert outcome.error is not None

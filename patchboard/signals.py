@@ -352,7 +352,7 @@ class Signal(DjangoSignal):
             outcomes = await dispatch.run_in_order(listeners, self, sender, named)
         else:
             outcomes = await dispatch.run_concurrently(listeners, self, sender, named, short_term)
-        return dispatch.finish(outcomes)
+        return dispatch.finish(self, sender, outcomes)
 
     def _dispatch_sync(
         self, method: str, sender: Any, named: dict[str, Any], queue: QueueChoice
@@ -369,7 +369,7 @@ class Signal(DjangoSignal):
         if self._queue_for(queue, len(listeners)) is None and all(
             listener.batchable for listener in listeners
         ):
-            return dispatch.finish(dispatch.run_batch(listeners, self, sender, named))
+            return dispatch.finish(self, sender, dispatch.run_batch(listeners, self, sender, named))
         return async_to_sync(self._dispatch)(sender, named, queue)
 
 
