@@ -19,6 +19,9 @@ from patchboard.outcomes import Collected as Collected
 from patchboard.outcomes import Outcome as Outcome
 from patchboard.outcomes import Status as Status
 from patchboard.outcomes import outcome_counts as outcome_counts
+from patchboard.queue import QueueStatistics as QueueStatistics
+from patchboard.queue import ShortTermQueue as ShortTermQueue
+from patchboard.queue import queue_stats as queue_stats
 from patchboard.signals import Signal as Signal
 
 __all__ = [
@@ -31,10 +34,13 @@ __all__ = [
     "NotSerializable",
     "Outcome",
     "PatchboardError",
+    "QueueStatistics",
     "Rejected",
     "Signal",
+    "ShortTermQueue",
     "Status",
     "SyncCallInEventLoop",
     "outcome_counts",
+    "queue_stats",
     "receiver",
 ]

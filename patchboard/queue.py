@@ -1,0 +1,704 @@
+"""
+The short-term queue: a bounded pool that finishes a collector's listener
+calls inside the request cycle.
+
+Picture a counter with a few service windows and one line in front of it,
+for the whole process. The windows are the *workers*: a call that goes
+through the queue takes a free one, or joins the end of the line, and a
+window that frees up goes to the head of the line at once. Everything the
+process serves shares the counter: the ASGI server's event loop, and the
+short-lived loop that each sync twin (``collect()``, ``send_sync()``) runs in
+a thread of its own. So the workers are counted under a ``threading.Lock``,
+and a waiter is woken on its own loop (``call_soon_threadsafe``); no
+loop-bound primitive is shared between loops.
+
+Limits, from ``PATCHBOARD["SHORT_TERM_QUEUE"]``:
+
+``TASK_TIME_LIMIT``
+    A call running longer (or longer than the listener's own ``timeout``)
+    ends as ``"timeout"``. An async listener is cancelled. A sync one runs in
+    a queue worker thread, which cannot be stopped: it is *abandoned*, the
+    caller gets its outcome at once, and the thread holds on to its worker
+    until it has actually returned, so live listener threads never outnumber
+    the workers.
+``ITEM_EXPIRY``
+    A call that has waited this long in line is never started: it ends as
+    ``"expired"`` at that moment (the listener's ``fallback`` may answer).
+``MAX_PENDING``
+    A call that finds this many calls in line is not queued: it ends as
+    ``"rejected"`` at once; the line never grows past the limit.
+
+Scaling. The pool starts with ``MIN_WORKERS`` workers and moves between
+``MIN_WORKERS`` and ``MAX_WORKERS``:
+
+* It *doubles* (capped at ``MAX_WORKERS``; logs ``queue_scaled_up``) when the
+  oldest call in line has waited ``AT_RISK_FRACTION`` of ``ITEM_EXPIRY``
+  (``reason="at_risk"``), or when a call expired (``reason="expired"``). The
+  length of the line alone never grows it: a long line that moves fast is
+  healthy; the age of its head is what predicts expiry.
+* It *halves* (never below ``MIN_WORKERS``, nor below the calls running at
+  that moment; logs ``queue_scaled_down``) for every ``IDLE_SHRINK_AFTER``
+  seconds during which it had a free worker and nobody in line. One moment of
+  full use starts that count again.
+
+The rule is evaluated, with the queue's clock, whenever a call joins the
+line, leaves it or frees a worker, and by a waiting call itself when it
+reaches the at-risk age. There is no background thread or task: nothing the
+queue does outlives a request.
+
+Structured concurrency: a call belongs to its caller. When the caller is
+cancelled, its waiting call leaves the line and its running async call is
+cancelled; only a sync call's abandoned thread outlives it, and it is
+counted (``abandoned_running``). One listener failing never touches the
+calls of another collector.
+
+Every call is counted once, when its caller gets the outcome (or is
+cancelled), as exactly one of ``completed``, ``failed``, ``timed_out``,
+``expired``, ``rejected`` or ``cancelled`` (see :class:`QueueStatistics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from queue import Empty, SimpleQueue
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import anyio
+from django.core.signals import setting_changed
+
+from patchboard.conf import QueueSettings, get_settings
+from patchboard.exceptions import Expired, Rejected
+from patchboard.listeners import closing_connections
+from patchboard.log import logger, sender_label, signal_label
+from patchboard.outcomes import Outcome, Status
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal as DjangoSignal
+
+    from patchboard.listeners import Listener
+
+IDLE_THREAD_TIMEOUT: Final = 30.0
+"""Seconds a queue worker thread waits for another call before it exits."""
+
+# An item's state; it changes only under the queue's lock.
+_WAITING: Final = 0
+_GRANTED: Final = 1
+_EXPIRED: Final = 2
+_REJECTED: Final = 3
+_WITHDRAWN: Final = 4
+_FINISHED: Final = 5
+
+_LogEvent: TypeAlias = tuple[str, str, dict[str, Any]]
+"""(level, event, fields): logged once the lock is released."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatistics:
+    """
+    A snapshot of a :class:`ShortTermQueue`.
+
+    ``workers`` is the current size of the pool; ``running`` the workers in
+    use, abandoned threads included; ``waiting`` the calls in line, and
+    ``oldest_wait`` how long the head of the line has waited (0.0 when nobody
+    waits). The counters are totals since the queue was built. A call is
+    counted when its caller gets the outcome, as exactly one of ``completed``,
+    ``failed`` (error or circuit open), ``timed_out``, ``expired``,
+    ``rejected`` or ``cancelled`` (its caller was cancelled before it had
+    one), so these add up to ``submitted`` whenever no call is in progress.
+    ``abandoned`` counts the sync calls whose thread outlived their time
+    limit or their caller; ``abandoned_running``, those still running.
+    """
+
+    workers: int
+    running: int
+    waiting: int
+    oldest_wait: float
+    submitted: int
+    completed: int
+    failed: int
+    timed_out: int
+    expired: int
+    rejected: int
+    cancelled: int
+    abandoned: int
+    abandoned_running: int
+
+
+class _Item:
+    """One call's place in the queue: its state, and how to wake its waiter."""
+
+    __slots__ = (
+        "abandoned",
+        "enqueued",
+        "future",
+        "loop",
+        "queued",
+        "state",
+        "thread",
+        "thread_returned",
+        "waited",
+    )
+
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+    thread: int
+
+    def __init__(self) -> None:
+        self.state = _GRANTED
+        self.queued = False
+        self.enqueued = 0.0
+        self.waited = 0.0
+        self.abandoned = False
+        self.thread_returned = False
+
+    def prepare_wait(self, now: float) -> None:
+        """Join the line (on the caller's loop, in the caller's thread)."""
+        self.state = _WAITING
+        self.queued = True
+        self.enqueued = now
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.future = self.loop.create_future()
+
+    def wake(self) -> None:
+        """Wake the waiter on its own loop, from any thread."""
+        if threading.get_ident() == self.thread:
+            _resolve(self.future)
+            return
+        # RuntimeError: its loop is closed; the waiter was cancelled and withdrew already.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ShortTermQueue:
+    """
+    A per-process pool of workers running listener calls within the request.
+
+    :func:`get_queue` gives the process's queue, built from
+    ``PATCHBOARD["SHORT_TERM_QUEUE"]``; build one yourself to test with a
+    virtual ``clock`` (any function returning seconds; expiry, at-risk age and
+    idleness are measured with it).
+    """
+
+    def __init__(
+        self,
+        settings: QueueSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = settings if settings is not None else QueueSettings()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._workers = self.config.min_workers
+        self._running = 0
+        self._waiters: deque[_Item] = deque()
+        self._idle_since: float | None = None
+        self._submitted = 0
+        self._completed = 0
+        self._failed = 0
+        self._timed_out = 0
+        self._expired = 0
+        self._rejected = 0
+        self._cancelled = 0
+        self._abandoned = 0
+        self._abandoned_running = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ShortTermQueue {self._workers}/{self.config.max_workers} workers, "
+            f"{self._running} running, {len(self._waiters)} waiting>"
+        )
+
+    def statistics(self) -> QueueStatistics:
+        """A consistent snapshot of the queue's state and counters."""
+        with self._lock:
+            waiters = self._waiters
+            return QueueStatistics(
+                workers=self._workers,
+                running=self._running,
+                waiting=len(waiters),
+                oldest_wait=self._clock() - waiters[0].enqueued if waiters else 0.0,
+                submitted=self._submitted,
+                completed=self._completed,
+                failed=self._failed,
+                timed_out=self._timed_out,
+                expired=self._expired,
+                rejected=self._rejected,
+                cancelled=self._cancelled,
+                abandoned=self._abandoned,
+                abandoned_running=self._abandoned_running,
+            )
+
+    # -- the engine's hook -------------------------------------------------------------
+
+    async def run(
+        self,
+        listener: Listener,
+        signal: DjangoSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+    ) -> Outcome:
+        """
+        Call ``listener`` once through the queue and return its outcome.
+
+        Takes a free worker at once, or waits in line for one, then runs the
+        listener in this task (a sync listener in a queue worker thread) under
+        the time limit. A full line gives a ``"rejected"`` outcome without
+        waiting; a wait past the expiry gives ``"expired"``; both go through
+        the listener's ``fallback``, ``on_error`` and ``default``. The
+        outcome's ``elapsed`` includes the wait.
+
+        Raises:
+            BaseException: only the caller's own cancellation (or another
+                ``BaseException`` such as ``KeyboardInterrupt``); the call
+                then leaves the line, or is cancelled if it was running.
+        """
+        started = perf_counter()
+        item = _Item()
+        config = self.config
+        with self._lock:
+            now = self._clock()
+            self._submitted += 1
+            if self._running < self._workers and not self._waiters:
+                self._running += 1
+            elif len(self._waiters) >= config.max_pending:
+                item.state = _REJECTED
+            else:
+                item.prepare_wait(now)
+                self._waiters.append(item)
+            events = self._rebalance(now)
+        if events:
+            _emit(events)
+        state = item.state
+        if state == _REJECTED:
+            return await self._reject(item, listener, started, signal, sender, kwargs)
+        if state != _GRANTED and not await self._wait(item):
+            return await self._expire(item, listener, started, signal, sender, kwargs)
+        runner = None
+        if not listener.is_async:
+            runner = functools.partial(self._in_thread, item, listener, signal, sender)
+        try:
+            outcome = await listener.run_async(
+                signal, sender, kwargs, time_limit=config.task_time_limit, thread_runner=runner
+            )
+        except BaseException:
+            self._finish(item, None)
+            raise
+        self._finish(item, outcome.status)
+        if item.queued:
+            outcome = outcome._replace(elapsed=perf_counter() - started)
+        return outcome
+
+    # -- waiting -----------------------------------------------------------------------
+
+    async def _wait(self, item: _Item) -> bool:
+        """Wait in line until granted a worker (True) or expired (False)."""
+        expiry = self.config.item_expiry
+        at_risk = item.enqueued + self.config.at_risk_fraction * expiry
+        expires = item.enqueued + expiry
+        try:
+            while item.state == _WAITING:
+                now = self._clock()
+                # Wake at the at-risk age (to grow the pool), then at the expiry.
+                due = at_risk if now < at_risk else expires
+                with anyio.move_on_after(due - now):
+                    await item.future
+                if item.state != _WAITING:
+                    break
+                events = None
+                with self._lock:
+                    if item.state == _WAITING:
+                        now = self._clock()
+                        events = self._rebalance(now)
+                        if item.state == _WAITING:
+                            if now - item.enqueued >= expiry:
+                                # Only if the clock went backwards for the ones ahead.
+                                self._waiters.remove(item)
+                                self._expire_item(item, now)
+                            else:
+                                item.future = item.loop.create_future()
+                if events:
+                    _emit(events)
+        except BaseException:
+            self._withdraw(item)
+            raise
+        return item.state == _GRANTED
+
+    def _withdraw(self, item: _Item) -> None:
+        """
+        The waiting caller was cancelled: leave the line, or give back the
+        worker it was just handed. It counts as cancelled, even if it had
+        expired meanwhile: its caller never saw that outcome.
+        """
+        with self._lock:
+            if item.state == _WAITING:
+                self._waiters.remove(item)
+            elif item.state == _GRANTED:
+                self._running -= 1
+            item.state = _WITHDRAWN
+            self._cancelled += 1
+            events = self._rebalance(self._clock())
+        if events:
+            _emit(events)
+
+    async def _expire(
+        self,
+        item: _Item,
+        listener: Listener,
+        started: float,
+        signal: DjangoSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+    ) -> Outcome:
+        expiry = self.config.item_expiry
+        logger().warning(
+            "queue_item_expired",
+            signal=signal_label(signal),
+            listener=listener.label,
+            sender=sender_label(sender),
+            waited_s=round(item.waited, 6),
+            expiry_s=expiry,
+        )
+        error = Expired(listener.label, item.waited, expiry)
+        return await self._settle(item, "expired", error, listener, started, signal, sender, kwargs)
+
+    async def _reject(
+        self,
+        item: _Item,
+        listener: Listener,
+        started: float,
+        signal: DjangoSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+    ) -> Outcome:
+        max_pending = self.config.max_pending
+        logger().warning(
+            "queue_item_rejected",
+            signal=signal_label(signal),
+            listener=listener.label,
+            sender=sender_label(sender),
+            max_pending=max_pending,
+        )
+        error = Rejected(listener.label, max_pending)
+        return await self._settle(
+            item, "rejected", error, listener, started, signal, sender, kwargs
+        )
+
+    async def _settle(
+        self,
+        item: _Item,
+        status: Status,
+        error: Exception,
+        listener: Listener,
+        started: float,
+        signal: DjangoSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+    ) -> Outcome:
+        """The outcome of a call that never started (its fallback may still run)."""
+        try:
+            outcome = await listener.settle_async(status, error, started, signal, sender, kwargs)
+        except BaseException:
+            self._finish(item, None)
+            raise
+        self._finish(item, status)
+        return outcome
+
+    # -- running -----------------------------------------------------------------------
+
+    def _finish(self, item: _Item, status: Status | None) -> None:
+        """
+        Count the call's outcome (None: its caller was cancelled) once its
+        caller has it, and free its worker, unless an abandoned thread still
+        holds it.
+        """
+        with self._lock:
+            if status is None:
+                self._cancelled += 1
+            elif status == "ok" or status == "enqueued":
+                self._completed += 1
+            elif status == "timeout":
+                self._timed_out += 1
+            elif status == "expired":
+                self._expired += 1
+            elif status == "rejected":
+                self._rejected += 1
+            else:
+                self._failed += 1
+            if item.state != _GRANTED or item.abandoned:
+                return
+            item.state = _FINISHED
+            self._running -= 1
+            events = self._rebalance(self._clock())
+        if events:
+            _emit(events)
+
+    async def _in_thread(
+        self,
+        item: _Item,
+        listener: Listener,
+        signal: DjangoSignal,
+        sender: Any,
+        call: Callable[[], Any],
+    ) -> Any:
+        """
+        The listener's thread runner: run a sync call in a queue worker thread.
+
+        If the caller stops waiting (time limit, cancellation) before the
+        thread returns, the thread is abandoned and keeps the call's worker
+        until it returns: the bound counts threads, not waiting callers.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+        run = closing_connections(call)
+        item.thread_returned = False
+
+        def work() -> None:
+            started = perf_counter()
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = context.run(run)
+            except BaseException as exc:
+                error = exc
+            events = None
+            with self._lock:
+                item.thread_returned = True
+                abandoned = item.abandoned
+                if abandoned:
+                    self._abandoned_running -= 1
+                    self._running -= 1
+                    events = self._rebalance(self._clock())
+            if abandoned:
+                if events:
+                    _emit(events)
+                logger().debug(
+                    "queue_thread_returned",
+                    signal=signal_label(signal),
+                    listener=listener.label,
+                    ran_s=round(perf_counter() - started, 6),
+                )
+                return
+            # RuntimeError: the caller's loop is gone, and so is the caller.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, done, result, error)
+
+        _threads.submit(work)
+        try:
+            return await done
+        except BaseException:
+            abandoned_running = 0
+            with self._lock:
+                if not item.thread_returned:
+                    item.abandoned = True
+                    self._abandoned += 1
+                    self._abandoned_running += 1
+                    abandoned_running = self._abandoned_running
+            if abandoned_running:
+                logger().warning(
+                    "queue_thread_abandoned",
+                    signal=signal_label(signal),
+                    listener=listener.label,
+                    sender=sender_label(sender),
+                    abandoned_running=abandoned_running,
+                )
+            raise
+
+    # -- scaling -----------------------------------------------------------------------
+
+    def _expire_item(self, item: _Item, now: float) -> None:
+        item.state = _EXPIRED
+        item.waited = now - item.enqueued
+        item.wake()
+
+    def _rebalance(self, now: float) -> list[_LogEvent] | None:
+        """
+        Under the lock, after any change: expire overdue waiters, grow if the
+        line is at risk, hand free workers to the line, shrink if idle long
+        enough. Returns the log events to emit once the lock is released.
+        """
+        config = self.config
+        waiters = self._waiters
+        events: list[_LogEvent] | None = None
+        if waiters:
+            expiry = config.item_expiry
+            reason = None
+            oldest = 0.0
+            # The line is in arrival order: the overdue are at its head.
+            while waiters and now - waiters[0].enqueued >= expiry:
+                item = waiters.popleft()
+                self._expire_item(item, now)
+                if reason is None:
+                    reason, oldest = "expired", item.waited
+            if reason is None and waiters:
+                oldest = now - waiters[0].enqueued
+                if oldest >= config.at_risk_fraction * expiry:
+                    reason = "at_risk"
+            if reason is not None and self._workers < config.max_workers:
+                self._workers = min(config.max_workers, self._workers * 2)
+                events = [
+                    (
+                        "info",
+                        "queue_scaled_up",
+                        {
+                            "reason": reason,
+                            "workers": self._workers,
+                            "oldest_wait_s": round(oldest, 6),
+                            "waiting": len(waiters),
+                        },
+                    )
+                ]
+            while waiters and self._running < self._workers:
+                item = waiters.popleft()
+                item.state = _GRANTED
+                self._running += 1
+                item.wake()
+        running = self._running
+        if waiters or running >= self._workers:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif self._workers > config.min_workers:
+            idle = now - self._idle_since
+            if idle >= config.idle_shrink_after:
+                previous = workers = self._workers
+                floor = max(config.min_workers, running)
+                for _ in range(int(idle // config.idle_shrink_after)):
+                    workers = max(floor, workers // 2)
+                    if workers == floor:
+                        break
+                self._workers = workers
+                self._idle_since = now
+                if workers < previous:
+                    events = events or []
+                    events.append(
+                        (
+                            "info",
+                            "queue_scaled_down",
+                            {"workers": workers, "previous": previous, "idle_s": round(idle, 6)},
+                        )
+                    )
+        return events
+
+
+def _deliver(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def _emit(events: list[_LogEvent]) -> None:
+    log = logger()
+    for level, event, fields in events:
+        getattr(log, level)(event, **fields)
+
+
+class _WorkerThreads:
+    """
+    The daemon threads that run sync listener calls for every queue.
+
+    A thread goes back to the pool after each call and exits after
+    :data:`IDLE_THREAD_TIMEOUT` without work. How many calls run at once is
+    bounded by the queues' workers, not here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[SimpleQueue[Callable[[], None]]] = []
+        self._started = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle.pop().put(job)
+                return
+            self._started += 1
+            number = self._started
+        inbox: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        threading.Thread(
+            target=self._work, args=(inbox, job), name=f"patchboard-queue-{number}", daemon=True
+        ).start()
+
+    def _work(self, inbox: SimpleQueue[Callable[[], None]], job: Callable[[], None]) -> None:
+        while True:
+            job()
+            with self._lock:
+                self._idle.append(inbox)
+            try:
+                job = inbox.get(timeout=IDLE_THREAD_TIMEOUT)
+            except Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                # submit() took this thread just before the timeout: its job is in.
+                job = inbox.get()
+
+
+_threads = _WorkerThreads()
+
+# -- the process's queue -----------------------------------------------------------------
+
+_queue: ShortTermQueue | None = None
+_queue_lock = threading.Lock()
+
+
+def get_queue() -> ShortTermQueue:
+    """
+    The process's short-term queue, built from ``PATCHBOARD["SHORT_TERM_QUEUE"]``
+    on first use and rebuilt after the ``PATCHBOARD`` setting changes (calls
+    already in the old queue finish there).
+
+    Raises:
+        SettingError: if ``PATCHBOARD`` is invalid.
+    """
+    global _queue
+    config = get_settings().short_term_queue
+    queue = _queue
+    if queue is not None and queue.config is config:
+        return queue
+    with _queue_lock:
+        if _queue is None or _queue.config is not config:
+            _queue = ShortTermQueue(config)
+        return _queue
+
+
+def queue_stats() -> QueueStatistics:
+    """Statistics of the process's short-term queue (see :class:`QueueStatistics`)."""
+    return get_queue().statistics()
+
+
+def reset_queue() -> None:
+    """
+    Forget the process's queue: the next :func:`get_queue` builds a fresh one,
+    with zeroed statistics (calls in flight finish in the old one). For tests.
+    """
+    global _queue
+    with _queue_lock:
+        _queue = None
+
+
+def _reset(*, setting: str, **kwargs: object) -> None:
+    if setting == "PATCHBOARD":
+        reset_queue()
+
+
+setting_changed.connect(_reset, dispatch_uid="patchboard.queue.reset")

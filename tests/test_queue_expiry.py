@@ -1,0 +1,222 @@
+"""
+Expiry: an item that waited ``ITEM_EXPIRY`` in line is never started; its
+outcome is ``"expired"``, answered by the listener's fallback, ``default`` or
+error policy, and the queue logs and counts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from patchboard import Expired, Signal
+from patchboard.conf import QueueSettings
+from patchboard.listeners import Listener, ListenerOptions
+from patchboard.outcomes import Outcome
+from patchboard.queue import ShortTermQueue
+
+SIGNAL = Signal(name="tests.queue_expiry")
+
+
+class VirtualClock:
+    """Seconds that pass only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Blocker:
+    """``run`` is an async listener that holds its worker until ``release()``."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    async def run(self, sender: Any, **kwargs: Any) -> str:
+        await self.event.wait()
+        return "released"
+
+    def release(self) -> None:
+        self.event.set()
+
+
+def listener(func: Callable[..., Any], **options: Any) -> Listener:
+    return Listener(func, ListenerOptions(**options), weak=False)
+
+
+def one_worker(clock: Callable[[], float], **values: Any) -> ShortTermQueue:
+    settings = QueueSettings(min_workers=1, max_workers=1, item_expiry=45, **values)
+    return ShortTermQueue(settings, clock=clock)
+
+
+class Quote:
+    """A listener that records whether it ever ran."""
+
+    def __init__(self) -> None:
+        self.ran = False
+
+    async def run(self, sender: Any, **kwargs: Any) -> str:
+        self.ran = True
+        return "quote"
+
+
+def _sync_fallback(sender: Any, **kwargs: Any) -> str:
+    return "sync fallback"
+
+
+async def _async_fallback(sender: Any, **kwargs: Any) -> str:
+    await anyio.lowlevel.checkpoint()
+    return "async fallback"
+
+
+async def _expire_behind_a_blocker(**options: Any) -> tuple[Outcome, Quote, ShortTermQueue]:
+    """Queue ``Quote`` behind a blocker, let 46 virtual seconds pass, free the worker."""
+    clock = VirtualClock()
+    queue = one_worker(clock)
+    blocker = Blocker()
+    quote = Quote()
+    outcomes: list[Outcome] = []
+
+    async def waiting_caller() -> None:
+        outcomes.append(await queue.run(listener(quote.run, **options), SIGNAL, None, {}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(waiting_caller)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(46)
+        blocker.release()
+    return outcomes[0], quote, queue
+
+
+@pytest.mark.parametrize(
+    ("fallback", "value"),
+    [(_sync_fallback, "sync fallback"), (_async_fallback, "async fallback")],
+    ids=["sync", "async"],
+)
+async def test_an_expired_item_is_answered_by_its_fallback(
+    logs: Any, fallback: Callable[..., Any], value: str
+) -> None:
+    outcome, quote, queue = await _expire_behind_a_blocker(fallback=fallback)
+
+    assert not quote.ran
+    assert outcome.status == "expired"
+    assert outcome.value == value
+    assert isinstance(outcome.error, Expired)
+    assert (outcome.error.waited, outcome.error.expiry) == (46, 45)
+    [event] = [e for e in logs.entries if e["event"] == "queue_item_expired"]
+    assert event["signal"] == "tests.queue_expiry"
+    assert event["listener"].endswith("Quote.run")
+    assert (event["waited_s"], event["expiry_s"]) == (46, 45)
+    stats = queue.statistics()
+    assert (stats.submitted, stats.completed, stats.expired) == (2, 1, 1)
+
+
+async def test_without_fallback_an_expired_item_gets_its_default() -> None:
+    outcome, quote, _ = await _expire_behind_a_blocker(on_error="log", default="stale")
+    assert not quote.ran
+    assert (outcome.status, outcome.value, outcome.propagate) == ("expired", "stale", False)
+
+
+async def test_without_fallback_a_raise_policy_expiry_propagates() -> None:
+    outcome, _, _ = await _expire_behind_a_blocker(on_error="raise")
+    assert outcome.status == "expired"
+    assert outcome.propagate
+    assert isinstance(outcome.error, Expired)
+
+
+async def test_a_failing_fallback_falls_back_to_the_error_policy(logs: Any) -> None:
+    def broken(sender: Any, **kwargs: Any) -> str:
+        raise RuntimeError("fallback down")
+
+    outcome, _, _ = await _expire_behind_a_blocker(
+        fallback=broken, on_error="log", default="default"
+    )
+    assert (outcome.status, outcome.value) == ("expired", "default")
+    assert any(e["event"] == "listener_fallback_failed" for e in logs.entries)
+
+
+async def test_overdue_waiters_expire_when_another_item_arrives() -> None:
+    """The line is checked on every submit, not only when a worker frees up."""
+    clock = VirtualClock()
+    queue = one_worker(clock)
+    blocker = Blocker()
+    quotes = [Quote(), Quote()]
+    outcomes: list[Outcome] = []
+
+    async def waiting_caller(quote: Quote) -> None:
+        outcomes.append(await queue.run(listener(quote.run, on_error="log"), SIGNAL, None, {}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(waiting_caller, quotes[0])
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(46)
+        tg.start_soon(waiting_caller, quotes[1])
+        await anyio.wait_all_tasks_blocked()
+        # The first waiter expired at once; the newcomer waits its turn.
+        assert [o.status for o in outcomes] == ["expired"]
+        stats = queue.statistics()
+        assert (stats.expired, stats.waiting, stats.running) == (1, 1, 1)
+        blocker.release()
+
+    assert [o.status for o in outcomes] == ["expired", "ok"]
+    assert [q.ran for q in quotes] == [False, True]
+
+
+async def test_an_item_within_its_expiry_runs() -> None:
+    clock = VirtualClock()
+    queue = one_worker(clock)
+    blocker = Blocker()
+    outcomes: list[Outcome] = []
+
+    async def waiting_caller() -> None:
+        outcomes.append(await queue.run(listener(Quote().run), SIGNAL, None, {}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(waiting_caller)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(44)
+        blocker.release()
+
+    assert outcomes[0].status == "ok"
+    assert outcomes[0].value == "quote"
+    assert queue.statistics().expired == 0
+
+
+async def test_a_waiter_expires_on_its_own_while_the_worker_stays_busy(logs: Any) -> None:
+    """No release, no newcomer: the waiter's own deadline expires it (real time)."""
+    settings = QueueSettings(min_workers=1, max_workers=1, item_expiry=0.2)
+    queue = ShortTermQueue(settings)
+    blocker = Blocker()
+    quote = Quote()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+            await anyio.wait_all_tasks_blocked()
+            outcome = await queue.run(
+                listener(quote.run, fallback=_sync_fallback), SIGNAL, None, {}
+            )
+            assert queue.statistics().running == 1, "the blocker still holds the worker"
+            blocker.release()
+
+    assert not quote.ran
+    assert (outcome.status, outcome.value) == ("expired", "sync fallback")
+    assert isinstance(outcome.error, Expired)
+    assert outcome.error.waited >= 0.2
+    assert outcome.elapsed >= 0.2
+    [event] = [e for e in logs.entries if e["event"] == "queue_item_expired"]
+    assert event["waited_s"] >= 0.2
