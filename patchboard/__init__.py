@@ -5,6 +5,9 @@ The public API, re-exported here; every module behind it is an
 implementation detail.
 """
 
+from patchboard.breaker import BreakerStatistics as BreakerStatistics
+from patchboard.breaker import CircuitBreaker as CircuitBreaker
+from patchboard.breaker import circuit_state_changed as circuit_state_changed
 from patchboard.exceptions import CircuitOpen as CircuitOpen
 from patchboard.exceptions import Expired as Expired
 from patchboard.exceptions import ListenerTimeout as ListenerTimeout
@@ -25,6 +28,8 @@ from patchboard.queue import queue_stats as queue_stats
 from patchboard.signals import Signal as Signal
 
 __all__ = [
+    "BreakerStatistics",
+    "CircuitBreaker",
     "CircuitOpen",
     "Collected",
     "Expired",
@@ -40,6 +45,7 @@ __all__ = [
     "Signal",
     "Status",
     "SyncCallInEventLoop",
+    "circuit_state_changed",
     "outcome_counts",
     "queue_stats",
     "receiver",

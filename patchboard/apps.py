@@ -9,4 +9,4 @@ class PatchboardConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the system checks (patchboard.E001 and on).
-        from patchboard import background_checks, checks  # noqa: F401
+        from patchboard import background_checks, breaker_checks, checks  # noqa: F401

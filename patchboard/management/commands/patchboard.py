@@ -1,0 +1,114 @@
+"""
+``manage.py patchboard``: look at patchboard's moving parts and steer them.
+
+``manage.py patchboard breakers``
+    Lists every circuit breaker (declared in ``PATCHBOARD["BREAKERS"]`` or
+    registered in this process) with its state and counters. Breakers with a
+    Redis store show the shared state; the others show this process's, which
+    is fresh (a management command is a process of its own).
+``manage.py patchboard breakers --open NAME | --close NAME | --reset NAME``
+    Forces the circuit open (until reset), forces it closed (failures not
+    counted until reset), or resets it to a clean closed state, then lists.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+
+from patchboard.breaker import BreakerStatistics, CircuitBreaker, all_breakers, get_breaker
+from patchboard.conf import get_settings
+
+COLUMNS = (
+    "name",
+    "state",
+    "failures",
+    "retry_at",
+    "rejected",
+    "successes",
+    "failures_total",
+    "store",
+)
+
+
+def _cell(stats: BreakerStatistics, column: str) -> str:
+    if column == "state":
+        state: str = stats.state
+        if stats.forced is not None:
+            state = f"{state} (forced)"
+        return state + (" (fallback)" if stats.fallback else "")
+    if column == "retry_at":
+        return stats.retry_at.isoformat(timespec="seconds") if stats.retry_at else "-"
+    return str(getattr(stats, column))
+
+
+class Command(BaseCommand):
+    help = "Inspect and control patchboard: 'patchboard breakers' lists circuit breakers."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        subcommands = parser.add_subparsers(dest="subcommand", required=True)
+        breakers = subcommands.add_parser(
+            "breakers", help="List circuit breakers; open, close or reset one."
+        )
+        action = breakers.add_mutually_exclusive_group()
+        action.add_argument("--open", metavar="NAME", help="Force the circuit open until --reset.")
+        action.add_argument(
+            "--close", metavar="NAME", help="Force the circuit closed until --reset."
+        )
+        action.add_argument(
+            "--reset", metavar="NAME", help="Reset the circuit: closed, no failures, not forced."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        handler = getattr(self, f"handle_{options['subcommand']}")
+        handler(**options)
+
+    def handle_breakers(self, **options: Any) -> None:
+        for flag, method, done in (
+            ("open", "force_open", "Forced circuit {!r} open."),
+            ("close", "force_closed", "Forced circuit {!r} closed."),
+            ("reset", "reset", "Reset circuit {!r}."),
+        ):
+            name = options.get(flag)
+            if name:
+                breaker = self._breaker(name)
+                try:
+                    getattr(breaker, method)()
+                except Exception as exc:
+                    raise CommandError(
+                        f"could not change circuit {name!r} in {breaker.statistics().store}: {exc}"
+                    ) from exc
+                self.stdout.write(done.format(name))
+                if breaker.statistics().store == "memory":
+                    self.stderr.write(
+                        f"Note: {name!r} uses the in-process memory store; the change "
+                        "applies to this process only."
+                    )
+        self._list()
+
+    def _breaker(self, name: str) -> CircuitBreaker:
+        try:
+            return get_breaker(name)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _list(self) -> None:
+        for name in get_settings().breakers:
+            self._breaker(name)
+        rows = []
+        for breaker in all_breakers():
+            breaker.get_state_sync()  # a fresh view of a Redis store's shared state
+            stats = breaker.statistics()
+            rows.append([_cell(stats, column) for column in COLUMNS])
+        if not rows:
+            self.stdout.write('No circuit breakers (declare them in PATCHBOARD["BREAKERS"]).')
+            return
+        widths = [
+            max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(COLUMNS)
+        ]
+        for row in [list(COLUMNS), *rows]:
+            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            self.stdout.write(line.rstrip())
