@@ -7,6 +7,10 @@ System checks of the circuit breakers declared in ``PATCHBOARD["BREAKERS"]``.
     store needs the ``redis`` package. One error per bad breaker, naming the
     breaker and the argument.
 
+``patchboard.E011``
+    A listener refers to a breaker by a name that is neither declared in
+    ``PATCHBOARD["BREAKERS"]`` nor created in code.
+
 A ``BREAKERS`` value that is not a dict of dicts is ``patchboard.E001``'s
 business (:mod:`patchboard.checks`).
 """
@@ -23,6 +27,7 @@ from django.core.checks import CheckMessage, Error, register
 from patchboard.breaker import BreakerConfig
 
 E010_ID = "patchboard.E010"
+E011_ID = "patchboard.E011"
 
 
 def breaker_error(name: str, problem: str) -> Error:
@@ -67,3 +72,26 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 )
             )
     return errors
+
+
+@register()
+def check_listener_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from patchboard.breaker import all_breakers
+    from patchboard.listeners import by_breaker_name
+
+    raw = getattr(settings, "PATCHBOARD", None) or {}
+    declared = raw.get("BREAKERS") if isinstance(raw, Mapping) else None
+    known = set(declared or ()) | {breaker.name for breaker in all_breakers()}
+    return [
+        Error(
+            f"listener {label} refers to circuit breaker {name!r}, which is neither "
+            f'declared in PATCHBOARD["BREAKERS"] nor created in code',
+            hint=f"known breakers: {', '.join(map(repr, sorted(known))) or 'none'}",
+            obj=label,
+            id=E011_ID,
+        )
+        for label, name in sorted(
+            (listener.label, str(listener.options.breaker)) for listener in by_breaker_name
+        )
+        if name not in known
+    ]

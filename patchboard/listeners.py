@@ -245,11 +245,14 @@ class Listener:
 
             return await enqueue_async(self, func, signal, sender, kwargs)
         limit = options.timeout if options.timeout is not None else time_limit
+        # Resolved outside the try: an unknown breaker name is a configuration
+        # error for the caller, not this listener's failure.
+        breaker = None if options.breaker is None else self.breaker()
         try:
-            if options.breaker is None:
+            if breaker is None:
                 value = await self._invoke(func, signal, sender, kwargs, limit, thread_runner)
             else:
-                async with self.breaker():
+                async with breaker:
                     value = await self._invoke(func, signal, sender, kwargs, limit, thread_runner)
         except CircuitOpen as exc:
             return await self.settle_async("circuit_open", exc, started, signal, sender, kwargs)
@@ -316,11 +319,12 @@ class Listener:
             from patchboard.background import enqueue_sync
 
             return enqueue_sync(self, func, signal, sender, kwargs)
+        breaker = None if self.options.breaker is None else self.breaker()
         try:
-            if self.options.breaker is None:
+            if breaker is None:
                 value = func(signal=signal, sender=sender, **kwargs)
             else:
-                with self.breaker():
+                with breaker:
                     value = func(signal=signal, sender=sender, **kwargs)
         except CircuitOpen as exc:
             return self.settle_sync("circuit_open", exc, started, signal, sender, kwargs)
@@ -545,6 +549,9 @@ def closing_connections(call: Callable[[], Any]) -> Callable[[], Any]:
 
 # -- connecting ------------------------------------------------------------------
 
+by_breaker_name: weakref.WeakSet[Listener] = weakref.WeakSet()
+"""Live listeners that name their breaker (``patchboard.E011`` checks the names)."""
+
 _keepalive: weakref.WeakKeyDictionary[Any, dict[tuple[int, Hashable], Listener]] = (
     weakref.WeakKeyDictionary()
 )
@@ -610,6 +617,8 @@ def connect(
     function twice stays a no-op, as in Django.
     """
     listener = Listener(func, options, weak=weak)
+    if isinstance(options.breaker, str):
+        by_breaker_name.add(listener)
     uid = dispatch_uid if dispatch_uid else _make_id(func)
     if weak:
         owner = getattr(func, "__self__", func) if hasattr(func, "__func__") else func
