@@ -227,14 +227,11 @@ class Listener:
             # The fast path: an async listener with nothing to apply but its error policy.
             try:
                 value = await func(signal=signal, sender=sender, **kwargs)
-            except CircuitOpen as exc:  # from a breaker the listener uses itself
-                return await self.settle_async("circuit_open", exc, started, signal, sender, kwargs)
-            except Exception as exc:
-                return await self.settle_async("error", exc, started, signal, sender, kwargs)
-            except asyncio.CancelledError as exc:
-                if _cancelled_from_outside():
+            except BaseException as exc:
+                status = failure_status(exc)
+                if status is None:
                     raise
-                return await self.settle_async("error", exc, started, signal, sender, kwargs)
+                return await self.settle_async(status, exc, started, signal, sender, kwargs)
             counted["ok"] += 1
             return _new_outcome(
                 Outcome, (func, "ok", value, None, perf_counter() - started, None, False)
@@ -254,16 +251,11 @@ class Listener:
             else:
                 async with breaker:
                     value = await self._invoke(func, signal, sender, kwargs, limit, thread_runner)
-        except CircuitOpen as exc:
-            return await self.settle_async("circuit_open", exc, started, signal, sender, kwargs)
-        except ListenerTimeout as exc:
-            return await self.settle_async("timeout", exc, started, signal, sender, kwargs)
-        except Exception as exc:
-            return await self.settle_async("error", exc, started, signal, sender, kwargs)
-        except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
+        except BaseException as exc:
+            status = failure_status(exc)
+            if status is None:
                 raise
-            return await self.settle_async("error", exc, started, signal, sender, kwargs)
+            return await self.settle_async(status, exc, started, signal, sender, kwargs)
         counted["ok"] += 1
         return Outcome(receiver=func, status="ok", value=value, elapsed=perf_counter() - started)
 
@@ -276,23 +268,21 @@ class Listener:
         limit: float | None,
         thread_runner: ThreadRunner | None,
     ) -> Any:
+        call: Callable[[], Awaitable[Any]]
         if self.is_async:
-            if limit is None:
-                return await func(signal=signal, sender=sender, **kwargs)
-            started = perf_counter()
-            with anyio.CancelScope(deadline=anyio.current_time() + limit):
-                return await func(signal=signal, sender=sender, **kwargs)
-            # Only reached when the deadline cancelled the call.
-            raise ListenerTimeout(self.label, limit, perf_counter() - started)
-        call = functools.partial(func, signal=signal, sender=sender, **kwargs)
-        if limit is None and thread_runner is None and self.options.thread_sensitive:
-            return await sync_to_async(call, thread_sensitive=True)()
-        runner = thread_runner or run_in_worker_thread
+            call = functools.partial(func, signal=signal, sender=sender, **kwargs)
+        else:
+            sync_call = functools.partial(func, signal=signal, sender=sender, **kwargs)
+            if limit is None and thread_runner is None and self.options.thread_sensitive:
+                return await sync_to_async(sync_call, thread_sensitive=True)()
+            call = functools.partial(thread_runner or run_in_worker_thread, sync_call)
         if limit is None:
-            return await runner(call)
+            return await call()
         started = perf_counter()
         with anyio.CancelScope(deadline=anyio.current_time() + limit):
-            return await runner(call)
+            return await call()
+        # Only reached when the deadline cancelled the call (a sync call's
+        # thread is abandoned: it cannot be stopped).
         raise ListenerTimeout(self.label, limit, perf_counter() - started)
 
     def run_sync(self, signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]) -> Outcome:
@@ -307,10 +297,11 @@ class Listener:
         if self._direct:
             try:
                 value = func(signal=signal, sender=sender, **kwargs)
-            except CircuitOpen as exc:  # from a breaker the listener uses itself
-                return self.settle_sync("circuit_open", exc, started, signal, sender, kwargs)
-            except Exception as exc:
-                return self.settle_sync("error", exc, started, signal, sender, kwargs)
+            except BaseException as exc:
+                status = failure_status(exc)
+                if status is None:
+                    raise
+                return self.settle_sync(status, exc, started, signal, sender, kwargs)
             counted["ok"] += 1
             return _new_outcome(
                 Outcome, (func, "ok", value, None, perf_counter() - started, None, False)
@@ -326,10 +317,11 @@ class Listener:
             else:
                 with breaker:
                     value = func(signal=signal, sender=sender, **kwargs)
-        except CircuitOpen as exc:
-            return self.settle_sync("circuit_open", exc, started, signal, sender, kwargs)
-        except Exception as exc:
-            return self.settle_sync("error", exc, started, signal, sender, kwargs)
+        except BaseException as exc:
+            status = failure_status(exc)
+            if status is None:
+                raise
+            return self.settle_sync(status, exc, started, signal, sender, kwargs)
         counted["ok"] += 1
         return Outcome(receiver=func, status="ok", value=value, elapsed=perf_counter() - started)
 
@@ -490,15 +482,30 @@ class Listener:
         )
 
 
-def _cancelled_from_outside() -> bool:
+def failure_status(exc: BaseException) -> Status | None:
     """
-    Whether a ``CancelledError`` that reached a listener's caller is a real
-    cancellation of this task (it must propagate) rather than one the
-    listener raised on its own, e.g. from a future someone else cancelled
-    (that is the listener's error, and must not vanish).
+    The outcome status of a listener call that raised ``exc``, or None when
+    ``exc`` must propagate: a real cancellation of the calling task,
+    ``KeyboardInterrupt``, ``SystemExit``.
+
+    A ``CancelledError`` the listener raised on its own (from a future that
+    someone else cancelled) while its task is not being cancelled is the
+    listener's error: it must not vanish as if the caller had gone away.
     """
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, ListenerTimeout):
+        return "timeout"
+    if isinstance(exc, Exception):
+        return "error"
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            return "error"
+        if task is not None and task.cancelling() == 0:
+            return "error"
+    return None
 
 
 _new_outcome = tuple.__new__
