@@ -26,7 +26,7 @@ import patchboard
 import patchboard.queue
 from patchboard import ListenerTimeout, Rejected, Signal
 from patchboard.conf import QueueSettings
-from patchboard.listeners import Listener, ListenerOptions
+from patchboard.listeners import Listener
 from patchboard.queue import (
     QueueStatistics,
     ShortTermQueue,
@@ -34,6 +34,7 @@ from patchboard.queue import (
     queue_stats,
     reset_queue,
 )
+from tests.queue_support import Blocker, listener
 
 # -- helpers -------------------------------------------------------------------------
 
@@ -44,11 +45,6 @@ def queue_settings(**values: Any) -> Iterator[None]:
     section = {key.upper(): value for key, value in values.items()}
     with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": section}):
         yield
-
-
-def listener(func: Callable[..., Any], **options: Any) -> Listener:
-    """A listener as the engine hands it to the queue."""
-    return Listener(func, ListenerOptions(**options), weak=False)
 
 
 SIGNAL = Signal(name="tests.queue")
@@ -103,22 +99,6 @@ class Gauge:
                 self.exit()
 
         return hold
-
-
-class Blocker:
-    """``run`` is an async listener that runs until ``release()``; ``started`` counts calls."""
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.started = 0
-
-    async def run(self, sender: Any, **kwargs: Any) -> str:
-        self.started += 1
-        await self.event.wait()
-        return "released"
-
-    def release(self) -> None:
-        self.event.set()
 
 
 def _connect_all(signal: Signal, funcs: list[Callable[..., Any]]) -> None:

@@ -14,42 +14,12 @@ import pytest
 
 from patchboard import Expired, Signal
 from patchboard.conf import QueueSettings
-from patchboard.listeners import Listener, ListenerOptions
 from patchboard.outcomes import Outcome
 from patchboard.queue import ShortTermQueue
+from patchboard.testing import VirtualClock
+from tests.queue_support import Blocker, listener
 
 SIGNAL = Signal(name="tests.queue_expiry")
-
-
-class VirtualClock:
-    """Seconds that pass only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Blocker:
-    """``run`` is an async listener that holds its worker until ``release()``."""
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-
-    async def run(self, sender: Any, **kwargs: Any) -> str:
-        await self.event.wait()
-        return "released"
-
-    def release(self) -> None:
-        self.event.set()
-
-
-def listener(func: Callable[..., Any], **options: Any) -> Listener:
-    return Listener(func, ListenerOptions(**options), weak=False)
 
 
 def one_worker(clock: Callable[[], float], **values: Any) -> ShortTermQueue:
