@@ -37,6 +37,7 @@ so a process learns of a transition made by a Redis script from the reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import os
@@ -1004,15 +1005,7 @@ class RedisStore:
             fallback = self.fallback.view()
             if view is None and not self.using_fallback:
                 return fallback
-            return StoreView(
-                state=fallback.state,
-                failures=fallback.failures,
-                opened_at=fallback.opened_at,
-                retry_at=fallback.retry_at,
-                forced=fallback.forced,
-                probes=fallback.probes,
-                fallback=True,
-            )
+            return dataclasses.replace(fallback, fallback=True)
         return StoreView(
             state=self._effective(view),
             failures=view.failures,

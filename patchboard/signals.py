@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
 
@@ -302,8 +302,6 @@ class Signal(DjangoSignal):
     async def _asend_ordered(
         self, sender: Any, named: dict[str, Any], *, robust: bool
     ) -> list[tuple[Callable[..., Any], Any]]:
-        from asgiref.sync import sync_to_async
-
         responses = []
         for listener in self.listeners(sender):
             receiver = listener if listener.options is not DEFAULT_OPTIONS else listener.receiver
