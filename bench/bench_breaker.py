@@ -460,7 +460,7 @@ async def _redis_rows(calls: int) -> list[Row]:
 def redis_round_trips(quick: bool = False) -> list[Row]:
     import redis
 
-    from patchboard.breaker import reset_breakers
+    from patchboard.testing import reset as reset_breakers
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()

@@ -155,7 +155,7 @@ def _collect_choice(verb: str, listeners: int) -> tuple[str, dict[str, Any], str
     How to call ``verb`` so that it runs ``listeners`` inline: by default, unless
     ``COLLECT_QUEUE_THRESHOLD`` would send them through the short-term queue.
     """
-    from patchboard.conf import get_settings
+    from patchboard._config import get_settings
 
     threshold = get_settings().collect_queue_threshold
     if listeners <= threshold:

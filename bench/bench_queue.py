@@ -12,7 +12,7 @@ Fan-out cases (wall-clock milliseconds for one dispatch of 100 listeners):
   the thread-sensitive thread: 5 s; timed once).
 
 Overhead cases (microseconds per item, no-op listeners, a loop of calls):
-``queue.run`` against ``listener.run_async`` with the same time limit (what
+``queue.run`` against ``Call.run_async`` with the same time limit (what
 the queue adds: its slot accounting) and without one.
 
 Each case is warmed up, then timed ``REPEAT`` times; the table gives the best
@@ -121,9 +121,9 @@ def fan_out(repeat: int) -> list[Row]:
     from django.dispatch import Signal as DjangoSignal
 
     import patchboard
-    from patchboard.conf import QueueSettings
-    from patchboard.dispatch import run_concurrently
-    from patchboard.queue import ShortTermQueue
+    from patchboard._config import QueueSettings
+    from patchboard._dispatch import run_concurrently
+    from patchboard._queue import ShortTermQueue
 
     rows = []
     for kind, funcs, workers, rounds in (
@@ -185,9 +185,10 @@ def fan_out(repeat: int) -> list[Row]:
 
 def overhead(repeat: int) -> list[Row]:
     import patchboard
-    from patchboard.conf import QueueSettings
-    from patchboard.listeners import Listener, ListenerOptions
-    from patchboard.queue import ShortTermQueue
+    from patchboard import Listener, ListenerOptions
+    from patchboard._call import Call
+    from patchboard._config import QueueSettings
+    from patchboard._queue import ShortTermQueue
 
     async def noop(sender: Any, **kwargs: Any) -> None:
         return None
@@ -200,15 +201,15 @@ def overhead(repeat: int) -> list[Row]:
 
     async def via_queue() -> None:
         for _ in range(NOOP_ITEMS):
-            await queue.run(listener, signal, None, {})
+            await queue.run(Call(listener, signal, None, {}))
 
     async def with_limit() -> None:
         for _ in range(NOOP_ITEMS):
-            await listener.run_async(signal, None, {}, time_limit=limit)
+            await Call(listener, signal, None, {}).run_async(time_limit=limit)
 
     async def bare() -> None:
         for _ in range(NOOP_ITEMS):
-            await listener.run_async(signal, None, {})
+            await Call(listener, signal, None, {}).run_async()
 
     case = "a no-op async listener, per item"
     rows = []

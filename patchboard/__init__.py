@@ -1,33 +1,37 @@
 """
 patchboard: an asyncio-native dispatch engine for Django signals.
 
-The public API, re-exported here; every module behind it is an
-implementation detail.
+The public API, re-exported here (with ``patchboard.testing`` for test
+suites); every other module is an implementation detail.
 """
 
+import patchboard.background  # noqa: F401  (plugs background listeners into the listener call)
+from patchboard._config import BreakerConfig as BreakerConfig
+from patchboard._config import ListenerOptions as ListenerOptions
+from patchboard._exceptions import CircuitOpen as CircuitOpen
+from patchboard._exceptions import Expired as Expired
+from patchboard._exceptions import ListenerTimeout as ListenerTimeout
+from patchboard._exceptions import NotSerializable as NotSerializable
+from patchboard._exceptions import PatchboardError as PatchboardError
+from patchboard._exceptions import Rejected as Rejected
+from patchboard._exceptions import SyncCallInEventLoop as SyncCallInEventLoop
+from patchboard._listeners import Listener as Listener
+from patchboard._listeners import receiver as receiver
+from patchboard._outcomes import Collected as Collected
+from patchboard._outcomes import Outcome as Outcome
+from patchboard._outcomes import Status as Status
+from patchboard._queue import QueueStatistics as QueueStatistics
+from patchboard._queue import ShortTermQueue as ShortTermQueue
+from patchboard._queue import queue_stats as queue_stats
+from patchboard._signals import Signal as Signal
+from patchboard._state import outcome_counts as outcome_counts
 from patchboard.breaker import BreakerStatistics as BreakerStatistics
 from patchboard.breaker import CircuitBreaker as CircuitBreaker
 from patchboard.breaker import circuit_state_changed as circuit_state_changed
-from patchboard.exceptions import CircuitOpen as CircuitOpen
-from patchboard.exceptions import Expired as Expired
-from patchboard.exceptions import ListenerTimeout as ListenerTimeout
-from patchboard.exceptions import NotSerializable as NotSerializable
-from patchboard.exceptions import PatchboardError as PatchboardError
-from patchboard.exceptions import Rejected as Rejected
-from patchboard.exceptions import SyncCallInEventLoop as SyncCallInEventLoop
-from patchboard.listeners import Listener as Listener
-from patchboard.listeners import ListenerOptions as ListenerOptions
-from patchboard.listeners import receiver as receiver
-from patchboard.outcomes import Collected as Collected
-from patchboard.outcomes import Outcome as Outcome
-from patchboard.outcomes import Status as Status
-from patchboard.outcomes import outcome_counts as outcome_counts
-from patchboard.queue import QueueStatistics as QueueStatistics
-from patchboard.queue import ShortTermQueue as ShortTermQueue
-from patchboard.queue import queue_stats as queue_stats
-from patchboard.signals import Signal as Signal
+from patchboard.breaker import get_breaker as get_breaker
 
 __all__ = [
+    "BreakerConfig",
     "BreakerStatistics",
     "CircuitBreaker",
     "CircuitOpen",
@@ -46,6 +50,7 @@ __all__ = [
     "Status",
     "SyncCallInEventLoop",
     "circuit_state_changed",
+    "get_breaker",
     "outcome_counts",
     "queue_stats",
     "receiver",

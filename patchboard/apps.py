@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+# Importing the check modules registers patchboard's system checks (patchboard.E001 and on).
+from patchboard import _checks  # noqa: F401
+from patchboard.background import checks as background_checks  # noqa: F401
+from patchboard.breaker import checks as breaker_checks  # noqa: F401
+
 
 class PatchboardConfig(AppConfig):
     name = "patchboard"
     verbose_name = "patchboard"
-
-    def ready(self) -> None:
-        # Registers the system checks (patchboard.E001 and on).
-        from patchboard import background_checks, breaker_checks, checks  # noqa: F401

@@ -5,8 +5,8 @@ Helpers for testing code that uses patchboard: in your suite as in ours.
     Records every dispatch of patchboard's verbs (``send_async``,
     ``collect_async`` and their sync twins) with its outcomes.
 ``reset()``
-    Forgets every circuit breaker's state, rebuilds the short-term queue and
-    zeroes the outcome counters: call it between tests.
+    Starts patchboard's process state afresh (breakers, the short-term
+    queue, counters, settings): call it between tests.
 ``VirtualClock``
     A clock that moves only when told to; pass it as ``clock=`` to a
     :class:`~patchboard.CircuitBreaker` or a ``ShortTermQueue`` to test
@@ -23,8 +23,8 @@ from typing import Any
 
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import dispatch
-from patchboard.outcomes import Outcome, counted
+from patchboard._outcomes import Outcome
+from patchboard._state import state
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +58,24 @@ def capture_dispatches() -> Iterator[list[Dispatch]]:
         with lock:
             seen.append(Dispatch(signal, sender, tuple(outcomes)))
 
-    dispatch.observers.append(observe)
+    state.observers.append(observe)
     try:
         yield seen
     finally:
-        dispatch.observers.remove(observe)
+        if observe in state.observers:  # reset() inside the block removed it already
+            state.observers.remove(observe)
 
 
 def reset() -> None:
-    """Reset patchboard's process-wide state: breakers, the short-term queue, counters."""
-    from patchboard.breaker import reset_breakers
-    from patchboard.queue import reset_queue
-
-    reset_breakers()
-    reset_queue()
-    counted.clear()
+    """
+    Start patchboard's process-wide state afresh, for a test: every circuit
+    breaker is forgotten (names can be reused; shared Redis state is left
+    alone, call ``breaker.reset()`` for that) and its Redis clients closed,
+    the short-term queue and the parsed settings are rebuilt on next use,
+    the outcome counters are zeroed and observers removed. Listeners stay
+    connected.
+    """
+    state.reset()
 
 
 class VirtualClock:

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from patchboard.listeners import Listener, ListenerOptions
+from patchboard import Listener, ListenerOptions
 
 
 class Blocker:

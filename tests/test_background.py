@@ -29,8 +29,7 @@ except ImportError:  # Django 5.2, with the django-tasks backport
 from structlog.testing import LogCapture
 
 from patchboard import CircuitOpen, ListenerTimeout, NotSerializable, Signal, receiver
-from patchboard.background import is_process_local, run_listener, signal_key
-from patchboard.background_checks import (
+from patchboard.background.checks import (
     E020_ID,
     check_background,
     defer_warning,
@@ -38,7 +37,9 @@ from patchboard.background_checks import (
     queue_error,
     signal_warning,
 )
-from patchboard.payload import Job, encode
+from patchboard.background.payload import Job, encode
+from patchboard.background.registry import is_process_local, signal_key
+from patchboard.background.tasks import run_listener
 from tests.testapp.models import Order
 
 order_paid = Signal(name="tests.background.order_paid")

@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
+from patchboard._exceptions import CircuitOpen, ListenerTimeout
 from patchboard.breaker import (
     BreakerConfig,
     BreakerStatistics,
@@ -23,10 +24,9 @@ from patchboard.breaker import (
     all_breakers,
     circuit_state_changed,
     get_breaker,
-    reset_breakers,
 )
-from patchboard.breaker_checks import E010_ID, breaker_error, check_breakers
-from patchboard.exceptions import CircuitOpen, ListenerTimeout
+from patchboard.breaker.checks import E010_ID, breaker_error, check_breakers
+from patchboard.testing import reset
 
 START = 1_700_000_000.0
 
@@ -54,9 +54,9 @@ class NotFound(Exception):
 
 @pytest.fixture(autouse=True)
 def _fresh_registry() -> Iterator[None]:
-    reset_breakers()
+    reset()
     yield
-    reset_breakers()
+    reset()
 
 
 @pytest.fixture
@@ -707,10 +707,18 @@ def test_sync_transitions_are_signalled_too(clock) -> None:
     [
         ({"failure_threshold": 0}, ValueError, "failure_threshold must be >= 1, got 0"),
         ({"failure_threshold": 2.5}, TypeError, "failure_threshold must be an int, got 2.5"),
-        ({"reset_timeout": 0}, ValueError, "reset_timeout must be a finite number > 0, got 0"),
-        ({"reset_timeout": "30"}, TypeError, "reset_timeout must be a number, got '30'"),
+        (
+            {"reset_timeout": 0},
+            ValueError,
+            "reset_timeout must be a finite number of seconds > 0, got 0",
+        ),
+        ({"reset_timeout": "30"}, TypeError, "reset_timeout must be a number of seconds, got '30'"),
         ({"trip_rule": "ratio"}, ValueError, "trip_rule must be 'count' or 'rate', got 'ratio'"),
-        ({"failure_rate": 1.5}, ValueError, "failure_rate must be a fraction between 0 and 1"),
+        (
+            {"failure_rate": 1.5},
+            ValueError,
+            "failure_rate must be a fraction > 0 and <= 1, got 1.5",
+        ),
         (
             {"window_size": 10, "minimum_calls": 20},
             ValueError,
@@ -723,7 +731,11 @@ def test_sync_transitions_are_signalled_too(clock) -> None:
             "max_reset_timeout must be >= reset_timeout (60), got 30",
         ),
         ({"half_open_max_calls": 0}, ValueError, "half_open_max_calls must be >= 1, got 0"),
-        ({"probe_timeout": -1}, ValueError, "probe_timeout must be a finite number > 0, got -1"),
+        (
+            {"probe_timeout": -1},
+            ValueError,
+            "probe_timeout must be a finite number of seconds > 0, got -1",
+        ),
         ({"exclude": NotFound}, TypeError, "exclude must be a list or tuple"),
         ({"exclude": [42]}, TypeError, "exclude entries must be exception classes or predicates"),
         ({"exclude": ["nowhere.Error"]}, ValueError, "exclude: cannot import 'nowhere.Error'"),

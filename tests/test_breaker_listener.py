@@ -11,7 +11,7 @@ from django.test import override_settings
 
 from patchboard import CircuitBreaker, CircuitOpen, Signal, receiver
 from patchboard.breaker import get_breaker
-from patchboard.breaker_checks import E011_ID
+from patchboard.breaker.checks import E011_ID
 from patchboard.testing import VirtualClock, reset
 
 

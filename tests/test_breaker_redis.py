@@ -18,9 +18,11 @@ import redis.asyncio
 import redis.asyncio.connection
 import redis.connection
 
-from patchboard.breaker import CircuitBreaker, reset_breakers
-from patchboard.breaker_stores import RedisLink
-from patchboard.exceptions import CircuitOpen
+from patchboard._exceptions import CircuitOpen
+from patchboard._state import state
+from patchboard.breaker import CircuitBreaker
+from patchboard.breaker.redis import RedisLink
+from patchboard.testing import reset
 
 pytestmark = pytest.mark.redis
 
@@ -48,17 +50,11 @@ def name(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 async def _fresh() -> AsyncIterator[None]:
-    reset_breakers()
+    reset()
     yield
-    for link in list(_links()):
+    for link in list(state.redis_links.values()):
         await link.aclose()
-    reset_breakers()
-
-
-def _links() -> list[RedisLink]:
-    from patchboard.breaker_stores import _links as links
-
-    return list(links.values())
+    reset()
 
 
 def key(name: str) -> str:
@@ -155,7 +151,7 @@ import django
 django.setup()
 import redis.asyncio
 from patchboard.breaker import CircuitBreaker
-from patchboard.exceptions import CircuitOpen
+from patchboard._exceptions import CircuitOpen
 
 url, name, ident, callers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
@@ -404,7 +400,7 @@ def test_sync_guard_shares_the_redis_state_from_threads(redis_url, name) -> None
     assert b.statistics().failures_total + len(rejected) == 40
     assert b.statistics().failures_total >= 20
     # Another instance in "another process" (a fresh breaker object) sees it.
-    reset_breakers()
+    reset()
     other = CircuitBreaker(name, failure_threshold=20, reset_timeout=60, store=redis_url)
     with pytest.raises(CircuitOpen), other:
         pass

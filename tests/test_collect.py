@@ -119,7 +119,7 @@ async def test_log_policy_turns_an_error_into_an_outcome_with_the_default(logs) 
     assert event["log_level"] == "error"
     assert event["signal"] == "quote_requested"
     assert event["listener"].endswith("broken")
-    assert event["sender"] == "patchboard.outcomes.Outcome"
+    assert event["sender"] == "patchboard._outcomes.Outcome"
     assert isinstance(event["exc_info"], LookupError)
     assert "hunter2" not in repr(event), "kwargs' values are never logged by default"
 

@@ -97,8 +97,12 @@ def test_listener_sees_sender_filtering(signal) -> None:
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"timeout": -1}, ValueError, r"receiver .*\.target: timeout must be > 0 seconds, got -1"),
-        ({"timeout": 0}, ValueError, r"timeout must be > 0 seconds, got 0"),
+        (
+            {"timeout": -1},
+            ValueError,
+            r"receiver .*\.target: timeout must be a finite number of seconds > 0, got -1",
+        ),
+        ({"timeout": 0}, ValueError, r"timeout must be a finite number of seconds > 0, got 0"),
         ({"timeout": "2"}, TypeError, r"timeout must be a number of seconds, got '2'"),
         ({"on_error": "ignore"}, ValueError, r"on_error must be 'raise' or 'log', got 'ignore'"),
         ({"mode": "later"}, ValueError, r"mode must be 'inline' or 'background', got 'later'"),

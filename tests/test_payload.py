@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from patchboard import NotSerializable
-from patchboard.payload import (
+from patchboard.background.payload import (
     TAG,
     InstanceMissing,
     Job,

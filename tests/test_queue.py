@@ -23,17 +23,18 @@ from django.db import connections
 from django.test import override_settings
 
 import patchboard
-import patchboard.queue
+import patchboard._threads
 from patchboard import ListenerTimeout, Rejected, Signal
-from patchboard.conf import QueueSettings
-from patchboard.listeners import Listener
-from patchboard.queue import (
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._listeners import Listener
+from patchboard._queue import (
     QueueStatistics,
     ShortTermQueue,
     get_queue,
     queue_stats,
-    reset_queue,
 )
+from patchboard.testing import reset
 from tests.queue_support import Blocker, listener
 
 # -- helpers -------------------------------------------------------------------------
@@ -181,10 +182,10 @@ async def test_a_free_worker_goes_to_the_oldest_waiter_first() -> None:
         return listener(record)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         for number in range(5):
-            tg.start_soon(queue.run, recorder(number), SIGNAL, None, {})
+            tg.start_soon(queue.run, Call(recorder(number), SIGNAL, None, {}))
             await anyio.wait_all_tasks_blocked()
         assert queue.statistics().waiting == 5
         blocker.release()
@@ -206,7 +207,7 @@ async def test_an_async_item_past_the_task_time_limit_is_cancelled(logs: Any) ->
             cancelled.set()
 
     with anyio.fail_after(10):
-        outcome = await queue.run(listener(slow, on_error="log"), SIGNAL, None, {})
+        outcome = await queue.run(Call(listener(slow, on_error="log"), SIGNAL, None, {}))
 
     assert outcome.status == "timeout"
     assert isinstance(outcome.error, ListenerTimeout)
@@ -225,7 +226,9 @@ async def test_the_listener_timeout_overrides_the_task_time_limit() -> None:
         await anyio.sleep_forever()
 
     with anyio.fail_after(10):
-        outcome = await queue.run(listener(slow, timeout=0.05, on_error="log"), SIGNAL, None, {})
+        outcome = await queue.run(
+            Call(listener(slow, timeout=0.05, on_error="log"), SIGNAL, None, {})
+        )
 
     assert outcome.status == "timeout"
     assert isinstance(outcome.error, ListenerTimeout)
@@ -251,7 +254,7 @@ async def test_an_abandoned_thread_keeps_its_worker_until_it_returns(logs: Any) 
         return "quick"
 
     with anyio.fail_after(20):
-        timed_out = await queue.run(listener(stuck, on_error="log"), SIGNAL, None, {})
+        timed_out = await queue.run(Call(listener(stuck, on_error="log"), SIGNAL, None, {}))
         assert timed_out.status == "timeout"
         stats = queue.statistics()
         assert (stats.running, stats.abandoned, stats.abandoned_running) == (1, 1, 1)
@@ -263,7 +266,7 @@ async def test_an_abandoned_thread_keeps_its_worker_until_it_returns(logs: Any) 
             results: list[patchboard.Outcome] = []
 
             async def second() -> None:
-                results.append(await queue.run(listener(quick), SIGNAL, None, {}))
+                results.append(await queue.run(Call(listener(quick), SIGNAL, None, {})))
 
             tg.start_soon(second)
             await anyio.wait_all_tasks_blocked()
@@ -295,10 +298,10 @@ async def test_sync_items_run_in_parallel_off_the_thread_sensitive_thread() -> N
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             for _ in range(3):
-                tg.start_soon(queue.run, listener(hold), SIGNAL, None, {})
+                tg.start_soon(queue.run, Call(listener(hold), SIGNAL, None, {}))
 
     assert gauge.peak == 3
-    assert all(name.startswith("patchboard-queue-") for name in names)
+    assert all(name.startswith("patchboard-") for name in names)
 
 
 # -- rejection -----------------------------------------------------------------------
@@ -320,11 +323,11 @@ async def test_past_max_pending_an_item_is_rejected_at_once(logs: Any, fallback:
 
     async with anyio.create_task_group() as tg:
         for _ in range(3):
-            tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+            tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
             await anyio.wait_all_tasks_blocked()
         assert (queue.statistics().running, queue.statistics().waiting) == (1, 2)
         with anyio.fail_after(5):
-            outcome = await queue.run(listener(extra, **options), SIGNAL, None, {})
+            outcome = await queue.run(Call(listener(extra, **options), SIGNAL, None, {}))
         assert queue.statistics().waiting == 2
         blocker.release()
 
@@ -345,9 +348,9 @@ async def test_with_max_pending_zero_nothing_waits() -> None:
     queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1, max_pending=0))
     blocker = Blocker()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
-        outcome = await queue.run(listener(blocker.run, on_error="log"), SIGNAL, None, {})
+        outcome = await queue.run(Call(listener(blocker.run, on_error="log"), SIGNAL, None, {}))
         blocker.release()
     assert outcome.status == "rejected"
     assert blocker.started == 1
@@ -378,12 +381,12 @@ async def test_a_cancelled_callers_waiting_item_leaves_the_queue() -> None:
 
     async def waiting_caller() -> None:
         with caller:
-            await queue.run(listener(never.run), SIGNAL, None, {})
+            await queue.run(Call(listener(never.run), SIGNAL, None, {}))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         tg.start_soon(waiting_caller)
         await anyio.wait_all_tasks_blocked()
         assert queue.statistics().waiting == 2
@@ -407,9 +410,9 @@ async def test_a_waiting_task_cancelled_by_the_engine_leaves_the_queue() -> None
     never = Blocker()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
-        task = asyncio.ensure_future(queue.run(listener(never.run), SIGNAL, None, {}))
+        task = asyncio.ensure_future(queue.run(Call(listener(never.run), SIGNAL, None, {})))
         await anyio.wait_all_tasks_blocked()
         assert queue.statistics().waiting == 1
         task.cancel()
@@ -434,7 +437,7 @@ async def test_a_cancelled_callers_running_item_is_cancelled() -> None:
             cancelled.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(slow), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(slow), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         assert queue.statistics().running == 1
         tg.cancel_scope.cancel()
@@ -457,7 +460,7 @@ async def test_a_cancelled_callers_sync_item_is_abandoned_and_accounted(logs: An
 
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(queue.run, listener(stuck), SIGNAL, None, {})
+            tg.start_soon(queue.run, Call(listener(stuck), SIGNAL, None, {}))
             await anyio.to_thread.run_sync(entered.wait, 10)
             tg.cancel_scope.cancel()
         stats = queue.statistics()
@@ -470,7 +473,7 @@ async def test_a_cancelled_callers_sync_item_is_abandoned_and_accounted(logs: An
         unblock.set()
         await anyio.to_thread.run_sync(returned.wait, 10)
         # The worker is given back right after the listener returns; the next item gets it.
-        outcome = await queue.run(listener(_done_blocker().run), SIGNAL, None, {})
+        outcome = await queue.run(Call(listener(_done_blocker().run), SIGNAL, None, {}))
 
     assert outcome.status == "ok"
     stats = queue.statistics()
@@ -572,7 +575,7 @@ async def test_repr_shows_live_state() -> None:
     assert repr(queue) == "<ShortTermQueue 1/8 workers, 0 running, 0 waiting>"
     async with anyio.create_task_group() as tg:
         for _ in range(3):
-            tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+            tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         assert repr(queue) == "<ShortTermQueue 1/8 workers, 1 running, 2 waiting>"
         blocker.release()
@@ -600,7 +603,7 @@ async def test_a_sync_item_sees_the_callers_context_variables() -> None:
 
     token = REQUEST_ID.set("request-42")
     try:
-        outcome = await queue.run(listener(read), SIGNAL, None, {})
+        outcome = await queue.run(Call(listener(read), SIGNAL, None, {}))
     finally:
         REQUEST_ID.reset(token)
     assert outcome.value == "request-42"
@@ -628,28 +631,28 @@ async def test_a_sync_item_closes_the_db_connections_its_thread_opened(
             cursor.execute("SELECT 1")
             return cursor.fetchone()[0]
 
-    outcome = await queue.run(listener(query), SIGNAL, None, {})
+    outcome = await queue.run(Call(listener(query), SIGNAL, None, {}))
     assert outcome.value == 1
     assert closed == used, "the worker thread's connection was closed when the listener returned"
 
 
 async def test_an_idle_worker_thread_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(patchboard.queue, "IDLE_THREAD_TIMEOUT", 0.01)
+    monkeypatch.setattr(patchboard._threads, "IDLE_THREAD_TIMEOUT", 0.01)
     queue = ShortTermQueue(QueueSettings())
 
     def which(sender: Any, **kwargs: Any) -> threading.Thread:
         return threading.current_thread()
 
-    first = (await queue.run(listener(which), SIGNAL, None, {})).value
+    first = (await queue.run(Call(listener(which), SIGNAL, None, {}))).value
     await anyio.to_thread.run_sync(first.join, 10)
     assert not first.is_alive()
-    second = (await queue.run(listener(which), SIGNAL, None, {})).value
+    second = (await queue.run(Call(listener(which), SIGNAL, None, {}))).value
     assert second is not first
-    assert second.name.startswith("patchboard-queue-")
+    assert second.name.startswith("patchboard-")
 
 
-def test_reset_queue_starts_a_fresh_queue() -> None:
+def test_reset_starts_a_fresh_queue() -> None:
     first = get_queue()
-    reset_queue()
+    reset()
     assert get_queue() is not first
     assert queue_stats().submitted == 0

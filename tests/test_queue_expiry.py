@@ -13,9 +13,10 @@ import anyio
 import pytest
 
 from patchboard import Expired, Signal
-from patchboard.conf import QueueSettings
-from patchboard.outcomes import Outcome
-from patchboard.queue import ShortTermQueue
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._outcomes import Outcome
+from patchboard._queue import ShortTermQueue
 from patchboard.testing import VirtualClock
 from tests.queue_support import Blocker, listener
 
@@ -56,10 +57,10 @@ async def _expire_behind_a_blocker(**options: Any) -> tuple[Outcome, Quote, Shor
     outcomes: list[Outcome] = []
 
     async def waiting_caller() -> None:
-        outcomes.append(await queue.run(listener(quote.run, **options), SIGNAL, None, {}))
+        outcomes.append(await queue.run(Call(listener(quote.run, **options), SIGNAL, None, {})))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         tg.start_soon(waiting_caller)
         await anyio.wait_all_tasks_blocked()
@@ -124,10 +125,12 @@ async def test_overdue_waiters_expire_when_another_item_arrives() -> None:
     outcomes: list[Outcome] = []
 
     async def waiting_caller(quote: Quote) -> None:
-        outcomes.append(await queue.run(listener(quote.run, on_error="log"), SIGNAL, None, {}))
+        outcomes.append(
+            await queue.run(Call(listener(quote.run, on_error="log"), SIGNAL, None, {}))
+        )
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         tg.start_soon(waiting_caller, quotes[0])
         await anyio.wait_all_tasks_blocked()
@@ -151,10 +154,10 @@ async def test_an_item_within_its_expiry_runs() -> None:
     outcomes: list[Outcome] = []
 
     async def waiting_caller() -> None:
-        outcomes.append(await queue.run(listener(Quote().run), SIGNAL, None, {}))
+        outcomes.append(await queue.run(Call(listener(Quote().run), SIGNAL, None, {})))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         tg.start_soon(waiting_caller)
         await anyio.wait_all_tasks_blocked()
@@ -175,10 +178,10 @@ async def test_a_waiter_expires_on_its_own_while_the_worker_stays_busy(logs: Any
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+            tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
             await anyio.wait_all_tasks_blocked()
             outcome = await queue.run(
-                listener(quote.run, fallback=_sync_fallback), SIGNAL, None, {}
+                Call(listener(quote.run, fallback=_sync_fallback), SIGNAL, None, {})
             )
             assert queue.statistics().running == 1, "the blocker still holds the worker"
             blocker.release()

@@ -20,11 +20,11 @@ import structlog
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from patchboard import Signal
-from patchboard.conf import QueueSettings
-from patchboard.listeners import Listener, ListenerOptions
-from patchboard.log import signal_label
-from patchboard.queue import ShortTermQueue
+from patchboard import Listener, ListenerOptions, Signal
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._log import signal_label
+from patchboard._queue import ShortTermQueue
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ async def _play(config: QueueSettings, plan: list[Caller], probe: Probe) -> None
 
     async def one(item: Item) -> None:
         try:
-            outcome = await queue.run(make_listener(item, probe), probe.signal, None, {})
+            outcome = await queue.run(Call(make_listener(item, probe), probe.signal, None, {}))
         except anyio.get_cancelled_exc_class():
             statuses["cancelled"] += 1
             raise

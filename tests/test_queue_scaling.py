@@ -14,8 +14,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from patchboard import Signal
-from patchboard.conf import QueueSettings
-from patchboard.queue import ShortTermQueue
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._queue import ShortTermQueue
 from patchboard.testing import VirtualClock
 from tests.queue_support import Blocker, listener
 
@@ -42,7 +43,7 @@ def make_queue(clock: VirtualClock, **values: Any) -> ShortTermQueue:
 async def submit(tg: TaskGroup, queue: ShortTermQueue, func: Callable[..., Any], n: int) -> None:
     """Start ``n`` callers of ``func`` and wait until each is running or in line."""
     for _ in range(n):
-        tg.start_soon(queue.run, listener(func), SIGNAL, None, {})
+        tg.start_soon(queue.run, Call(listener(func), SIGNAL, None, {}))
     await anyio.wait_all_tasks_blocked()
 
 
@@ -135,16 +136,16 @@ async def test_the_pool_halves_after_idle_shrink_after_seconds(logs: Any) -> Non
     await _grow_to_eight(clock, queue)
 
     clock.advance(29)
-    await queue.run(listener(_noop), SIGNAL, None, {})
+    await queue.run(Call(listener(_noop), SIGNAL, None, {}))
     assert queue.statistics().workers == 8
     clock.advance(1)
-    await queue.run(listener(_noop), SIGNAL, None, {})
+    await queue.run(Call(listener(_noop), SIGNAL, None, {}))
     assert queue.statistics().workers == 4
     clock.advance(30)
-    await queue.run(listener(_noop), SIGNAL, None, {})
+    await queue.run(Call(listener(_noop), SIGNAL, None, {}))
     assert queue.statistics().workers == 2
     clock.advance(300)
-    await queue.run(listener(_noop), SIGNAL, None, {})
+    await queue.run(Call(listener(_noop), SIGNAL, None, {}))
     assert queue.statistics().workers == 2, "never below MIN_WORKERS"
 
     assert [(e["previous"], e["workers"]) for e in events(logs, "queue_scaled_down")] == [
@@ -158,7 +159,7 @@ async def test_a_long_idle_spell_shrinks_by_every_period_at_once(logs: Any) -> N
     queue = make_queue(clock)
     await _grow_to_eight(clock, queue)
     clock.advance(95)
-    await queue.run(listener(_noop), SIGNAL, None, {})
+    await queue.run(Call(listener(_noop), SIGNAL, None, {}))
     assert queue.statistics().workers == 2
     [event] = events(logs, "queue_scaled_down")
     assert (event["previous"], event["workers"]) == (8, 2)
@@ -199,9 +200,9 @@ async def test_a_waiter_grows_the_pool_by_itself_at_the_at_risk_age(logs: Any) -
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(queue.run, listener(blocker.run), SIGNAL, None, {})
+            tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
             await anyio.wait_all_tasks_blocked()
-            outcome = await queue.run(listener(_noop), SIGNAL, None, {})
+            outcome = await queue.run(Call(listener(_noop), SIGNAL, None, {}))
             blocker.release()
 
     assert outcome.status == "ok"

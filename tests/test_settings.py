@@ -6,8 +6,8 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from patchboard.checks import E001_ID
-from patchboard.conf import QueueSettings, SettingError, Settings, get_settings, parse
+from patchboard._checks import E001_ID
+from patchboard._config import QueueSettings, SettingError, Settings, get_settings, parse
 
 
 def test_defaults() -> None:
@@ -37,7 +37,10 @@ def test_nested_values_become_frozen_dataclasses() -> None:
             {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 9, "MAX_WORKERS": 2}},
             'PATCHBOARD["SHORT_TERM_QUEUE"]: MIN_WORKERS must be <= MAX_WORKERS, got 9 > 2',
         ),
-        ({"SHORT_TERM_QUEUE": {"ITEM_EXPIRY": 0}}, "ITEM_EXPIRY must be > 0 seconds, got 0"),
+        (
+            {"SHORT_TERM_QUEUE": {"ITEM_EXPIRY": 0}},
+            "ITEM_EXPIRY must be a finite number of seconds > 0, got 0",
+        ),
         ({"SHORT_TERM_QUEUE": {"WORKERS": 3}}, 'PATCHBOARD["SHORT_TERM_QUEUE.WORKERS"]: unknown'),
         ({"SHORT_TERM_QUEUE": 3}, 'PATCHBOARD["SHORT_TERM_QUEUE"]: must be a dict, got 3'),
         ({"STORE": "memcached://x"}, "STORE must be 'memory' or a redis:// URL"),

@@ -28,8 +28,8 @@ class Rollback(Exception):
 def send() -> dict[str, Any]:
     from django.db import transaction
 
-    from patchboard.background import run_listener
-    from patchboard.payload import Job
+    from patchboard.background.payload import Job
+    from patchboard.background.tasks import run_listener
     from tests.e2e.listeners import order_paid, payment_requested
     from tests.testapp.models import Order
 

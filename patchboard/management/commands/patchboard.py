@@ -19,8 +19,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from patchboard._config import get_settings
 from patchboard.breaker import BreakerStatistics, CircuitBreaker, all_breakers, get_breaker
-from patchboard.conf import get_settings
 
 COLUMNS = (
     "name",

@@ -41,12 +41,14 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from django.apps import apps
-from django.db import models
 
-from patchboard.exceptions import NotSerializable
+from patchboard._exceptions import NotSerializable
+
+if TYPE_CHECKING:
+    from django.db import models
 
 TAG = "__patchboard__"
 """The key that marks a JSON object as an encoded Python value."""
@@ -202,7 +204,8 @@ def encode(value: Any, *, listener: str, argument: str) -> Any:
     scalar = _SCALARS.get(kind)
     if scalar is not None:
         return {TAG: scalar[0], "v": scalar[1](value)}
-    if isinstance(value, models.Model):
+    model = _model_base()
+    if model is not None and isinstance(value, model):
         return _encode_instance(value, listener=listener, argument=argument)
     if isinstance(value, type):
         return _encode_class(value, listener=listener, argument=argument)
@@ -222,12 +225,24 @@ def _encode_instance(value: models.Model, *, listener: str, argument: str) -> di
 
 
 def _encode_class(value: type, *, listener: str, argument: str) -> dict[str, Any]:
-    if issubclass(value, models.Model) and not value._meta.abstract:
+    model = _model_base()
+    if model is not None and issubclass(value, model) and not value._meta.abstract:
         return {TAG: "model", "model": value._meta.label}
     qualname = value.__qualname__
     if "<" in qualname:
         raise NotSerializable(listener, argument, f"class {value.__module__}.{qualname}")
     return {TAG: "class", "module": value.__module__, "qualname": qualname}
+
+
+def _model_base() -> type[models.Model] | None:
+    """
+    ``django.db.models.Model`` if Django's ORM is loaded (else no value can be
+    a model). Not imported here: importing django.db.models while patchboard
+    loads would create Django's model signals before a project can swap
+    ``patchboard.Signal`` in for ``django.dispatch.Signal``.
+    """
+    orm = sys.modules.get("django.db.models")
+    return None if orm is None else orm.Model
 
 
 def _type_name(kind: type) -> str:

@@ -68,26 +68,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from queue import Empty, SimpleQueue
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import anyio
-from django.core.signals import setting_changed
 
-from patchboard.conf import QueueSettings, get_settings
-from patchboard.exceptions import Expired, Rejected
-from patchboard.listeners import closing_connections
-from patchboard.log import logger, sender_label, signal_label
-from patchboard.outcomes import Outcome, Status
-
-if TYPE_CHECKING:
-    from django.dispatch import Signal as DjangoSignal
-
-    from patchboard.listeners import Listener
-
-IDLE_THREAD_TIMEOUT: Final = 30.0
-"""Seconds a queue worker thread waits for another call before it exits."""
+from patchboard._call import Call
+from patchboard._config import QueueSettings, get_settings
+from patchboard._exceptions import Expired, Rejected
+from patchboard._log import logger, sender_label, signal_label
+from patchboard._outcomes import Outcome, Status
+from patchboard._state import state
+from patchboard._threads import closing_connections, worker_threads
 
 # An item's state; it changes only under the queue's lock.
 _WAITING: Final = 0
@@ -96,6 +88,11 @@ _EXPIRED: Final = 2
 _REJECTED: Final = 3
 _WITHDRAWN: Final = 4
 _FINISHED: Final = 5
+
+_NEVER_RAN_EVENTS: Final[dict[Status, str]] = {
+    "expired": "queue_item_expired",
+    "rejected": "queue_item_rejected",
+}
 
 _LogEvent: TypeAlias = tuple[str, str, dict[str, Any]]
 """(level, event, fields): logged once the lock is released."""
@@ -245,15 +242,9 @@ class ShortTermQueue:
 
     # -- the engine's hook -------------------------------------------------------------
 
-    async def run(
-        self,
-        listener: Listener,
-        signal: DjangoSignal,
-        sender: Any,
-        kwargs: dict[str, Any],
-    ) -> Outcome:
+    async def run(self, call: Call) -> Outcome:
         """
-        Call ``listener`` once through the queue and return its outcome.
+        Run ``call`` through the queue and return its outcome.
 
         Takes a free worker at once, or waits in line for one, then runs the
         listener in this task (a sync listener in a queue worker thread) under
@@ -267,7 +258,6 @@ class ShortTermQueue:
                 ``BaseException`` such as ``KeyboardInterrupt``); the call
                 then leaves the line, or is cancelled if it was running.
         """
-        started = perf_counter()
         item = _Item()
         config = self.config
         with self._lock:
@@ -283,24 +273,19 @@ class ShortTermQueue:
             events = self._rebalance(now)
         if events:
             _emit(events)
-        state = item.state
-        if state == _REJECTED:
-            return await self._reject(item, listener, started, signal, sender, kwargs)
-        if state != _GRANTED and not await self._wait(item):
-            return await self._expire(item, listener, started, signal, sender, kwargs)
+        if item.state == _REJECTED:
+            return await self._reject(item, call)
+        if item.state != _GRANTED and not await self._wait(item):
+            return await self._expire(item, call)
         runner = None
-        if not listener.is_async:
-            runner = functools.partial(self._in_thread, item, listener, signal, sender)
+        if not call.listener.is_async:
+            runner = functools.partial(self._in_thread, item, call)
         try:
-            outcome = await listener.run_async(
-                signal, sender, kwargs, time_limit=config.task_time_limit, thread_runner=runner
-            )
+            outcome = await call.run_async(time_limit=config.task_time_limit, thread_runner=runner)
         except BaseException:
             self._finish(item, None)
             raise
         self._finish(item, outcome.status)
-        if item.queued:
-            outcome = outcome._replace(elapsed=perf_counter() - started)
         return outcome
 
     # -- waiting -----------------------------------------------------------------------
@@ -355,63 +340,31 @@ class ShortTermQueue:
         if events:
             _emit(events)
 
-    async def _expire(
-        self,
-        item: _Item,
-        listener: Listener,
-        started: float,
-        signal: DjangoSignal,
-        sender: Any,
-        kwargs: dict[str, Any],
-    ) -> Outcome:
+    async def _expire(self, item: _Item, call: Call) -> Outcome:
         expiry = self.config.item_expiry
-        logger().warning(
-            "queue_item_expired",
-            signal=signal_label(signal),
-            listener=listener.label,
-            sender=sender_label(sender),
-            waited_s=round(item.waited, 6),
-            expiry_s=expiry,
-        )
-        error = Expired(listener.label, item.waited, expiry)
-        return await self._settle(item, "expired", error, listener, started, signal, sender, kwargs)
+        error = Expired(call.listener.label, item.waited, expiry)
+        fields = {"waited_s": round(item.waited, 6), "expiry_s": expiry}
+        return await self._never_ran(item, call, error, fields)
 
-    async def _reject(
-        self,
-        item: _Item,
-        listener: Listener,
-        started: float,
-        signal: DjangoSignal,
-        sender: Any,
-        kwargs: dict[str, Any],
-    ) -> Outcome:
+    async def _reject(self, item: _Item, call: Call) -> Outcome:
         max_pending = self.config.max_pending
-        logger().warning(
-            "queue_item_rejected",
-            signal=signal_label(signal),
-            listener=listener.label,
-            sender=sender_label(sender),
-            max_pending=max_pending,
-        )
-        error = Rejected(listener.label, max_pending)
-        return await self._settle(
-            item, "rejected", error, listener, started, signal, sender, kwargs
-        )
+        error = Rejected(call.listener.label, max_pending)
+        return await self._never_ran(item, call, error, {"max_pending": max_pending})
 
-    async def _settle(
-        self,
-        item: _Item,
-        status: Status,
-        error: Exception,
-        listener: Listener,
-        started: float,
-        signal: DjangoSignal,
-        sender: Any,
-        kwargs: dict[str, Any],
+    async def _never_ran(
+        self, item: _Item, call: Call, error: Expired | Rejected, fields: dict[str, Any]
     ) -> Outcome:
-        """The outcome of a call that never started (its fallback may still run)."""
+        """Log an item that never started, and settle its call (its fallback may answer)."""
+        status: Status = "expired" if isinstance(error, Expired) else "rejected"
+        logger().warning(
+            _NEVER_RAN_EVENTS[status],
+            signal=signal_label(call.signal),
+            listener=call.listener.label,
+            sender=sender_label(call.sender),
+            **fields,
+        )
         try:
-            outcome = await listener.settle_async(status, error, started, signal, sender, kwargs)
+            outcome = await call.settle_async(status, error)
         except BaseException:
             self._finish(item, None)
             raise
@@ -447,14 +400,7 @@ class ShortTermQueue:
         if events:
             _emit(events)
 
-    async def _in_thread(
-        self,
-        item: _Item,
-        listener: Listener,
-        signal: DjangoSignal,
-        sender: Any,
-        call: Callable[[], Any],
-    ) -> Any:
+    async def _in_thread(self, item: _Item, call: Call, sync_call: Callable[[], Any]) -> Any:
         """
         The listener's thread runner: run a sync call in a queue worker thread.
 
@@ -465,7 +411,7 @@ class ShortTermQueue:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         context = contextvars.copy_context()
-        run = closing_connections(call)
+        run = closing_connections(sync_call)
         item.thread_returned = False
 
         def work() -> None:
@@ -489,8 +435,8 @@ class ShortTermQueue:
                     _emit(events)
                 logger().debug(
                     "queue_thread_returned",
-                    signal=signal_label(signal),
-                    listener=listener.label,
+                    signal=signal_label(call.signal),
+                    listener=call.listener.label,
                     ran_s=round(perf_counter() - started, 6),
                 )
                 return
@@ -498,7 +444,7 @@ class ShortTermQueue:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, done, result, error)
 
-        _threads.submit(work)
+        worker_threads().submit(work)
         try:
             return await done
         except BaseException:
@@ -512,9 +458,9 @@ class ShortTermQueue:
             if abandoned_running:
                 logger().warning(
                     "queue_thread_abandoned",
-                    signal=signal_label(signal),
-                    listener=listener.label,
-                    sender=sender_label(sender),
+                    signal=signal_label(call.signal),
+                    listener=call.listener.label,
+                    sender=sender_label(call.sender),
                     abandoned_running=abandoned_running,
                 )
             raise
@@ -611,54 +557,7 @@ def _emit(events: list[_LogEvent]) -> None:
         getattr(log, level)(event, **fields)
 
 
-class _WorkerThreads:
-    """
-    The daemon threads that run sync listener calls for every queue.
-
-    A thread goes back to the pool after each call and exits after
-    :data:`IDLE_THREAD_TIMEOUT` without work. How many calls run at once is
-    bounded by the queues' workers, not here.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[SimpleQueue[Callable[[], None]]] = []
-        self._started = 0
-
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            if self._idle:
-                self._idle.pop().put(job)
-                return
-            self._started += 1
-            number = self._started
-        inbox: SimpleQueue[Callable[[], None]] = SimpleQueue()
-        threading.Thread(
-            target=self._work, args=(inbox, job), name=f"patchboard-queue-{number}", daemon=True
-        ).start()
-
-    def _work(self, inbox: SimpleQueue[Callable[[], None]], job: Callable[[], None]) -> None:
-        while True:
-            job()
-            with self._lock:
-                self._idle.append(inbox)
-            try:
-                job = inbox.get(timeout=IDLE_THREAD_TIMEOUT)
-            except Empty:
-                with self._lock:
-                    if inbox in self._idle:
-                        self._idle.remove(inbox)
-                        return
-                # submit() took this thread just before the timeout: its job is in.
-                job = inbox.get()
-
-
-_threads = _WorkerThreads()
-
 # -- the process's queue -----------------------------------------------------------------
-
-_queue: ShortTermQueue | None = None
-_queue_lock = threading.Lock()
 
 
 def get_queue() -> ShortTermQueue:
@@ -670,35 +569,16 @@ def get_queue() -> ShortTermQueue:
     Raises:
         SettingError: if ``PATCHBOARD`` is invalid.
     """
-    global _queue
     config = get_settings().short_term_queue
-    queue = _queue
-    if queue is not None and queue.config is config:
-        return queue
-    with _queue_lock:
-        if _queue is None or _queue.config is not config:
-            _queue = ShortTermQueue(config)
-        return _queue
+    queue = state.queue
+    if queue is None or queue.config is not config:
+        with state.lock:
+            if state.queue is None or state.queue.config is not config:
+                state.queue = ShortTermQueue(config)
+            queue = state.queue
+    return queue  # type: ignore[no-any-return]
 
 
 def queue_stats() -> QueueStatistics:
     """Statistics of the process's short-term queue (see :class:`QueueStatistics`)."""
     return get_queue().statistics()
-
-
-def reset_queue() -> None:
-    """
-    Forget the process's queue: the next :func:`get_queue` builds a fresh one,
-    with zeroed statistics (calls in flight finish in the old one). For tests.
-    """
-    global _queue
-    with _queue_lock:
-        _queue = None
-
-
-def _reset(*, setting: str, **kwargs: object) -> None:
-    if setting == "PATCHBOARD":
-        reset_queue()
-
-
-setting_changed.connect(_reset, dispatch_uid="patchboard.queue.reset")

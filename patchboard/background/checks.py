@@ -17,18 +17,19 @@ worker (whose management command runs the checks too).
     A background listener's signal has no name a worker process can share
     (it is neither named, nor Django's, nor held by a module).
 
-Nothing is checked, and nothing imported, until a background listener connects.
+Nothing is checked until a background listener connects.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from patchboard.conf import SettingError, get_settings
+from patchboard._config import SettingError, get_settings
+from patchboard.background import framework
+from patchboard.background.registry import is_process_local, registrations
 
 E020_ID = "patchboard.E020"
 E021_ID = "patchboard.E021"
@@ -97,19 +98,16 @@ def signal_warning(listener: str, key: str) -> Warning:
 
 @register()
 def check_background(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    if "patchboard.background" not in sys.modules:
-        return []  # No background listener has connected.
-    from patchboard import background
-
-    entries = background.registrations()
+    entries = registrations()
     if not entries:
-        return []
+        return []  # No background listener has connected: nothing to check.
+    api = framework.api()
     try:
         alias = get_settings().background.backend
     except SettingError:
         return []  # Reported as patchboard.E001.
     try:
-        backend = background.task_backends[alias]
+        backend = api.task_backends[alias]
     except ImproperlyConfigured as exc:
         return [backend_error(alias, str(exc))]
     messages: list[CheckMessage] = []
@@ -118,12 +116,12 @@ def check_background(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         listener = entry.listener
         label, options = listener.label, listener.options
         key, signal = entry.key, entry.signal
-        if key is not None and background.is_process_local(key, signal):
+        if key is not None and is_process_local(key, signal):
             messages.append(signal_warning(label, key))
         if label in seen:
             continue
         seen.add(label)
-        queue_name = options.queue_name or background.DEFAULT_TASK_QUEUE_NAME
+        queue_name = options.queue_name or api.DEFAULT_TASK_QUEUE_NAME
         if backend.queues and queue_name not in backend.queues:
             messages.append(queue_error(label, queue_name, alias, backend.queues))
         if options.priority and not backend.supports_priority:

@@ -19,31 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from asgiref.sync import sync_to_async
 
-from patchboard.outcomes import Collected, Outcome
+from patchboard._call import Call
+from patchboard._listeners import Listener, run_here
+from patchboard._outcomes import Collected, Outcome
+from patchboard._queue import ShortTermQueue
+from patchboard._state import state
 
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
-
-    from patchboard.listeners import Listener
-    from patchboard.queue import ShortTermQueue
-
-
-def run_batch(
-    listeners: Sequence[Listener], signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
-) -> list[Outcome]:
-    """
-    Run batchable listeners one after another in the calling thread.
-
-    Stops after an outcome that must propagate: the listeners after it are
-    not called, as Django's ``send()`` stops at an exception.
-    """
-    outcomes = []
-    for listener in listeners:
-        outcome = listener.run_sync(signal, sender, kwargs)
-        outcomes.append(outcome)
-        if outcome.propagate:
-            break
-    return outcomes
 
 
 async def run_concurrently(
@@ -63,10 +46,10 @@ async def run_concurrently(
     """
     if queue is None:
         for listener in listeners:
-            if listener.batchable:
+            if listener._batchable:
                 break
         else:  # all async: the common case, kept lean
-            results = await supervise([lsn.run_async(signal, sender, kwargs) for lsn in listeners])
+            results = await supervise([lsn._run_async(signal, sender, kwargs) for lsn in listeners])
             return [outcome for outcome in results if outcome is not None]
     batch = [i for i, listener in enumerate(listeners) if _in_batch(listener, queue)]
     batched = set(batch)
@@ -77,13 +60,13 @@ async def run_concurrently(
             continue
         order.append(index)
         if queue is not None:
-            coros.append(queue.run(listener, signal, sender, kwargs))
+            coros.append(queue.run(Call(listener, signal, sender, kwargs)))
         else:
-            coros.append(listener.run_async(signal, sender, kwargs))
+            coros.append(listener._run_async(signal, sender, kwargs))
     if batch:
         in_thread = [listeners[i] for i in batch]
         coros.append(
-            sync_to_async(run_batch, thread_sensitive=True)(in_thread, signal, sender, kwargs)
+            sync_to_async(run_here, thread_sensitive=True)(in_thread, signal, sender, kwargs)
         )
     results = await supervise(coros)
     outcomes: list[Outcome | None] = [None] * len(listeners)
@@ -98,7 +81,7 @@ async def run_concurrently(
 def _in_batch(listener: Listener, queue: ShortTermQueue | None) -> bool:
     if queue is not None:
         return listener.options.mode == "background"
-    return listener.batchable
+    return listener._batchable
 
 
 async def run_in_order(
@@ -117,16 +100,16 @@ async def run_in_order(
     index, count = 0, len(listeners)
     while index < count:
         end = index
-        while end < count and listeners[end].batchable:
+        while end < count and listeners[end]._batchable:
             end += 1
         if end > index:
             batch = listeners[index:end]
             outcomes.extend(
-                await sync_to_async(run_batch, thread_sensitive=True)(batch, signal, sender, kwargs)
+                await sync_to_async(run_here, thread_sensitive=True)(batch, signal, sender, kwargs)
             )
             index = end
         else:
-            outcomes.append(await listeners[index].run_async(signal, sender, kwargs))
+            outcomes.append(await listeners[index]._run_async(signal, sender, kwargs))
             index += 1
         if outcomes and outcomes[-1].propagate:
             break
@@ -134,8 +117,7 @@ async def run_in_order(
 
 
 Observer: TypeAlias = Callable[["DjangoSignal", Any, list[Outcome]], None]
-observers: list[Observer] = []
-"""Called with (signal, sender, outcomes) after every dispatch (see patchboard.testing)."""
+"""Called with (signal, sender, outcomes) after every dispatch (``state.observers``)."""
 
 
 def finish(signal: DjangoSignal, sender: Any, outcomes: list[Outcome]) -> Collected:
@@ -146,7 +128,7 @@ def finish(signal: DjangoSignal, sender: Any, outcomes: list[Outcome]) -> Collec
         Exception: the error of the first listener (in listener order) whose
             ``on_error`` is ``"raise"``.
     """
-    for observer in observers:
+    for observer in state.observers:
         observer(signal, sender, outcomes)
     for outcome in outcomes:
         if outcome.propagate:

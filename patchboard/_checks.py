@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 
-from patchboard.conf import parse
+from patchboard._config import parse, raw_setting
 
 E001_ID = "patchboard.E001"
 
@@ -30,6 +29,5 @@ def settings_error(problem: str) -> Error:
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    raw = getattr(settings, "PATCHBOARD", None) or {}
-    _, errors = parse(raw)
+    _, errors = parse(raw_setting())
     return [settings_error(str(error)) for error in errors]

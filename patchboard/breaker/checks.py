@@ -12,7 +12,7 @@ System checks of the circuit breakers declared in ``PATCHBOARD["BREAKERS"]``.
     ``PATCHBOARD["BREAKERS"]`` nor created in code.
 
 A ``BREAKERS`` value that is not a dict of dicts is ``patchboard.E001``'s
-business (:mod:`patchboard.checks`).
+business (:mod:`patchboard._checks`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 
-from patchboard.breaker import BreakerConfig
+from patchboard._config import BreakerConfig
+from patchboard._state import state
+from patchboard.breaker import all_breakers
 
 E010_ID = "patchboard.E010"
 E011_ID = "patchboard.E011"
@@ -76,9 +78,6 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 @register()
 def check_listener_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from patchboard.breaker import all_breakers
-    from patchboard.listeners import by_breaker_name
-
     raw = getattr(settings, "PATCHBOARD", None) or {}
     declared = raw.get("BREAKERS") if isinstance(raw, Mapping) else None
     known = set(declared or ()) | {breaker.name for breaker in all_breakers()}
@@ -91,7 +90,8 @@ def check_listener_breakers(app_configs: Any = None, **kwargs: Any) -> list[Chec
             id=E011_ID,
         )
         for label, name in sorted(
-            (listener.label, str(listener.options.breaker)) for listener in by_breaker_name
+            (listener.label, str(listener.options.breaker))
+            for listener in list(state.named_breakers)
         )
         if name not in known
     ]

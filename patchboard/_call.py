@@ -1,0 +1,294 @@
+"""
+One call of one listener, and how every call ends as one counted outcome.
+
+A :class:`Call` is what a listener call carries around: the listener, the
+dispatch's ``signal``, ``sender`` and ``kwargs``, and when the call began. It
+is built once per call that has to travel (through the short-term queue, a
+circuit breaker, the background path) or that failed, and handed along; the
+fast path of a plain listener that returns builds none.
+
+A call that produced no value goes through one door, :meth:`Call.settle_async`
+(or its sync twin): it logs the event, counts the status, lets the
+listener's ``fallback`` answer if the call never ran (``"expired"``,
+``"rejected"``, ``"circuit_open"``), and otherwise applies ``on_error``:
+``"raise"`` marks the outcome to propagate, ``"log"`` lets ``default`` stand in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import anyio
+from asgiref.sync import async_to_sync, sync_to_async
+
+from patchboard._config import get_settings
+from patchboard._exceptions import CircuitOpen, ListenerTimeout
+from patchboard._features import features
+from patchboard._log import logger, sender_label, signal_label
+from patchboard._outcomes import Outcome, Status, ok_outcome
+from patchboard._state import state
+from patchboard._threads import run_in_worker_thread
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal as DjangoSignal
+
+    from patchboard._listeners import Listener
+
+ThreadRunner: TypeAlias = Callable[[Callable[[], Any]], Awaitable[Any]]
+"""Runs a sync call in a worker thread; the short-term queue supplies its own."""
+
+NEVER_RAN: frozenset[Status] = frozenset({"expired", "rejected", "circuit_open"})
+"""Outcomes of calls that never started: the listener's ``fallback`` answers for them."""
+
+
+def failure_status(exc: BaseException) -> Status | None:
+    """
+    The outcome status of a listener call that raised ``exc``, or None when
+    ``exc`` must propagate: a real cancellation of the calling task,
+    ``KeyboardInterrupt``, ``SystemExit``.
+
+    A ``CancelledError`` the listener raised on its own (from a future that
+    someone else cancelled) while its task is not being cancelled is the
+    listener's error: it must not vanish as if the caller had gone away.
+    """
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, ListenerTimeout):
+        return "timeout"
+    if isinstance(exc, Exception):
+        return "error"
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            return "error"
+        if task is not None and task.cancelling() == 0:
+            return "error"
+    return None
+
+
+def gone_receiver(*args: Any, **kwargs: Any) -> None:
+    """Stands in as ``Outcome.receiver`` for a listener collected mid-dispatch."""
+
+
+class Call:
+    """
+    One call of one listener (see the module docstring).
+
+    ``started`` is a ``time.perf_counter()`` reading: outcomes report the
+    time from it to their end as ``elapsed``.
+    """
+
+    __slots__ = ("kwargs", "listener", "sender", "signal", "started")
+
+    def __init__(
+        self,
+        listener: Listener,
+        signal: DjangoSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+        started: float | None = None,
+    ) -> None:
+        self.listener = listener
+        self.signal = signal
+        self.sender = sender
+        self.kwargs = kwargs
+        self.started = perf_counter() if started is None else started
+
+    def __repr__(self) -> str:
+        return f"<Call {self.listener.label} of {signal_label(self.signal)}>"
+
+    # -- running ---------------------------------------------------------------
+
+    async def run_async(
+        self, *, time_limit: float | None = None, thread_runner: ThreadRunner | None = None
+    ) -> Outcome:
+        """
+        Run the call from async code, applying every option; return its outcome.
+
+        ``time_limit`` applies when the listener has no ``timeout`` of its own
+        (the short-term queue's limit); ``thread_runner`` runs a sync
+        listener in a worker thread (the queue passes one that keeps its
+        worker until the thread returns). Only ``BaseException``s that are
+        not ``Exception`` (cancellation, ``KeyboardInterrupt``) escape.
+        """
+        func = self.listener.receiver
+        if func is None:
+            return self.gone()
+        options = self.listener.options
+        limit = options.timeout if options.timeout is not None else time_limit
+        # Resolved outside the try: an unknown breaker name is a configuration
+        # error for the caller, not this listener's failure.
+        guard = None if options.breaker is None else features.breakers.resolve(options.breaker)
+        try:
+            if guard is None:
+                value = await self._invoke(func, limit, thread_runner)
+            else:
+                async with guard:
+                    value = await self._invoke(func, limit, thread_runner)
+        except BaseException as exc:
+            status = failure_status(exc)
+            if status is None:
+                raise
+            return await self.settle_async(status, exc)
+        return self.ok(func, value)
+
+    async def _invoke(
+        self, func: Callable[..., Any], limit: float | None, thread_runner: ThreadRunner | None
+    ) -> Any:
+        call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
+        if not self.listener.is_async:
+            if limit is None and thread_runner is None and self.listener.options.thread_sensitive:
+                return await sync_to_async(call, thread_sensitive=True)()
+            call = functools.partial(thread_runner or run_in_worker_thread, call)
+        if limit is None:
+            return await call()
+        started = perf_counter()
+        with anyio.CancelScope(deadline=anyio.current_time() + limit):
+            return await call()
+        # Only reached when the deadline cancelled the call (a sync call's
+        # thread is abandoned: it cannot be stopped).
+        raise ListenerTimeout(self.listener.label, limit, perf_counter() - started)
+
+    def run_sync(self) -> Outcome:
+        """
+        Run a sync listener's call in the calling thread, under its breaker;
+        its outcome. (Only ``KeyboardInterrupt`` and the like escape.)
+        """
+        func = self.listener.receiver
+        if func is None:
+            return self.gone()
+        breaker = self.listener.options.breaker
+        guard = None if breaker is None else features.breakers.resolve(breaker)
+        try:
+            if guard is None:
+                value = func(signal=self.signal, sender=self.sender, **self.kwargs)
+            else:
+                with guard:
+                    value = func(signal=self.signal, sender=self.sender, **self.kwargs)
+        except BaseException as exc:
+            status = failure_status(exc)
+            if status is None:
+                raise
+            return self.settle_sync(status, exc)
+        return self.ok(func, value)
+
+    # -- outcomes --------------------------------------------------------------
+
+    def ok(self, func: Callable[..., Any], value: Any) -> Outcome:
+        """The call returned ``value``: count it and make its outcome."""
+        state.counts["ok"] += 1
+        return ok_outcome(func, value, perf_counter() - self.started)
+
+    def gone(self) -> Outcome:
+        """
+        The function was collected between the signal resolving its weak
+        reference and this call: nothing ran, and nothing is left to blame.
+        """
+        state.counts["error"] += 1
+        label = self.listener.label
+        logger().warning("listener_gone", listener=label)
+        return Outcome(
+            receiver=gone_receiver,
+            status="error",
+            error=ReferenceError(f"listener {label} was garbage collected"),
+            elapsed=perf_counter() - self.started,
+        )
+
+    async def settle_async(self, status: Status, error: BaseException) -> Outcome:
+        """
+        The outcome of a call that produced no value (the one door, see the
+        module docstring); an async ``fallback`` is awaited.
+        """
+        fallback = self._fallback(status)
+        if fallback is None:
+            return self._failed(status, error)
+        try:
+            value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            return self._fallback_failed(status, error, exc)
+        return self._fell_back(status, error, value)
+
+    def settle_sync(self, status: Status, error: BaseException) -> Outcome:
+        """The sync twin of :meth:`settle_async`: an async ``fallback`` runs through asgiref."""
+        fallback = self._fallback(status)
+        if fallback is None:
+            return self._failed(status, error)
+        if inspect.iscoroutinefunction(fallback):
+            fallback = async_to_sync(fallback)
+        try:
+            value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
+        except Exception as exc:
+            return self._fallback_failed(status, error, exc)
+        return self._fell_back(status, error, value)
+
+    def _fallback(self, status: Status) -> Callable[..., Any] | None:
+        return self.listener.options.fallback if status in NEVER_RAN else None
+
+    def _fell_back(self, status: Status, error: BaseException, value: Any) -> Outcome:
+        elapsed = perf_counter() - self.started
+        self._log(status, error, elapsed, fallback=True)
+        state.counts[status] += 1
+        return Outcome(
+            receiver=self.listener.receiver or gone_receiver,
+            status=status,
+            value=value,
+            error=error,
+            elapsed=elapsed,
+        )
+
+    def _fallback_failed(self, status: Status, error: BaseException, exc: Exception) -> Outcome:
+        logger().error(
+            "listener_fallback_failed",
+            exc_info=exc,
+            signal=signal_label(self.signal),
+            listener=self.listener.label,
+            sender=sender_label(self.sender),
+        )
+        return self._failed(status, error)
+
+    def _failed(self, status: Status, error: BaseException) -> Outcome:
+        elapsed = perf_counter() - self.started
+        self._log(status, error, elapsed, fallback=False)
+        state.counts[status] += 1
+        options = self.listener.options
+        propagate = (options.on_error or get_settings().on_error) == "raise"
+        return Outcome(
+            receiver=self.listener.receiver or gone_receiver,
+            status=status,
+            value=None if propagate else options.default,
+            error=error,
+            elapsed=elapsed,
+            propagate=propagate,
+        )
+
+    def _log(self, status: Status, error: BaseException, elapsed: float, *, fallback: bool) -> None:
+        context: dict[str, Any] = {
+            "signal": signal_label(self.signal),
+            "listener": self.listener.label,
+            "sender": sender_label(self.sender),
+            "elapsed_s": round(elapsed, 6),
+        }
+        if fallback:
+            context["fallback"] = True
+        if get_settings().log_kwargs:
+            context["kwargs"] = self.kwargs
+        log = logger()
+        if status == "error":
+            log.error("listener_failed", exc_info=error, **context)
+        elif status == "timeout":
+            assert isinstance(error, ListenerTimeout)
+            log.warning("listener_timeout", limit_s=error.limit, **context)
+        elif status == "circuit_open":
+            # Rejections are counted by the breaker; one line each would flood.
+            log.debug("listener_circuit_open", breaker=getattr(error, "breaker", None), **context)
+        else:
+            # expired and rejected are logged by the short-term queue with its numbers.
+            log.debug("listener_" + status, **context)

@@ -1,0 +1,520 @@
+"""
+Configuration as frozen values: the ``PATCHBOARD`` setting, a listener's
+options and a circuit breaker's rules, with one set of validators.
+
+Every value object is a frozen, slotted, keyword-only dataclass validated on
+construction; an error names the parameter, the rule and the value
+(``timeout must be a finite number of seconds > 0, got -1``).
+
+The dict in ``settings.PATCHBOARD`` is parsed into one :class:`Settings` on
+first use and again after it changes. Each key maps to the field of the same
+name in lower case; nested sections are dataclasses of their own. A bad
+value is reported by the system checks (``patchboard.E001``: every bad key,
+not only the first) and, where checks do not run (under uvicorn), logged once
+at start-up (``settings_invalid``); code that reads the settings anyway gets
+a :class:`SettingError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, TypeAlias, TypedDict
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from patchboard._state import state
+
+OnError: TypeAlias = Literal["raise", "log"]
+Mode: TypeAlias = Literal["inline", "background"]
+Missing: TypeAlias = Literal["report", "none"]
+TripRule: TypeAlias = Literal["count", "rate"]
+ExcludeRule: TypeAlias = type[BaseException] | Callable[[BaseException], bool] | str
+"""An exception class, a predicate on the exception, or the dotted path of either."""
+
+
+# -- validators -------------------------------------------------------------------------
+
+
+def seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """
+    ``value`` as a float number of seconds, or raise naming ``name`` and the rule.
+
+    Infinity is refused: a limit of ``inf`` would silently switch off the
+    mechanism it configures (an expiry that never comes, a time limit that
+    never cuts). ``None`` means "no limit" wherever that is allowed.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    rule = ">= 0" if allow_zero else "> 0"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number of seconds {rule}, got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int within bounds, or raise naming ``name`` and the rule."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        rule = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return value
+
+
+def fraction(name: str, value: object) -> float:
+    """A number strictly between 0 and 1 (or exactly 1), e.g. a rate."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not 0 < value <= 1:  # NaN fails this too
+        raise ValueError(f"{name} must be a fraction > 0 and <= 1, got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    """Raise unless ``value`` is one of ``choices`` (the message lists them)."""
+    if value not in choices or isinstance(value, bool):
+        listed = " or ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be {listed}, got {value!r}")
+
+
+def boolean(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def store_url(name: str, value: object) -> None:
+    """``"memory"`` or a ``redis://``/``rediss://``/``unix://`` URL."""
+    if not isinstance(value, str) or not (
+        value == "memory" or value.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        raise ValueError(f"{name} must be 'memory' or a redis:// URL, got {value!r}")
+
+
+# -- a listener's options ---------------------------------------------------------------
+
+
+class Guard(Protocol):
+    """What a listener's ``breaker`` must be: a sync and async context manager."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerOptions:
+    """
+    How one listener runs (see :func:`patchboard.receiver`). Validated on
+    construction.
+
+    ``on_error=None`` means "the ``PATCHBOARD["ON_ERROR"]`` setting", read at
+    call time so tests can override it.
+
+    Raises:
+        TypeError, ValueError: an option of the wrong type or value; the
+            message names it.
+    """
+
+    priority: int = 0
+    timeout: float | None = None
+    on_error: OnError | None = None
+    default: Any = None
+    mode: Mode = "inline"
+    breaker: str | Guard | None = None
+    fallback: Callable[..., Any] | None = None
+    thread_sensitive: bool = True
+    """Sync listeners: run on Django's thread-sensitive thread (one at a time,
+    sharing the request's DB connection) or, when False, in a worker thread of
+    their own, in parallel with the others."""
+    queue_name: str | None = None
+    """Background listeners: the task queue to enqueue to."""
+    on_commit: bool = True
+    """Background listeners: inside ``transaction.atomic()``, enqueue on commit."""
+    missing_instance: Missing = "report"
+    """Background listeners: a model instance deleted before the worker runs is
+    reported (``"report"``) or passed as ``None`` (``"none"``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise TypeError(f"priority must be an int, got {self.priority!r}")
+        if self.timeout is not None:
+            seconds("timeout", self.timeout)
+        if self.on_error is not None:
+            choice("on_error", self.on_error, ("raise", "log"))
+        choice("mode", self.mode, ("inline", "background"))
+        if self.fallback is not None and not callable(self.fallback):
+            raise TypeError(f"fallback must be callable, got {self.fallback!r}")
+        boolean("thread_sensitive", self.thread_sensitive)
+        if self.queue_name is not None and (
+            not isinstance(self.queue_name, str) or not self.queue_name
+        ):
+            raise TypeError(f"queue_name must be a non-empty string, got {self.queue_name!r}")
+        boolean("on_commit", self.on_commit)
+        choice("missing_instance", self.missing_instance, ("report", "none"))
+        if self.breaker is not None and not (
+            (isinstance(self.breaker, str) and self.breaker)
+            or (hasattr(self.breaker, "__aenter__") and hasattr(self.breaker, "__enter__"))
+        ):
+            raise TypeError(
+                f"breaker must be a breaker name or a CircuitBreaker, got {self.breaker!r}"
+            )
+
+    @property
+    def plain(self) -> bool:
+        """True when nothing but the error policy applies (the fast path)."""
+        return (
+            self.timeout is None
+            and self.mode == "inline"
+            and self.breaker is None
+            and self.thread_sensitive
+        )
+
+
+DEFAULT_OPTIONS = ListenerOptions()
+
+
+# -- a circuit breaker's rules ----------------------------------------------------------
+
+
+def _resolve_exclude(value: object) -> tuple[tuple[type[BaseException], ...], tuple[Any, ...]]:
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(
+            "exclude must be a list or tuple of exception classes, predicates or dotted "
+            f"paths, got {value!r}"
+        )
+    types: list[type[BaseException]] = []
+    predicates: list[Callable[[BaseException], bool]] = []
+    for rule in value:
+        item = rule
+        if isinstance(rule, str):
+            try:
+                item = import_string(rule)
+            except ImportError as exc:
+                raise ValueError(f"exclude: cannot import {rule!r} ({exc})") from None
+        if isinstance(item, type) and issubclass(item, BaseException):
+            types.append(item)
+        elif callable(item) and not isinstance(item, type):
+            predicates.append(item)
+        else:
+            raise TypeError(
+                f"exclude entries must be exception classes or predicates, got {rule!r}"
+            )
+    return tuple(types), tuple(predicates)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerConfig:
+    """
+    How one circuit breaker trips and recovers; validated on construction.
+
+    The keys of a ``PATCHBOARD["BREAKERS"][name]`` dict are these fields.
+    Times are seconds.
+
+    Raises:
+        TypeError, ValueError: an argument is of the wrong type or out of range;
+            the message names it and its value.
+    """
+
+    trip_rule: TripRule = "count"
+    """``"count"``: ``failure_threshold`` consecutive failures open the circuit.
+    ``"rate"``: a failure rate of at least ``failure_rate`` over the last
+    ``window_size`` calls does, once ``minimum_calls`` calls are recorded."""
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    """A fraction, ``0 < failure_rate <= 1`` (0.5 is 50 %)."""
+    window_size: int = 100
+    minimum_calls: int = 10
+    reset_timeout: float = 30.0
+    """How long the circuit stays open before letting a probe through."""
+    backoff_factor: float = 1.0
+    """Each failed probe multiplies the next reset timeout by this (1.0: no growth)."""
+    max_reset_timeout: float | None = None
+    """The cap on a grown reset timeout; ``None``: no cap."""
+    half_open_max_calls: int = 1
+    """How many probes may be in flight at once while half-open."""
+    success_threshold: int = 1
+    """How many successful probes close the circuit."""
+    probe_timeout: float | None = None
+    """A probe's lease: its slot is freed after this long without a report.
+    ``None``: ``reset_timeout``."""
+    exclude: tuple[ExcludeRule, ...] = ()
+    """Exceptions that count as neither success nor failure."""
+    store: str | None = None
+    """``"memory"``, a ``redis://``/``rediss://`` URL, or ``None``:
+    ``PATCHBOARD["STORE"]``."""
+    sync_interval: float = 1.0
+    """Redis store: how long this process trusts its last view of the shared
+    state before asking Redis again (0: ask on every call). A process learns
+    of the circuit opening elsewhere within this time, or at its own next
+    failure, whichever comes first."""
+    clock: Callable[[], float] = time.time
+    """Wall-clock seconds (POSIX); inject a virtual clock in tests. The Redis
+    store's shared state runs on the Redis server's clock instead."""
+
+    excluded_types: tuple[type[BaseException], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+    excluded_predicates: tuple[Callable[[BaseException], bool], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        choice("trip_rule", self.trip_rule, ("count", "rate"))
+        integer("failure_threshold", self.failure_threshold, minimum=1)
+        fraction("failure_rate", self.failure_rate)
+        integer("window_size", self.window_size, minimum=1, maximum=10_000)
+        integer("minimum_calls", self.minimum_calls, minimum=1)
+        if self.minimum_calls > self.window_size:
+            raise ValueError(
+                f"minimum_calls must be <= window_size ({self.window_size}), "
+                f"got {self.minimum_calls!r}"
+            )
+        seconds("reset_timeout", self.reset_timeout)
+        if isinstance(self.backoff_factor, bool) or not isinstance(
+            self.backoff_factor, (int, float)
+        ):
+            raise TypeError(f"backoff_factor must be a number, got {self.backoff_factor!r}")
+        if not (math.isfinite(self.backoff_factor) and self.backoff_factor >= 1):
+            raise ValueError(
+                f"backoff_factor must be a finite number >= 1, got {self.backoff_factor!r}"
+            )
+        if self.max_reset_timeout is not None:
+            seconds("max_reset_timeout", self.max_reset_timeout)
+            if self.max_reset_timeout < self.reset_timeout:
+                raise ValueError(
+                    f"max_reset_timeout must be >= reset_timeout ({self.reset_timeout!r}), "
+                    f"got {self.max_reset_timeout!r}"
+                )
+        integer("half_open_max_calls", self.half_open_max_calls, minimum=1)
+        integer("success_threshold", self.success_threshold, minimum=1)
+        if self.probe_timeout is not None:
+            seconds("probe_timeout", self.probe_timeout)
+        types, predicates = _resolve_exclude(self.exclude)
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "excluded_types", types)
+        object.__setattr__(self, "excluded_predicates", predicates)
+        if self.store is not None:
+            store_url("store", self.store)
+        seconds("sync_interval", self.sync_interval, allow_zero=True)
+        if not callable(self.clock):
+            raise TypeError(f"clock must be a callable returning seconds, got {self.clock!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> BreakerConfig:
+        """
+        Build from a ``PATCHBOARD["BREAKERS"][name]`` dict (or keyword arguments).
+
+        Raises:
+            TypeError: an unknown key, or a value of the wrong type.
+            ValueError: a value out of range.
+        """
+        known = sorted(f.name for f in fields(cls) if f.init)
+        for key in options:
+            if key not in known:
+                raise TypeError(
+                    f"unknown circuit breaker argument {key!r}; known: {', '.join(known)}"
+                )
+        return cls(**options)
+
+    @property
+    def lease(self) -> float:
+        """A probe slot's lease in seconds: ``probe_timeout``, else ``reset_timeout``."""
+        return self.probe_timeout if self.probe_timeout is not None else self.reset_timeout
+
+    @property
+    def rate_ppm(self) -> int:
+        """``failure_rate`` in parts per million, for exact integer comparisons."""
+        return round(self.failure_rate * 1_000_000)
+
+
+class BreakerOptions(TypedDict, total=False):
+    """The keyword arguments of ``CircuitBreaker``: see :class:`BreakerConfig`."""
+
+    trip_rule: TripRule
+    failure_threshold: int
+    failure_rate: float
+    window_size: int
+    minimum_calls: int
+    reset_timeout: float
+    backoff_factor: float
+    max_reset_timeout: float | None
+    half_open_max_calls: int
+    success_threshold: int
+    probe_timeout: float | None
+    exclude: tuple[ExcludeRule, ...] | list[ExcludeRule]
+    store: str | None
+    sync_interval: float
+    clock: Callable[[], float]
+
+
+# -- the PATCHBOARD setting --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSettings:
+    """``PATCHBOARD["SHORT_TERM_QUEUE"]``: the per-process short-term queue."""
+
+    min_workers: int = 4
+    max_workers: int = 32
+    task_time_limit: float = 15.0
+    item_expiry: float = 45.0
+    max_pending: int = 1000
+    at_risk_fraction: float = 0.5
+    """An item waiting longer than this fraction of ``item_expiry`` is at risk."""
+    idle_shrink_after: float = 30.0
+    """Seconds of idle capacity above ``min_workers`` before the pool shrinks."""
+
+    def __post_init__(self) -> None:
+        integer("MIN_WORKERS", self.min_workers, minimum=1)
+        integer("MAX_WORKERS", self.max_workers, minimum=1)
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"MIN_WORKERS must be <= MAX_WORKERS, got {self.min_workers} > {self.max_workers}"
+            )
+        seconds("TASK_TIME_LIMIT", self.task_time_limit)
+        seconds("ITEM_EXPIRY", self.item_expiry)
+        integer("MAX_PENDING", self.max_pending, minimum=0)
+        if fraction("AT_RISK_FRACTION", self.at_risk_fraction) == 1:
+            raise ValueError(
+                f"AT_RISK_FRACTION must be between 0 and 1, got {self.at_risk_fraction!r}"
+            )
+        seconds("IDLE_SHRINK_AFTER", self.idle_shrink_after)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackgroundSettings:
+    """``PATCHBOARD["BACKGROUND"]``: background listeners run by ``django.tasks``."""
+
+    backend: str = "default"
+    """The ``TASKS`` backend alias background listeners enqueue to."""
+    max_reschedules: int = 50
+    """How many times a task whose circuit is open reschedules itself before giving up."""
+    give_up_after: float = 86400.0
+    """Seconds after the first enqueue past which a task no longer reschedules."""
+    retry_delay: float = 60.0
+    """Seconds a task waits before its next attempt when an open circuit names no retry time."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend, str) or not self.backend:
+            raise TypeError(f"BACKEND must be a backend alias, got {self.backend!r}")
+        integer("MAX_RESCHEDULES", self.max_reschedules, minimum=0)
+        seconds("GIVE_UP_AFTER", self.give_up_after)
+        seconds("RETRY_DELAY", self.retry_delay)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The whole ``PATCHBOARD`` setting."""
+
+    on_error: OnError = "raise"
+    """Error policy of listeners that don't set ``on_error`` themselves."""
+    log_kwargs: bool = False
+    """Log signal kwargs' values in failure events (they may hold secrets)."""
+    collect_queue_threshold: int = 16
+    """``collect_async(queue="auto")`` queues above this many live listeners."""
+    short_term_queue: QueueSettings = field(default_factory=QueueSettings)
+    store: str = "memory"
+    """Default circuit breaker state store: ``"memory"`` or a ``redis://`` URL."""
+    breakers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Named circuit breakers: name -> keyword arguments of ``CircuitBreaker``."""
+    background: BackgroundSettings = field(default_factory=BackgroundSettings)
+
+    def __post_init__(self) -> None:
+        choice("ON_ERROR", self.on_error, ("raise", "log"))
+        boolean("LOG_KWARGS", self.log_kwargs)
+        integer("COLLECT_QUEUE_THRESHOLD", self.collect_queue_threshold, minimum=0)
+        store_url("STORE", self.store)
+        if not isinstance(self.breakers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Mapping) for k, v in self.breakers.items()
+        ):
+            raise TypeError(
+                "BREAKERS must map breaker names to dicts of CircuitBreaker "
+                f"arguments, got {self.breakers!r}"
+            )
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "short_term_queue": QueueSettings,
+    "background": BackgroundSettings,
+}
+
+
+class SettingError(ImproperlyConfigured):
+    """One bad key of ``PATCHBOARD``; ``key`` is its path, e.g. ``SHORT_TERM_QUEUE.MIN_WORKERS``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f'PATCHBOARD["{key}"]: {problem}' if key else f"PATCHBOARD: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _build(cls: type[Any], raw: object, path: str) -> tuple[Any, list[SettingError]]:
+    """Build ``cls`` from ``raw``; return it (or the default) and every problem found."""
+    if not isinstance(raw, Mapping):
+        return cls(), [SettingError(path, f"must be a dict, got {raw!r}")]
+    known = {f.name for f in dataclasses.fields(cls)}
+    errors: list[SettingError] = []
+    kwargs: dict[str, Any] = {}
+    prefix = f"{path}." if path else ""
+    for key, value in raw.items():
+        name = key.lower() if isinstance(key, str) else ""
+        if name not in known or key != key.upper():
+            choices = ", ".join(sorted(n.upper() for n in known))
+            errors.append(SettingError(prefix + str(key), f"unknown setting; known: {choices}"))
+            continue
+        if name in _SECTIONS:
+            value, nested = _build(_SECTIONS[name], value, prefix + key)
+            errors.extend(nested)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs), errors
+    except (TypeError, ValueError) as exc:
+        # __post_init__ names the offending key in its message.
+        errors.append(SettingError(path, str(exc)))
+        return cls(), errors
+
+
+def parse(raw: object) -> tuple[Settings, list[SettingError]]:
+    """Validate a ``PATCHBOARD`` dict: the settings and the list of problems."""
+    settings, errors = _build(Settings, raw, "")
+    return settings, errors
+
+
+def raw_setting() -> object:
+    """``settings.PATCHBOARD`` as the project wrote it (``{}`` when unset)."""
+    return getattr(django_settings, "PATCHBOARD", None) or {}
+
+
+def get_settings() -> Settings:
+    """
+    The current settings, parsed once and cached until ``PATCHBOARD`` changes.
+
+    Raises:
+        SettingError: if ``PATCHBOARD`` is invalid (the system checks report
+            the same problems at start-up).
+    """
+    settings = state.settings
+    if settings is None:
+        parsed, errors = parse(raw_setting())
+        if errors:
+            raise errors[0]
+        settings = state.settings = parsed
+    return settings  # type: ignore[no-any-return]

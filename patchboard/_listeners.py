@@ -1,0 +1,445 @@
+"""
+Listeners: a receiver plus the options that say how it runs.
+
+A :class:`Listener` wraps the function a user connects with patchboard
+options (``priority``, ``timeout``, ``on_error``, ``default``, ``mode``,
+``breaker``, ``fallback``, ``thread_sensitive``). It is itself a Django
+receiver, so it works on any signal, Django's own ``post_save`` included:
+when Django's ``send()`` calls it, the options apply and the listener's
+``on_error`` decides whether the error reaches the sender.
+
+A listener with nothing to apply but its error policy (a *plain* one) is
+called directly, without building a :class:`~patchboard._call.Call`, unless
+it fails; every other call goes through a ``Call``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import weakref
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import async_to_sync
+from django.core.exceptions import ImproperlyConfigured
+
+from patchboard._call import Call, failure_status
+from patchboard._config import (
+    DEFAULT_OPTIONS,
+    Guard,
+    ListenerOptions,
+    Missing,
+    Mode,
+    OnError,
+)
+from patchboard._django import dead_receiver_flag, lookup_key, make_id
+from patchboard._features import features
+from patchboard._log import dotted
+from patchboard._outcomes import Outcome, ok_outcome
+from patchboard._state import state
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal as DjangoSignal
+
+
+class Listener:
+    """
+    A receiver connected with patchboard options.
+
+    The listener holds its function weakly when connected with ``weak=True``
+    (Django's default): it lives exactly as long as the function, so Django's
+    weak-reference clean-up works unchanged. ``receiver`` is the user's
+    function; patchboard's outcomes and logs name it, never the wrapper.
+    ``options`` are its :class:`~patchboard.ListenerOptions`, ``label`` its
+    dotted path.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_batchable",
+        "_direct",
+        "_func",
+        "_is_coroutine_marker",
+        "_watched",
+        "is_async",
+        "label",
+        "options",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        options: ListenerOptions,
+        *,
+        weak: bool,
+        on_death: Callable[[], None] | None = None,
+    ) -> None:
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.options = options
+        # Nothing to apply but the error policy: _run_async (async) and
+        # _run_sync (sync) call it directly.
+        self._direct = options.plain
+        # Whether _run_sync() can run it in the calling thread: a background
+        # listener (its enqueue must see the caller's transaction), or a sync
+        # one with no timeout that accepts the thread-sensitive thread.
+        self._batchable = options.mode == "background" or (
+            not self.is_async and options.timeout is None and options.thread_sensitive
+        )
+        self.label = dotted(func)
+        self._func: Callable[[], Callable[..., Any] | None]
+        # Whether a signal may hold this wrapper strongly: it learns of the
+        # function's death from ``on_death`` (or the function never dies).
+        self._watched = on_death is not None or not weak
+        if weak:
+            is_method = hasattr(func, "__self__") and hasattr(func, "__func__")
+            ref = weakref.WeakMethod if is_method else weakref.ref
+            self._func = ref(func, None if on_death is None else _calling(on_death))
+        else:
+            self._func = functools.partial(_identity, func)
+        if self.is_async:
+            # Makes Django (and asgiref) treat the wrapper as an async receiver.
+            inspect.markcoroutinefunction(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Django's send_robust() logs receivers by __qualname__: name the user's function.
+        if name in ("__qualname__", "__name__"):
+            return getattr(self.receiver, name, self.label)
+        raise AttributeError(name)
+
+    @property
+    def receiver(self) -> Callable[..., Any] | None:
+        """The connected function, or None once it has been garbage collected."""
+        return self._func()
+
+    def __repr__(self) -> str:
+        changed = ", ".join(
+            f"{field.name}={getattr(self.options, field.name)!r}"
+            for field in dataclasses.fields(self.options)
+            if getattr(self.options, field.name) != field.default
+        )
+        return f"<Listener {self.label}{' ' if changed else ''}{changed}>"
+
+    # -- Django's entry point ----------------------------------------------------
+
+    def __call__(self, signal: DjangoSignal, sender: Any, **kwargs: Any) -> Any:
+        """
+        Called by any signal's ``send()``/``asend()``: apply the options and
+        return the response, or raise if the listener's policy is ``"raise"``.
+        """
+        if self.is_async:
+            return _unwrap_async(self._run_async(signal, sender, kwargs))
+        if self._batchable:
+            return _unwrap(self._run_sync(signal, sender, kwargs))
+        return _unwrap(async_to_sync(self._run_async)(signal, sender, kwargs))
+
+    # -- the engine's entry points -------------------------------------------------
+
+    async def _run_async(
+        self, signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
+    ) -> Outcome:
+        """Call the listener once from async code; its outcome (see ``Call.run_async``)."""
+        if not (self._direct and self.is_async):
+            call = Call(self, signal, sender, kwargs)
+            if self.options.mode == "background":
+                return await features.background.enqueue_async(call)
+            return await call.run_async()
+        # The fast path: an async listener with nothing to apply but its error policy.
+        started = perf_counter()
+        func = self._func()
+        if func is None:
+            return Call(self, signal, sender, kwargs, started).gone()
+        try:
+            value = await func(signal=signal, sender=sender, **kwargs)
+        except BaseException as exc:
+            status = failure_status(exc)
+            if status is None:
+                raise
+            return await Call(self, signal, sender, kwargs, started).settle_async(status, exc)
+        state.counts["ok"] += 1
+        return ok_outcome(func, value, perf_counter() - started)
+
+    def _run_sync(self, signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]) -> Outcome:
+        """
+        Call a listener that can run in the calling thread (``_batchable``)
+        once; its outcome (see :func:`run_here`).
+        """
+        if self._direct:
+            return run_here((self,), signal, sender, kwargs)[0]
+        call = Call(self, signal, sender, kwargs)
+        if self.options.mode == "background":
+            # In the calling thread: the enqueue sees the caller's transaction.
+            return features.background.enqueue_sync(call)
+        return call.run_sync()
+
+
+def run_here(
+    listeners: Sequence[Listener], signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
+) -> list[Outcome]:
+    """
+    Run batchable listeners one after another in the calling thread; their outcomes.
+
+    Stops after an outcome that must propagate: the listeners after it are
+    not called, as Django's ``send()`` stops at an exception. A plain
+    listener is called right here, the others through their ``Call``. (The
+    sync twins' hot path: one clock reading per listener, the successes
+    counted once.)
+    """
+    outcomes: list[Outcome] = []
+    succeeded = 0
+    started = perf_counter()
+    try:
+        for listener in listeners:
+            if not listener._direct:
+                outcome = listener._run_sync(signal, sender, kwargs)
+            elif (func := listener._func()) is None:
+                outcome = Call(listener, signal, sender, kwargs, started).gone()
+            else:
+                try:
+                    value = func(signal=signal, sender=sender, **kwargs)
+                except BaseException as exc:
+                    status = failure_status(exc)
+                    if status is None:
+                        raise
+                    outcome = Call(listener, signal, sender, kwargs, started).settle_sync(
+                        status, exc
+                    )
+                else:
+                    now = perf_counter()
+                    outcomes.append(ok_outcome(func, value, now - started))
+                    started = now
+                    succeeded += 1
+                    continue
+            outcomes.append(outcome)
+            if outcome.propagate:
+                break
+            started = perf_counter()
+    finally:
+        state.counts["ok"] += succeeded
+    return outcomes
+
+
+def _identity(func: Callable[..., Any]) -> Callable[..., Any]:
+    return func
+
+
+def _calling(hook: Callable[[], None]) -> Callable[[object], None]:
+    # A weakref callback that closes over the hook, not over the Listener.
+    return lambda _ref: hook()
+
+
+def _unwrap(outcome: Outcome) -> Any:
+    if outcome.propagate:
+        assert outcome.error is not None
+        raise outcome.error
+    return outcome.value
+
+
+async def _unwrap_async(coro: Awaitable[Outcome]) -> Any:
+    return _unwrap(await coro)
+
+
+# -- connecting ------------------------------------------------------------------
+
+
+def as_listener(receiver: Callable[..., Any]) -> Listener:
+    """``receiver`` as a Listener: itself if it is one, else its default-options wrapper."""
+    if type(receiver) is Listener:
+        return receiver
+    plain = state.plain_listeners
+    try:
+        return plain[receiver]  # type: ignore[no-any-return]
+    except KeyError:
+        listener = plain[receiver] = Listener(receiver, DEFAULT_OPTIONS, weak=True)
+        return listener
+    except TypeError:  # not weak-referenceable: connected with weak=False
+        return Listener(receiver, DEFAULT_OPTIONS, weak=False)
+
+
+def make_options(func: object, signals: Sequence[DjangoSignal], **options: Any) -> ListenerOptions:
+    """
+    Validate a receiver and its options for the signals it is about to join.
+
+    Raises:
+        TypeError: ``func`` is not callable, does not accept ``**kwargs``, or
+            an option has the wrong type (the message names the listener).
+        ValueError: an option has a bad value (the message names the listener).
+        ImproperlyConfigured: ``mode="background"`` on an ordered signal.
+    """
+    if not callable(func):
+        raise TypeError(f"signal receivers must be callable, got {func!r}")
+    label = dotted(func)
+    if not _accepts_kwargs(func):
+        raise ValueError(f"receiver {label} must accept keyword arguments (**kwargs)")
+    try:
+        made = ListenerOptions(**options)
+    except TypeError as exc:
+        raise TypeError(f"receiver {label}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"receiver {label}: {exc}") from None
+    if made.mode == "background":
+        if any(getattr(s, "ordered", False) for s in signals):
+            raise ImproperlyConfigured(
+                f"receiver {label}: mode='background' would queue a listener of an ordered "
+                f"signal; side effects on an ordered signal run inline, in priority order"
+            )
+        features.background.check(func, made)
+    return made
+
+
+def _accepts_kwargs(func: Callable[..., Any]) -> bool:
+    # Not django.utils.inspect.func_accepts_kwargs: its lru_cache holds the
+    # function strongly, which would defeat weak=True.
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: let them through
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def connect(
+    signal: DjangoSignal,
+    func: Callable[..., Any],
+    options: ListenerOptions,
+    *,
+    sender: Any = None,
+    weak: bool = True,
+    dispatch_uid: Hashable | None = None,
+) -> Listener:
+    """
+    Connect ``func`` to any Django signal with ``options``.
+
+    The wrapper is registered under the key Django computes for ``func``
+    itself, so ``signal.disconnect(func)`` finds it, and connecting the same
+    function twice stays a no-op, as in Django.
+    """
+    # The signal caches its resolved listeners, this one strongly: it must
+    # hear of the function's death (Django's entry refers to the wrapper).
+    listener = Listener(func, options, weak=weak, on_death=dead_receiver_flag(signal))
+    if isinstance(options.breaker, str):
+        state.named_breakers.add(listener)
+    uid = dispatch_uid if dispatch_uid else make_id(func)
+    if weak:
+        _keep(_owner(func), (id(signal), lookup_key(func, sender, uid)), listener)
+    signal.connect(listener, sender=sender, weak=weak, dispatch_uid=uid)
+    if options.mode == "background":
+        # The worker runs only listeners recorded here, in its own process.
+        features.background.connected(listener, signal)
+    return listener
+
+
+def _owner(func: Callable[..., Any]) -> Any:
+    # What a weakly connected listener lives as long as: its function, or a bound method's object.
+    return getattr(func, "__self__", func) if hasattr(func, "__func__") else func
+
+
+def _keep(owner: object, key: tuple[int, Hashable], listener: Listener) -> None:
+    """
+    Keep ``listener`` alive exactly as long as ``owner``: Django's entry holds
+    the wrapper weakly. Filed by ``id(owner)`` with a finalizer that drops the
+    entry when the owner dies (so ids are never reused while filed): looking
+    an entry up needs no weak reference, as Django's ``disconnect`` needs none
+    for a receiver connected with ``weak=False``.
+    """
+    kept = state.keepalive
+    owner_id = id(owner)
+    entry = kept.get(owner_id)
+    if entry is None:
+        entry = kept[owner_id] = (weakref.finalize(owner, kept.pop, owner_id, None), {})
+    entry[1][key] = listener
+
+
+def forget(signal: DjangoSignal, func: Callable[..., Any] | None, key: Hashable) -> None:
+    """
+    Drop the keep-alive of a listener disconnected from ``signal``: ``func``
+    is the function it wraps (None when disconnected by ``dispatch_uid``
+    alone), ``key`` its lookup key.
+    """
+    kept = state.keepalive
+    owner_ids = list(kept) if func is None else [id(_owner(func))]
+    for owner_id in owner_ids:
+        entry = kept.get(owner_id)
+        if entry is not None and entry[1].pop((id(signal), key), None) and not entry[1]:
+            entry[0].detach()
+            kept.pop(owner_id, None)
+
+
+def receiver(
+    signal: DjangoSignal | list[DjangoSignal] | tuple[DjangoSignal, ...],
+    *,
+    sender: Any = None,
+    weak: bool = True,
+    dispatch_uid: Hashable | None = None,
+    priority: int = 0,
+    timeout: float | None = None,
+    on_error: OnError | None = None,
+    default: Any = None,
+    mode: Mode = "inline",
+    breaker: str | Guard | None = None,
+    fallback: Callable[..., Any] | None = None,
+    thread_sensitive: bool = True,
+    queue_name: str | None = None,
+    on_commit: bool = True,
+    missing_instance: Missing = "report",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Connect the decorated function to one signal or a list of them, with options.
+
+    Works on any Django signal (``post_save``, ``request_finished``, ...) and
+    on :class:`patchboard.Signal`. Django's arguments (``sender``, ``weak``,
+    ``dispatch_uid``) keep their meaning; the options:
+
+    ``priority``
+        Higher runs first where order is observable (ordered signals, sync
+        listeners); ties keep connect order.
+    ``timeout``
+        Seconds; an async listener is cancelled at the limit (a sync one is
+        abandoned in its worker thread) and the call ends as ``"timeout"``.
+    ``on_error``
+        ``"raise"`` (the error reaches the sender) or ``"log"`` (it is logged
+        as ``listener_failed`` and ``default`` stands in). Unset: the
+        ``PATCHBOARD["ON_ERROR"]`` setting.
+    ``mode``
+        ``"inline"`` (in the request) or ``"background"`` (a ``django.tasks``
+        task per call).
+    ``breaker``
+        A :class:`~patchboard.CircuitBreaker` or the name of one declared in
+        ``PATCHBOARD["BREAKERS"]``.
+    ``fallback``
+        Called with the listener's arguments when the call never ran (expired,
+        rejected, circuit open); its return value stands in.
+
+    Returns the function unchanged.
+
+    Raises:
+        TypeError, ValueError: at decoration time, for a non-callable or a bad option.
+        ImproperlyConfigured: for an option an ordered signal cannot honour.
+    """
+    options = dict(
+        priority=priority,
+        timeout=timeout,
+        on_error=on_error,
+        default=default,
+        mode=mode,
+        breaker=breaker,
+        fallback=fallback,
+        thread_sensitive=thread_sensitive,
+        queue_name=queue_name,
+        on_commit=on_commit,
+        missing_instance=missing_instance,
+    )
+    signals = signal if isinstance(signal, (list, tuple)) else [signal]
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        made = make_options(func, signals, **options)
+        for each in signals:
+            if made == DEFAULT_OPTIONS:
+                # Nothing to apply: connect the function itself, exactly as Django would.
+                each.connect(func, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+            else:
+                connect(each, func, made, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+        return func
+
+    return decorator

@@ -1,0 +1,381 @@
+"""
+``patchboard.Signal``: a drop-in ``django.dispatch.Signal`` with an async
+dispatch engine.
+
+Django's verbs (``send``, ``send_robust``, ``asend``, ``asend_robust``,
+``connect``, ``disconnect``, ``has_listeners``) keep Django's behaviour, and
+on an unordered signal they *are* Django's methods: a project that swaps
+the class in pays nothing where it uses nothing of patchboard. The new verbs
+come in pairs, async first:
+
+``send_async`` / ``send_sync``
+    Fire and forget: run inline listeners, enqueue background ones, return
+    a report (a :class:`~patchboard.Collected`) of what happened to each.
+``collect_async`` / ``collect``
+    Fire and gather every listener's response into a ``Collected``.
+
+Both apply each listener's options (timeout, error policy, breaker, ...);
+both run listeners concurrently, or one at a time in priority order on an
+ordered signal (``Signal(ordered=True)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Literal, TypeAlias
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.dispatch import Signal as DjangoSignal
+
+from patchboard import _dispatch
+from patchboard._config import DEFAULT_OPTIONS, get_settings
+from patchboard._django import (
+    NONE_ID,
+    clear_dead_receivers,
+    entries,
+    log_robust_failure,
+    lookup_key,
+    make_id,
+    resolve,
+    under_djangos_name,
+)
+from patchboard._exceptions import SyncCallInEventLoop
+from patchboard._listeners import Listener, as_listener, connect, forget, make_options, run_here
+from patchboard._log import name_signal, signal_label
+from patchboard._outcomes import Collected
+from patchboard._queue import ShortTermQueue, get_queue
+
+QueueChoice: TypeAlias = Literal["auto"] | bool
+Responses: TypeAlias = list[tuple[Callable[..., Any], Any]]
+
+_RESOLVED_SENDERS = 256
+"""How many senders' resolved listeners a signal caches before it starts over."""
+
+
+class _Resolved:
+    """The live listeners of one sender, as resolved from a receivers list."""
+
+    __slots__ = ("batchable", "count", "listeners", "receivers", "version")
+
+    def __init__(self, receivers: list[Any], version: int, listeners: list[Listener]) -> None:
+        self.receivers = receivers
+        self.count = len(receivers)
+        self.version = version
+        self.listeners = listeners
+        self.batchable = all(listener._batchable for listener in listeners)
+        """Whether every listener can run in a sync caller's thread."""
+
+
+class Signal(DjangoSignal):
+    """
+    A Django signal with patchboard's dispatch verbs and listener options.
+
+    ``ordered=True`` makes a side-effect signal: its listeners run one at a
+    time, highest ``priority`` first, ties in connect order, never
+    concurrently and never queued (Django's own verbs too). ``name`` is how
+    logs and background task payloads refer to the signal.
+    """
+
+    def __init__(
+        self, use_caching: bool = False, *, ordered: bool = False, name: str | None = None
+    ) -> None:
+        super().__init__(use_caching=use_caching)
+        self.ordered = ordered
+        self._priorities: dict[Hashable, int] = {}
+        self._resolved: dict[Hashable, _Resolved] = {}
+        self._version = 0
+        """Moves on every connect, disconnect and reordering: older resolutions are stale."""
+        if name is not None:
+            name_signal(self, name)
+        if ordered:
+            # On the instance, so that unordered signals keep Django's own
+            # methods: no extra stack frame (a receiver's warnings.warn
+            # stacklevel stays right) and no cost.
+            self.send = self._send_in_order  # type: ignore[method-assign]
+            self.send_robust = self._send_robust_in_order  # type: ignore[method-assign]
+            self.asend = self._asend_in_order  # type: ignore[method-assign]
+            self.asend_robust = self._asend_robust_in_order  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        kind = "ordered " if self.ordered else ""
+        return f"<{kind}Signal {signal_label(self)} with {len(self.receivers)} receivers>"
+
+    # -- connecting ----------------------------------------------------------------
+
+    @under_djangos_name
+    def connect(
+        self,
+        receiver: Callable[..., Any],
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        **options: Any,
+    ) -> None:
+        """
+        Connect ``receiver``, as Django does; with listener options
+        (``priority``, ``timeout``, ``on_error``, ``default``, ``mode``,
+        ``breaker``, ``fallback``, ...; see :func:`patchboard.receiver`) it is
+        wrapped in a :class:`~patchboard.Listener` first.
+
+        Raises:
+            TypeError, ValueError: a non-callable receiver or a bad option.
+            ImproperlyConfigured: an option an ordered signal cannot honour.
+        """
+        if options:
+            made = make_options(receiver, [self], **options)
+            connect(self, receiver, made, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+            return
+        super().connect(receiver, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+        self._version += 1
+        priority = receiver.options.priority if type(receiver) is Listener else 0
+        if priority or self._priorities:
+            self._order(lookup_key(receiver, sender, dispatch_uid), priority)
+
+    def _order(self, key: Hashable, priority: int) -> None:
+        with self.lock:
+            self._priorities.setdefault(key, priority)
+            # A new list, not a sort in place: a dispatch resolving the old
+            # list meanwhile can never cache it as this one. Stable: equal
+            # priorities keep connect order.
+            self.receivers = sorted(
+                self.receivers, key=lambda entry: -self._priorities.get(entry[0], 0)
+            )
+            self._version += 1
+            self.sender_receivers_cache.clear()
+
+    def disconnect(
+        self,
+        receiver: Callable[..., Any] | None = None,
+        sender: Any = None,
+        dispatch_uid: Hashable | None = None,
+    ) -> bool:
+        """Disconnect as Django does; a function connected with options is found by itself."""
+        disconnected = super().disconnect(receiver, sender=sender, dispatch_uid=dispatch_uid)
+        self._version += 1
+        if disconnected:
+            key = lookup_key(receiver, sender, dispatch_uid)
+            self._priorities.pop(key, None)
+            forget(self, receiver, key)
+        return disconnected
+
+    def listeners(self, sender: Any = None) -> list[Listener]:
+        """The live listeners for ``sender``, in dispatch (priority, then connect) order."""
+        return list(self._live(sender).listeners)
+
+    def _live(self, sender: Any) -> _Resolved:
+        """
+        The resolved listeners for ``sender``, cached until the receivers list
+        changes: connect, disconnect and reordering move ``_version`` (a
+        resolution that raced one is stored with the version it started
+        from, so it is never taken for current), and Django replaces the
+        list when it drops dead entries.
+
+        Every cached listener is alive: a dead receiver, or dead sender, flags
+        the signal (Django's weak-reference callbacks, and the ``on_death``
+        hook of the wrappers ``connect`` makes), which drops the cache here.
+        """
+        if clear_dead_receivers(self):
+            self._resolved.clear()
+        receivers = self.receivers
+        senderkey = NONE_ID if sender is None else make_id(sender)
+        resolved = self._resolved.get(senderkey)
+        if (
+            resolved is None
+            or resolved.version != self._version
+            or resolved.receivers is not receivers
+            or resolved.count != len(receivers)
+        ):
+            resolved = self._resolve(receivers, self._version, senderkey)
+        return resolved
+
+    def _resolve(self, receivers: list[Any], version: int, senderkey: Hashable) -> _Resolved:
+        listeners: list[Listener] = []
+        cacheable = True
+        for entry_sender, ref, sender_ref in entries(receivers):
+            if entry_sender != NONE_ID and entry_sender != senderkey:
+                continue
+            if sender_ref is not None and sender_ref() is None:
+                continue
+            receiver = resolve(ref)
+            if receiver is None:
+                continue
+            if type(receiver) is not Listener:
+                receiver = as_listener(receiver)
+            elif receiver.receiver is None:
+                continue  # its function died: Django drops the entry once we let go
+            elif not receiver._watched and isinstance(ref, weakref.ReferenceType):
+                cacheable = False  # a Listener connected by hand: held only weakly
+            listeners.append(receiver)
+        resolved = _Resolved(receivers, version, listeners)
+        if cacheable:
+            if len(self._resolved) >= _RESOLVED_SENDERS:
+                self._resolved.clear()  # Senders come and go (instances): stay bounded.
+            self._resolved[senderkey] = resolved
+        return resolved
+
+    # -- patchboard's verbs ----------------------------------------------------------
+
+    async def send_async(
+        self, sender: Any, *, queue: QueueChoice = False, **named: Any
+    ) -> Collected:
+        """
+        Fire and forget: call every listener and return a report of each call.
+
+        Inline listeners run concurrently in tasks owned by this call (one at
+        a time on an ordered signal); the call returns when they are done.
+        Background listeners are enqueued as ``django.tasks`` tasks; their
+        outcome is ``"enqueued"`` with the ``task_id``. ``queue=True`` sends
+        inline listeners through the short-term queue.
+
+        Raises:
+            Exception: the error of a listener whose ``on_error`` is
+                ``"raise"``, after the other listeners were cancelled.
+            ImproperlyConfigured: ``queue=True`` on an ordered signal.
+        """
+        return await self._dispatch(sender, named, queue)
+
+    async def collect_async(
+        self, sender: Any, *, queue: QueueChoice = "auto", **named: Any
+    ) -> Collected:
+        """
+        Fire and gather every listener's response.
+
+        Unlike :meth:`send_async`, the collector decides about the short-term
+        queue, and by default (``queue="auto"``) uses it when the signal has
+        more live listeners than ``PATCHBOARD["COLLECT_QUEUE_THRESHOLD"]``.
+        Nothing is aggregated: ``sum(collected.values())`` is yours to write.
+
+        Raises:
+            Exception: the error of a listener whose ``on_error`` is
+                ``"raise"``, after the other listeners were cancelled.
+            ImproperlyConfigured: ``queue=True`` on an ordered signal.
+        """
+        return await self._dispatch(sender, named, queue)
+
+    def send_sync(self, sender: Any, *, queue: QueueChoice = False, **named: Any) -> Collected:
+        """
+        The sync twin of :meth:`send_async`, for WSGI views, management
+        commands and task workers.
+
+        Sync listeners run in this thread, in priority order, and background
+        listeners enqueue here, so both see the caller's transaction. When any
+        listener needs the event loop (async, ``timeout``, queue), the whole
+        dispatch runs through asgiref's ``async_to_sync``.
+
+        Raises:
+            SyncCallInEventLoop: called from a thread running an event loop.
+            Exception: as :meth:`send_async`.
+        """
+        return self._dispatch_sync("send_sync", sender, named, queue)
+
+    def collect(self, sender: Any, *, queue: QueueChoice = "auto", **named: Any) -> Collected:
+        """
+        The sync twin of :meth:`collect_async` (see :meth:`send_sync`).
+
+        Raises:
+            SyncCallInEventLoop: called from a thread running an event loop.
+            Exception: as :meth:`collect_async`.
+        """
+        return self._dispatch_sync("collect", sender, named, queue)
+
+    # -- the engine --------------------------------------------------------------------
+
+    def _queue_for(self, choice: QueueChoice, count: int) -> ShortTermQueue | None:
+        if choice is True:
+            if self.ordered:
+                raise ImproperlyConfigured(
+                    "queue=True: an ordered signal runs its listeners one at a time, "
+                    "in priority order, never through the short-term queue"
+                )
+        elif choice == "auto":
+            if self.ordered or count <= get_settings().collect_queue_threshold:
+                return None
+        elif choice is False:
+            return None
+        else:
+            raise ValueError(f"queue must be 'auto', True or False, got {choice!r}")
+        return get_queue()
+
+    async def _dispatch(self, sender: Any, named: dict[str, Any], queue: QueueChoice) -> Collected:
+        listeners = self._live(sender).listeners
+        if not listeners:
+            return Collected([])
+        short_term = self._queue_for(queue, len(listeners))
+        if self.ordered:
+            outcomes = await _dispatch.run_in_order(listeners, self, sender, named)
+        else:
+            outcomes = await _dispatch.run_concurrently(listeners, self, sender, named, short_term)
+        return _dispatch.finish(self, sender, outcomes)
+
+    def _dispatch_sync(
+        self, method: str, sender: Any, named: dict[str, Any], queue: QueueChoice
+    ) -> Collected:
+        if asyncio._get_running_loop() is not None:
+            raise SyncCallInEventLoop(method)
+        resolved = self._live(sender)
+        listeners = resolved.listeners
+        if not listeners:
+            return Collected([])
+        if resolved.batchable and self._queue_for(queue, len(listeners)) is None:
+            return _dispatch.finish(self, sender, run_here(listeners, self, sender, named))
+        return async_to_sync(self._dispatch)(sender, named, queue)
+
+    # -- Django's verbs on an ordered signal (see __init__) -------------------------------
+
+    def _in_order(self, sender: Any) -> Iterator[tuple[Callable[..., Any], bool]]:
+        # (what Django's verbs call, whether it is async): the wrapper of a
+        # listener with options, so they apply; the function itself otherwise.
+        for listener in self._live(sender).listeners:
+            receiver = listener if listener.options is not DEFAULT_OPTIONS else listener.receiver
+            if receiver is not None:
+                yield receiver, listener.is_async
+
+    def _send_in_order(self, sender: Any, **named: Any) -> Responses:
+        """Django's ``send()``, one listener at a time by priority."""
+        return self._sync_in_order(sender, named, robust=False)
+
+    def _send_robust_in_order(self, sender: Any, **named: Any) -> Responses:
+        """Django's ``send_robust()``, one listener at a time by priority."""
+        return self._sync_in_order(sender, named, robust=True)
+
+    async def _asend_in_order(self, sender: Any, **named: Any) -> Responses:
+        """Django's ``asend()``, one listener at a time by priority."""
+        return await self._async_in_order(sender, named, robust=False)
+
+    async def _asend_robust_in_order(self, sender: Any, **named: Any) -> Responses:
+        """Django's ``asend_robust()``, one listener at a time by priority."""
+        return await self._async_in_order(sender, named, robust=True)
+
+    def _sync_in_order(self, sender: Any, named: dict[str, Any], *, robust: bool) -> Responses:
+        responses: Responses = []
+        for receiver, is_async in self._in_order(sender):
+            call = async_to_sync(receiver) if is_async else receiver
+            try:
+                response = call(signal=self, sender=sender, **named)
+            except Exception as err:
+                response = self._failed(receiver, err, robust=robust)
+            responses.append((receiver, response))
+        return responses
+
+    async def _async_in_order(
+        self, sender: Any, named: dict[str, Any], *, robust: bool
+    ) -> Responses:
+        responses: Responses = []
+        for receiver, is_async in self._in_order(sender):
+            call = receiver if is_async else sync_to_async(receiver, thread_sensitive=True)
+            try:
+                response = await call(signal=self, sender=sender, **named)
+            except Exception as err:
+                response = self._failed(receiver, err, robust=robust)
+            responses.append((receiver, response))
+        return responses
+
+    def _failed(self, receiver: Callable[..., Any], error: Exception, *, robust: bool) -> Any:
+        # send()/asend() let the error through; the robust verbs log it and return it.
+        if not robust:
+            raise error
+        log_robust_failure(self, receiver, error)
+        return error

@@ -1,0 +1,135 @@
+"""
+Everything patchboard keeps per process, in one object: :data:`state`.
+
+Two kinds of state live here.
+
+*Runtime state* is what a process accumulates while it serves: the parsed
+``PATCHBOARD`` setting, the outcome counters, the short-term queue, the
+listener threads' bound, the circuit breakers and their Redis links, the log
+limiter and the dispatch observers. :meth:`State.reset` starts all of it
+afresh (``patchboard.testing.reset()`` calls it between tests), and
+:meth:`State.settings_changed` drops what was built from the settings.
+
+*Connection state* mirrors what is connected to signals right now: the
+wrappers of listeners connected with options (kept alive by their functions),
+the background listeners a worker may run, the names of signals. Connecting
+and disconnecting change it; ``reset()`` leaves it alone, because clearing it
+would silently disconnect the listeners a project connected in
+``AppConfig.ready()``.
+
+This module sits at the bottom of the package: it imports nothing of
+patchboard but the outcome statuses, and holds the upper layers' objects
+(queues, breakers, links) without knowing their types beyond what reset needs
+(``forget()``, ``close()``).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from django.core.signals import setting_changed
+
+from patchboard._outcomes import STATUSES, Status
+
+
+class State:
+    """The process's patchboard state; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        """Guards the lazily built members (settings, queue, threads, breakers, links)."""
+
+        # -- runtime state (reset) --------------------------------------------------
+        self.settings: Any = None
+        """The parsed ``PATCHBOARD`` setting, or None until first read."""
+        self.counts: dict[Status, int] = dict.fromkeys(STATUSES, 0)
+        """How many listener calls ended with each status (``outcome_counts()``)."""
+        self.logger: Any = None
+        """The ``patchboard`` logger, chosen on first use (see ``_log``)."""
+        self.queue: Any = None
+        """The process's ``ShortTermQueue``, built on first use."""
+        self.threads: Any = None
+        """The process's bounded listener threads, built on first use."""
+        self.breakers: dict[str, Any] = {}
+        """Circuit breakers by name."""
+        self.declared: set[str] = set()
+        """Names of the breakers built from ``PATCHBOARD["BREAKERS"]``."""
+        self.redis_links: dict[str, Any] = {}
+        """The Redis clients of each store URL."""
+        self.observers: list[Any] = []
+        """Called with (signal, sender, outcomes) after every dispatch (``patchboard.testing``)."""
+        self.limiter: Any = None
+        """The rate limiter of per-item log events (see ``_log``)."""
+
+        # -- connection state (kept by reset) -----------------------------------------
+        self.signal_names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        """The names logs and task payloads use for signals."""
+        self.plain_listeners: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        """Receivers connected without options, wrapped once with the default options."""
+        self.keepalive: dict[int, tuple[weakref.finalize[Any, Any], dict[Any, Any]]] = {}
+        """Weakly connected listeners, kept as long as their function (or its bound
+        instance), by its id: (the finalizer that drops the entry, the listeners)."""
+        self.named_breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Listeners that name their breaker (``patchboard.E011`` checks the names)."""
+        self.background: dict[str, list[Any]] = {}
+        """Background listeners connected in this process, by dotted path."""
+        self.signal_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        """How task payloads name signals that have no name (found once per signal)."""
+
+    def reset(self) -> None:
+        """
+        Start the runtime state afresh: forget every circuit breaker (shared
+        Redis state is left alone), close the Redis clients, drop the
+        short-term queue and the parsed settings, zero the counters, choose
+        the logger again and remove the observers.
+        """
+        with self.lock:
+            breakers = list(self.breakers.values())
+            links = list(self.redis_links.values())
+            self.breakers.clear()
+            self.declared.clear()
+            self.redis_links.clear()
+            self.settings = None
+            self.queue = None
+            self.logger = None
+            self.limiter = None
+            self.observers.clear()
+            for status in self.counts:
+                self.counts[status] = 0
+        for breaker in breakers:
+            breaker._forget()
+        for link in links:
+            link.close()
+
+    def settings_changed(self) -> None:
+        """``PATCHBOARD`` changed: drop what was built from it (calls in flight finish)."""
+        with self.lock:
+            self.settings = None
+            self.queue = None
+            for name in self.declared:
+                self.breakers.pop(name, None)
+            self.declared.clear()
+
+
+state = State()
+"""The one instance."""
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting == "PATCHBOARD":
+        state.settings_changed()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="patchboard.state.settings_changed")
+
+
+def outcome_counts() -> dict[Status, int]:
+    """
+    How many listener calls ended with each status in this process, since
+    start-up (or the last :func:`patchboard.testing.reset`). Every call is
+    counted exactly once, whichever verb dispatched it.
+    """
+    counts = state.counts
+    return {status: counts[status] for status in STATUSES}

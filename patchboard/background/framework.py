@@ -1,0 +1,63 @@
+"""
+Django's Tasks framework, found on first use: ``django.tasks`` (Django >= 6.0)
+or, on Django 5.2, the ``django-tasks`` backport.
+
+Both are optional for patchboard (only background listeners need them), so
+nothing here is imported until a background listener connects or a task runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+@functools.cache
+def api() -> Any:
+    """
+    The framework's names patchboard uses: ``task``, ``task_backends``,
+    ``InvalidTaskBackend``, ``DEFAULT_TASK_QUEUE_NAME``, ``TASK_MIN_PRIORITY``,
+    ``TASK_MAX_PRIORITY``.
+
+    Raises:
+        ImproperlyConfigured: neither ``django.tasks`` nor the backport is installed.
+    """
+    # Optional dependencies, imported lazily on purpose (see the module docstring).
+    try:
+        from django.tasks import task, task_backends
+        from django.tasks.base import (
+            DEFAULT_TASK_QUEUE_NAME,
+            TASK_MAX_PRIORITY,
+            TASK_MIN_PRIORITY,
+        )
+        from django.tasks.exceptions import InvalidTaskBackend
+    except ImportError:  # Django 5.2, with the django-tasks backport
+        try:
+            from django_tasks import (  # type: ignore[import-not-found, no-redef, unused-ignore]
+                task,
+                task_backends,
+            )
+            from django_tasks.base import (  # type: ignore[import-not-found, no-redef, unused-ignore]
+                DEFAULT_TASK_QUEUE_NAME,
+                TASK_MAX_PRIORITY,
+                TASK_MIN_PRIORITY,
+            )
+            from django_tasks.exceptions import (  # type: ignore[import-not-found, no-redef, unused-ignore]
+                InvalidTaskBackendError as InvalidTaskBackend,
+            )
+        except ImportError:
+            raise ImproperlyConfigured(
+                "mode='background' needs Django's Tasks framework: Django >= 6.0, or on "
+                "Django 5.2 the backport (pip install 'django-patchboard[tasks-backport]')"
+            ) from None
+    return SimpleNamespace(
+        task=task,
+        task_backends=task_backends,
+        InvalidTaskBackend=InvalidTaskBackend,
+        DEFAULT_TASK_QUEUE_NAME=DEFAULT_TASK_QUEUE_NAME,
+        TASK_MIN_PRIORITY=TASK_MIN_PRIORITY,
+        TASK_MAX_PRIORITY=TASK_MAX_PRIORITY,
+    )

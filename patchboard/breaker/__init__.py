@@ -1,0 +1,728 @@
+"""
+Circuit breakers: stop calling what keeps failing, and probe it now and then.
+
+Picture a fuse in front of a remote service. While it is *closed*, calls go
+through and their failures are counted; when the count (or, with
+``trip_rule="rate"``, the failure rate over the last ``window_size`` calls)
+crosses the line, the circuit *opens*: every call fails at once with
+:class:`~patchboard.CircuitOpen` and the guarded code is not called. After
+``reset_timeout`` seconds it is *half-open*: exactly ``half_open_max_calls``
+callers are let through as probes, however many arrive together (in one
+process, or across many with the Redis store); ``success_threshold``
+successful probes close it, a failed probe opens it again for
+``backoff_factor`` times longer (up to ``max_reset_timeout``). A probe that
+never reports (cancelled, or its process died) holds its slot for
+``probe_timeout`` seconds at most.
+
+What counts:
+
+* the guarded code returns: a success;
+* it raises an ``Exception`` (a ``TimeoutError``, so also
+  :class:`~patchboard.ListenerTimeout`, included): a failure, and the
+  exception reaches the caller unchanged;
+* it raises something matching ``exclude`` (exception classes, predicates
+  ``Callable[[BaseException], bool]`` or dotted paths): neither;
+* a ``BaseException`` that is not an ``Exception`` (cancellation,
+  ``KeyboardInterrupt``): nothing at all, and a probe slot it held is freed.
+
+The same breaker guards async code (``async with``, ``await breaker.call()``,
+an ``async def`` decorated with it) and sync code (``with``,
+``breaker.call_sync()``, a decorated ``def``), from any number of tasks and
+threads at once: what one entry was handed (a probe slot or not) lives on a
+contextvar stack, never on the breaker.
+
+State changes are logged (``circuit_opened``, ``circuit_half_opened``,
+``circuit_closed``, with ``breaker``, ``failures`` and ``retry_at``) and sent
+as :data:`circuit_state_changed`. Rejected calls are only counted (see
+:meth:`CircuitBreaker.statistics`).
+
+Breakers have names and one instance per name: :func:`get_breaker` returns it,
+building it from ``PATCHBOARD["BREAKERS"][name]`` on first use.
+
+The package: :mod:`.machine` holds the rules; :mod:`.memory` runs them in
+this process and :mod:`.redis` as ``breaker.lua`` on the server (the stores
+make every decision); :mod:`.checks` checks the declared breakers. This
+module classifies results, counts, logs and signals, and plugs the breakers
+into the feature seam (``patchboard._features``) so that a listener's
+``breaker=`` option resolves here. Every guard form goes through
+one pair of thin shells (``__enter__``/``__exit__`` and their async twins)
+around shared bookkeeping; only the store's I/O differs between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, overload
+
+from django.core.exceptions import ImproperlyConfigured
+from django.dispatch import Signal as DjangoSignal
+
+from patchboard._config import (
+    BreakerConfig,
+    BreakerOptions,
+    Guard,
+    get_settings,
+    raw_setting,
+    store_url,
+)
+from patchboard._exceptions import CircuitOpen
+from patchboard._features import features
+from patchboard._log import logger, name_signal
+from patchboard._state import state
+from patchboard.breaker.machine import (
+    CLOSED,
+    FAILURE,
+    HALF_OPEN,
+    OPEN,
+    RELEASE,
+    SUCCESS,
+    Control,
+    Result,
+    State,
+    Transition,
+    to_datetime,
+)
+from patchboard.breaker.memory import MemoryStore
+from patchboard.breaker.redis import RedisStore
+from patchboard.breaker.store import Ticket
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+circuit_state_changed = DjangoSignal()
+"""
+Sent on every state change, with ``sender=CircuitBreaker`` and the keyword
+arguments ``breaker`` (the :class:`CircuitBreaker`), ``old_state`` and
+``new_state`` (``"closed"``, ``"open"`` or ``"half_open"``). Sent robustly: a
+receiver that raises is logged and never disturbs the breaker. Under the Redis
+store, the process whose call made the transition sends it. (A plain Django
+signal: ``patchboard.receiver`` and its options work on it as on any signal.)
+"""
+name_signal(circuit_state_changed, "patchboard.circuit_state_changed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStatistics:
+    """A snapshot of one breaker, from :meth:`CircuitBreaker.statistics`."""
+
+    name: str
+    state: State
+    failures: int
+    """Consecutive failures (``trip_rule="count"``), or failures in the window."""
+    opened_at: datetime | None
+    retry_at: datetime | None
+    """When an open circuit lets a probe through; ``None`` when closed or forced open."""
+    rejected: int
+    """Calls this process refused with ``CircuitOpen`` (lifetime of the instance)."""
+    successes: int
+    """Guarded calls in this process that returned."""
+    failures_total: int
+    """Guarded calls in this process that counted as failures."""
+    store: str
+    """``"memory"`` or the Redis URL (password masked)."""
+    forced: Literal["open", "closed"] | None
+    """Set by :meth:`CircuitBreaker.force_open` / :meth:`~CircuitBreaker.force_closed`."""
+    probes: int
+    """Probes in flight (half-open)."""
+    fallback: bool
+    """The Redis store is unreachable: this process runs on in-process state."""
+
+
+class _Tally:
+    """A counter that threads can bump without a lock (``itertools.count`` is atomic)."""
+
+    __slots__ = ("_count", "_lock", "_reads", "add")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self.add = self._count.__next__
+        self._reads = 0
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        # Every read takes one number too; subtract the reads made so far.
+        with self._lock:
+            value = next(self._count) - self._reads
+            self._reads += 1
+            return value
+
+
+ExcInfo: TypeAlias = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+"""What ``__exit__`` receives."""
+_Entry: TypeAlias = tuple[Ticket, Any]
+"""One ``with``/``async with`` entry: its ticket, and the entry it is nested in."""
+
+
+def default_store() -> str:
+    """
+    ``PATCHBOARD["STORE"]``, validated on its own: building a breaker never
+    depends on the rest of the setting being valid.
+
+    Raises:
+        ImproperlyConfigured: ``STORE`` is not ``"memory"`` or a Redis URL.
+    """
+    raw = raw_setting()
+    store = raw.get("STORE", "memory") if isinstance(raw, dict) else "memory"
+    try:
+        store_url("STORE", store)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f'PATCHBOARD["STORE"]: {exc}') from None
+    return store
+
+
+class CircuitBreaker:
+    """
+    A named circuit breaker (see the module docstring for the rules).
+
+    ``CircuitBreaker(name, **options)`` takes the fields of
+    :class:`~patchboard.BreakerConfig` as keyword arguments (or a ready
+    ``config=``) and registers the instance under ``name`` for
+    :func:`get_breaker`. The state lives in ``store`` (``"memory"``, in this
+    process; or a ``redis://`` URL, shared by every process using it), by
+    default ``PATCHBOARD["STORE"]``.
+
+    Raises:
+        TypeError, ValueError: an invalid option (the message names it).
+        ValueError: a breaker named ``name`` already exists; share it with
+            :func:`get_breaker`.
+        ImproperlyConfigured: a Redis store without the ``redis`` package.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_entries",
+        "_excluded_predicates",
+        "_excluded_types",
+        "_failed",
+        "_ok",
+        "_ok_add",
+        "_rejected",
+        "_remote",
+        "_store",
+        "config",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: BreakerConfig | None = None,
+        **options: Unpack[BreakerOptions],
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if config is None:
+            config = BreakerConfig.from_options(options)
+        elif options:
+            raise TypeError(
+                f"pass either config or keyword options, not both (got {sorted(options)})"
+            )
+        self.name = name
+        self.config = config
+        url = config.store or default_store()
+        self._store: MemoryStore | RedisStore = (
+            MemoryStore(name, config) if url == "memory" else RedisStore(name, config, url)
+        )
+        self._remote = self._store if isinstance(self._store, RedisStore) else None
+        self._excluded_types = config.excluded_types
+        self._excluded_predicates = config.excluded_predicates
+        self._entries: ContextVar[_Entry | None] = ContextVar(
+            f"patchboard.breaker.{name}", default=None
+        )
+        self._new_tallies()
+        _register(self)
+
+    # -- guards --------------------------------------------------------------
+    #
+    # Every guard form is a ``with``/``async with`` entry: ``call()``,
+    # ``call_sync()`` and decorated functions enter the breaker as a block.
+    # Entering admits (or refuses) the call; leaving counts its result and
+    # reports it to the store when the store needs it. While the store is
+    # ``fast`` (closed, no failures recorded), admission and a success are
+    # attribute checks, with no lock and no call into the store.
+    #
+    # Each entry's ticket is kept on a stack per context (task, thread), in
+    # ``self._entries``. An entry admitted on the fast path into an empty
+    # stack pushes nothing: entries leave in reverse order, so an exit that
+    # finds the stack empty is such an entry's, and every other entry pushed
+    # what its exit pops.
+
+    async def __aenter__(self) -> Self:
+        """
+        Admit this entry or refuse it.
+
+        Raises:
+            CircuitOpen: the circuit is open (or half-open with every probe
+                slot taken); the block does not run.
+        """
+        if not self._entered_fast():
+            self._push(await self._aacquire())
+        return self
+
+    async def __aexit__(self, *exc_info: *ExcInfo) -> None:
+        ticket, result = self._leave(exc_info[1])
+        if result is not None:
+            await self._arecord(ticket, result)
+
+    def __enter__(self) -> Self:
+        """
+        The sync twin of ``async with``: for sync code (WSGI views, threads).
+
+        Raises:
+            CircuitOpen: the circuit is open; the block does not run.
+        """
+        if not self._entered_fast():
+            self._push(self._acquire())
+        return self
+
+    def __exit__(self, *exc_info: *ExcInfo) -> None:
+        ticket, result = self._leave(exc_info[1])
+        if result is not None:
+            self._record(ticket, result)
+
+    async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """
+        Await ``fn(*args, **kwargs)`` through the breaker and return its result.
+
+        Unlike :meth:`call_sync`, ``fn`` must return an awaitable.
+
+        Raises:
+            CircuitOpen: the circuit is open; ``fn`` was not called.
+            Exception: whatever ``fn`` raised, unchanged (and counted).
+        """
+        async with self:
+            return await fn(*args, **kwargs)
+
+    def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """
+        Call ``fn(*args, **kwargs)`` through the breaker and return its result.
+
+        With a Redis store this does blocking I/O: call it from sync code,
+        not from an event loop (use :meth:`call` there).
+
+        Raises:
+            CircuitOpen: the circuit is open; ``fn`` was not called.
+            Exception: whatever ``fn`` raised, unchanged (and counted).
+        """
+        with self:
+            return fn(*args, **kwargs)
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """
+        Decorate ``fn`` so every call goes through the breaker: an ``async def``
+        as by :meth:`call`, a plain function as by :meth:`call_sync`.
+
+        Raises:
+            TypeError: ``fn`` is a generator or async generator function
+                (the breaker could only guard the creation of the generator).
+        """
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"a circuit breaker cannot guard the generator function {fn.__qualname__}"
+            )
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                async with self:
+                    return await fn(*args, **kwargs)
+
+            return guarded_async
+
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return guarded
+
+    # -- the bookkeeping shared by every form ----------------------------------
+
+    def _entered_fast(self) -> bool:
+        """Admit on the fast path, if the store allows it (see the note above)."""
+        store = self._store
+        if not store.fast:
+            return False
+        entries = self._entries
+        stack = entries.get()
+        if stack is not None:
+            entries.set((store.admitted, stack))
+        return True
+
+    def _push(self, ticket: Ticket) -> None:
+        entries = self._entries
+        entries.set((ticket, entries.get()))
+
+    def _leave(self, exc: BaseException | None) -> tuple[Ticket, Result | None]:
+        """Pop this entry's ticket and count its result; the result to report, if any."""
+        entries = self._entries
+        stack = entries.get()
+        if stack is None:
+            ticket = self._store.admitted
+        else:
+            entries.set(stack[1])
+            ticket = stack[0]
+        if exc is not None:
+            return ticket, self._classify(exc)
+        self._ok_add()
+        store = self._store
+        return ticket, None if store.fast and ticket is store.admitted else SUCCESS
+
+    def _classify(self, exc: BaseException) -> Result:
+        if not isinstance(exc, Exception):
+            return RELEASE  # cancellation, KeyboardInterrupt: not the service's doing
+        if self._excluded_types and isinstance(exc, self._excluded_types):
+            return RELEASE
+        for predicate in self._excluded_predicates:
+            try:
+                if predicate(exc):
+                    return RELEASE
+            except Exception as error:
+                logger().error(
+                    "circuit_exclude_failed",
+                    breaker=self.name,
+                    predicate=repr(predicate),
+                    error=repr(error),
+                )
+        self._failed.add()
+        return FAILURE
+
+    # -- the store's I/O: the only difference between the sync and async forms --
+
+    def _acquire(self) -> Ticket:
+        try:
+            return self._store.acquire()
+        except CircuitOpen:
+            self._rejected.add()
+            raise
+        finally:
+            self._emit()
+
+    async def _aacquire(self) -> Ticket:
+        try:
+            return await self._store.aacquire()
+        except CircuitOpen:
+            self._rejected.add()
+            raise
+        finally:
+            await self._aemit()
+
+    def _record(self, ticket: Ticket, result: Result) -> None:
+        self._store.record(ticket, result)
+        self._emit()
+
+    async def _arecord(self, ticket: Ticket, result: Result) -> None:
+        await self._store.arecord(ticket, result)
+        await self._aemit()
+
+    def _emit(self) -> None:
+        """Log and signal the store's pending transitions (``send_robust``)."""
+        if not self._store.pending:
+            return
+        responses: list[tuple[Any, Any]]
+        for transition in self._drain():
+            try:
+                responses = circuit_state_changed.send_robust(
+                    sender=CircuitBreaker, breaker=self, **_states(transition)
+                )
+            except Exception as exc:  # e.g. an async receiver reached from a running loop
+                responses = [(circuit_state_changed, exc)]
+            self._log_receiver_errors(responses)
+
+    async def _aemit(self) -> None:
+        """The async twin of :meth:`_emit` (``asend_robust``)."""
+        if not self._store.pending:
+            return
+        responses: list[tuple[Any, Any]]
+        for transition in self._drain():
+            try:
+                responses = await circuit_state_changed.asend_robust(
+                    sender=CircuitBreaker, breaker=self, **_states(transition)
+                )
+            except Exception as exc:
+                responses = [(circuit_state_changed, exc)]
+            self._log_receiver_errors(responses)
+
+    def _drain(self) -> Iterable[Transition]:
+        """The store's pending transitions, each logged as it is taken."""
+        pending = self._store.pending
+        while pending:
+            try:
+                transition = pending.popleft()
+            except IndexError:  # another thread took it
+                return
+            self._log(transition)
+            yield transition
+
+    def _log(self, transition: Transition) -> None:
+        event, level = _TRANSITION_EVENTS[transition.new]
+        retry_at = to_datetime(transition.retry_at)
+        getattr(logger(), level)(
+            event,
+            breaker=self.name,
+            failures=transition.failures,
+            retry_at=retry_at.isoformat() if retry_at is not None else None,
+            old_state=transition.old,
+            forced=transition.forced,
+        )
+
+    def _log_receiver_errors(self, responses: Iterable[tuple[Any, Any]]) -> None:
+        for receiver, response in responses:
+            if isinstance(response, BaseException):
+                logger().error(
+                    "circuit_signal_receiver_failed",
+                    breaker=self.name,
+                    receiver=repr(receiver),
+                    error=repr(response),
+                )
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """
+        ``"closed"``, ``"open"`` or ``"half_open"``, as this process knows it.
+
+        An open circuit past its ``retry_at`` reads ``"half_open"``: the next
+        call is a probe (the transition is logged and signalled when it is
+        admitted). With a Redis store this is the last view (see
+        ``sync_interval``); ``await get_state()`` asks Redis.
+        """
+        return self._store.state
+
+    @property
+    def retry_at(self) -> datetime | None:
+        """When an open circuit lets a probe through (UTC); ``None`` when closed
+        or forced open."""
+        view = self._store.view()
+        return None if view.state == CLOSED else to_datetime(view.retry_at)
+
+    async def get_state(self) -> State:
+        """
+        The state, asking the store first (one round trip with Redis; if Redis
+        is unreachable, the in-process fallback's state).
+        """
+        await self._acontrol("read", quiet=True)
+        return self._store.state
+
+    def get_state_sync(self) -> State:
+        """The sync twin of :meth:`get_state` (blocking I/O with Redis)."""
+        self._control("read", quiet=True)
+        return self._store.state
+
+    def statistics(self) -> BreakerStatistics:
+        """The breaker's state as this process knows it, and its counters."""
+        view = self._store.view()
+        return BreakerStatistics(
+            name=self.name,
+            state=view.state,
+            failures=view.failures,
+            opened_at=to_datetime(view.opened_at) if view.state != CLOSED else None,
+            retry_at=to_datetime(view.retry_at) if view.state != CLOSED else None,
+            rejected=self._rejected.value,
+            successes=self._ok.value,
+            failures_total=self._failed.value,
+            store=self._store.label,
+            forced=view.forced,
+            probes=view.probes,
+            fallback=view.fallback,
+        )
+
+    def __repr__(self) -> str:
+        view = self._store.view()
+        parts = [f"<CircuitBreaker {self.name!r} {view.state}"]
+        if view.forced is not None:
+            parts.append(f"forced={view.forced}")
+        parts.append(f"failures={view.failures}")
+        if view.state != CLOSED:
+            retry_at = to_datetime(view.retry_at)
+            parts.append(f"retry_at={retry_at.isoformat() if retry_at else None}")
+        if view.probes:
+            parts.append(f"probes={view.probes}")
+        if self._remote is not None:
+            parts.append(f"store={self._store.label}")
+            if view.fallback:
+                parts.append("fallback")
+        return " ".join(parts) + ">"
+
+    # -- control -------------------------------------------------------------
+    #
+    # Each control has a sync form (usable anywhere; with Redis it blocks on
+    # one round trip) and an async twin for event loops.
+
+    def force_open(self) -> None:
+        """
+        Open the circuit until :meth:`force_closed` or :meth:`reset`: every call
+        fails with ``CircuitOpen(retry_at=None)``; no probes.
+
+        Raises:
+            redis.RedisError: the Redis store is unreachable (this process's
+                fallback state has changed anyway).
+        """
+        self._control("force_open")
+
+    def force_closed(self) -> None:
+        """
+        Close the circuit and keep it closed: failures are not counted until
+        :meth:`reset`.
+
+        Raises:
+            redis.RedisError: the Redis store is unreachable.
+        """
+        self._control("force_closed")
+
+    def reset(self) -> None:
+        """
+        Back to closed with no failures recorded, lifting any forced state
+        (the counters of :meth:`statistics` are lifetime counters and stay).
+
+        Raises:
+            redis.RedisError: the Redis store is unreachable.
+        """
+        self._control("reset")
+
+    async def aforce_open(self) -> None:
+        """The async twin of :meth:`force_open`."""
+        await self._acontrol("force_open")
+
+    async def aforce_closed(self) -> None:
+        """The async twin of :meth:`force_closed`."""
+        await self._acontrol("force_closed")
+
+    async def areset(self) -> None:
+        """The async twin of :meth:`reset`."""
+        await self._acontrol("reset")
+
+    def _control(self, action: Control, *, quiet: bool = False) -> None:
+        # quiet: a read that fails leaves the fallback's state to answer (logged by the store).
+        try:
+            with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+                self._store.force(action)
+        finally:
+            self._emit()
+
+    async def _acontrol(self, action: Control, *, quiet: bool = False) -> None:
+        try:
+            with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+                await self._store.aforce(action)
+        finally:
+            await self._aemit()
+
+    async def aclose(self) -> None:
+        """Close the Redis store's async connections of the running event loop."""
+        if self._remote is not None:
+            await self._remote.link.aclose()
+
+    def _forget(self) -> None:
+        """A fresh closed state and zeroed counters, reporting nothing (``testing.reset``)."""
+        self._store.forget()
+        self._store.pending.clear()
+        self._new_tallies()
+
+    def _new_tallies(self) -> None:
+        self._ok = _Tally()
+        self._ok_add = self._ok.add
+        self._failed = _Tally()
+        self._rejected = _Tally()
+
+
+_TRANSITION_EVENTS: dict[State, tuple[str, str]] = {
+    OPEN: ("circuit_opened", "warning"),
+    HALF_OPEN: ("circuit_half_opened", "info"),
+    CLOSED: ("circuit_closed", "info"),
+}
+
+
+def _states(transition: Transition) -> dict[str, State]:
+    return {"old_state": transition.old, "new_state": transition.new}
+
+
+# -- the registry --------------------------------------------------------------------
+
+
+def _register(breaker: CircuitBreaker) -> None:
+    with state.lock:
+        if breaker.name in state.breakers:
+            raise ValueError(
+                f"a circuit breaker named {breaker.name!r} already exists; share it with "
+                f"get_breaker({breaker.name!r})"
+            )
+        state.breakers[breaker.name] = breaker
+
+
+def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
+    """
+    The one breaker named ``name_or_instance`` (an instance is returned as is).
+
+    A name not yet in use is looked up in ``PATCHBOARD["BREAKERS"]`` and the
+    breaker built from it on first use.
+
+    Raises:
+        ImproperlyConfigured: no breaker has that name and none is declared
+            (the message lists the known names), or its declaration is invalid.
+        TypeError: ``name_or_instance`` is neither a string nor a breaker.
+    """
+    if isinstance(name_or_instance, CircuitBreaker):
+        return name_or_instance
+    breaker = state.breakers.get(name_or_instance)
+    if breaker is not None:
+        return breaker  # type: ignore[no-any-return]
+    if not isinstance(name_or_instance, str):
+        raise TypeError(
+            f"get_breaker() takes a breaker name or a CircuitBreaker, got {name_or_instance!r}"
+        )
+    name = name_or_instance
+    with state.lock:
+        breaker = state.breakers.get(name)
+        if breaker is not None:
+            return breaker  # type: ignore[no-any-return]
+        declared = get_settings().breakers
+        if name not in declared:
+            known = sorted({*declared, *state.breakers})
+            raise ImproperlyConfigured(
+                f"no circuit breaker named {name!r}: declare it in "
+                f'PATCHBOARD["BREAKERS"] or create CircuitBreaker({name!r}, ...); '
+                f"known: {', '.join(map(repr, known)) or 'none'}"
+            )
+        try:
+            breaker = CircuitBreaker(name, config=BreakerConfig.from_options(declared[name]))
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f'PATCHBOARD["BREAKERS"][{name!r}]: {exc}') from exc
+        state.declared.add(name)
+        return breaker
+
+
+def all_breakers() -> list[CircuitBreaker]:
+    """Every registered breaker, by name (declared ones appear once used)."""
+    with state.lock:
+        return [state.breakers[name] for name in sorted(state.breakers)]
+
+
+# -- the feature seam ------------------------------------------------------------------
+
+
+class _Breakers:
+    """The breaker feature, as the listener call sees it (see ``patchboard._features``)."""
+
+    def resolve(self, breaker: str | Guard, /) -> Guard:
+        return breaker if not isinstance(breaker, str) else get_breaker(breaker)
+
+
+features.plug_breakers(_Breakers())
