@@ -369,8 +369,8 @@ def option_costs(repeat: int) -> str:
     lines = [
         "### 4. One listener: the cost of options (`collect_async` / `collect`)",
         "",
-        "A sync listener with a `timeout` leaves the calling thread: `collect` goes through "
-        "`async_to_sync` and the listener runs in a worker thread.",
+        "A sync listener with a `timeout` leaves the calling thread: `collect` runs it in a "
+        "listener thread and waits for it there, without an event loop.",
         "",
         "| listener options | async listener, µs | Δ plain | sync listener, µs | Δ plain |",
         "|---|---:|---:|---:|---:|",

@@ -25,6 +25,8 @@ from patchboard._queue import ShortTermQueue as ShortTermQueue
 from patchboard._queue import queue_stats as queue_stats
 from patchboard._signals import Signal as Signal
 from patchboard._state import outcome_counts as outcome_counts
+from patchboard._threads import ThreadStatistics as ThreadStatistics
+from patchboard._threads import thread_stats as thread_stats
 from patchboard.breaker import BreakerStatistics as BreakerStatistics
 from patchboard.breaker import CircuitBreaker as CircuitBreaker
 from patchboard.breaker import circuit_state_changed as circuit_state_changed
@@ -49,9 +51,11 @@ __all__ = [
     "Signal",
     "Status",
     "SyncCallInEventLoop",
+    "ThreadStatistics",
     "circuit_state_changed",
     "get_breaker",
     "outcome_counts",
     "queue_stats",
     "receiver",
+    "thread_stats",
 ]

@@ -32,7 +32,7 @@ from patchboard._features import features
 from patchboard._log import logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
 from patchboard._state import state
-from patchboard._threads import run_in_worker_thread
+from patchboard._threads import Job, listener_threads
 
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
@@ -145,7 +145,7 @@ class Call:
         if not self.listener.is_async:
             if limit is None and thread_runner is None and self.listener.options.thread_sensitive:
                 return await sync_to_async(call, thread_sensitive=True)()
-            call = functools.partial(thread_runner or run_in_worker_thread, call)
+            call = functools.partial(thread_runner or self._in_thread, call)
         if limit is None:
             return await call()
         started = perf_counter()
@@ -154,6 +154,50 @@ class Call:
         # Only reached when the deadline cancelled the call (a sync call's
         # thread is abandoned: it cannot be stopped).
         raise ListenerTimeout(self.listener.label, limit, perf_counter() - started)
+
+    async def _in_thread(self, sync_call: Callable[[], Any]) -> Any:
+        return await listener_threads().run(sync_call, Job(self))
+
+    def start_in_thread(self) -> Job | Outcome:
+        """
+        Start a sync listener's call in a listener thread, from sync code (the
+        sync twins' path without an event loop); its job, or its outcome if it
+        could not start: its function is gone, or no thread freed up within
+        its time limit (``"timeout"``).
+        """
+        func = self.listener.receiver
+        if func is None:
+            return self.gone()
+        job = Job(self)
+        sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
+        if listener_threads().start(sync_call, job, self._time_left()):
+            return job
+        return self.settle_sync("timeout", self._timed_out())
+
+    def finish_in_thread(self, job: Job) -> Outcome:
+        """
+        Wait for the job :meth:`start_in_thread` started, until the listener's
+        time limit; its outcome (``"timeout"`` and an abandoned thread past it).
+        """
+        try:
+            returned, value = listener_threads().wait(job, self._time_left())
+        except BaseException as exc:
+            status = failure_status(exc)
+            if status is None:
+                raise
+            return self.settle_sync(status, exc)
+        if not returned:
+            return self.settle_sync("timeout", self._timed_out())
+        return self.ok(self.listener.receiver or gone_receiver, value)
+
+    def _time_left(self) -> float | None:
+        limit = self.listener.options.timeout
+        return None if limit is None else max(0.0, limit - (perf_counter() - self.started))
+
+    def _timed_out(self) -> ListenerTimeout:
+        limit = self.listener.options.timeout
+        assert limit is not None
+        return ListenerTimeout(self.listener.label, limit, perf_counter() - self.started)
 
     def run_sync(self) -> Outcome:
         """

@@ -430,6 +430,9 @@ class Settings:
     """Log signal kwargs' values in failure events (they may hold secrets)."""
     collect_queue_threshold: int = 16
     """``collect_async(queue="auto")`` queues above this many live listeners."""
+    max_threads: int = 40
+    """The most sync listener calls running in worker threads at once in this
+    process, threads abandoned at their time limit included."""
     short_term_queue: QueueSettings = field(default_factory=QueueSettings)
     store: str = "memory"
     """Default circuit breaker state store: ``"memory"`` or a ``redis://`` URL."""
@@ -441,6 +444,7 @@ class Settings:
         choice("ON_ERROR", self.on_error, ("raise", "log"))
         boolean("LOG_KWARGS", self.log_kwargs)
         integer("COLLECT_QUEUE_THRESHOLD", self.collect_queue_threshold, minimum=0)
+        integer("MAX_THREADS", self.max_threads, minimum=1)
         store_url("STORE", self.store)
         if not isinstance(self.breakers, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Mapping) for k, v in self.breakers.items()

@@ -29,6 +29,39 @@ if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
 
 
+def run_without_loop(
+    listeners: Sequence[Listener], signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
+) -> list[Outcome]:
+    """
+    Run sync listeners from a sync caller without an event loop; their
+    outcomes, in listener order.
+
+    The listeners that leave the caller's thread (a ``timeout``,
+    ``thread_sensitive=False``) start first, each in a listener thread; the
+    others run here meanwhile, in order (see ``run_here``: they stop after an
+    error that must propagate); then each threaded call is waited for until
+    its time limit, and past it abandoned (a ``"timeout"``).
+    """
+    threaded = {
+        index: Call(listener, signal, sender, kwargs)
+        for index, listener in enumerate(listeners)
+        if not listener._batchable
+    }
+    started = {index: call.start_in_thread() for index, call in threaded.items()}
+    here = iter(run_here([lsn for lsn in listeners if lsn._batchable], signal, sender, kwargs))
+    outcomes: list[Outcome] = []
+    for index in range(len(listeners)):
+        job = started.get(index)
+        if job is None:
+            if (outcome := next(here, None)) is not None:
+                outcomes.append(outcome)
+        elif isinstance(job, Outcome):
+            outcomes.append(job)  # it could not start
+        else:
+            outcomes.append(threaded[index].finish_in_thread(job))
+    return outcomes
+
+
 async def run_concurrently(
     listeners: Sequence[Listener],
     signal: DjangoSignal,

@@ -61,14 +61,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Any, Final, TypeAlias
 
 import anyio
@@ -79,7 +77,7 @@ from patchboard._exceptions import Expired, Rejected
 from patchboard._log import logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status
 from patchboard._state import state
-from patchboard._threads import closing_connections, worker_threads
+from patchboard._threads import Job, listener_threads
 
 # An item's state; it changes only under the queue's lock.
 _WAITING: Final = 0
@@ -93,6 +91,8 @@ _NEVER_RAN_EVENTS: Final[dict[Status, str]] = {
     "expired": "queue_item_expired",
     "rejected": "queue_item_rejected",
 }
+
+_THREAD_EVENTS: Final = ("queue_thread_abandoned", "queue_thread_returned")
 
 _LogEvent: TypeAlias = tuple[str, str, dict[str, Any]]
 """(level, event, fields): logged once the lock is released."""
@@ -141,7 +141,6 @@ class _Item:
         "queued",
         "state",
         "thread",
-        "thread_returned",
         "waited",
     )
 
@@ -155,7 +154,6 @@ class _Item:
         self.enqueued = 0.0
         self.waited = 0.0
         self.abandoned = False
-        self.thread_returned = False
 
     def prepare_wait(self, now: float) -> None:
         """Join the line (on the caller's loop, in the caller's thread)."""
@@ -402,68 +400,31 @@ class ShortTermQueue:
 
     async def _in_thread(self, item: _Item, call: Call, sync_call: Callable[[], Any]) -> Any:
         """
-        The listener's thread runner: run a sync call in a queue worker thread.
+        The listener's thread runner: run a sync call in a listener thread.
 
         If the caller stops waiting (time limit, cancellation) before the
         thread returns, the thread is abandoned and keeps the call's worker
         until it returns: the bound counts threads, not waiting callers.
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        context = contextvars.copy_context()
-        run = closing_connections(sync_call)
-        item.thread_returned = False
+        job = Job(call, _THREAD_EVENTS)
+        job.on_abandon = functools.partial(self._abandoned_thread, item)
+        job.on_return = functools.partial(self._returned_thread, item)
+        return await listener_threads().run(sync_call, job)
 
-        def work() -> None:
-            started = perf_counter()
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = context.run(run)
-            except BaseException as exc:
-                error = exc
-            events = None
-            with self._lock:
-                item.thread_returned = True
-                abandoned = item.abandoned
-                if abandoned:
-                    self._abandoned_running -= 1
-                    self._running -= 1
-                    events = self._rebalance(self._clock())
-            if abandoned:
-                if events:
-                    _emit(events)
-                logger().debug(
-                    "queue_thread_returned",
-                    signal=signal_label(call.signal),
-                    listener=call.listener.label,
-                    ran_s=round(perf_counter() - started, 6),
-                )
-                return
-            # RuntimeError: the caller's loop is gone, and so is the caller.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, done, result, error)
+    def _abandoned_thread(self, item: _Item) -> None:
+        with self._lock:
+            item.abandoned = True
+            self._abandoned += 1
+            self._abandoned_running += 1
 
-        worker_threads().submit(work)
-        try:
-            return await done
-        except BaseException:
-            abandoned_running = 0
-            with self._lock:
-                if not item.thread_returned:
-                    item.abandoned = True
-                    self._abandoned += 1
-                    self._abandoned_running += 1
-                    abandoned_running = self._abandoned_running
-            if abandoned_running:
-                logger().warning(
-                    "queue_thread_abandoned",
-                    signal=signal_label(call.signal),
-                    listener=call.listener.label,
-                    sender=sender_label(call.sender),
-                    abandoned_running=abandoned_running,
-                )
-            raise
+    def _returned_thread(self, item: _Item) -> None:
+        # An abandoned thread returned: the worker it kept is free at last.
+        with self._lock:
+            self._abandoned_running -= 1
+            self._running -= 1
+            events = self._rebalance(self._clock())
+        if events:
+            _emit(events)
 
     # -- scaling -----------------------------------------------------------------------
 
@@ -540,15 +501,6 @@ class ShortTermQueue:
                         )
                     )
         return events
-
-
-def _deliver(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
 
 
 def _emit(events: list[_LogEvent]) -> None:

@@ -58,7 +58,7 @@ _RESOLVED_SENDERS = 256
 class _Resolved:
     """The live listeners of one sender, as resolved from a receivers list."""
 
-    __slots__ = ("batchable", "count", "listeners", "receivers", "version")
+    __slots__ = ("batchable", "count", "listeners", "loopless", "receivers", "version")
 
     def __init__(self, receivers: list[Any], version: int, listeners: list[Listener]) -> None:
         self.receivers = receivers
@@ -67,6 +67,13 @@ class _Resolved:
         self.listeners = listeners
         self.batchable = all(listener._batchable for listener in listeners)
         """Whether every listener can run in a sync caller's thread."""
+        self.loopless = all(
+            listener._batchable or (not listener.is_async and listener.options.breaker is None)
+            for listener in listeners
+        )
+        """Whether a sync caller can run them all without an event loop: in its
+        thread, or in listener threads (a sync listener with a ``timeout`` or
+        ``thread_sensitive=False``, without a breaker)."""
 
 
 class Signal(DjangoSignal):
@@ -261,9 +268,12 @@ class Signal(DjangoSignal):
         commands and task workers.
 
         Sync listeners run in this thread, in priority order, and background
-        listeners enqueue here, so both see the caller's transaction. When any
-        listener needs the event loop (async, ``timeout``, queue), the whole
-        dispatch runs through asgiref's ``async_to_sync``.
+        listeners enqueue here, so both see the caller's transaction; a sync
+        listener with a ``timeout`` (or ``thread_sensitive=False``) runs in a
+        listener thread meanwhile, and is waited for until its limit. When a
+        listener needs an event loop (an async listener, a timed sync one
+        with a breaker, the short-term queue), the whole dispatch runs
+        through asgiref's ``async_to_sync``.
 
         Raises:
             SyncCallInEventLoop: called from a thread running an event loop.
@@ -319,8 +329,12 @@ class Signal(DjangoSignal):
         listeners = resolved.listeners
         if not listeners:
             return Collected([])
-        if resolved.batchable and self._queue_for(queue, len(listeners)) is None:
-            return _dispatch.finish(self, sender, run_here(listeners, self, sender, named))
+        if resolved.loopless and self._queue_for(queue, len(listeners)) is None:
+            if resolved.batchable:
+                outcomes = run_here(listeners, self, sender, named)
+            else:
+                outcomes = _dispatch.run_without_loop(listeners, self, sender, named)
+            return _dispatch.finish(self, sender, outcomes)
         return async_to_sync(self._dispatch)(sender, named, queue)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------

@@ -51,7 +51,7 @@ class State:
         self.queue: Any = None
         """The process's ``ShortTermQueue``, built on first use."""
         self.threads: Any = None
-        """The process's bounded listener threads, built on first use."""
+        """The process's bounded listener threads (``_threads``), built on first use."""
         self.breakers: dict[str, Any] = {}
         """Circuit breakers by name."""
         self.declared: set[str] = set()
@@ -93,6 +93,7 @@ class State:
             self.redis_links.clear()
             self.settings = None
             self.queue = None
+            self.threads = None
             self.logger = None
             self.limiter = None
             self.observers.clear()
@@ -108,6 +109,7 @@ class State:
         with self.lock:
             self.settings = None
             self.queue = None
+            self.threads = None
             for name in self.declared:
                 self.breakers.pop(name, None)
             self.declared.clear()

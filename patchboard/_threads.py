@@ -1,25 +1,50 @@
 """
-The threads that run sync listener calls off the caller's thread.
+The threads that run sync listener calls off the caller's thread, under one
+process-wide bound.
 
 A sync listener leaves the caller's thread when it has a ``timeout`` (a
 thread can be waited for with a limit; a running function cannot be
 interrupted), when it is connected with ``thread_sensitive=False``, and when
-it goes through the short-term queue. Such a call runs in a worker thread of
-its own, and each thread closes the Django database connections it opened,
-so a listener never leaks one.
+it goes through the short-term queue. Such a call runs in a worker thread and
+closes the Django database connections it opened there, so a listener never
+leaks one.
+
+Picture a rack of ``PATCHBOARD["MAX_THREADS"]`` hooks. A call takes a hook
+before its thread starts (waiting, within its own time limit, if all are
+taken) and the *thread* hangs it back when it returns — not the caller when it
+stops waiting. A caller that stops waiting (its ``timeout``, its
+cancellation) *abandons* the thread: the thread runs to its end and keeps its
+hook meanwhile, and is counted and logged (``listener_thread_abandoned``,
+``listener_thread_returned``). So live listener threads, abandoned ones
+included, never outnumber the hooks, however long a listener blocks.
+
+The hooks are shared by every event loop of the process (the ASGI server's,
+and the short-lived ones of ``async_to_sync``) and by plain threads (the sync
+twins wait without a loop), so they are counted under a ``threading.Lock``
+and each waiter is woken in its own way: on its loop, or by an event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import threading
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from queue import Empty, SimpleQueue
-from typing import Any, Final
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final
 
-import anyio.to_thread
 from django.db import connections
 
+from patchboard._config import get_settings
+from patchboard._log import logger, sender_label, signal_label
 from patchboard._state import state
+
+if TYPE_CHECKING:
+    from patchboard._call import Call
 
 IDLE_THREAD_TIMEOUT: Final = 30.0
 """Seconds a worker thread waits for another call before it exits."""
@@ -38,32 +63,290 @@ def closing_connections(call: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-async def run_in_worker_thread(call: Callable[[], Any]) -> Any:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadStatistics:
     """
-    Run a sync call in one of anyio's worker threads.
+    A snapshot of the listener threads (see :func:`patchboard.thread_stats`).
 
-    If the caller is cancelled (a ``timeout``), the thread cannot be stopped:
-    it is abandoned, runs to its end, and closes the DB connections it opened.
-    """
-    return await anyio.to_thread.run_sync(closing_connections(call), abandon_on_cancel=True)
-
-
-class WorkerThreads:
-    """
-    Daemon threads that run sync listener calls, reused from call to call.
-
-    A thread goes back to the pool after each call and exits after
-    :data:`IDLE_THREAD_TIMEOUT` without work. How many calls run at once is
-    bounded by the callers (the short-term queue's workers), not here.
+    ``limit`` is ``PATCHBOARD["MAX_THREADS"]``; ``busy`` the threads running a
+    listener call, abandoned ones included; ``waiting`` the calls waiting for
+    a thread. ``abandoned`` counts the calls whose caller stopped waiting
+    before their thread returned (since start-up); ``abandoned_running``,
+    those still running.
     """
 
-    def __init__(self) -> None:
+    limit: int
+    busy: int
+    waiting: int
+    abandoned: int
+    abandoned_running: int
+
+
+class _Waiter:
+    """A call waiting for a thread: woken on its event loop, or by a threading event."""
+
+    __slots__ = ("_event", "_future", "_loop", "granted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.granted = False
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self._event: threading.Event | None = None
+        if loop is None:
+            self._event = threading.Event()
+        else:
+            self._future = loop.create_future()
+
+    def wake(self) -> None:
+        """Called under the lock, from any thread."""
+        self.granted = True
+        if self._event is not None:
+            self._event.set()
+        elif self._loop is not None and self._future is not None:
+            # RuntimeError: its loop is closed; the waiter was cancelled and withdrew already.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_resolve, self._future)
+
+    async def wait_async(self) -> None:
+        assert self._future is not None
+        await self._future
+
+    def wait_sync(self, timeout: float | None) -> bool:
+        assert self._event is not None
+        return self._event.wait(timeout)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any = None) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+LISTENER_EVENTS: Final = ("listener_thread_abandoned", "listener_thread_returned")
+"""The log events of a listener's thread: abandoned by its caller, returned after that."""
+
+
+class Job:
+    """One sync call running (or about to run) in a worker thread."""
+
+    __slots__ = (
+        "abandoned",
+        "call",
+        "done",
+        "error",
+        "events",
+        "finished",
+        "on_abandon",
+        "on_return",
+        "result",
+        "returned",
+        "started",
+    )
+
+    def __init__(self, call: Call, events: tuple[str, str] = LISTENER_EVENTS) -> None:
+        self.call = call
+        self.events = events
+        """The log events of this job's thread: (abandoned, returned)."""
+        self.done: Callable[[], None] = _nothing
+        """Tells the waiting caller the thread returned (not called once abandoned)."""
+        self.finished: threading.Event | None = None
+        self.on_abandon: Callable[[], None] = _nothing
+        self.on_return: Callable[[], None] = _nothing
+        """Called when an abandoned thread returns."""
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.returned = False
+        self.abandoned = False
+        self.started = 0.0
+
+
+def _nothing() -> None:
+    pass
+
+
+class ListenerThreads:
+    """The process's listener threads under their bound (see the module docstring)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._lock = threading.Lock()
+        self._busy = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._abandoned = 0
+        self._abandoned_running = 0
         self._idle: list[SimpleQueue[Callable[[], None]]] = []
         self._started = 0
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` in an idle thread, or in a new one."""
+    def __repr__(self) -> str:
+        return (
+            f"<ListenerThreads {self._busy}/{self.limit} busy, {len(self._waiters)} waiting, "
+            f"{self._abandoned_running} abandoned>"
+        )
+
+    def statistics(self) -> ThreadStatistics:
+        with self._lock:
+            return ThreadStatistics(
+                limit=self.limit,
+                busy=self._busy,
+                waiting=len(self._waiters),
+                abandoned=self._abandoned,
+                abandoned_running=self._abandoned_running,
+            )
+
+    # -- running ----------------------------------------------------------------
+
+    async def run(self, fn: Callable[[], Any], job: Job) -> Any:
+        """
+        Run ``fn`` in a worker thread from async code, as ``job``; its result.
+
+        Waits for a free thread first. If this call is cancelled (a time
+        limit) after the thread started, the thread is abandoned: it runs to
+        its end and keeps its place in the bound meanwhile.
+
+        Raises:
+            BaseException: whatever ``fn`` raised, or this call's cancellation.
+        """
+        loop = asyncio.get_running_loop()
+        await self._take_async(loop)
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            # RuntimeError: the caller's loop is gone, and so is the caller.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
+
+        job.done = done
+        self._start(job, fn)
+        try:
+            await future
+        except BaseException:
+            self._abandon(job)
+            raise
+        return _result(job)
+
+    def start(self, fn: Callable[[], Any], job: Job, timeout: float | None) -> bool:
+        """
+        Start ``fn`` in a worker thread from sync code, as ``job``, waiting at
+        most ``timeout`` seconds for a free thread; False if none freed up.
+        """
+        if not self._take_sync(timeout):
+            return False
+        job.finished = threading.Event()
+        job.done = job.finished.set
+        self._start(job, fn)
+        return True
+
+    def wait(self, job: Job, timeout: float | None) -> tuple[bool, Any]:
+        """
+        Wait at most ``timeout`` seconds for a job :meth:`start` started:
+        ``(True, result)``, or ``(False, None)`` and the thread is abandoned.
+
+        Raises:
+            BaseException: whatever the job's function raised.
+        """
+        assert job.finished is not None
+        if job.finished.wait(timeout) or not self._abandon(job):
+            return True, _result(job)
+        return False, None
+
+    def _start(self, job: Job, fn: Callable[[], Any]) -> None:
+        context = contextvars.copy_context()
+        run = closing_connections(fn)
+
+        def work() -> None:
+            job.started = perf_counter()
+            try:
+                job.result = context.run(run)
+            except BaseException as exc:
+                job.error = exc
+            self._returned(job)
+
+        self._submit(work)
+
+    def _returned(self, job: Job) -> None:
+        with self._lock:
+            job.returned = True
+            abandoned = job.abandoned
+            if abandoned:
+                self._abandoned_running -= 1
+            self._give_back()
+        if not abandoned:
+            job.done()
+            return
+        job.on_return()
+        call = job.call
+        logger().debug(
+            job.events[1],
+            signal=signal_label(call.signal),
+            listener=call.listener.label,
+            ran_s=round(perf_counter() - job.started, 6),
+        )
+
+    def _abandon(self, job: Job) -> bool:
+        """The caller stopped waiting: abandon the thread, unless it returned already (False)."""
+        with self._lock:
+            if job.returned:
+                return False
+            job.abandoned = True
+            self._abandoned += 1
+            self._abandoned_running += 1
+            running = self._abandoned_running
+        job.on_abandon()
+        call = job.call
+        logger().warning(
+            job.events[0],
+            signal=signal_label(call.signal),
+            listener=call.listener.label,
+            sender=sender_label(call.sender),
+            abandoned_running=running,
+        )
+        return True
+
+    # -- the bound ----------------------------------------------------------------
+
+    async def _take_async(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._busy < self.limit and not self._waiters:
+                self._busy += 1
+                return
+            waiter = _Waiter(loop)
+            self._waiters.append(waiter)
+        try:
+            await waiter.wait_async()
+        except BaseException:
+            self._withdraw(waiter)
+            raise
+
+    def _take_sync(self, timeout: float | None) -> bool:
+        with self._lock:
+            if self._busy < self.limit and not self._waiters:
+                self._busy += 1
+                return True
+            waiter = _Waiter(None)
+            self._waiters.append(waiter)
+        if waiter.wait_sync(timeout):
+            return True
+        self._withdraw(waiter)
+        return False
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        """A waiter gave up: leave the line, or hand on the thread it was given meanwhile."""
+        with self._lock:
+            if waiter.granted:
+                self._give_back()
+            else:
+                self._waiters.remove(waiter)
+
+    def _give_back(self) -> None:
+        # Under the lock: a thread is free; the oldest waiter takes it.
+        if self._waiters:
+            self._waiters.popleft().wake()
+        else:
+            self._busy -= 1
+
+    # -- the OS threads --------------------------------------------------------------
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in an idle worker thread, or in a new one."""
         with self._lock:
             if self._idle:
                 self._idle.pop().put(job)
@@ -87,16 +370,28 @@ class WorkerThreads:
                     if inbox in self._idle:
                         self._idle.remove(inbox)
                         return
-                # submit() took this thread just before the timeout: its job is in.
+                # _submit() took this thread just before the timeout: its job is in.
                 job = inbox.get()
 
 
-def worker_threads() -> WorkerThreads:
-    """The process's worker threads."""
+def _result(job: Job) -> Any:
+    if job.error is not None:
+        raise job.error
+    return job.result
+
+
+def listener_threads() -> ListenerThreads:
+    """The process's listener threads, bounded by ``PATCHBOARD["MAX_THREADS"]``."""
     threads = state.threads
     if threads is None:
+        limit = get_settings().max_threads
         with state.lock:
             if state.threads is None:
-                state.threads = WorkerThreads()
+                state.threads = ListenerThreads(limit)
             threads = state.threads
     return threads  # type: ignore[no-any-return]
+
+
+def thread_stats() -> ThreadStatistics:
+    """Statistics of the process's listener threads (see :class:`ThreadStatistics`)."""
+    return listener_threads().statistics()
