@@ -13,6 +13,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, register
 
 from patchboard._config import parse, raw_setting
+from patchboard._log import logger
 
 E001_ID = "patchboard.E001"
 
@@ -31,3 +32,14 @@ def settings_error(problem: str) -> Error:
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     _, errors = parse(raw_setting())
     return [settings_error(str(error)) for error in errors]
+
+
+def log_invalid_settings() -> None:
+    """Log ``settings_invalid`` with every problem of ``PATCHBOARD``, if it has any."""
+    _, errors = parse(raw_setting())
+    if errors:
+        logger().error(
+            "settings_invalid",
+            problems=[str(error) for error in errors],
+            check="python manage.py check",
+        )

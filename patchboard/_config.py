@@ -18,6 +18,7 @@ a :class:`SettingError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -368,6 +369,52 @@ class BreakerOptions(TypedDict, total=False):
 # -- the PATCHBOARD setting --------------------------------------------------------------
 
 
+# Each settings section checks its fields one by one (so that every bad key
+# is reported, not only the first), then the rules that tie fields together.
+FieldChecks: TypeAlias = dict[str, Callable[[object], object]]
+
+
+def _check_fields(settings: object, checks: FieldChecks) -> None:
+    for name, check in checks.items():
+        check(getattr(settings, name))
+
+
+def _alias(name: str) -> Callable[[object], object]:
+    def check(value: object) -> None:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{name} must be a backend alias, got {value!r}")
+
+    return check
+
+
+def _breakers(value: object) -> None:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
+    ):
+        raise TypeError(
+            f"BREAKERS must map breaker names to dicts of CircuitBreaker arguments, got {value!r}"
+        )
+
+
+def _below_one(name: str) -> Callable[[object], object]:
+    def check(value: object) -> None:
+        if fraction(name, value) == 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+
+    return check
+
+
+_QUEUE_FIELDS: FieldChecks = {
+    "min_workers": functools.partial(integer, "MIN_WORKERS", minimum=1),
+    "max_workers": functools.partial(integer, "MAX_WORKERS", minimum=1),
+    "task_time_limit": functools.partial(seconds, "TASK_TIME_LIMIT"),
+    "item_expiry": functools.partial(seconds, "ITEM_EXPIRY"),
+    "max_pending": functools.partial(integer, "MAX_PENDING", minimum=0),
+    "at_risk_fraction": _below_one("AT_RISK_FRACTION"),
+    "idle_shrink_after": functools.partial(seconds, "IDLE_SHRINK_AFTER"),
+}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueSettings:
     """``PATCHBOARD["SHORT_TERM_QUEUE"]``: the per-process short-term queue."""
@@ -383,20 +430,19 @@ class QueueSettings:
     """Seconds of idle capacity above ``min_workers`` before the pool shrinks."""
 
     def __post_init__(self) -> None:
-        integer("MIN_WORKERS", self.min_workers, minimum=1)
-        integer("MAX_WORKERS", self.max_workers, minimum=1)
+        _check_fields(self, _QUEUE_FIELDS)
         if self.min_workers > self.max_workers:
             raise ValueError(
                 f"MIN_WORKERS must be <= MAX_WORKERS, got {self.min_workers} > {self.max_workers}"
             )
-        seconds("TASK_TIME_LIMIT", self.task_time_limit)
-        seconds("ITEM_EXPIRY", self.item_expiry)
-        integer("MAX_PENDING", self.max_pending, minimum=0)
-        if fraction("AT_RISK_FRACTION", self.at_risk_fraction) == 1:
-            raise ValueError(
-                f"AT_RISK_FRACTION must be between 0 and 1, got {self.at_risk_fraction!r}"
-            )
-        seconds("IDLE_SHRINK_AFTER", self.idle_shrink_after)
+
+
+_BACKGROUND_FIELDS: FieldChecks = {
+    "backend": _alias("BACKEND"),
+    "max_reschedules": functools.partial(integer, "MAX_RESCHEDULES", minimum=0),
+    "give_up_after": functools.partial(seconds, "GIVE_UP_AFTER"),
+    "retry_delay": functools.partial(seconds, "RETRY_DELAY"),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -413,11 +459,17 @@ class BackgroundSettings:
     """Seconds a task waits before its next attempt when an open circuit names no retry time."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.backend, str) or not self.backend:
-            raise TypeError(f"BACKEND must be a backend alias, got {self.backend!r}")
-        integer("MAX_RESCHEDULES", self.max_reschedules, minimum=0)
-        seconds("GIVE_UP_AFTER", self.give_up_after)
-        seconds("RETRY_DELAY", self.retry_delay)
+        _check_fields(self, _BACKGROUND_FIELDS)
+
+
+_SETTINGS_FIELDS: FieldChecks = {
+    "on_error": functools.partial(choice, "ON_ERROR", choices=("raise", "log")),
+    "log_kwargs": functools.partial(boolean, "LOG_KWARGS"),
+    "collect_queue_threshold": functools.partial(integer, "COLLECT_QUEUE_THRESHOLD", minimum=0),
+    "max_threads": functools.partial(integer, "MAX_THREADS", minimum=1),
+    "store": functools.partial(store_url, "STORE"),
+    "breakers": _breakers,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -441,23 +493,13 @@ class Settings:
     background: BackgroundSettings = field(default_factory=BackgroundSettings)
 
     def __post_init__(self) -> None:
-        choice("ON_ERROR", self.on_error, ("raise", "log"))
-        boolean("LOG_KWARGS", self.log_kwargs)
-        integer("COLLECT_QUEUE_THRESHOLD", self.collect_queue_threshold, minimum=0)
-        integer("MAX_THREADS", self.max_threads, minimum=1)
-        store_url("STORE", self.store)
-        if not isinstance(self.breakers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, Mapping) for k, v in self.breakers.items()
-        ):
-            raise TypeError(
-                "BREAKERS must map breaker names to dicts of CircuitBreaker "
-                f"arguments, got {self.breakers!r}"
-            )
+        _check_fields(self, _SETTINGS_FIELDS)
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "short_term_queue": QueueSettings,
-    "background": BackgroundSettings,
+_SECTIONS: dict[str, tuple[type[Any], FieldChecks]] = {
+    "": (Settings, _SETTINGS_FIELDS),
+    "short_term_queue": (QueueSettings, _QUEUE_FIELDS),
+    "background": (BackgroundSettings, _BACKGROUND_FIELDS),
 }
 
 
@@ -470,8 +512,9 @@ class SettingError(ImproperlyConfigured):
         self.problem = problem
 
 
-def _build(cls: type[Any], raw: object, path: str) -> tuple[Any, list[SettingError]]:
-    """Build ``cls`` from ``raw``; return it (or the default) and every problem found."""
+def _build(section: str, raw: object, path: str) -> tuple[Any, list[SettingError]]:
+    """Build a section from ``raw``; return it (or its default) and every problem found."""
+    cls, checks = _SECTIONS[section]
     if not isinstance(raw, Mapping):
         return cls(), [SettingError(path, f"must be a dict, got {raw!r}")]
     known = {f.name for f in dataclasses.fields(cls)}
@@ -485,20 +528,26 @@ def _build(cls: type[Any], raw: object, path: str) -> tuple[Any, list[SettingErr
             errors.append(SettingError(prefix + str(key), f"unknown setting; known: {choices}"))
             continue
         if name in _SECTIONS:
-            value, nested = _build(_SECTIONS[name], value, prefix + key)
+            value, nested = _build(name, value, prefix + key)
             errors.extend(nested)
+        elif name in checks:
+            try:
+                checks[name](value)
+            except (TypeError, ValueError) as exc:
+                errors.append(SettingError(prefix + key, str(exc)))
+                continue
         kwargs[name] = value
     try:
         return cls(**kwargs), errors
     except (TypeError, ValueError) as exc:
-        # __post_init__ names the offending key in its message.
+        # A rule between fields (each field alone is valid): the message names them.
         errors.append(SettingError(path, str(exc)))
         return cls(), errors
 
 
 def parse(raw: object) -> tuple[Settings, list[SettingError]]:
-    """Validate a ``PATCHBOARD`` dict: the settings and the list of problems."""
-    settings, errors = _build(Settings, raw, "")
+    """Validate a ``PATCHBOARD`` dict: the settings and every problem found in it."""
+    settings, errors = _build("", raw, "")
     return settings, errors
 
 

@@ -47,6 +47,7 @@ from patchboard._listeners import Listener, as_listener, connect, forget, make_o
 from patchboard._log import name_signal, signal_label
 from patchboard._outcomes import Collected
 from patchboard._queue import ShortTermQueue, get_queue
+from patchboard._state import state
 
 QueueChoice: TypeAlias = Literal["auto"] | bool
 Responses: TypeAlias = list[tuple[Callable[..., Any], Any]]
@@ -310,6 +311,8 @@ class Signal(DjangoSignal):
         return get_queue()
 
     async def _dispatch(self, sender: Any, named: dict[str, Any], queue: QueueChoice) -> Collected:
+        if state.settings is None:
+            get_settings()  # an invalid PATCHBOARD stops the first dispatch, naming the key
         listeners = self._live(sender).listeners
         if not listeners:
             return Collected([])
@@ -325,6 +328,8 @@ class Signal(DjangoSignal):
     ) -> Collected:
         if asyncio._get_running_loop() is not None:
             raise SyncCallInEventLoop(method)
+        if state.settings is None:
+            get_settings()
         resolved = self._live(sender)
         listeners = resolved.listeners
         if not listeners:

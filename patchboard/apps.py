@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 # Importing the check modules registers patchboard's system checks (patchboard.E001 and on).
-from patchboard import _checks  # noqa: F401
+from patchboard import _checks
 from patchboard.background import checks as background_checks  # noqa: F401
 from patchboard.breaker import checks as breaker_checks  # noqa: F401
 
@@ -11,3 +11,8 @@ from patchboard.breaker import checks as breaker_checks  # noqa: F401
 class PatchboardConfig(AppConfig):
     name = "patchboard"
     verbose_name = "patchboard"
+
+    def ready(self) -> None:
+        # Under uvicorn nothing runs the system checks: say once, at start-up,
+        # what is wrong with PATCHBOARD (the first dispatch will raise).
+        _checks.log_invalid_settings()

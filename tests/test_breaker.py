@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 from io import StringIO
+from typing import Any
 
 import anyio
 import pytest
@@ -566,26 +568,31 @@ async def test_entries_keep_their_own_tickets_when_nested_and_in_child_tasks(clo
     assert b.state == "closed"
 
 
-async def test_a_fast_entry_inside_a_probe_keeps_to_its_own_outcome(clock) -> None:
+async def elsewhere(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` as another caller would: a task with a context of its own."""
+    await asyncio.create_task(coro, context=contextvars.Context())
+
+
+async def test_a_fast_entry_during_a_probe_keeps_to_its_own_outcome(clock) -> None:
     b = breaker(clock, failure_threshold=2, reset_timeout=10, half_open_max_calls=2)
     await trip(b, clock)
-    async with b:  # probe 1, outer
-        await succeed(b)  # probe 2 closes the circuit meanwhile
+    async with b:  # probe 1
+        await elsewhere(succeed(b))  # probe 2, another caller, closes the circuit meanwhile
         assert b.state == "closed"
-        await fail(b)  # an ordinary closed-state call nested in probe 1: counted
+        await elsewhere(fail(b))  # another caller's ordinary closed-state call: counted
         assert b.statistics().failures == 1
-    # Probe 1 reports late (ignored); the nested failure still stands.
+    # Probe 1 reports late (ignored); the other caller's failure still stands.
     assert (b.state, b.statistics().failures) == ("closed", 1)
 
 
-async def test_a_probe_inside_a_fast_entry_keeps_to_its_own_outcome(clock) -> None:
+async def test_a_probe_during_a_fast_entry_keeps_to_its_own_outcome(clock) -> None:
     b = breaker(clock, failure_threshold=1, reset_timeout=10)
     with pytest.raises(Boom):
         async with b:  # admitted while closed, with no failures recorded
-            await fail(b)  # opens
+            await elsewhere(fail(b))  # opens
             clock.advance(10)
-            await succeed(b)  # the probe closes it again
-            raise Boom()  # the outer, ordinary call fails: counted
+            await elsewhere(succeed(b))  # another caller's probe closes it again
+            raise Boom()  # this ordinary call fails: counted
     assert b.state == "open"
 
 

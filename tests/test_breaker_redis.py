@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -78,6 +80,18 @@ async def fail(b: CircuitBreaker) -> None:
     with pytest.raises(Boom):
         async with b:
             raise Boom()
+
+
+async def elsewhere[T](coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` as another caller would: a task with a context of its own."""
+    return await asyncio.create_task(coro, context=contextvars.Context())
+
+
+async def refused_entry(b: CircuitBreaker) -> CircuitOpen:
+    with pytest.raises(CircuitOpen) as caught:
+        async with b:
+            pass
+    return caught.value
 
 
 async def test_keys_are_namespaced_and_expire(redis_url, name) -> None:
@@ -339,15 +353,11 @@ async def test_a_silent_probe_loses_its_slot_when_the_lease_ends(redis_url, name
     assert b.retry_at is not None
     await wait_for_server_time(control, b.retry_at.timestamp() * 1000)
     async with b:  # the probe ...
-        with pytest.raises(CircuitOpen) as caught:
-            async with b:
-                pass
-        lease_end = caught.value.retry_at
+        refused = await elsewhere(refused_entry(b))  # another caller: no slot
+        lease_end = refused.retry_at
         assert lease_end is not None
         await wait_for_server_time(control, lease_end.timestamp() * 1000)
-        with pytest.raises(Boom):  # ... outlived its lease: this caller probes
-            async with b:
-                raise Boom()
+        await elsewhere(fail(b))  # ... outlived its lease: another caller probes, and fails
         assert await b.get_state() == "open"
     # The first probe's late success is ignored.
     assert await b.get_state() == "open"

@@ -67,3 +67,79 @@ def test_settings_follow_override_settings() -> None:
     with override_settings(PATCHBOARD={"ON_ERROR": "log"}):
         assert get_settings().on_error == "log"
     assert get_settings().on_error == "raise"
+
+
+def test_every_bad_key_is_reported_not_only_the_first() -> None:
+    raw = {
+        "ON_ERROR": "skip",
+        "MAX_THREADS": 0,
+        "SHORT_TERM_QUEUE": {"MIN_WORKERS": 0, "ITEM_EXPIRY": -1, "MAX_PENDING": "many"},
+        "BACKGROUND": {"RETRY_DELAY": 0, "BACKEND": ""},
+    }
+    _, errors = parse(raw)
+    assert sorted(error.key for error in errors) == [
+        "BACKGROUND.BACKEND",
+        "BACKGROUND.RETRY_DELAY",
+        "MAX_THREADS",
+        "ON_ERROR",
+        "SHORT_TERM_QUEUE.ITEM_EXPIRY",
+        "SHORT_TERM_QUEUE.MAX_PENDING",
+        "SHORT_TERM_QUEUE.MIN_WORKERS",
+    ]
+    with override_settings(PATCHBOARD=raw):
+        assert len([m for m in run_checks() if m.id == E001_ID]) == 7
+
+
+@pytest.mark.parametrize("key", ["ITEM_EXPIRY", "TASK_TIME_LIMIT", "IDLE_SHRINK_AFTER"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_infinity_cannot_switch_a_limit_off(key: str, value: float) -> None:
+    _, errors = parse({"SHORT_TERM_QUEUE": {key: value}})
+    assert [error.key for error in errors] == [f"SHORT_TERM_QUEUE.{key}"]
+    assert "must be a finite number of seconds > 0" in errors[0].problem
+
+
+def test_a_breaker_built_at_import_does_not_validate_unrelated_settings() -> None:
+    """A module-level CircuitBreaker must not stop django.setup() over another key."""
+    from patchboard import CircuitBreaker
+    from patchboard.testing import reset
+
+    with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": {"MAX_WORKERS": -1}}):
+        try:
+            breaker = CircuitBreaker("tests.settings.unrelated")
+            assert breaker.state == "closed"
+        finally:
+            reset()
+
+
+def test_a_bad_store_still_stops_the_breaker_that_uses_it() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from patchboard import CircuitBreaker
+
+    with (
+        override_settings(PATCHBOARD={"STORE": "memcached://x"}),
+        pytest.raises(ImproperlyConfigured, match=r'PATCHBOARD\["STORE"\]'),
+    ):
+        CircuitBreaker("tests.settings.bad_store")
+
+
+def test_invalid_settings_are_logged_at_startup_and_stop_the_first_dispatch(logs) -> None:
+    from django.apps import apps
+
+    from patchboard import Signal
+
+    signal = Signal(name="tests.settings.dispatch")
+
+    def listener(sender, **kwargs):
+        return "ran"
+
+    signal.connect(listener, weak=False)
+    with override_settings(PATCHBOARD={"ON_ERROR": "skip", "MAX_THREADS": 0}):
+        apps.get_app_config("patchboard").ready()
+        events = [e for e in logs.entries if e["event"] == "settings_invalid"]
+        assert len(events) == 1
+        assert len(events[0]["problems"]) == 2
+        assert 'PATCHBOARD["ON_ERROR"]' in events[0]["problems"][0]
+        with pytest.raises(SettingError, match=r'PATCHBOARD\["(ON_ERROR|MAX_THREADS)"\]'):
+            signal.send_sync(sender=None)
+    assert signal.send_sync(sender=None).values() == ["ran"]

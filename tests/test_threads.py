@@ -91,9 +91,8 @@ async def test_abandoned_threads_keep_their_place_in_the_bound() -> None:
 
     stuck.release.set()
     assert await anyio.to_thread.run_sync(stuck.all_returned.wait, 10)
-    with anyio.fail_after(10):
-        while thread_stats().busy:
-            await asyncio.sleep(0.01)  # the returning threads give their place back
+    # The returning threads give their place back.
+    assert await anyio.to_thread.run_sync(_eventually, lambda: thread_stats().busy == 0)
     stats = thread_stats()
     assert (stats.busy, stats.abandoned, stats.abandoned_running) == (0, LIMIT, 0)
 
@@ -105,9 +104,9 @@ async def test_an_abandoned_thread_is_logged_when_abandoned_and_when_it_returns(
     collected = await signal.collect_async(None)
     stuck.release.set()
     assert await anyio.to_thread.run_sync(stuck.all_returned.wait, 10)
-    with anyio.fail_after(10):
-        while thread_stats().abandoned_running:
-            await asyncio.sleep(0.01)
+    assert await anyio.to_thread.run_sync(
+        _eventually, lambda: thread_stats().abandoned_running == 0
+    )
 
     assert collected[0].status == "timeout"
     abandoned = [e for e in logs.entries if e["event"] == "listener_thread_abandoned"]

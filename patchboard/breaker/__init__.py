@@ -157,10 +157,10 @@ class _Tally:
             return value
 
 
-ExcInfo: TypeAlias = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
-"""What ``__exit__`` receives."""
-_Entry: TypeAlias = tuple[Ticket, Any]
-"""One ``with``/``async with`` entry: its ticket, and the entry it is nested in."""
+ExcType: TypeAlias = type[BaseException] | None
+Tb: TypeAlias = TracebackType | None
+_Entry: TypeAlias = tuple[Ticket | None, Any]
+"""One ``with``/``async with`` entry: its ticket (None: nested), and the entry it is in."""
 
 
 def default_store() -> str:
@@ -253,10 +253,12 @@ class CircuitBreaker:
     # attribute checks, with no lock and no call into the store.
     #
     # Each entry's ticket is kept on a stack per context (task, thread), in
-    # ``self._entries``. An entry admitted on the fast path into an empty
-    # stack pushes nothing: entries leave in reverse order, so an exit that
-    # finds the stack empty is such an entry's, and every other entry pushed
-    # what its exit pops.
+    # ``self._entries``, so that concurrent entries never share one. An entry
+    # made inside another entry of the same breaker (a guarded function passed
+    # to ``call()``, a decorated function called in a ``with`` block) pushes
+    # no ticket: it is neither admitted nor counted, and the outer entry
+    # decides, so re-entry can neither refuse a call already admitted nor
+    # count one call twice.
 
     async def __aenter__(self) -> Self:
         """
@@ -266,13 +268,13 @@ class CircuitBreaker:
             CircuitOpen: the circuit is open (or half-open with every probe
                 slot taken); the block does not run.
         """
-        if not self._entered_fast():
+        if self._needs_store():
             self._push(await self._aacquire())
         return self
 
-    async def __aexit__(self, *exc_info: *ExcInfo) -> None:
-        ticket, result = self._leave(exc_info[1])
-        if result is not None:
+    async def __aexit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
+        ticket, result = self._leave(exc)
+        if result is not None and ticket is not None:
             await self._arecord(ticket, result)
 
     def __enter__(self) -> Self:
@@ -282,13 +284,13 @@ class CircuitBreaker:
         Raises:
             CircuitOpen: the circuit is open; the block does not run.
         """
-        if not self._entered_fast():
+        if self._needs_store():
             self._push(self._acquire())
         return self
 
-    def __exit__(self, *exc_info: *ExcInfo) -> None:
-        ticket, result = self._leave(exc_info[1])
-        if result is not None:
+    def __exit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
+        ticket, result = self._leave(exc)
+        if result is not None and ticket is not None:
             self._record(ticket, result)
 
     async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -299,10 +301,18 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpen: the circuit is open; ``fn`` was not called.
+            TypeError: ``fn`` returned something that cannot be awaited (use
+                :meth:`call_sync`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
         async with self:
-            return await fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if not hasattr(result, "__await__"):
+                raise _Misuse(
+                    f"breaker.call() awaits what {_name(fn)} returns, but it returned "
+                    f"{type(result).__qualname__}: use breaker.call_sync() for a sync function"
+                )
+            return await result
 
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """
@@ -313,10 +323,20 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpen: the circuit is open; ``fn`` was not called.
+            TypeError: ``fn`` is an async function, or returned an awaitable
+                (use :meth:`call`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
         with self:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if hasattr(result, "__await__"):  # an async function (its body has not run)
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: no "was never awaited" warning
+                raise _Misuse(
+                    f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
+                    f"returned a {type(result).__qualname__}; use await breaker.call(...)"
+                )
+            return result
 
     @overload
     def __call__(
@@ -355,30 +375,38 @@ class CircuitBreaker:
 
     # -- the bookkeeping shared by every form ----------------------------------
 
-    def _entered_fast(self) -> bool:
-        """Admit on the fast path, if the store allows it (see the note above)."""
-        store = self._store
-        if not store.fast:
-            return False
+    def _needs_store(self) -> bool:
+        """
+        Enter without the store where possible: a nested entry (no ticket), or
+        the fast path (the shared ticket). False when the store must admit.
+        """
         entries = self._entries
         stack = entries.get()
         if stack is not None:
-            entries.set((store.admitted, stack))
-        return True
+            entries.set((None, stack))  # inside this breaker already: the outer entry decides
+            return False
+        store = self._store
+        if not store.fast:
+            return True
+        entries.set((store.admitted, None))
+        return False
 
     def _push(self, ticket: Ticket) -> None:
-        entries = self._entries
-        entries.set((ticket, entries.get()))
+        self._entries.set((ticket, None))
 
-    def _leave(self, exc: BaseException | None) -> tuple[Ticket, Result | None]:
-        """Pop this entry's ticket and count its result; the result to report, if any."""
+    def _leave(self, exc: BaseException | None) -> tuple[Ticket | None, Result | None]:
+        """
+        Pop this entry and count its result; its ticket (None for a nested
+        entry, which counts nothing) and the result to report, if any.
+        """
         entries = self._entries
         stack = entries.get()
-        if stack is None:
-            ticket = self._store.admitted
-        else:
-            entries.set(stack[1])
-            ticket = stack[0]
+        if stack is None:  # __exit__ without __enter__: count nothing
+            return None, None
+        ticket, outer = stack
+        entries.set(outer)
+        if ticket is None:
+            return None, None
         if exc is not None:
             return ticket, self._classify(exc)
         self._ok_add()
@@ -386,8 +414,9 @@ class CircuitBreaker:
         return ticket, None if store.fast and ticket is store.admitted else SUCCESS
 
     def _classify(self, exc: BaseException) -> Result:
-        if not isinstance(exc, Exception):
-            return RELEASE  # cancellation, KeyboardInterrupt: not the service's doing
+        if not isinstance(exc, Exception) or type(exc) is _Misuse:
+            # Cancellation, KeyboardInterrupt, a misuse of the breaker: not the service's doing.
+            return RELEASE
         if self._excluded_types and isinstance(exc, self._excluded_types):
             return RELEASE
         for predicate in self._excluded_predicates:
@@ -641,6 +670,14 @@ class CircuitBreaker:
         self._ok_add = self._ok.add
         self._failed = _Tally()
         self._rejected = _Tally()
+
+
+class _Misuse(TypeError):
+    """The breaker was used the wrong way (it counts as neither success nor failure)."""
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 _TRANSITION_EVENTS: dict[State, tuple[str, str]] = {

@@ -1,0 +1,116 @@
+"""Using a breaker the wrong way is refused clearly, or made harmless."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from patchboard import CircuitBreaker, CircuitOpen
+from patchboard.testing import VirtualClock, reset
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    reset()
+    yield
+    reset()
+
+
+@pytest.fixture
+def breaker() -> CircuitBreaker:
+    return CircuitBreaker(
+        "tests.misuse", failure_threshold=2, reset_timeout=30, store="memory", clock=VirtualClock()
+    )
+
+
+def test_call_sync_refuses_an_async_function_without_calling_or_counting_it(breaker) -> None:
+    called = []
+
+    async def fetch() -> str:
+        called.append(True)
+        return "never awaited"
+
+    with pytest.raises(
+        TypeError, match=r"call_sync\(\).*async function.*fetch.*await breaker.call"
+    ):
+        breaker.call_sync(fetch)
+    stats = breaker.statistics()
+    assert (called, stats.successes, stats.failures_total) == ([], 0, 0)
+
+
+def test_call_sync_refuses_a_function_that_returns_an_awaitable(breaker) -> None:
+    async def fetch() -> str:
+        return "never awaited"
+
+    with pytest.raises(TypeError, match=r"cannot call the async function.*returned a coroutine"):
+        breaker.call_sync(lambda: fetch())
+    stats = breaker.statistics()
+    assert (stats.successes, stats.failures_total) == (0, 0)
+
+
+async def test_call_refuses_a_function_that_returns_no_awaitable(breaker) -> None:
+    with pytest.raises(TypeError, match=r"call\(\) awaits.*returned int.*call_sync"):
+        await breaker.call(lambda: 42)
+    stats = breaker.statistics()
+    assert (stats.successes, stats.failures_total) == (0, 0)
+
+
+async def test_a_guarded_function_passed_to_its_own_breaker_counts_once(breaker) -> None:
+    """Re-entry is harmless: the outer entry decides; an inner one passes through."""
+
+    @breaker
+    async def fetch() -> str:
+        return "ok"
+
+    @breaker
+    async def failing() -> str:
+        raise Boom
+
+    assert await breaker.call(fetch) == "ok"
+    assert breaker.statistics().successes == 1
+    with pytest.raises(Boom):
+        await breaker.call(failing)
+    assert breaker.statistics().failures_total == 1
+    assert breaker.state == "closed"  # one failure of two: still closed
+
+
+def test_a_nested_sync_entry_counts_once(breaker) -> None:
+    @breaker
+    def failing() -> None:
+        raise Boom
+
+    with pytest.raises(Boom):
+        breaker.call_sync(failing)
+    assert breaker.statistics().failures_total == 1
+    with pytest.raises(Boom), breaker:
+        failing()
+    assert breaker.statistics().failures_total == 2
+    assert breaker.state == "open"
+
+
+async def test_an_inner_refusal_never_reopens_the_circuit(breaker) -> None:
+    """While half-open, the probe's own nested entry must not refuse and fail it."""
+    clock: Any = breaker.config.clock
+
+    @breaker
+    async def probe_me() -> str:
+        return "healthy"
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            async with breaker:
+                raise Boom
+    assert breaker.state == "open"
+    clock.advance(30)
+    assert await breaker.call(probe_me) == "healthy"
+    assert breaker.state == "closed"
+    with pytest.raises(CircuitOpen):
+        breaker.force_open()
+        await breaker.call(probe_me)
+    assert breaker.statistics().rejected == 1
