@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 import structlog
 from structlog.testing import LogCapture
 
@@ -13,6 +15,21 @@ from tests.services import require_postgres, require_redis
 def redis_url() -> str:
     """The real Redis server's URL (database 15, flushed by the tests that write)."""
     return require_redis()
+
+
+@pytest.fixture
+def breaker_name(redis_url: str) -> Iterator[str]:
+    """A breaker name unique to this test; its Redis keys are deleted afterwards."""
+    unique = f"test-{uuid.uuid4().hex[:12]}"
+    yield unique
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"patchboard:breaker:{{{unique}*"))
+        keys += list(client.scan_iter(match=f"{unique}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture

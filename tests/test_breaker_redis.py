@@ -8,8 +8,7 @@ import socket
 import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,8 @@ class Boom(Exception):
 
 
 @pytest.fixture
-def name(redis_url: str) -> Iterator[str]:
-    """A breaker name unique to this test; its keys are deleted afterwards."""
-    unique = f"test-{uuid.uuid4().hex[:12]}"
-    yield unique
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"patchboard:breaker:{{{unique}*"))
-        keys += list(client.scan_iter(match=f"{unique}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def name(breaker_name: str) -> str:
+    return breaker_name
 
 
 @pytest.fixture(autouse=True)

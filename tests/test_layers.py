@@ -30,7 +30,14 @@ LAYERS: list[list[str]] = [
     ["patchboard._dispatch"],
     ["patchboard._signals"],
     ["patchboard.breaker", "patchboard.background"],
-    ["patchboard._checks", "patchboard.testing", "patchboard.management", "patchboard.apps"],
+    [
+        "patchboard._checks",
+        "patchboard.testing",
+        "patchboard.management",
+        "patchboard.apps",
+        "patchboard._status",
+        "patchboard.urls",
+    ],
     ["patchboard"],
 ]
 """Bottom first. A feature package (``breaker``, ``background``) is one layer with its modules."""

@@ -154,3 +154,50 @@ def test_priorities_order_sync_listeners_of_a_plain_signal_under_djangos_send() 
     calls.clear()
     plain.collect(sender=None)
     assert calls == ["high", "low"]
+
+
+class _DispatchMidConnect(list):  # type: ignore[type-arg]
+    """
+    A receivers list that lets a dispatch run while ``connect`` reorders it,
+    as another thread may: every sort or full iteration first resolves the
+    signal's listeners (and so caches them, as a dispatch does).
+    """
+
+    def __init__(self, signal: Signal, entries: list) -> None:  # type: ignore[type-arg]
+        super().__init__(entries)
+        self.signal = signal
+        self.busy = False
+
+    def _dispatch(self) -> None:
+        if not self.busy:
+            self.busy = True
+            try:
+                self.signal.listeners(None)
+            finally:
+                self.busy = False
+
+    def sort(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def, override]
+        self._dispatch()
+        super().sort(*args, **kwargs)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._dispatch()
+        return super().__iter__()
+
+
+def test_a_dispatch_during_connect_never_caches_an_unsorted_order() -> None:
+    """Regression: the cache kept ['low', 'high'] for good after a racing dispatch."""
+    signal = Signal(name="tests.ordered.race")
+
+    def low(sender, **kwargs):
+        return "low"
+
+    def high(sender, **kwargs):
+        return "high"
+
+    signal.connect(low, weak=False)
+    signal.receivers = _DispatchMidConnect(signal, signal.receivers)
+    signal.connect(high, weak=False, priority=10)
+
+    assert [listener.receiver for listener in signal.listeners(None)] == [high, low]
+    assert signal.collect(None).values() == ["high", "low"]

@@ -1,0 +1,334 @@
+"""
+The staff status page: circuit breakers, the short-term queue and outcome counts.
+
+Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answers:
+
+``GET``
+    A page with the admin's look when ``django.contrib.admin`` is installed and
+    mounted (it extends ``admin/base_site.html``), a plain page otherwise;
+    ``?format=json`` gives the same snapshot as JSON (see :class:`Snapshot`).
+``POST`` with ``breaker`` (a name) and ``action`` (``open``, ``close`` or ``reset``)
+    Forces that circuit open or closed, or resets it, then redirects back to
+    the page (post/redirect/get). CSRF-protected like every admin form.
+
+Who may see it, like the admin: anonymous users are redirected to the login
+page (``settings.LOGIN_URL`` when the project changed it, else the admin's login
+when the admin is mounted, as ``staff_member_required`` does), authenticated
+users who are not active staff get 403.
+
+Everything on the page belongs to the process that served it, shown by its
+pid: the outcome counts, the queue and the breakers' counters are this
+process's, and so is a memory-store breaker's state (forcing it changes this
+process only). A breaker with a Redis store shows the shared state, fetched
+for the page, and a change made here applies to every process.
+
+Why async views: the project runs under ASGI, where a sync view costs a
+thread hop per request. Here authentication (``request.auser()``), the Redis
+reads and the controls (``get_state()``, ``aforce_open()``, ...) are async,
+so the JSON snapshot and the controls never leave the event loop. Only the
+HTML is rendered in a thread (``sync_to_async``): the admin's templates, a
+project's overrides of them and context processors (messages in the session)
+may query the database lazily, which an event loop forbids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Final, NamedTuple, TypedDict
+
+from asgiref.sync import sync_to_async
+from django.apps import apps
+from django.conf import global_settings, settings
+from django.contrib import messages
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotFound,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.shortcuts import render, resolve_url
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.http import require_http_methods
+
+from patchboard._config import get_settings
+from patchboard._django import is_temporary_loop
+from patchboard._outcomes import Status
+from patchboard._queue import QueueStatistics, queue_stats
+from patchboard._state import outcome_counts
+from patchboard.breaker import (
+    BreakerStatistics,
+    CircuitBreaker,
+    all_breakers,
+    get_breaker,
+)
+
+TITLE: Final = "patchboard status"
+ADMIN_BASE: Final = "admin/base_site.html"
+PLAIN_BASE: Final = "patchboard/base.html"
+
+
+class Action(NamedTuple):
+    """What a POST's ``action`` does: the breaker's async control, its button, its message."""
+
+    method: str
+    label: str
+    done: str
+
+
+ACTIONS: Final[dict[str, Action]] = {
+    "open": Action("aforce_open", "Force open", "Forced circuit {!r} open."),
+    "close": Action("aforce_closed", "Force closed", "Forced circuit {!r} closed."),
+    "reset": Action("areset", "Reset", "Reset circuit {!r}."),
+}
+
+
+# -- the snapshot: one shape for the page and for JSON --------------------------------
+
+
+class BreakerCounters(TypedDict):
+    """A breaker's counters in the process that served the page (since it built the breaker)."""
+
+    rejected: int
+    successes: int
+    failures_total: int
+
+
+class BreakerStatus(TypedDict):
+    """One breaker, from :meth:`CircuitBreaker.statistics`; datetimes in ISO 8601 (UTC)."""
+
+    name: str
+    state: str
+    forced: str | None
+    failures: int
+    opened_at: str | None
+    retry_at: str | None
+    probes: int
+    store: str
+    shared: bool
+    """The state lives in Redis: what the page shows and changes is every process's."""
+    fallback: bool
+    per_process: BreakerCounters
+
+
+class QueueStatus(TypedDict):
+    """The short-term queue (see :class:`QueueStatistics`); ``counters`` are its totals."""
+
+    workers: int
+    running: int
+    waiting: int
+    oldest_wait_s: float
+    abandoned_running: int
+    counters: dict[str, int]
+
+
+class Snapshot(TypedDict):
+    """What the page shows, and what ``?format=json`` returns (keys are stable)."""
+
+    pid: int
+    generated_at: str
+    breakers: list[BreakerStatus]
+    queue: QueueStatus
+    outcomes: dict[Status, int]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
+    """The page's view of one breaker."""
+    return {
+        "name": stats.name,
+        "state": stats.state,
+        "forced": stats.forced,
+        "failures": stats.failures,
+        "opened_at": _iso(stats.opened_at),
+        "retry_at": _iso(stats.retry_at),
+        "probes": stats.probes,
+        "store": stats.store,
+        "shared": stats.store != "memory",
+        "fallback": stats.fallback,
+        "per_process": {
+            "rejected": stats.rejected,
+            "successes": stats.successes,
+            "failures_total": stats.failures_total,
+        },
+    }
+
+
+QUEUE_GAUGES: Final = frozenset(
+    {"workers", "running", "waiting", "oldest_wait", "abandoned_running"}
+)
+"""The queue's fields that say how it is now; the others are totals since it was built."""
+
+
+def queue_status(stats: QueueStatistics) -> QueueStatus:
+    """The page's view of the short-term queue."""
+    return {
+        "workers": stats.workers,
+        "running": stats.running,
+        "waiting": stats.waiting,
+        "oldest_wait_s": stats.oldest_wait,
+        "abandoned_running": stats.abandoned_running,
+        "counters": {
+            field.name: getattr(stats, field.name)
+            for field in dataclasses.fields(stats)
+            if field.name not in QUEUE_GAUGES
+        },
+    }
+
+
+async def snapshot() -> Snapshot:
+    """
+    Every breaker (those declared in ``PATCHBOARD["BREAKERS"]`` are built if
+    this process has not used them yet), the queue and the outcome counts.
+    Redis-backed breakers are read from Redis first, concurrently; one that
+    cannot be reached shows this process's fallback state.
+
+    Raises:
+        ImproperlyConfigured: ``PATCHBOARD`` or a declared breaker is invalid.
+    """
+    for name in get_settings().breakers:
+        get_breaker(name)
+    breakers = all_breakers()
+    async with _closing_request_clients(breakers):
+        await asyncio.gather(*(breaker.get_state() for breaker in breakers))
+    return {
+        "pid": os.getpid(),
+        "generated_at": datetime.now(UTC).isoformat(),
+        "breakers": [breaker_status(breaker.statistics()) for breaker in breakers],
+        "queue": queue_status(queue_stats()),
+        "outcomes": outcome_counts(),
+    }
+
+
+@contextlib.asynccontextmanager
+async def _closing_request_clients(breakers: list[CircuitBreaker]) -> AsyncIterator[None]:
+    """
+    Close the Redis stores' async clients afterwards when this event loop
+    lives for one request only: under WSGI (and Django's sync test client)
+    asgiref runs an async view on a loop of its own, and connections made on
+    it would stay open after it is gone.
+    """
+    try:
+        yield
+    finally:
+        if is_temporary_loop(asyncio.get_running_loop()):
+            for breaker in breakers:
+                await breaker.aclose()
+
+
+# -- the view --------------------------------------------------------------------------
+
+
+@csrf_protect
+@never_cache
+@require_http_methods(["GET", "HEAD", "POST"])
+async def status_page(request: HttpRequest) -> HttpResponse:
+    """
+    The status page (``GET``, ``?format=json``) and its breaker controls (``POST``).
+
+    Raises:
+        PermissionDenied: the user is authenticated but not active staff (403).
+    """
+    user = await request.auser()
+    if not user.is_authenticated:
+        # Imported here: django.contrib.auth.views needs the app registry ready.
+        from django.contrib.auth.views import redirect_to_login
+
+        return redirect_to_login(request.get_full_path(), _login_url())
+    if not (user.is_active and user.is_staff):
+        raise PermissionDenied("the patchboard status page is for staff users")
+    # auser() caches apart from request.user: the templates, rendered in a
+    # thread, read request.user and would load the user again.
+    request.user = user
+    if request.method == "POST":
+        return await _control(request)
+    page_format = request.GET.get("format", "html")
+    if page_format == "json":
+        return JsonResponse(await snapshot(), json_dumps_params={"indent": 2})
+    if page_format != "html":
+        return HttpResponseBadRequest(
+            f"format must be 'html' or 'json', got {page_format!r}", content_type="text/plain"
+        )
+    return await sync_to_async(_render)(request, await snapshot())
+
+
+async def _control(request: HttpRequest) -> HttpResponse:
+    """Apply a POST's ``action`` to its ``breaker``, then redirect back to the page."""
+    name, action = request.POST.get("breaker", ""), request.POST.get("action", "")
+    if action not in ACTIONS:
+        return HttpResponseBadRequest(
+            f"action must be one of {', '.join(map(repr, ACTIONS))}, got {action!r}",
+            content_type="text/plain",
+        )
+    try:
+        breaker = get_breaker(name)
+    except ImproperlyConfigured as exc:
+        return HttpResponseNotFound(str(exc), content_type="text/plain")
+    control = ACTIONS[action]
+    async with _closing_request_clients([breaker]):
+        try:
+            await getattr(breaker, control.method)()
+        except Exception as exc:  # the Redis store is unreachable
+            return HttpResponse(
+                f"could not change circuit {name!r} in {breaker.statistics().store}: {exc!r} "
+                "(this process's fallback state changed anyway)",
+                status=503,
+                content_type="text/plain",
+            )
+    message = control.done.format(name)
+    if breaker.statistics().store == "memory":
+        message += (
+            f" It keeps its state in memory: the change applies to this process "
+            f"(pid {os.getpid()}) only."
+        )
+    messages.success(request, message, fail_silently=True)
+    return HttpResponseRedirect(request.path)
+
+
+def _render(request: HttpRequest, status: Snapshot) -> HttpResponse:
+    """The HTML page, in the admin's frame when the admin is mounted (run in a thread)."""
+    context: dict[str, object] = {}
+    base = PLAIN_BASE
+    if _admin_mounted():
+        # Imported here: django.contrib.admin needs the app registry ready.
+        from django.contrib import admin
+
+        context.update(admin.site.each_context(request))
+        base = ADMIN_BASE
+    context.update(
+        base_template=base,
+        title=TITLE,
+        status=status,
+        actions=ACTIONS,
+    )
+    return render(request, "patchboard/status.html", context)
+
+
+def _admin_mounted() -> bool:
+    """Whether ``django.contrib.admin`` is installed and its URLs are in the URLconf."""
+    if not apps.is_installed("django.contrib.admin"):
+        return False
+    try:
+        reverse("admin:index")
+    except NoReverseMatch:
+        return False
+    return True
+
+
+def _login_url() -> str:
+    """``settings.LOGIN_URL`` if the project changed it, else the admin's login if mounted."""
+    if settings.LOGIN_URL == global_settings.LOGIN_URL and _admin_mounted():
+        return reverse("admin:login")
+    return resolve_url(settings.LOGIN_URL)
