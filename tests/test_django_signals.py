@@ -72,3 +72,24 @@ def test_timeout_with_raise_policy_reaches_djangos_send_robust() -> None:
 
     [(_, error)] = plain.send_robust(sender=None)
     assert isinstance(error, ListenerTimeout)
+
+
+def test_a_receivers_warning_blames_the_line_that_sent_the_signal() -> None:
+    """send() adds no frame: a receiver's warnings.warn(stacklevel=3) names the caller."""
+    import inspect
+    import warnings
+
+    from patchboard import Signal
+
+    signal = Signal(name="tests.django_signals.warn")
+
+    def warn(sender, **kwargs):
+        warnings.warn("careful", stacklevel=3)  # this frame, Django's send(), the caller
+
+    signal.connect(warn, weak=False)
+    for verb in (signal.send, signal.send_robust):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+            verb(sender=None)
+        assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
