@@ -29,7 +29,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen, ListenerTimeout
 from patchboard._features import features
-from patchboard._log import logger, sender_label, signal_label
+from patchboard._log import log_limited, logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
 from patchboard._state import state
 from patchboard._threads import Job, listener_threads
@@ -300,10 +300,14 @@ class Call:
 
     def _failed(self, status: Status, error: BaseException) -> Outcome:
         elapsed = perf_counter() - self.started
-        self._log(status, error, elapsed, fallback=False)
-        state.counts[status] += 1
         options = self.listener.options
         propagate = (options.on_error or get_settings().on_error) == "raise"
+        if not propagate:
+            # A propagating error reaches the caller, whose own handling (or
+            # Django's) reports it: logging it here too would print its
+            # traceback twice.
+            self._log(status, error, elapsed, fallback=False)
+        state.counts[status] += 1
         return Outcome(
             receiver=self.listener.receiver or gone_receiver,
             status=status,
@@ -314,9 +318,13 @@ class Call:
         )
 
     def _log(self, status: Status, error: BaseException, elapsed: float, *, fallback: bool) -> None:
+        """Log a call that produced no value (through the limiter: under overload, one
+        line per listener and second, with ``suppressed=N``)."""
+        event = _EVENTS.get(status)
+        if event is None:
+            return  # expired and rejected: the short-term queue logs them, with its numbers
         context: dict[str, Any] = {
             "signal": signal_label(self.signal),
-            "listener": self.listener.label,
             "sender": sender_label(self.sender),
             "elapsed_s": round(elapsed, 6),
         }
@@ -324,15 +332,20 @@ class Call:
             context["fallback"] = True
         if get_settings().log_kwargs:
             context["kwargs"] = self.kwargs
-        log = logger()
         if status == "error":
-            log.error("listener_failed", exc_info=error, **context)
+            context["exc_info"] = error
         elif status == "timeout":
-            assert isinstance(error, ListenerTimeout)
-            log.warning("listener_timeout", limit_s=error.limit, **context)
-        elif status == "circuit_open":
-            # Rejections are counted by the breaker; one line each would flood.
-            log.debug("listener_circuit_open", breaker=getattr(error, "breaker", None), **context)
+            context["limit_s"] = getattr(error, "limit", None)
         else:
-            # expired and rejected are logged by the short-term queue with its numbers.
-            log.debug("listener_" + status, **context)
+            context["breaker"] = getattr(error, "breaker", None)
+        label = self.listener.label
+        log_limited(event[0], event[1], label, listener=label, **context)
+
+
+_EVENTS: dict[Status, tuple[str, str]] = {
+    "error": ("error", "listener_failed"),
+    "timeout": ("warning", "listener_timeout"),
+    # Rejections are counted by the breaker; at debug level, an open circuit is no news.
+    "circuit_open": ("debug", "listener_circuit_open"),
+}
+"""(level, event) of each status a listener call logs itself."""

@@ -1,16 +1,32 @@
 """
-Structured logging: the ``patchboard`` logger and the labels its events carry.
+Structured logging: the ``patchboard`` logger, the labels its events carry,
+and the limiter that keeps an overload from flooding the log.
 
-The library never configures structlog or the standard library's logging; it
-asks structlog for a logger lazily, so the application's configuration, made
-at any time before the first event, applies. Event names are stable
-snake_case identifiers; context travels as keys (``signal``, ``listener``,
-``sender``, ``elapsed_s``, ``limit_s``), never inside the event string.
+The library never configures structlog or the standard library's logging.
+Where its events go is decided at each event:
+
+* the project configured structlog (``structlog.configure()``, as
+  django-structlog does): ``structlog.get_logger("patchboard")``, so that
+  configuration applies;
+* it did not: the standard library's ``logging.getLogger("patchboard")``,
+  so Django's ``LOGGING`` (levels, handlers, filters) applies and debug
+  events stay off by default. The event is rendered as logfmt key/values
+  (``listener_failed signal=... listener=...``; newlines in values escaped,
+  so no value can forge a log line) and a traceback reaches the handler as
+  ``exc_info``, to be formatted there.
+
+Event names are stable snake_case identifiers; context travels as keys
+(``signal``, ``listener``, ``sender``, ``elapsed_s``, ``limit_s``), never
+inside the event string.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+import time
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any
 
 import structlog
@@ -20,11 +36,94 @@ from patchboard._state import state
 
 
 def logger() -> Any:
-    """The ``patchboard`` structlog logger (a lazy proxy until first use)."""
-    log = state.logger
-    if log is None:
-        log = state.logger = structlog.get_logger("patchboard")
-    return log
+    """The ``patchboard`` logger: structlog's if the project configured it, else logging's."""
+    configured = structlog.is_configured()
+    cached = state.logger
+    if cached is None or cached[0] is not configured:
+        log = structlog.get_logger("patchboard") if configured else _to_logging()
+        cached = state.logger = (configured, log)
+    return cached[1]
+
+
+def _to_logging() -> Any:
+    # A structlog logger over logging.getLogger("patchboard"), built here and
+    # configured nowhere: structlog's global configuration stays the project's.
+    return structlog.wrap_logger(
+        logging.getLogger("patchboard"),
+        processors=[
+            structlog.stdlib.filter_by_level,  # LOGGING's levels, before any work
+            _render,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+_LOGFMT = structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True)
+
+
+def _render(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> tuple[tuple[str], dict[str, Any]]:
+    # Key/values for the message, the traceback for the handler to format.
+    exc_info = event_dict.pop("exc_info", None)
+    event = str(event_dict.pop("event", ""))
+    rest = _LOGFMT(logger, method, event_dict)
+    return (f"{event} {rest}" if rest else event,), {"exc_info": exc_info}
+
+
+class Limiter:
+    """
+    At most one event per (event, key) per ``interval`` seconds.
+
+    Under overload a per-item event (an expiry, a rejection, a timeout) would
+    be logged once per item: thousands of lines a second. The limiter lets
+    the first through, drops the ones that follow within the interval, and
+    lets the next one after it through with ``suppressed=N``: how many were
+    dropped in between. The counters (``queue_stats()``, ``outcome_counts()``)
+    count every item; only the log is thinned.
+    """
+
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, Hashable], list[float]] = {}
+        """(event, key) -> [when one was last let through, how many were dropped since]."""
+
+    def allow(self, event: str, key: Hashable) -> int | None:
+        """None: drop this one; else let it through, with the count dropped before it."""
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get((event, key))
+            if seen is None:
+                if len(self._seen) >= 10_000:
+                    self._seen.clear()  # keys come and go (listeners): stay bounded
+                self._seen[(event, key)] = [now, 0]
+                return 0
+            if now - seen[0] < self.interval:
+                seen[1] += 1
+                return None
+            suppressed = int(seen[1])
+            seen[0], seen[1] = now, 0
+            return suppressed
+
+
+def limiter() -> Limiter:
+    """The process's log limiter."""
+    found = state.limiter
+    if found is None:
+        found = state.limiter = Limiter()
+    return found  # type: ignore[no-any-return]
+
+
+def log_limited(level: str, event: str, key: Hashable, **fields: Any) -> None:
+    """Log a per-item event through the :class:`Limiter` (``key``: usually the listener)."""
+    suppressed = limiter().allow(event, key)
+    if suppressed is None:
+        return
+    if suppressed:
+        fields["suppressed"] = suppressed
+    getattr(logger(), level)(event, **fields)
 
 
 def dotted(obj: object) -> str:

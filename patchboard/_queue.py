@@ -74,7 +74,7 @@ import anyio
 from patchboard._call import Call
 from patchboard._config import QueueSettings, get_settings
 from patchboard._exceptions import Expired, Rejected
-from patchboard._log import logger, sender_label, signal_label
+from patchboard._log import log_limited, logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status
 from patchboard._state import state
 from patchboard._threads import Job, listener_threads
@@ -354,10 +354,13 @@ class ShortTermQueue:
     ) -> Outcome:
         """Log an item that never started, and settle its call (its fallback may answer)."""
         status: Status = "expired" if isinstance(error, Expired) else "rejected"
-        logger().warning(
+        label = call.listener.label
+        log_limited(
+            "warning",
             _NEVER_RAN_EVENTS[status],
+            label,
             signal=signal_label(call.signal),
-            listener=call.listener.label,
+            listener=label,
             sender=sender_label(call.sender),
             **fields,
         )

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from django.db import connections
 
 from patchboard._config import get_settings
-from patchboard._log import logger, sender_label, signal_label
+from patchboard._log import log_limited, sender_label, signal_label
 from patchboard._state import state
 
 if TYPE_CHECKING:
@@ -274,10 +274,13 @@ class ListenerThreads:
             return
         job.on_return()
         call = job.call
-        logger().debug(
+        label = call.listener.label
+        log_limited(
+            "debug",
             job.events[1],
+            label,
             signal=signal_label(call.signal),
-            listener=call.listener.label,
+            listener=label,
             ran_s=round(perf_counter() - job.started, 6),
         )
 
@@ -292,10 +295,13 @@ class ListenerThreads:
             running = self._abandoned_running
         job.on_abandon()
         call = job.call
-        logger().warning(
+        label = call.listener.label
+        log_limited(
+            "warning",
             job.events[0],
+            label,
             signal=signal_label(call.signal),
-            listener=call.listener.label,
+            listener=label,
             sender=sender_label(call.sender),
             abandoned_running=running,
         )

@@ -8,7 +8,16 @@ import redis
 import structlog
 from structlog.testing import LogCapture
 
+from patchboard.testing import reset
 from tests.services import require_postgres, require_redis
+
+
+@pytest.fixture(autouse=True)
+def _fresh_patchboard() -> Iterator[None]:
+    """Every test starts with patchboard's process state afresh, and leaves none behind."""
+    reset()
+    yield
+    reset()
 
 
 @pytest.fixture

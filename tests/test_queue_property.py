@@ -11,19 +11,17 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import structlog
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from patchboard import Listener, ListenerOptions, Signal
 from patchboard._call import Call
 from patchboard._config import QueueSettings
-from patchboard._log import signal_label
 from patchboard._queue import ShortTermQueue
 
 
@@ -71,19 +69,13 @@ def queue_settings(draw: st.DrawFn) -> QueueSettings:
 
 
 class Probe:
-    """
-    Counts listener calls in progress from any thread (the peak is checked
-    against the bound) and, from the logs, the abandoned threads of
-    ``signal``'s calls that returned.
-    """
+    """Counts listener calls in progress from any thread (the peak is checked against the bound)."""
 
     def __init__(self, signal: Signal) -> None:
         self.signal = signal
-        self.label = signal_label(signal)
-        self.lock = threading.Condition()
+        self.lock = threading.Lock()
         self.current = 0
         self.peak = 0
-        self.returned_threads = 0
 
     def enter(self) -> None:
         with self.lock:
@@ -94,17 +86,15 @@ class Probe:
         with self.lock:
             self.current -= 1
 
-    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
-        """A structlog processor: ``queue_thread_returned`` comes after the slot is free."""
-        if event["event"] == "queue_thread_returned" and event["signal"] == self.label:
-            with self.lock:
-                self.returned_threads += 1
-                self.lock.notify_all()
-        raise structlog.DropEvent
 
-    def wait_for_threads(self, count: int) -> bool:
-        with self.lock:
-            return self.lock.wait_for(lambda: self.returned_threads >= count, timeout=10)
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``condition()`` holds within ``timeout``: abandoned threads return on their own."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def make_listener(item: Item, probe: Probe) -> Listener:
@@ -156,12 +146,7 @@ FALLBACKS: dict[str | None, Callable[..., Any] | None] = {
 
 
 async def scenario(config: QueueSettings, plan: list[Caller]) -> None:
-    probe = Probe(Signal())
-    structlog.configure(processors=[probe])
-    try:
-        await _play(config, plan, probe)
-    finally:
-        structlog.reset_defaults()
+    await _play(config, plan, Probe(Signal()))
 
 
 async def _play(config: QueueSettings, plan: list[Caller], probe: Probe) -> None:
@@ -221,7 +206,9 @@ async def _play(config: QueueSettings, plan: list[Caller], probe: Probe) -> None
         event("a thread was abandoned")
 
     # Only abandoned threads outlive their calls; each gives its slot back.
-    assert await anyio.to_thread.run_sync(probe.wait_for_threads, stats.abandoned)
+    assert await anyio.to_thread.run_sync(
+        wait_until, lambda: queue.statistics().abandoned_running == 0
+    )
     stats = queue.statistics()
     assert (stats.running, stats.waiting, stats.abandoned_running) == (0, 0, 0)
     assert probe.current == 0
