@@ -8,7 +8,7 @@ import redis
 import structlog
 from structlog.testing import LogCapture
 
-from tests.services import require_postgres, require_redis
+from tests.services import RedisServer, require_postgres, require_redis, require_redis_server
 
 
 @pytest.fixture
@@ -30,6 +30,17 @@ def breaker_name(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A private, running Redis server the test may stop and start again; stopped afterwards."""
+    server = require_redis_server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
