@@ -26,6 +26,9 @@ a coroutine taking the function that runs the script. Async callers pass
 :meth:`RedisLink.arun`; sync callers pass a coroutine function that blocks
 on the sync client (:meth:`RedisLink.run`), and :func:`run_blocking` drives
 the operation to its end without an event loop (it never suspends).
+
+A malformed URL is refused when the breaker is built
+(:func:`check_url`), never at each call.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, Final, NamedTuple, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
 from django.core.exceptions import ImproperlyConfigured
@@ -108,15 +111,66 @@ def run_blocking[T](operation: Coroutine[Any, Any, T]) -> T:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and reprs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """
+    ``url`` with its password (in the address, or a ``password`` query
+    parameter) replaced by ``***``, for logs, reprs and error messages.
+    Never raises, however malformed the URL.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced IPv6 bracket: nothing can be told apart
+        return f"{url.partition(':')[0]}://***"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:***@{host}" if ":" in userinfo else parts.netloc
+    query = "&".join(
+        "password=***" if pair.startswith("password=") else pair for pair in parts.query.split("&")
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def check_url(url: str) -> None:
+    """
+    Check a Redis store URL as redis-py will read it, without connecting.
+
+    redis-py reads a URL only when it makes the first connection, so a bad
+    one would fail every guarded call; this reads it at once, with
+    redis-py's own parser and connection class, and adds what redis-py lets
+    through but reads otherwise (port 0 connects to 6379, a database that
+    is not a number selects database 0).
+
+    Raises:
+        ValueError: the port is not a number or not in 1-65535, the
+            database is not a number, or a query parameter is unknown or
+            has an invalid value; the message shows the URL with its
+            password masked.
+    """
+    import redis
+    from redis.connection import parse_url
+
+    try:
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+        pool = redis.BlockingConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)  # an unknown query parameter fails here
+        problem = _misread(url, options)
+    except (TypeError, ValueError, redis.RedisError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        raise ValueError(f"store {mask_url(url)!r} is not a valid Redis URL: {problem}")
+
+
+def _misread(url: str, options: dict[str, Any]) -> str | None:
+    """What redis-py accepts in ``url`` but does not read as written."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return None
+    if parts.port == 0:
+        return "the port must be in 1-65535, got 0"
+    database = unquote(parts.path).strip("/")
+    if database and "db" not in options:
+        return f"the database (the path) must be a number, got {database!r}"
+    return None
 
 
 class _View(NamedTuple):
@@ -181,6 +235,11 @@ class RedisLink:
     long-lived event loop) unless the URL sets ``max_connections``."""
 
     def __init__(self, url: str) -> None:
+        """
+        Raises:
+            ValueError: ``url`` is not a valid Redis URL (see :func:`check_url`).
+        """
+        check_url(url)
         self.url = url
         self.label = mask_url(url)
         self.down_until = 0.0
@@ -337,6 +396,11 @@ class RedisStore:
     A breaker's state in Redis, shared by every process that uses the same
     URL, key prefix and name; an in-process :class:`MemoryStore` stands in
     while Redis is unreachable.
+
+    Raises:
+        ImproperlyConfigured: the redis package is missing, or ``url`` is
+            not a valid Redis URL (the message names the breaker, the URL
+            with its password masked, and the problem).
     """
 
     remote: Final = True
@@ -359,8 +423,11 @@ class RedisStore:
                 f"circuit breaker {name!r}: store={mask_url(url)!r} needs the redis "
                 "package (pip install 'django-patchboard[redis]')"
             ) from None
+        try:
+            self.link = redis_link(url)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"circuit breaker {name!r}: {exc}") from None
         self.name = name
-        self.link = redis_link(url)
         self.label = self.link.label
         self.pending: deque[Transition] = deque()
         self.fallback = MemoryStore(name, config, pending=self.pending)
