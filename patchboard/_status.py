@@ -34,10 +34,8 @@ may query the database lazily, which an event loop forbids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Final, NamedTuple, TypedDict
 
@@ -61,13 +59,11 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from patchboard._config import get_settings
-from patchboard._django import is_temporary_loop
 from patchboard._outcomes import Status
 from patchboard._queue import QueueStatistics, queue_stats
 from patchboard._state import outcome_counts
 from patchboard.breaker import (
     BreakerStatistics,
-    CircuitBreaker,
     all_breakers,
     get_breaker,
 )
@@ -201,8 +197,7 @@ async def snapshot() -> Snapshot:
     for name in get_settings().breakers:
         get_breaker(name)
     breakers = all_breakers()
-    async with _closing_request_clients(breakers):
-        await asyncio.gather(*(breaker.get_state() for breaker in breakers))
+    await asyncio.gather(*(breaker.get_state() for breaker in breakers))
     return {
         "pid": os.getpid(),
         "generated_at": datetime.now(UTC).isoformat(),
@@ -210,22 +205,6 @@ async def snapshot() -> Snapshot:
         "queue": queue_status(queue_stats()),
         "outcomes": outcome_counts(),
     }
-
-
-@contextlib.asynccontextmanager
-async def _closing_request_clients(breakers: list[CircuitBreaker]) -> AsyncIterator[None]:
-    """
-    Close the Redis stores' async clients afterwards when this event loop
-    lives for one request only: under WSGI (and Django's sync test client)
-    asgiref runs an async view on a loop of its own, and connections made on
-    it would stay open after it is gone.
-    """
-    try:
-        yield
-    finally:
-        if is_temporary_loop(asyncio.get_running_loop()):
-            for breaker in breakers:
-                await breaker.aclose()
 
 
 # -- the view --------------------------------------------------------------------------
@@ -277,16 +256,15 @@ async def _control(request: HttpRequest) -> HttpResponse:
     except ImproperlyConfigured as exc:
         return HttpResponseNotFound(str(exc), content_type="text/plain")
     control = ACTIONS[action]
-    async with _closing_request_clients([breaker]):
-        try:
-            await getattr(breaker, control.method)()
-        except Exception as exc:  # the Redis store is unreachable
-            return HttpResponse(
-                f"could not change circuit {name!r} in {breaker.statistics().store}: {exc!r} "
-                "(this process's fallback state changed anyway)",
-                status=503,
-                content_type="text/plain",
-            )
+    try:
+        await getattr(breaker, control.method)()
+    except Exception as exc:  # the Redis store is unreachable
+        return HttpResponse(
+            f"could not change circuit {name!r} in {breaker.statistics().store}: {exc!r} "
+            "(this process's fallback state changed anyway)",
+            status=503,
+            content_type="text/plain",
+        )
     message = control.done.format(name)
     if breaker.statistics().store == "memory":
         message += (

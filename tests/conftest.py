@@ -9,7 +9,7 @@ import structlog
 from structlog.testing import LogCapture
 
 from patchboard.testing import reset
-from tests.services import require_postgres, require_redis
+from tests.services import RedisServer, require_postgres, require_redis, require_redis_server
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +39,17 @@ def breaker_name(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A private, running Redis server the test may stop and start again; stopped afterwards."""
+    server = require_redis_server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

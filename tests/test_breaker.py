@@ -28,6 +28,7 @@ from patchboard.breaker import (
     get_breaker,
 )
 from patchboard.breaker.checks import E010_ID, breaker_error, check_breakers
+from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
 from patchboard.testing import reset
 
 START = 1_700_000_000.0
@@ -849,17 +850,18 @@ def test_command_lists_declared_and_registered_breakers(clock) -> None:
     with pytest.raises(CircuitOpen), b:
         pass
     out, _ = run_command("breakers")
-    header, fedex, ups = out.splitlines()
+    header, fedex, ups, note = out.splitlines()
     assert header.split() == [
         "name",
         "state",
         "failures",
         "retry_at",
-        "rejected",
-        "successes",
-        "failures_total",
+        "rejected*",
+        "successes*",
+        "failures_total*",
         "store",
     ]
+    assert note == PER_PROCESS_NOTE
     assert fedex.split() == [
         "carrier-fedex",
         "open",

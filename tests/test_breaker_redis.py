@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,14 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection
 import redis.connection
+from django.core.management import call_command
+from django.test import override_settings
 
 from patchboard._exceptions import CircuitOpen
 from patchboard._state import state
-from patchboard.breaker import CircuitBreaker
+from patchboard.breaker import CircuitBreaker, get_breaker
 from patchboard.breaker.redis import RedisLink
+from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
 from patchboard.testing import reset
 
 pytestmark = pytest.mark.redis
@@ -405,6 +410,65 @@ def test_sync_guard_shares_the_redis_state_from_threads(redis_url, name) -> None
         pass
 
 
+# -- the management command ----------------------------------------------------------
+
+CHILD_CALL = """
+import os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()
+from patchboard import CircuitOpen
+from patchboard.breaker import CircuitBreaker
+url, name = sys.argv[1:3]
+b = CircuitBreaker(name, failure_threshold=1, store=url)
+try:
+    with b:
+        print("admitted")
+except CircuitOpen:
+    print("rejected", b.statistics().forced)
+"""
+
+
+def test_the_command_opens_a_redis_breaker_for_every_process(redis_url, name) -> None:
+    declared = {"BREAKERS": {name: {"store": redis_url, "failure_threshold": 1}}}
+    out, err = StringIO(), StringIO()
+    with override_settings(PATCHBOARD=declared):
+        call_command("patchboard", "breakers", "--open", name, stdout=out, stderr=err)
+        done, header, row, note = out.getvalue().splitlines()
+        assert done == f"Forced circuit {name!r} open."
+        assert err.getvalue() == ""  # no "this process only" warning: the state is shared
+        starred = [title for title in header.split() if title.endswith("*")]
+        assert starred == ["rejected*", "successes*", "failures_total*"]
+        assert row.split() == [name, "open", "(forced)", "0", "-", "0", "0", "0", redis_url]
+        assert note == PER_PROCESS_NOTE
+
+        # Another process sees it open ...
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD_CALL, redis_url, name],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.splitlines()[-1] == "rejected open"
+        # ... and so does a fresh instance here, whose own counters start from zero.
+        reset()
+        with pytest.raises(CircuitOpen), get_breaker(name):
+            pass
+        stats = get_breaker(name).statistics()
+        assert (stats.state, stats.forced, stats.rejected, stats.fallback) == (
+            "open",
+            "open",
+            1,
+            False,
+        )
+        call_command("patchboard", "breakers", "--reset", name, stdout=StringIO())
+        reset()
+        with get_breaker(name):
+            pass
+
+
 # -- round trips ---------------------------------------------------------------------
 
 
@@ -597,6 +661,15 @@ class Proxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+def store_events(logs) -> list[tuple[str, int]]:
+    """The store's events logged so far, with how many of each were not logged before."""
+    return [
+        (e["event"], e["suppressed"])
+        for e in logs.entries
+        if e["event"].startswith("circuit_store")
+    ]
+
+
 async def test_the_store_recovers_by_itself(redis_url, name, logs, monkeypatch) -> None:
     monkeypatch.setattr(RedisLink, "retry_after", 0.0)  # retry Redis on the next call
     target = redis.asyncio.Redis.from_url(redis_url)
@@ -631,12 +704,25 @@ async def test_the_store_recovers_by_itself(redis_url, name, logs, monkeypatch) 
         async with b:
             pass
     assert b.statistics().fallback is False
-    events = [e["event"] for e in logs.entries if e["event"].startswith("circuit_store")]
-    # The second outage is within log_interval of the first: not logged again.
-    assert events == [
-        "circuit_store_unavailable",
-        "circuit_store_recovered",
-        "circuit_store_recovered",
+    # The second outage is within log_interval of the first: neither of its
+    # events is logged ...
+    assert store_events(logs) == [
+        ("circuit_store_unavailable", 0),
+        ("circuit_store_recovered", 0),
+    ]
+    monkeypatch.setattr(RedisLink, "log_interval", 0.0)
+    await proxy.down()
+    with pytest.raises(CircuitOpen):
+        async with b:
+            pass
+    await proxy.up()
+    with pytest.raises(CircuitOpen):
+        async with b:
+            pass
+    # ... and the next ones logged say so.
+    assert store_events(logs)[2:] == [
+        ("circuit_store_unavailable", 1),
+        ("circuit_store_recovered", 1),
     ]
     await b.aclose()
     await proxy.down()

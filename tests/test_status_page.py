@@ -431,15 +431,16 @@ def test_a_post_changes_the_shared_state(
 
 
 @pytest.mark.redis
-def test_a_wsgi_request_leaves_no_redis_connection_open(
+def test_wsgi_requests_leave_no_redis_connection_behind(
     staff_client: Client, redis_url: str, breaker_name: str
 ) -> None:
     """
     Under WSGI (and this sync test client) the async view runs on an event
-    loop made for the request: the connections it opened are closed with it.
+    loop made for the request: its Redis commands go through the process's
+    pooled connections, so requests never add connections of their own.
     """
     CircuitBreaker(breaker_name, store=f"{redis_url}?client_name={breaker_name}")
-    for _ in range(3):
+    for _ in range(10):
         assert staff_client.get(URL, {"format": "json"}).status_code == 200
     staff_client.post(URL, {"breaker": breaker_name, "action": "open"})
     admin = redis.Redis.from_url(redis_url)
@@ -447,7 +448,7 @@ def test_a_wsgi_request_leaves_no_redis_connection_open(
         named = [c for c in admin.client_list() if c["name"] == breaker_name]
     finally:
         admin.close()
-    assert named == []
+    assert len(named) == 1  # the one pooled connection, reused by every request
 
 
 def _unused_port() -> int:

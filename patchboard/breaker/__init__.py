@@ -195,7 +195,9 @@ class CircuitBreaker:
         TypeError, ValueError: an invalid option (the message names it).
         ValueError: a breaker named ``name`` already exists; share it with
             :func:`get_breaker`.
-        ImproperlyConfigured: a Redis store without the ``redis`` package.
+        ImproperlyConfigured: a Redis store without the ``redis`` package,
+            or with a malformed URL (the message names the breaker and the
+            URL, its password masked).
     """
 
     __slots__ = (

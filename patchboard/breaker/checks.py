@@ -3,9 +3,13 @@ System checks of the circuit breakers declared in ``PATCHBOARD["BREAKERS"]``.
 
 ``patchboard.E010``
     A declared breaker's arguments are invalid (unknown argument, wrong type,
-    out of range, an ``exclude`` entry that cannot be imported) or its Redis
-    store needs the ``redis`` package. One error per bad breaker, naming the
-    breaker and the argument.
+    out of range, an ``exclude`` entry that cannot be imported), or its
+    Redis store is not usable: the ``redis`` package is missing, or the URL
+    is malformed (a port out of range or not a number, a database that is
+    not a number, an unknown or invalid query parameter). One error per bad
+    breaker, naming the breaker and the argument, or the URL with its
+    password masked. ``PATCHBOARD["STORE"]``, the store of every breaker
+    created without ``store=``, is checked the same way (one error for it).
 
 ``patchboard.E011``
     A listener refers to a breaker by a name that is neither declared in
@@ -27,9 +31,12 @@ from django.core.checks import CheckMessage, Error, register
 from patchboard._config import BreakerConfig
 from patchboard._state import state
 from patchboard.breaker import all_breakers
+from patchboard.breaker.redis import check_url
 
 E010_ID = "patchboard.E010"
 E011_ID = "patchboard.E011"
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def breaker_error(name: str, problem: str) -> Error:
@@ -42,16 +49,48 @@ def breaker_error(name: str, problem: str) -> Error:
     )
 
 
+def store_error(problem: str) -> Error:
+    """The ``patchboard.E010`` error for ``PATCHBOARD["STORE"]``."""
+    return Error(
+        f'PATCHBOARD["STORE"]: {problem}',
+        hint="Every circuit breaker created without store= keeps its state there.",
+        obj='settings.PATCHBOARD["STORE"]',
+        id=E010_ID,
+    )
+
+
+def store_problem(store: object) -> str | None:
+    """
+    What makes the Redis store ``store`` unusable, or ``None``. A value
+    that is not a Redis URL is not this check's business (``"memory"``; a
+    bad scheme is an invalid argument or setting, reported as such).
+    """
+    if not isinstance(store, str) or not store.startswith(_REDIS_SCHEMES):
+        return None
+    if importlib.util.find_spec("redis") is None:
+        return (
+            "store is a Redis URL but the redis package is not installed "
+            "(pip install 'django-patchboard[redis]')"
+        )
+    try:
+        check_url(store)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @register()
 def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     raw = getattr(settings, "PATCHBOARD", None) or {}
     if not isinstance(raw, Mapping):
         return []
-    declared = raw.get("BREAKERS") or {}
-    default_store = raw.get("STORE", "memory")
-    if not isinstance(declared, Mapping):
-        return []
     errors: list[CheckMessage] = []
+    problem = store_problem(raw.get("STORE"))
+    if problem is not None:
+        errors.append(store_error(problem))
+    declared = raw.get("BREAKERS") or {}
+    if not isinstance(declared, Mapping):
+        return errors
     for name, options in declared.items():
         if not isinstance(name, str) or not isinstance(options, Mapping):
             continue
@@ -60,19 +99,10 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         except (TypeError, ValueError) as exc:
             errors.append(breaker_error(name, str(exc)))
             continue
-        store = config.store or default_store
-        if (
-            isinstance(store, str)
-            and store.startswith(("redis://", "rediss://"))
-            and importlib.util.find_spec("redis") is None
-        ):
-            errors.append(
-                breaker_error(
-                    name,
-                    "store is a Redis URL but the redis package is not installed "
-                    "(pip install 'django-patchboard[redis]')",
-                )
-            )
+        # A breaker without store= uses STORE, checked once above.
+        problem = store_problem(config.store)
+        if problem is not None:
+            errors.append(breaker_error(name, problem))
     return errors
 
 

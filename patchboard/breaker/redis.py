@@ -15,16 +15,20 @@ admission, then report).
 
 When Redis fails or times out (0.25 s; see :class:`RedisLink`), the store
 falls back to an in-process :class:`~.memory.MemoryStore` started from its
-last view (an open circuit stays open), logs ``circuit_store_unavailable``
-at most once per ``log_interval`` per Redis URL, leaves Redis alone for
-``retry_after`` seconds, then lets one call try it again; the first answer
-from Redis switches back (``circuit_store_recovered``).
+last view (an open circuit stays open), logs ``circuit_store_unavailable``,
+leaves Redis alone for ``retry_after`` seconds, then lets one call try it
+again; the first answer from Redis switches back, once per outage
+(``circuit_store_recovered``). Both events are logged at most once per
+``log_interval`` per Redis URL.
 
 Sync and async callers share one implementation of every operation: each is
-a coroutine taking the function that runs the script. Async callers pass the
-async client's; sync callers pass a coroutine function that blocks on the
-sync client, and :func:`run_blocking` drives the operation to its end
-without an event loop (it never suspends).
+a coroutine taking the function that runs the script. Async callers pass
+:meth:`RedisLink.arun`; sync callers pass a coroutine function that blocks
+on the sync client (:meth:`RedisLink.run`), and :func:`run_blocking` drives
+the operation to its end without an event loop (it never suspends).
+
+A malformed URL is refused when the breaker is built
+(:func:`check_url`), never at each call.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, Final, NamedTuple, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
 from django.core.exceptions import ImproperlyConfigured
 
 from patchboard._config import BreakerConfig
+from patchboard._django import is_temporary_loop
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
 from patchboard._state import state
@@ -79,6 +84,8 @@ SCRIPT: Final = files("patchboard.breaker").joinpath("breaker.lua").read_text("u
 _STATES: Final[tuple[State, State, State]] = (CLOSED, OPEN, HALF_OPEN)
 _FORCED: Final[tuple[Forced, Forced, Forced]] = (None, "open", "closed")
 _TOKEN_PREFIX: Final = os.urandom(4).hex()
+_UNAVAILABLE: Final = "circuit_store_unavailable"
+_RECOVERED: Final = "circuit_store_recovered"
 _tokens = itertools.count(1)
 
 
@@ -104,15 +111,66 @@ def run_blocking[T](operation: Coroutine[Any, Any, T]) -> T:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and reprs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """
+    ``url`` with its password (in the address, or a ``password`` query
+    parameter) replaced by ``***``, for logs, reprs and error messages.
+    Never raises, however malformed the URL.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced IPv6 bracket: nothing can be told apart
+        return f"{url.partition(':')[0]}://***"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:***@{host}" if ":" in userinfo else parts.netloc
+    query = "&".join(
+        "password=***" if pair.startswith("password=") else pair for pair in parts.query.split("&")
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def check_url(url: str) -> None:
+    """
+    Check a Redis store URL as redis-py will read it, without connecting.
+
+    redis-py reads a URL only when it makes the first connection, so a bad
+    one would fail every guarded call; this reads it at once, with
+    redis-py's own parser and connection class, and adds what redis-py lets
+    through but reads otherwise (port 0 connects to 6379, a database that
+    is not a number selects database 0).
+
+    Raises:
+        ValueError: the port is not a number or not in 1-65535, the
+            database is not a number, or a query parameter is unknown or
+            has an invalid value; the message shows the URL with its
+            password masked.
+    """
+    import redis
+    from redis.connection import parse_url
+
+    try:
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+        pool = redis.BlockingConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)  # an unknown query parameter fails here
+        problem = _misread(url, options)
+    except (TypeError, ValueError, redis.RedisError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        raise ValueError(f"store {mask_url(url)!r} is not a valid Redis URL: {problem}")
+
+
+def _misread(url: str, options: dict[str, Any]) -> str | None:
+    """What redis-py accepts in ``url`` but does not read as written."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return None
+    if parts.port == 0:
+        return "the port must be in 1-65535, got 0"
+    database = unquote(parts.path).strip("/")
+    if database and "db" not in options:
+        return f"the database (the path) must be a number, got {database!r}"
+    return None
 
 
 class _View(NamedTuple):
@@ -139,44 +197,71 @@ class RedisLink:
     The clients of one Redis URL, shared by every breaker that uses it, and
     whether that Redis is currently considered down.
 
-    The sync client (thread-safe connection pool) is made on first use; the
-    async client is made once per event loop, since asyncio connections
-    cannot cross loops. No client retries: a failed or timed-out command
-    fails at once, and the breaker falls back to its in-process state.
+    The sync client (a thread-safe connection pool) is made on first use,
+    and so is one async client per long-lived event loop, since asyncio
+    connections cannot cross loops. A loop that asgiref's ``async_to_sync``
+    made for one sync call (``collect()``, Django's ``send()`` reaching an
+    async listener, a task worker running one) gets no client: it closes
+    with that call and would leave its connection open on the server. Its
+    commands go through the sync client, from a worker thread. So the
+    connections to one URL stay within ``max_connections`` per client,
+    however many sync dispatches run.
+
+    A command whose connection turns out to be broken (a ``ConnectionError``:
+    say a pooled connection that a restarted Redis closed) is retried once,
+    at once, on a new connection; a timeout is never retried. When that
+    fails too, the link is *down*: the breakers use their in-process
+    fallback and leave Redis alone for ``retry_after`` seconds, then one
+    call tries it again. The first command *sent* after the link went down
+    that succeeds brings it back up; answers to commands sent before a
+    change (in flight when Redis went away or came back) never change it,
+    so an outage is one ``circuit_store_unavailable`` and one
+    ``circuit_store_recovered``. Both events are logged at most once per
+    ``log_interval`` per URL; the next one logged says how many were not
+    (``suppressed``).
     """
 
     retry_after: float = 1.0
     """Seconds to leave a failed Redis alone before one call tries it again."""
     log_interval: float = 30.0
-    """At most one ``circuit_store_unavailable`` event per this many seconds."""
+    """At most one ``circuit_store_unavailable`` and one ``circuit_store_recovered``
+    event per this many seconds."""
     timeout: float = 0.25
     """``socket_timeout``, ``socket_connect_timeout`` and the wait for a free
     pooled connection, unless the URL's query string sets them
     (``?socket_timeout=0.1&socket_connect_timeout=0.1&timeout=0.1``)."""
     max_connections: int = 50
-    """Connections per client (one sync client, one async client per event
-    loop) unless the URL sets ``max_connections``."""
+    """Connections per client (one sync client, one async client per
+    long-lived event loop) unless the URL sets ``max_connections``."""
 
     def __init__(self, url: str) -> None:
+        """
+        Raises:
+            ValueError: ``url`` is not a valid Redis URL (see :func:`check_url`).
+        """
+        check_url(url)
         self.url = url
         self.label = mask_url(url)
         self.down_until = 0.0
+        """``time.monotonic()`` until which Redis is left alone; 0 while it is up."""
         self.down_since = 0.0
-        self.last_logged = -math.inf
+        self.up_since = 0.0
+        self._logged = dict.fromkeys((_UNAVAILABLE, _RECOVERED), -math.inf)
+        self._suppressed = dict.fromkeys((_UNAVAILABLE, _RECOVERED), 0)
         self._lock = threading.Lock()
         self._sync: tuple[Any, Any] | None = None
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _kwargs(self) -> dict[str, Any]:
+    def _options(self, retry: type[Any]) -> dict[str, Any]:
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        from redis.exceptions import ConnectionError as BrokenConnection
 
         return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
+            "retry": retry(NoBackoff(), 1, (BrokenConnection,)),
             "driver_info": None,
             # A bounded pool that makes callers wait (at most ``timeout``) for a
             # free connection, rather than failing past its size or opening
@@ -185,30 +270,42 @@ class RedisLink:
             "timeout": self.timeout,
         }
 
-    def sync_script(self) -> Any:
+    def run(self, keys: Sequence[str], args: list[str]) -> Reply:
+        """Run the script on the sync client (blocking I/O)."""
         script = self._sync
         if script is None:
             # redis is an optional dependency (the [redis] extra): imported on first use.
             import redis
+            from redis.retry import Retry
 
             with self._lock:
                 if self._sync is None:
-                    pool = redis.BlockingConnectionPool.from_url(self.url, **self._kwargs())
+                    pool = redis.BlockingConnectionPool.from_url(self.url, **self._options(Retry))
                     client = redis.Redis(connection_pool=pool)
                     self._sync = (client, client.register_script(SCRIPT))
                 script = self._sync
-        return script[1]
+        return script[1](keys=keys, args=args)  # type: ignore[no-any-return]
 
-    def async_script(self) -> Any:
+    async def arun(self, keys: Sequence[str], args: list[str]) -> Reply:
+        """
+        Run the script from the running event loop: on its async client, or,
+        on a loop made by ``async_to_sync`` for one call, on the sync client
+        in a worker thread. The thread is waited for even if the caller is
+        cancelled meanwhile (one command, within the socket timeouts), so
+        what the command did (say, grant a probe slot) is never lost.
+        """
         loop = asyncio.get_running_loop()
+        if is_temporary_loop(loop):
+            return await anyio.to_thread.run_sync(self.run, keys, args)
         pair = self._async.get(loop)
         if pair is None:
             import redis.asyncio
+            from redis.asyncio.retry import Retry
 
-            pool = redis.asyncio.BlockingConnectionPool.from_url(self.url, **self._kwargs())
+            pool = redis.asyncio.BlockingConnectionPool.from_url(self.url, **self._options(Retry))
             client = redis.asyncio.Redis(connection_pool=pool)
             pair = self._async[loop] = (client, client.register_script(SCRIPT))
-        return pair[1]
+        return await pair[1](keys=keys, args=args)  # type: ignore[no-any-return]
 
     def available(self) -> bool:
         """Whether to try Redis now; after the back-off, one caller gets to try."""
@@ -218,33 +315,50 @@ class RedisLink:
         now = time.monotonic()
         if now < down_until:
             return False
-        self.down_until = now + self.retry_after  # the others stay on the fallback meanwhile
-        return True
+        with self._lock:  # never overwrite a recovery another thread just made
+            if self.down_until and now < self.down_until:
+                return False  # another caller is trying
+            if self.down_until:
+                self.down_until = now + self.retry_after  # the others stay on the fallback
+            return True
 
-    def failed(self, error: BaseException, breaker: str) -> None:
-        now = time.monotonic()
-        if not self.down_until:
+    def failed(self, error: BaseException, breaker: str, sent: float) -> None:
+        """A command sent at ``sent`` (``time.monotonic()``) failed with ``error``."""
+        with self._lock:
+            now = time.monotonic()
+            if self.down_until:
+                self.down_until = now + self.retry_after
+                return
+            if sent < self.up_since:
+                return  # sent before Redis came back: it says nothing about Redis now
             self.down_since = now
-        self.down_until = now + self.retry_after
-        if now - self.last_logged >= self.log_interval:
-            self.last_logged = now
-            logger().warning(
-                "circuit_store_unavailable",
-                breaker=breaker,
-                store=self.label,
-                error=repr(error),
-                retry_in_s=self.retry_after,
+            self.down_until = now + self.retry_after
+            self._log(
+                _UNAVAILABLE, now, breaker=breaker, error=repr(error), retry_in_s=self.retry_after
             )
 
-    def succeeded(self, breaker: str) -> None:
-        if self.down_until:
+    def succeeded(self, breaker: str, sent: float) -> None:
+        """A command sent at ``sent`` (``time.monotonic()``) got its answer."""
+        if not self.down_until:
+            return
+        with self._lock:
+            if not self.down_until or sent < self.down_since:
+                return  # sent before Redis went away: it says nothing about Redis now
+            now = time.monotonic()
             self.down_until = 0.0
-            logger().info(
-                "circuit_store_recovered",
-                breaker=breaker,
-                store=self.label,
-                down_s=round(time.monotonic() - self.down_since, 3),
-            )
+            self.up_since = now
+            self._log(_RECOVERED, now, breaker=breaker, down_s=round(now - self.down_since, 3))
+
+    def _log(self, event: str, now: float, **context: object) -> None:
+        # Called with the lock held. A Redis that comes and goes must not flood the log.
+        if now - self._logged[event] < self.log_interval:
+            self._suppressed[event] += 1
+            return
+        self._logged[event] = now
+        suppressed, self._suppressed[event] = self._suppressed[event], 0
+        log = logger()
+        emit = log.warning if event == _UNAVAILABLE else log.info
+        emit(event, store=self.label, suppressed=suppressed, **context)
 
     async def aclose(self) -> None:
         """Close this event loop's async client (it is made again on next use)."""
@@ -282,6 +396,11 @@ class RedisStore:
     A breaker's state in Redis, shared by every process that uses the same
     URL, key prefix and name; an in-process :class:`MemoryStore` stands in
     while Redis is unreachable.
+
+    Raises:
+        ImproperlyConfigured: the redis package is missing, or ``url`` is
+            not a valid Redis URL (the message names the breaker, the URL
+            with its password masked, and the problem).
     """
 
     remote: Final = True
@@ -304,8 +423,11 @@ class RedisStore:
                 f"circuit breaker {name!r}: store={mask_url(url)!r} needs the redis "
                 "package (pip install 'django-patchboard[redis]')"
             ) from None
+        try:
+            self.link = redis_link(url)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"circuit breaker {name!r}: {exc}") from None
         self.name = name
-        self.link = redis_link(url)
         self.label = self.link.label
         self.pending: deque[Transition] = deque()
         self.fallback = MemoryStore(name, config, pending=self.pending)
@@ -393,9 +515,9 @@ class RedisStore:
         try:
             reply = await execute(self._argv("acquire", token))
         except self._errors as exc:
-            link.failed(exc, self.name)
+            link.failed(exc, self.name, sent)
             return self._fallback().acquire()
-        link.succeeded(self.name)
+        link.succeeded(self.name, sent)
         return self._apply(reply, token, sent) or self.admitted
 
     async def _record(self, ticket: Ticket, result: Result, execute: Execute) -> None:
@@ -410,9 +532,9 @@ class RedisStore:
             try:
                 reply = await execute(self._argv(op, ticket.probe or ""))
             except self._errors as exc:
-                link.failed(exc, self.name)
+                link.failed(exc, self.name, sent)
             else:
-                link.succeeded(self.name)
+                link.succeeded(self.name, sent)
                 self._apply(reply, "", sent)
                 return None
         if ticket.probe is None:
@@ -425,19 +547,19 @@ class RedisStore:
         try:
             reply = await execute(self._argv(action, ""))
         except self._errors as exc:
-            self.link.failed(exc, self.name)
+            self.link.failed(exc, self.name, sent)
             if action != "read":
                 self._fallback().force(action)
             raise
-        self.link.succeeded(self.name)
+        self.link.succeeded(self.name, sent)
         self._apply(reply, "", sent)
 
     async def _run_blocking(self, argv: list[str]) -> Reply:
         # Awaited by a coroutine that run_blocking() drives: this blocks, it never suspends.
-        return self.link.sync_script()(keys=self._keys, args=argv)  # type: ignore[no-any-return]
+        return self.link.run(self._keys, argv)
 
     async def _run_async(self, argv: list[str]) -> Reply:
-        return await self.link.async_script()(keys=self._keys, args=argv)  # type: ignore[no-any-return]
+        return await self.link.arun(self._keys, argv)
 
     # -- decisions without I/O -------------------------------------------------
 

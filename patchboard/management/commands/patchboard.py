@@ -5,7 +5,10 @@
     Lists every circuit breaker (declared in ``PATCHBOARD["BREAKERS"]`` or
     registered in this process) with its state and counters. Breakers with a
     Redis store show the shared state; the others show this process's, which
-    is fresh (a management command is a process of its own).
+    is fresh (a management command is a process of its own). The counters
+    (``rejected``, ``successes``, ``failures_total``) are always this
+    process's own: their headers are starred, and a line under the table
+    says so.
 ``manage.py patchboard breakers --open NAME | --close NAME | --reset NAME``
     Forces the circuit open (until reset), forces it closed (failures not
     counted until reset), or resets it to a clean closed state, then lists.
@@ -31,6 +34,12 @@ COLUMNS = (
     "successes",
     "failures_total",
     "store",
+)
+PER_PROCESS = frozenset({"rejected", "successes", "failures_total"})
+"""Columns counted by each process on its own, never shared through the store."""
+PER_PROCESS_NOTE = (
+    "* counted by this process only (a management command starts from zero); "
+    "the other columns are the store's, shared by every process with a Redis store."
 )
 
 
@@ -106,9 +115,9 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write('No circuit breakers (declare them in PATCHBOARD["BREAKERS"]).')
             return
-        widths = [
-            max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(COLUMNS)
-        ]
-        for row in [list(COLUMNS), *rows]:
+        header = [f"{column}*" if column in PER_PROCESS else column for column in COLUMNS]
+        widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(header)]
+        for row in [header, *rows]:
             line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
             self.stdout.write(line.rstrip())
+        self.stdout.write(PER_PROCESS_NOTE)

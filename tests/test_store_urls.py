@@ -1,0 +1,103 @@
+"""Redis store URLs: a malformed one is refused by the checks and when the breaker is built."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from patchboard.breaker import CircuitBreaker, get_breaker
+from patchboard.breaker.checks import E010_ID, check_breakers
+from patchboard.breaker.redis import mask_url
+from patchboard.testing import reset
+
+# Each URL, as a user might write it with a password, and what is wrong with it.
+MALFORMED = [
+    ("redis://:hunter2@localhost:99999/0", "Port out of range"),
+    ("redis://:hunter2@localhost:abc/0", "Port could not be cast to integer"),
+    ("redis://:hunter2@localhost:0/0", "the port must be in 1-65535, got 0"),
+    ("redis://:hunter2@localhost/zero", "the database (the path) must be a number, got 'zero'"),
+    ("redis://:hunter2@localhost/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+    ("redis://:hunter2@localhost/0?socket_timout=1", "unexpected keyword argument 'socket_timout'"),
+    ("rediss://:hunter2@localhost/0?ssl_cert_reqs=maybe", "Invalid SSL Certificate Requirements"),
+]
+VALID = [
+    "redis://127.0.0.1:6379/15",
+    "redis://user:secret@localhost/0?socket_timeout=0.1&max_connections=5&timeout=0.1",
+    "rediss://localhost:6380",
+    "unix:///run/redis.sock?db=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    reset()
+    yield
+    reset()
+
+
+def refusal(url: str, problem: str) -> str:
+    """What a refusal of ``url`` says, as a pattern: the masked URL, then the problem."""
+    masked = url.replace(":hunter2@", ":***@")
+    return (
+        re.escape(f"store {masked!r} is not a valid Redis URL: ") + ".*" + re.escape(problem) + ".*"
+    )
+
+
+@pytest.mark.parametrize(("url", "problem"), MALFORMED)
+def test_a_breaker_with_a_malformed_store_url_is_refused_when_built(url, problem) -> None:
+    with pytest.raises(ImproperlyConfigured) as caught:
+        CircuitBreaker("ups", store=url)
+    message = str(caught.value)
+    assert re.fullmatch(re.escape("circuit breaker 'ups': ") + refusal(url, problem), message)
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(("url", "problem"), MALFORMED)
+def test_check_e010_names_the_declared_breaker_and_its_masked_url(url, problem) -> None:
+    with override_settings(PATCHBOARD={"BREAKERS": {"ups": {"store": url}}}):
+        errors = check_breakers()
+        assert [e for e in run_checks() if e.id == E010_ID] == errors
+        with pytest.raises(ImproperlyConfigured, match=refusal(url, problem)):
+            get_breaker("ups")
+    assert [(e.id, e.obj) for e in errors] == [
+        (E010_ID, """settings.PATCHBOARD["BREAKERS"]['ups']""")
+    ]
+    assert re.fullmatch(re.escape("circuit breaker 'ups': ") + refusal(url, problem), errors[0].msg)
+    assert "hunter2" not in errors[0].msg
+
+
+@pytest.mark.parametrize(("url", "problem"), MALFORMED[:3])
+def test_check_e010_reports_a_malformed_default_store_once(url, problem) -> None:
+    settings = {"STORE": url, "BREAKERS": {"ups": {}, "fedex": {"failure_threshold": 2}}}
+    with override_settings(PATCHBOARD=settings):
+        errors = check_breakers()
+        with pytest.raises(ImproperlyConfigured, match=refusal(url, problem)):
+            CircuitBreaker("dhl")  # built in code, on the default store
+    assert [(e.id, e.obj) for e in errors] == [(E010_ID, 'settings.PATCHBOARD["STORE"]')]
+    assert re.fullmatch(re.escape('PATCHBOARD["STORE"]: ') + refusal(url, problem), errors[0].msg)
+
+
+@pytest.mark.parametrize("url", VALID)
+def test_valid_store_urls_pass_the_checks_and_build(url) -> None:
+    with override_settings(PATCHBOARD={"STORE": url, "BREAKERS": {"ups": {"store": url}}}):
+        assert check_breakers() == []
+        assert get_breaker("ups").statistics().store == mask_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:hunter2@localhost:99999/0", "redis://:***@localhost:99999/0"),
+        ("redis://admin:hunter2@[::1]:6379/0", "redis://admin:***@[::1]:6379/0"),
+        ("redis://localhost/0?password=hunter2&db=1", "redis://localhost/0?password=***&db=1"),
+        ("redis://:hunter2@[::1/0", "redis://***"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_mask_url_hides_the_password_of_any_url(url, masked) -> None:
+    assert mask_url(url) == masked
