@@ -8,10 +8,12 @@ worker would).
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,9 +39,9 @@ from patchboard.background.checks import (
     queue_error,
     signal_warning,
 )
-from patchboard.background.payload import Job, encode
+from patchboard.background.payload import MAX_DEPTH, TAG, Job, encode
 from patchboard.background.registry import is_process_local, signal_key
-from patchboard.background.tasks import run_listener
+from patchboard.background.tasks import run, run_listener
 from tests.testapp.models import Order
 
 order_paid = Signal(name="tests.background.order_paid")
@@ -468,6 +470,128 @@ def test_payload_naming_another_sender_is_refused(connect: Callable[..., None]) 
 
     assert run_listener.enqueue(payload).return_value == "refused"
     assert seen == []
+
+
+def deep(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class LazyModule:
+    """Stands for a module with a lazy ``__getattr__``: it would import on demand."""
+
+
+HOSTILE: dict[str, dict[str, Any]] = {
+    "kwargs-deeper-than-the-recursion-limit": {
+        "kwargs": {"cart": deep(sys.getrecursionlimit() + 10)}
+    },
+    "sender-deeper-than-max-depth": {"sender": deep(MAX_DEPTH + 1)},
+    "kwarg-named-sender": {"kwargs": {"sender": 1}},
+    "kwarg-named-signal": {"kwargs": {"signal": "tests.background.order_paid"}},
+    "version-true": {"v": True},
+    "version-huge": {"v": 10**5000},
+    "unknown-database": {
+        "kwargs": {"order": {TAG: "instance", "model": "testapp.Order", "pk": 1, "db": "nope"}}
+    },
+    "class-of-a-lazy-module": {
+        "sender": {TAG: "class", "module": "concurrent.futures", "qualname": "ThreadPoolExecutor"}
+    },
+    "class-no-listener-is-connected-for": {
+        "kwargs": {"kind": {TAG: "class", "module": "decimal", "qualname": "Decimal"}}
+    },
+}
+
+
+@pytest.mark.parametrize("fields", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_payload_is_refused_and_no_listener_blamed(
+    fields: dict[str, Any], connect: Callable[..., None], logs: LogCapture
+) -> None:
+    """Fed to the worker's entry directly: Django's own enqueue cannot take it all."""
+    connect(order_paid, record, mode="background", on_error="log")
+
+    status = run(forged("tests.test_background.record", **fields), SimpleNamespace(id="t-1"))
+
+    assert status == "refused"
+    assert seen == []
+    [refused] = events(logs, "background_refused")
+    assert refused["task_id"] == "t-1"
+    assert len(refused["reason"]) <= 500
+    assert events(logs, "listener_failed") == events(logs, "background_failed") == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("model", "pk"), [("testapp.Order", "abc"), ("testapp.Order", True), ("testapp.Coupon", "abc")]
+)
+def test_primary_key_of_another_type_is_refused(
+    model: str, pk: Any, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    connect(order_paid, record, mode="background", on_error="log")
+    Order.objects.create(pk=1, reference="A-1")  # What True would fetch.
+    reference = {TAG: "instance", "model": model, "pk": pk, "db": "default"}
+
+    result = run_listener.enqueue(forged("tests.test_background.record", kwargs={"x": reference}))
+
+    assert result.return_value == "refused"
+    assert seen == []
+    assert len(events(logs, "background_refused")) == 1
+
+
+class Checkout:
+    """A sender class (not a model)."""
+
+
+def test_sender_class_a_listener_is_connected_for_crosses(
+    dummy: DummyBackend, connect: Callable[..., None]
+) -> None:
+    connect(order_paid, record, sender=Checkout, mode="background")
+
+    order_paid.send_sync(sender=Checkout, n=1)
+
+    assert dummy.results[0].args[0]["sender"] == {
+        TAG: "class",
+        "module": __name__,
+        "qualname": "Checkout",
+    }
+    assert run_pending() == ["ok"]
+    assert seen == [{"signal": order_paid, "sender": Checkout, "n": 1}]
+
+
+def test_sender_instance_filter_lets_no_class_cross(connect: Callable[..., None]) -> None:
+    connect(order_paid, record, sender=Checkout(), mode="background")
+    reference = {TAG: "class", "module": __name__, "qualname": "Checkout"}
+
+    result = run_listener.enqueue(forged("tests.test_background.record", sender=reference))
+
+    assert result.return_value == "refused"
+    assert seen == []
+
+
+def test_class_no_listener_is_connected_for_is_refused_at_send(
+    dummy: DummyBackend, connect: Callable[..., None]
+) -> None:
+    connect(order_paid, record, mode="background")
+
+    with pytest.raises(NotSerializable) as caught:
+        order_paid.send_sync(sender=Checkout)
+
+    assert caught.value.argument == "sender"
+    assert dummy.results == []
+
+
+def test_sending_never_writes_sender_or_signal_as_arguments(
+    dummy: DummyBackend, connect: Callable[..., None]
+) -> None:
+    connect(order_paid, record, mode="background")
+
+    order_paid.send_sync(sender=None, signal="not this one", n=1)
+
+    [result] = dummy.results
+    assert result.args[0]["kwargs"] == {"n": 1}
+    assert run_pending() == ["ok"]
+    assert seen == [{"signal": order_paid, "sender": None, "n": 1}]
 
 
 # -- open circuits -----------------------------------------------------------------------

@@ -125,11 +125,8 @@ def _job(call: Call) -> Job:
         listener=label,
         signal=signal_key(call.signal),
         sender=encode(call.sender, listener=label, argument="sender"),
-        # Django's own ``signal`` argument is not sent: the worker has the signal.
-        kwargs=encode_kwargs(
-            {name: value for name, value in call.kwargs.items() if name != "signal"},
-            listener=label,
-        ),
+        # Leaves ``signal`` out: the worker passes the listener its own signal.
+        kwargs=encode_kwargs(call.kwargs, listener=label),
         attempt=1,
         first_enqueued_at=datetime.now(UTC),
     )
