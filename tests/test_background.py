@@ -8,16 +8,21 @@ worker would).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
+import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import Signal as DjangoSignal
@@ -33,6 +38,7 @@ from structlog.testing import LogCapture
 from patchboard import CircuitOpen, ListenerTimeout, NotSerializable, Signal, receiver
 from patchboard.background.checks import (
     E020_ID,
+    W022,
     check_background,
     defer_warning,
     priority_error,
@@ -43,6 +49,8 @@ from patchboard.background.payload import MAX_DEPTH, TAG, Job, encode
 from patchboard.background.registry import is_process_local, signal_key
 from patchboard.background.tasks import run, run_listener
 from tests.testapp.models import Order
+
+ROOT = Path(__file__).resolve().parent.parent
 
 order_paid = Signal(name="tests.background.order_paid")
 plain_signal = DjangoSignal()
@@ -818,3 +826,184 @@ def test_check_warns_about_a_signal_a_worker_cannot_name(connect: Callable[..., 
     label = "tests.test_background.record"
     key = signal_key(local)
     assert ours(check_background(), label) == [signal_warning(label, key)]
+
+
+def test_check_reports_a_backend_that_fails_to_build(
+    settings: Any, connect: Callable[..., None]
+) -> None:
+    settings.TASKS = {**settings.TASKS, "broken": {}}  # no BACKEND: Django raises KeyError
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "broken"}}
+    connect(order_paid, record, mode="background")
+
+    [message] = check_background()
+    assert message.id == E020_ID
+    assert message.msg.startswith(
+        """PATCHBOARD["BACKGROUND"]["BACKEND"] is 'broken', which is not a usable Tasks backend"""
+    )
+    assert "KeyError" in message.msg
+
+
+def test_check_is_quiet_about_an_explicit_tasks_setting(connect: Callable[..., None]) -> None:
+    connect(order_paid, record, mode="background")
+
+    assert W022 not in check_background()
+
+
+PROJECT_SETTINGS = """
+SECRET_KEY = "tasks-config"
+USE_TZ = True
+INSTALLED_APPS = ["patchboard", "shop"]
+DATABASES = {{}}
+{tasks}
+"""
+
+SHOP_APP = """
+from django.apps import AppConfig
+
+
+class ShopConfig(AppConfig):
+    name = "shop"
+
+    def ready(self):
+        from shop import listeners  # noqa: F401  (connects the background listener)
+"""
+
+SHOP_LISTENERS = """
+from patchboard import Signal, receiver
+
+order_paid = Signal(name="shop.order_paid")
+
+
+@receiver(order_paid, mode="background")
+def send_receipt(sender, **kwargs):
+    pass
+"""
+
+
+def manage_check(tmp_path: Path, tasks: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a new project with a background listener and ``tasks`` settings."""
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "apps.py").write_text(SHOP_APP)
+    (tmp_path / "shop" / "listeners.py").write_text(SHOP_LISTENERS)
+    (tmp_path / "project_settings.py").write_text(PROJECT_SETTINGS.format(tasks=tasks))
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "project_settings",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_warns_that_without_tasks_background_listeners_run_in_the_request(
+    tmp_path: Path,
+) -> None:
+    done = manage_check(tmp_path, tasks="")
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert str(W022) in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("tasks", "alias"),
+    [
+        ("TASKS = {}", "default"),
+        (
+            textwrap.dedent("""
+                TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+                PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+            """),
+            "nowhere",
+        ),
+    ],
+    ids=["tasks-empty", "backend-missing"],
+)
+def test_startup_and_check_name_a_missing_backend_alias(
+    tmp_path: Path, tasks: str, alias: str
+) -> None:
+    if "django.tasks" not in task_backends.__module__:  # Django 5.2: the backport's path
+        tasks = tasks.replace("django.tasks.", "django_tasks.")
+    done = manage_check(tmp_path, tasks)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert (
+        f"""(patchboard.E020) PATCHBOARD["BACKGROUND"]["BACKEND"] is {alias!r}, which is not """
+        f"""a usable Tasks backend"""
+    ) in done.stderr
+    assert "W022" not in done.stderr
+
+
+# -- a missing backend at run time -------------------------------------------------------
+
+
+@pytest.fixture(params=["missing-alias", "tasks-empty"])
+def missing_backend(request: pytest.FixtureRequest, settings: Any) -> str:
+    """A background backend alias that TASKS lacks; the alias."""
+    if request.param == "tasks-empty":
+        settings.TASKS = {}
+        return "default"
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+    return "nowhere"
+
+
+def assert_unusable_backend(outcome: Any, alias: str) -> None:
+    assert outcome.status == "error"
+    assert isinstance(outcome.error, ImproperlyConfigured)
+    assert f"""PATCHBOARD["BACKGROUND"]["BACKEND"] is {alias!r}""" in str(outcome.error)
+
+
+def test_enqueue_to_a_missing_backend_is_the_listeners_error(
+    missing_backend: str, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    connect(order_paid, record, mode="background", on_error="log")
+
+    [outcome] = order_paid.send_sync(sender=None)
+
+    assert_unusable_backend(outcome, missing_backend)
+    assert len(events(logs, "listener_failed")) == 1
+
+
+async def test_aenqueue_to_a_missing_backend_is_the_listeners_error(
+    missing_backend: str, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    connect(order_paid, record, mode="background", on_error="log")
+
+    [outcome] = await order_paid.send_async(sender=None)
+
+    assert_unusable_backend(outcome, missing_backend)
+    assert len(events(logs, "listener_failed")) == 1
+
+
+def test_enqueue_to_a_missing_backend_raises_with_on_error_raise(
+    settings: Any, connect: Callable[..., None]
+) -> None:
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+    connect(order_paid, record, mode="background", on_error="raise")
+
+    with pytest.raises(ImproperlyConfigured, match="'nowhere'"):
+        order_paid.send_sync(sender=None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_on_commit_to_a_missing_backend_is_logged(
+    settings: Any, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+    connect(order_paid, record, mode="background", on_error="log")
+
+    with transaction.atomic():
+        [outcome] = order_paid.send_sync(sender=None)
+
+    assert outcome.status == "enqueued"
+    [failed] = events(logs, "background_failed")
+    assert failed["phase"] == "enqueue_on_commit"
+    assert "'nowhere'" in str(failed["exc_info"])
