@@ -51,8 +51,11 @@ class BackgroundFeature(Protocol):
         """
         ...
 
-    def connected(self, listener: Any, signal: DjangoSignal, /) -> None:
-        """Record that ``listener`` is connected to ``signal``, so a worker may run it."""
+    def connected(self, listener: Any, signal: DjangoSignal, sender: Any, /) -> None:
+        """
+        Record that ``listener`` is connected to ``signal`` for ``sender`` (None:
+        any sender), so a worker may run it.
+        """
         ...
 
     def enqueue_sync(self, call: Any, /) -> Outcome:

@@ -326,7 +326,7 @@ def connect(
     signal.connect(listener, sender=sender, weak=weak, dispatch_uid=uid)
     if options.mode == "background":
         # The worker runs only listeners recorded here, in its own process.
-        features.background.connected(listener, signal)
+        features.background.connected(listener, signal, sender)
     return listener
 
 

@@ -8,14 +8,21 @@ worker would).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import Signal as DjangoSignal
@@ -31,16 +38,19 @@ from structlog.testing import LogCapture
 from patchboard import CircuitOpen, ListenerTimeout, NotSerializable, Signal, receiver
 from patchboard.background.checks import (
     E020_ID,
+    W022,
     check_background,
     defer_warning,
     priority_error,
     queue_error,
     signal_warning,
 )
-from patchboard.background.payload import Job, encode
+from patchboard.background.payload import MAX_DEPTH, TAG, Job, encode
 from patchboard.background.registry import is_process_local, signal_key
-from patchboard.background.tasks import run_listener
+from patchboard.background.tasks import run, run_listener
 from tests.testapp.models import Order
+
+ROOT = Path(__file__).resolve().parent.parent
 
 order_paid = Signal(name="tests.background.order_paid")
 plain_signal = DjangoSignal()
@@ -470,6 +480,128 @@ def test_payload_naming_another_sender_is_refused(connect: Callable[..., None]) 
     assert seen == []
 
 
+def deep(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class LazyModule:
+    """Stands for a module with a lazy ``__getattr__``: it would import on demand."""
+
+
+HOSTILE: dict[str, dict[str, Any]] = {
+    "kwargs-deeper-than-the-recursion-limit": {
+        "kwargs": {"cart": deep(sys.getrecursionlimit() + 10)}
+    },
+    "sender-deeper-than-max-depth": {"sender": deep(MAX_DEPTH + 1)},
+    "kwarg-named-sender": {"kwargs": {"sender": 1}},
+    "kwarg-named-signal": {"kwargs": {"signal": "tests.background.order_paid"}},
+    "version-true": {"v": True},
+    "version-huge": {"v": 10**5000},
+    "unknown-database": {
+        "kwargs": {"order": {TAG: "instance", "model": "testapp.Order", "pk": 1, "db": "nope"}}
+    },
+    "class-of-a-lazy-module": {
+        "sender": {TAG: "class", "module": "concurrent.futures", "qualname": "ThreadPoolExecutor"}
+    },
+    "class-no-listener-is-connected-for": {
+        "kwargs": {"kind": {TAG: "class", "module": "decimal", "qualname": "Decimal"}}
+    },
+}
+
+
+@pytest.mark.parametrize("fields", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_payload_is_refused_and_no_listener_blamed(
+    fields: dict[str, Any], connect: Callable[..., None], logs: LogCapture
+) -> None:
+    """Fed to the worker's entry directly: Django's own enqueue cannot take it all."""
+    connect(order_paid, record, mode="background", on_error="log")
+
+    status = run(forged("tests.test_background.record", **fields), SimpleNamespace(id="t-1"))
+
+    assert status == "refused"
+    assert seen == []
+    [refused] = events(logs, "background_refused")
+    assert refused["task_id"] == "t-1"
+    assert len(refused["reason"]) <= 500
+    assert events(logs, "listener_failed") == events(logs, "background_failed") == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("model", "pk"), [("testapp.Order", "abc"), ("testapp.Order", True), ("testapp.Coupon", "abc")]
+)
+def test_primary_key_of_another_type_is_refused(
+    model: str, pk: Any, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    connect(order_paid, record, mode="background", on_error="log")
+    Order.objects.create(pk=1, reference="A-1")  # What True would fetch.
+    reference = {TAG: "instance", "model": model, "pk": pk, "db": "default"}
+
+    result = run_listener.enqueue(forged("tests.test_background.record", kwargs={"x": reference}))
+
+    assert result.return_value == "refused"
+    assert seen == []
+    assert len(events(logs, "background_refused")) == 1
+
+
+class Checkout:
+    """A sender class (not a model)."""
+
+
+def test_sender_class_a_listener_is_connected_for_crosses(
+    dummy: DummyBackend, connect: Callable[..., None]
+) -> None:
+    connect(order_paid, record, sender=Checkout, mode="background")
+
+    order_paid.send_sync(sender=Checkout, n=1)
+
+    assert dummy.results[0].args[0]["sender"] == {
+        TAG: "class",
+        "module": __name__,
+        "qualname": "Checkout",
+    }
+    assert run_pending() == ["ok"]
+    assert seen == [{"signal": order_paid, "sender": Checkout, "n": 1}]
+
+
+def test_sender_instance_filter_lets_no_class_cross(connect: Callable[..., None]) -> None:
+    connect(order_paid, record, sender=Checkout(), mode="background")
+    reference = {TAG: "class", "module": __name__, "qualname": "Checkout"}
+
+    result = run_listener.enqueue(forged("tests.test_background.record", sender=reference))
+
+    assert result.return_value == "refused"
+    assert seen == []
+
+
+def test_class_no_listener_is_connected_for_is_refused_at_send(
+    dummy: DummyBackend, connect: Callable[..., None]
+) -> None:
+    connect(order_paid, record, mode="background")
+
+    with pytest.raises(NotSerializable) as caught:
+        order_paid.send_sync(sender=Checkout)
+
+    assert caught.value.argument == "sender"
+    assert dummy.results == []
+
+
+def test_sending_never_writes_sender_or_signal_as_arguments(
+    dummy: DummyBackend, connect: Callable[..., None]
+) -> None:
+    connect(order_paid, record, mode="background")
+
+    order_paid.send_sync(sender=None, signal="not this one", n=1)
+
+    [result] = dummy.results
+    assert result.args[0]["kwargs"] == {"n": 1}
+    assert run_pending() == ["ok"]
+    assert seen == [{"signal": order_paid, "sender": None, "n": 1}]
+
+
 # -- open circuits -----------------------------------------------------------------------
 
 
@@ -694,3 +826,184 @@ def test_check_warns_about_a_signal_a_worker_cannot_name(connect: Callable[..., 
     label = "tests.test_background.record"
     key = signal_key(local)
     assert ours(check_background(), label) == [signal_warning(label, key)]
+
+
+def test_check_reports_a_backend_that_fails_to_build(
+    settings: Any, connect: Callable[..., None]
+) -> None:
+    settings.TASKS = {**settings.TASKS, "broken": {}}  # no BACKEND: Django raises KeyError
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "broken"}}
+    connect(order_paid, record, mode="background")
+
+    [message] = check_background()
+    assert message.id == E020_ID
+    assert message.msg.startswith(
+        """PATCHBOARD["BACKGROUND"]["BACKEND"] is 'broken', which is not a usable Tasks backend"""
+    )
+    assert "KeyError" in message.msg
+
+
+def test_check_is_quiet_about_an_explicit_tasks_setting(connect: Callable[..., None]) -> None:
+    connect(order_paid, record, mode="background")
+
+    assert W022 not in check_background()
+
+
+PROJECT_SETTINGS = """
+SECRET_KEY = "tasks-config"
+USE_TZ = True
+INSTALLED_APPS = ["patchboard", "shop"]
+DATABASES = {{}}
+{tasks}
+"""
+
+SHOP_APP = """
+from django.apps import AppConfig
+
+
+class ShopConfig(AppConfig):
+    name = "shop"
+
+    def ready(self):
+        from shop import listeners  # noqa: F401  (connects the background listener)
+"""
+
+SHOP_LISTENERS = """
+from patchboard import Signal, receiver
+
+order_paid = Signal(name="shop.order_paid")
+
+
+@receiver(order_paid, mode="background")
+def send_receipt(sender, **kwargs):
+    pass
+"""
+
+
+def manage_check(tmp_path: Path, tasks: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a new project with a background listener and ``tasks`` settings."""
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "apps.py").write_text(SHOP_APP)
+    (tmp_path / "shop" / "listeners.py").write_text(SHOP_LISTENERS)
+    (tmp_path / "project_settings.py").write_text(PROJECT_SETTINGS.format(tasks=tasks))
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "project_settings",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_warns_that_without_tasks_background_listeners_run_in_the_request(
+    tmp_path: Path,
+) -> None:
+    done = manage_check(tmp_path, tasks="")
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert str(W022) in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("tasks", "alias"),
+    [
+        ("TASKS = {}", "default"),
+        (
+            textwrap.dedent("""
+                TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+                PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+            """),
+            "nowhere",
+        ),
+    ],
+    ids=["tasks-empty", "backend-missing"],
+)
+def test_startup_and_check_name_a_missing_backend_alias(
+    tmp_path: Path, tasks: str, alias: str
+) -> None:
+    if "django.tasks" not in task_backends.__module__:  # Django 5.2: the backport's path
+        tasks = tasks.replace("django.tasks.", "django_tasks.")
+    done = manage_check(tmp_path, tasks)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert (
+        f"""(patchboard.E020) PATCHBOARD["BACKGROUND"]["BACKEND"] is {alias!r}, which is not """
+        f"""a usable Tasks backend"""
+    ) in done.stderr
+    assert "W022" not in done.stderr
+
+
+# -- a missing backend at run time -------------------------------------------------------
+
+
+@pytest.fixture(params=["missing-alias", "tasks-empty"])
+def missing_backend(request: pytest.FixtureRequest, settings: Any) -> str:
+    """A background backend alias that TASKS lacks; the alias."""
+    if request.param == "tasks-empty":
+        settings.TASKS = {}
+        return "default"
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+    return "nowhere"
+
+
+def assert_unusable_backend(outcome: Any, alias: str) -> None:
+    assert outcome.status == "error"
+    assert isinstance(outcome.error, ImproperlyConfigured)
+    assert f"""PATCHBOARD["BACKGROUND"]["BACKEND"] is {alias!r}""" in str(outcome.error)
+
+
+def test_enqueue_to_a_missing_backend_is_the_listeners_error(
+    missing_backend: str, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    connect(order_paid, record, mode="background", on_error="log")
+
+    [outcome] = order_paid.send_sync(sender=None)
+
+    assert_unusable_backend(outcome, missing_backend)
+    assert len(events(logs, "listener_failed")) == 1
+
+
+async def test_aenqueue_to_a_missing_backend_is_the_listeners_error(
+    missing_backend: str, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    connect(order_paid, record, mode="background", on_error="log")
+
+    [outcome] = await order_paid.send_async(sender=None)
+
+    assert_unusable_backend(outcome, missing_backend)
+    assert len(events(logs, "listener_failed")) == 1
+
+
+def test_enqueue_to_a_missing_backend_raises_with_on_error_raise(
+    settings: Any, connect: Callable[..., None]
+) -> None:
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+    connect(order_paid, record, mode="background", on_error="raise")
+
+    with pytest.raises(ImproperlyConfigured, match="'nowhere'"):
+        order_paid.send_sync(sender=None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_on_commit_to_a_missing_backend_is_logged(
+    settings: Any, connect: Callable[..., None], logs: LogCapture
+) -> None:
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "nowhere"}}
+    connect(order_paid, record, mode="background", on_error="log")
+
+    with transaction.atomic():
+        [outcome] = order_paid.send_sync(sender=None)
+
+    assert outcome.status == "enqueued"
+    [failed] = events(logs, "background_failed")
+    assert failed["phase"] == "enqueue_on_commit"
+    assert "'nowhere'" in str(failed["exc_info"])

@@ -217,7 +217,9 @@ def test_rolled_back_transaction_enqueued_nothing(run: Run) -> None:
     # E2E-1 and COMMITTED (enqueued when its transaction committed); not ROLLBACK.
     assert len(run.tasks_of("tests.e2e.listeners.order_saved")) == 2
     assert run.evidence_of("post_save", "COMMITTED")
-    assert len(run.tasks_of("tests.e2e.listeners.receipt")) == 2  # E2E-1 and GONE
+    receipts = run.tasks_of("tests.e2e.listeners.receipt")
+    sent = [t for t in receipts if t["id"] not in run.ids["hostile"].values()]
+    assert len(sent) == 2  # E2E-1 and GONE
 
 
 def test_open_circuit_reschedules_and_runs_after_the_circuit_closes(run: Run) -> None:
@@ -244,9 +246,25 @@ def test_forged_payload_is_refused(run: Run) -> None:
         "refused",
     )
     assert run.evidence_of("forged", "FORGED") == []
-    [refused] = run.events("background_refused")
-    assert refused["task_id"] == run.ids["forged"]
+    [refused] = [e for e in run.events("background_refused") if e["task_id"] == run.ids["forged"]]
     assert refused["listener"] == "tests.e2e.listeners.never_connected"
+
+
+def test_tampered_payloads_are_refused_and_no_listener_blamed(run: Run) -> None:
+    hostile = run.ids["hostile"]
+    tasks = {t["id"]: t for t in run.tasks}
+    for task_id in hostile.values():
+        assert (tasks[task_id]["status"], tasks[task_id]["return_value"]) == (
+            "SUCCESSFUL",
+            "refused",
+        )
+    refused = [e for e in run.events("background_refused") if e["task_id"] in hostile.values()]
+    assert sorted(e["task_id"] for e in refused) == sorted(hostile.values())
+    assert {e["listener"] for e in refused} == {"tests.e2e.listeners.receipt"}
+    blamed = run.events("listener_failed") + run.events("background_failed")
+    assert [e for e in blamed if e.get("task_id") in hostile.values()] == []
+    # Each tampered payload names order E2E-1: its receipt was written once, by its real task.
+    assert len(run.evidence_of("receipt", "E2E-1")) == 1
 
 
 def test_deleted_instance_is_reported(run: Run) -> None:
@@ -261,7 +279,9 @@ def test_deleted_instance_is_reported(run: Run) -> None:
 def test_every_task_finished_and_was_logged(run: Run) -> None:
     assert {t["status"] for t in run.tasks} == {"SUCCESSFUL"}
     started = {e["task_id"] for e in run.events("background_started")}
-    assert started == {t["id"] for t in run.tasks} - {run.ids["forged"]}
+    refused = {t["id"] for t in run.tasks if t["return_value"] == "refused"}
+    assert started >= {t["id"] for t in run.tasks} - refused
+    assert run.ids["forged"] not in started
     finished = run.events("background_finished")
     assert len(finished) == 4  # E2E-1 twice, COMMITTED, charge once its circuit closed
     assert all(e["elapsed_s"] >= 0 for e in finished)

@@ -6,16 +6,22 @@ import datetime as dt
 import enum
 import json
 import math
+import os
+import subprocess
 import sys
+import types
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from patchboard import NotSerializable
+from patchboard import NotSerializable, Signal, receiver
 from patchboard.background.payload import (
+    MAX_DEPTH,
     TAG,
     InstanceMissing,
     Job,
@@ -25,9 +31,11 @@ from patchboard.background.payload import (
     encode,
     encode_kwargs,
 )
-from tests.testapp.models import Order
+from tests.testapp.models import Coupon, Order
 
 LISTENER = "shop.receivers.send_receipt"
+ROOT = Path(__file__).resolve().parent.parent
+checkout = Signal(name="tests.payload.checkout")
 
 
 class Colour(enum.Enum):
@@ -36,6 +44,14 @@ class Colour(enum.Enum):
 
 class Size(enum.StrEnum):
     SMALL = "s"
+
+
+class Cart:
+    """A sender class: crosses only while a background listener is connected for it."""
+
+
+def on_checkout(sender: Any, **kwargs: Any) -> None:
+    pass
 
 
 def cross(value: Any) -> Any:
@@ -75,7 +91,6 @@ def cross(value: Any) -> Any:
         uuid.UUID("12345678-1234-5678-1234-567812345678"),
         [{"when": dt.date(2031, 1, 1), "amounts": (Decimal("2.50"), Decimal("0"))}],
         Order,
-        Decimal,
     ],
     ids=repr,
 )
@@ -201,7 +216,10 @@ def test_local_class_is_refused() -> None:
     ("data", "problem"),
     [
         ({TAG: "pickle", "v": "gASV"}, "unknown tag 'pickle'"),
-        ({TAG: "instance", "model": "nope.Missing", "pk": 1}, "no installed model 'nope.Missing'"),
+        (
+            {TAG: "instance", "model": "nope.Missing", "pk": 1, "db": "default"},
+            "no installed model 'nope.Missing'",
+        ),
         ({TAG: "datetime", "v": "yesterday"}, "malformed 'datetime' value"),
         ({TAG: "decimal", "v": "one"}, "malformed 'decimal' value"),
         ({TAG: "float", "v": "1.5"}, "malformed 'float' value"),
@@ -217,14 +235,14 @@ def test_undecodable_data_is_a_payload_error(data: dict[str, Any], problem: str)
 def test_class_from_a_module_not_loaded_is_refused_without_importing_it() -> None:
     data = {TAG: "class", "module": "antigravity", "qualname": "Anything"}
     assert "antigravity" not in sys.modules
-    with pytest.raises(PayloadError, match="not loaded"):
+    with pytest.raises(PayloadError, match=r"no class 'antigravity\.Anything'"):
         decode(data, argument="sender", missing="report")
     assert "antigravity" not in sys.modules
 
 
 def test_class_reference_must_name_a_class() -> None:
     data = {TAG: "class", "module": "os", "qualname": "system"}
-    with pytest.raises(PayloadError, match=r"no class os\.system"):
+    with pytest.raises(PayloadError, match=r"no class 'os\.system'"):
         decode(data, argument="sender", missing="report")
 
 
@@ -263,3 +281,258 @@ def test_job_round_trips_through_json() -> None:
 def test_malformed_job_is_a_payload_error(payload: object) -> None:
     with pytest.raises(PayloadError):
         Job.from_json(payload)
+
+
+# -- what a worker refuses ---------------------------------------------------------------
+
+
+def nested(depth: int, kind: str) -> Any:
+    """JSON holding ``depth`` containers of one ``kind``, one inside the other."""
+    value: Any = 0
+    for _ in range(depth):
+        value = {
+            "list": lambda inner: [inner],
+            "object": lambda inner: {"k": inner},
+            "tuple": lambda inner: {TAG: "tuple", "v": [inner]},
+            "dict": lambda inner: {TAG: "dict", "v": [[1, inner]]},
+        }[kind](value)
+    return value
+
+
+CONTAINERS = ["list", "object", "tuple", "dict"]
+
+
+@pytest.mark.parametrize("kind", CONTAINERS)
+def test_nesting_beyond_the_recursion_limit_is_a_payload_error(kind: str) -> None:
+    data = nested(sys.getrecursionlimit() + 50, kind)
+    with pytest.raises(PayloadError, match=f"nested more than {MAX_DEPTH} containers deep"):
+        decode(data, argument="kwargs['x']", missing="report")
+
+
+@pytest.mark.parametrize("kind", CONTAINERS)
+def test_nesting_is_bounded_by_max_depth(kind: str) -> None:
+    deepest = nested(MAX_DEPTH, kind)
+    assert encode(decode(deepest, argument="x", missing="report"), listener=LISTENER, argument="x")
+    with pytest.raises(PayloadError):
+        decode(nested(MAX_DEPTH + 1, kind), argument="x", missing="report")
+
+
+def test_nesting_deeper_than_max_depth_is_refused_at_send() -> None:
+    deepest: Any = 0
+    for _ in range(MAX_DEPTH):
+        deepest = [deepest]
+    assert cross(deepest) == deepest
+    looped: list[Any] = []
+    looped.append(looped)
+    for value in ([deepest], looped):
+        with pytest.raises(NotSerializable, match=f"nested more than {MAX_DEPTH}"):
+            encode_kwargs({"cart": value}, listener=LISTENER)
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", 10**5000], ids=["true", "1.0", "'1'", "huge"])
+def test_version_must_be_the_int_1(version: object) -> None:
+    job = Job(
+        listener=LISTENER,
+        signal="s",
+        sender=None,
+        kwargs={},
+        first_enqueued_at=dt.datetime(2031, 1, 1, tzinfo=dt.UTC),
+    )
+    with pytest.raises(PayloadError, match="unknown version"):
+        Job.from_json({**job.to_json(), "v": version})
+
+
+def test_sender_and_signal_are_never_sent_nor_read_as_arguments() -> None:
+    assert encode_kwargs({"signal": checkout, "n": 1}, listener=LISTENER) == {"n": 1}
+    for name in ("sender", "signal"):
+        with pytest.raises(PayloadError) as caught:
+            decode_kwargs({name: None}, missing="report")
+        assert caught.value.argument == f"kwargs[{name!r}]"
+
+
+@pytest.mark.parametrize("db", ["elsewhere", 5, ["default"]])
+def test_instance_on_a_database_this_process_lacks_is_a_payload_error(db: object) -> None:
+    data = {TAG: "instance", "model": "testapp.Order", "pk": 1, "db": db}
+    with pytest.raises(PayloadError, match="no database"):
+        decode(data, argument="kwargs['order']", missing="report")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("model", "pk"),
+    [
+        ("testapp.Order", "abc"),
+        ("testapp.Order", "1"),
+        ("testapp.Order", True),
+        ("testapp.Order", 1.0),
+        ("testapp.Order", 2**70),
+        ("testapp.Order", None),
+        ("testapp.Order", {TAG: "uuid", "v": "12345678-1234-5678-1234-567812345678"}),
+        ("testapp.Coupon", "abc"),
+        ("testapp.Coupon", 1),
+    ],
+    ids=repr,
+)
+def test_primary_key_of_another_type_is_a_payload_error(model: str, pk: object) -> None:
+    Order.objects.create(pk=1, reference="A-1")  # What "1", True and 1.0 would fetch.
+    Coupon.objects.create(code=uuid.UUID("12345678-1234-5678-1234-567812345678"))
+    data = {TAG: "instance", "model": model, "pk": pk, "db": "default"}
+    with pytest.raises(PayloadError, match="is not a primary key of") as caught:
+        decode(data, argument="kwargs['order']", missing="report")
+    assert caught.value.argument == "kwargs['order'].pk"
+
+
+@pytest.mark.django_db
+def test_instance_with_a_uuid_primary_key_crosses() -> None:
+    coupon = Coupon.objects.create(code=uuid.uuid4())
+    assert cross(coupon) == coupon
+
+
+@pytest.mark.parametrize(
+    ("tag", "text"),
+    [
+        ("float", "NaN"),
+        ("float", "Infinity"),
+        ("float", "1e999"),
+        ("float", "-nan"),
+        ("decimal", " 1.5"),
+        ("decimal", "1e2"),
+        ("datetime", "2031-05-04"),
+        ("date", "20310504"),
+        ("uuid", "{12345678-1234-5678-1234-567812345678}"),
+    ],
+)
+def test_scalar_not_in_the_form_the_sender_writes_is_a_payload_error(tag: str, text: str) -> None:
+    with pytest.raises(PayloadError, match=f"malformed {tag!r} value"):
+        decode({TAG: tag, "v": text}, argument="x", missing="report")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {TAG: None, "v": 1},
+        {TAG: ["tuple"], "v": []},
+        {TAG: "tuple", "v": [], "extra": 1},
+        {TAG: "tuple", "v": {"0": 1}},
+        {TAG: "set", "v": [1, 1]},
+        {TAG: "set", "v": [[1]]},
+        {TAG: "dict", "v": ["ab"]},
+        {TAG: "dict", "v": [[1, 2], [1, 3]]},
+        {TAG: "decimal", "v": 5},
+        {TAG: "model", "model": ["testapp.Order"]},
+        {TAG: "class", "module": 1, "qualname": "Cart"},
+    ],
+    ids=repr,
+)
+def test_tag_with_the_wrong_shape_is_a_payload_error(data: dict[str, Any]) -> None:
+    with pytest.raises(PayloadError):
+        decode(data, argument="x", missing="report")
+
+
+def test_huge_values_are_not_repeated_in_the_error() -> None:
+    with pytest.raises(PayloadError) as caught:
+        decode_kwargs({"x" * 10_000: {TAG: "uuid", "v": "y" * 10_000}}, missing="report")
+    assert len(str(caught.value)) < 300
+
+
+# -- classes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cart_listener() -> Iterator[None]:
+    """A background listener connected for the sender class Cart."""
+    receiver(checkout, sender=Cart, mode="background")(on_checkout)
+    yield
+    checkout.disconnect(on_checkout, sender=Cart)
+
+
+def test_class_a_background_listener_is_connected_for_crosses(cart_listener: None) -> None:
+    assert cross(Cart) is Cart
+
+
+def test_class_stops_crossing_when_its_listener_disconnects(cart_listener: None) -> None:
+    encoded = encode(Cart, listener=LISTENER, argument="sender")
+    checkout.disconnect(on_checkout, sender=Cart)
+    with pytest.raises(PayloadError, match=r"no class 'tests\.test_payload\.Cart'"):
+        decode(encoded, argument="sender", missing="report")
+
+
+def test_a_sender_instance_names_no_class() -> None:
+    cart = Cart()
+    receiver(checkout, sender=cart, mode="background")(on_checkout)
+    try:
+        with pytest.raises(NotSerializable):
+            encode(Cart, listener=LISTENER, argument="sender")
+        with pytest.raises(PayloadError):
+            decode(
+                {TAG: "class", "module": __name__, "qualname": "Cart"},
+                argument="s",
+                missing="report",
+            )
+    finally:
+        checkout.disconnect(on_checkout, sender=cart)
+
+
+@pytest.mark.parametrize("cls", [Decimal, Cart, Colour], ids=repr)
+def test_any_other_class_is_refused_at_send(cls: type) -> None:
+    with pytest.raises(NotSerializable) as caught:
+        encode_kwargs({"kind": cls}, listener=LISTENER)
+    assert caught.value.argument == "kwargs['kind']"
+    assert f"class {cls.__module__}.{cls.__qualname__}" in caught.value.value_type
+
+
+@pytest.fixture
+def lazy_module() -> Iterator[list[str]]:
+    """A loaded module whose ``__getattr__`` makes classes up; the names it was asked for."""
+    asked: list[str] = []
+    module = types.ModuleType("tests.lazy_module")
+
+    def __getattr__(name: str) -> type:
+        asked.append(name)
+        return type(name, (), {})
+
+    module.__getattr__ = __getattr__  # type: ignore[method-assign]
+    sys.modules[module.__name__] = module
+    yield asked
+    del sys.modules[module.__name__]
+
+
+def test_class_reference_never_calls_a_module_getattr(lazy_module: list[str]) -> None:
+    data = {TAG: "class", "module": "tests.lazy_module", "qualname": "Anything"}
+    with pytest.raises(PayloadError):
+        decode(data, argument="sender", missing="report")
+    assert lazy_module == []
+
+
+def test_class_reference_never_makes_the_worker_import_a_module() -> None:
+    """The issue's case: concurrent.futures imports .process to answer ProcessPoolExecutor."""
+    program = """
+import sys
+import django
+
+django.setup()
+import concurrent.futures
+
+from patchboard.background.payload import TAG, PayloadError, decode
+
+assert "concurrent.futures.process" not in sys.modules
+data = {TAG: "class", "module": "concurrent.futures", "qualname": "ProcessPoolExecutor"}
+try:
+    decode(data, argument="sender", missing="report")
+except PayloadError:
+    print("refused")
+else:
+    print("resolved")
+print("imported" if "concurrent.futures.process" in sys.modules else "not-imported")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["refused", "not-imported"]

@@ -50,8 +50,8 @@ class _Background:
     def check(self, func: Callable[..., Any], options: ListenerOptions, /) -> None:
         check_listener(func, options)
 
-    def connected(self, listener: Any, signal: DjangoSignal, /) -> None:
-        register(listener, signal)
+    def connected(self, listener: Any, signal: DjangoSignal, sender: Any, /) -> None:
+        register(listener, signal, sender)
 
     def enqueue_sync(self, call: Call, /) -> Outcome:
         return enqueue_sync(call)

@@ -16,16 +16,21 @@ worker (whose management command runs the checks too).
 ``patchboard.W021``
     A background listener's signal has no name a worker process can share
     (it is neither named, nor Django's, nor held by a module).
+``patchboard.W022``
+    ``settings.TASKS`` is not set, so Django's default, the ImmediateBackend,
+    runs background listeners inside the request that sends the signal.
 
-Nothing is checked until a background listener connects.
+Nothing is checked until a background listener connects. The checks never
+build the ``run_listener`` task (it is built on first enqueue), so a broken
+``TASKS`` is reported here instead of crashing ``django.setup()``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.core.exceptions import ImproperlyConfigured
 
 from patchboard._config import SettingError, get_settings
 from patchboard.background import framework
@@ -36,14 +41,26 @@ E021_ID = "patchboard.E021"
 E022_ID = "patchboard.E022"
 W020_ID = "patchboard.W020"
 W021_ID = "patchboard.W021"
+W022_ID = "patchboard.W022"
 
-_BACKEND_SETTING = 'PATCHBOARD["BACKGROUND"]["BACKEND"]'
+W022 = Warning(
+    "background listeners are connected, but settings.TASKS is not set: Django's default "
+    "Tasks backend, the ImmediateBackend, runs each task as it is enqueued, so background "
+    "listeners run inside the request that sends the signal, not in a worker",
+    hint=(
+        "Set TASKS to a backend that a worker runs (e.g. django-tasks-db's "
+        '"django_tasks_db.DatabaseBackend", with its db_worker command), or set it to the '
+        "ImmediateBackend explicitly to keep running them in the request."
+    ),
+    obj="settings.TASKS",
+    id=W022_ID,
+)
 
 
-def backend_error(alias: str, problem: str) -> Error:
+def backend_error(error: framework.UnusableBackend) -> Error:
     """``patchboard.E020``: the backend alias cannot be used."""
     return Error(
-        f"{_BACKEND_SETTING} is {alias!r}, which is not a usable Tasks backend: {problem}",
+        str(error),
         hint="Name an alias of settings.TASKS, or add the backend there.",
         obj="settings.PATCHBOARD",
         id=E020_ID,
@@ -107,10 +124,13 @@ def check_background(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     except SettingError:
         return []  # Reported as patchboard.E001.
     try:
-        backend = api.task_backends[alias]
-    except ImproperlyConfigured as exc:
-        return [backend_error(alias, str(exc))]
-    messages: list[CheckMessage] = []
+        backend = framework.backend(alias)
+    except framework.UnusableBackend as exc:
+        return [backend_error(exc)]
+    # Unset, not merely the ImmediateBackend: a project that names it chose it.
+    # (is_overridden is documented API that django-stubs does not declare.)
+    explicit = settings.is_overridden("TASKS")  # type: ignore[misc]
+    messages: list[CheckMessage] = [] if explicit else [W022]
     seen: set[str] = set()
     for entry in entries:
         listener = entry.listener

@@ -80,8 +80,10 @@ def enqueue_sync(call: Call) -> Outcome:
     Inside ``transaction.atomic()`` on the signal's database (its ``using``
     argument, else the default database) the task is enqueued when the
     transaction commits, unless the listener has ``on_commit=False``; the
-    outcome's ``task_id`` is then None. A failing backend is the listener's
-    error: logged and collected, or raised, as its ``on_error`` says.
+    outcome's ``task_id`` is then None. A failing backend, or one that
+    ``PATCHBOARD["BACKGROUND"]["BACKEND"]`` names but ``TASKS`` lacks
+    (:class:`~patchboard.background.framework.UnusableBackend`), is the
+    listener's error: logged and collected, or raised, as its ``on_error`` says.
 
     Raises:
         NotSerializable: an argument cannot cross the process boundary.
@@ -125,19 +127,18 @@ def _job(call: Call) -> Job:
         listener=label,
         signal=signal_key(call.signal),
         sender=encode(call.sender, listener=label, argument="sender"),
-        # Django's own ``signal`` argument is not sent: the worker has the signal.
-        kwargs=encode_kwargs(
-            {name: value for name, value in call.kwargs.items() if name != "signal"},
-            listener=label,
-        ),
+        # Leaves ``signal`` out: the worker passes the listener its own signal.
+        kwargs=encode_kwargs(call.kwargs, listener=label),
         attempt=1,
         first_enqueued_at=datetime.now(UTC),
     )
 
 
 def _task(options: ListenerOptions) -> Any:
+    alias = get_settings().background.backend
+    framework.backend(alias)  # A missing alias is named as the user wrote it.
     return task_module.task().using(
-        backend=get_settings().background.backend,
+        backend=alias,
         priority=options.priority,
         queue_name=options.queue_name,
     )

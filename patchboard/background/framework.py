@@ -4,6 +4,9 @@ or, on Django 5.2, the ``django-tasks`` backport.
 
 Both are optional for patchboard (only background listeners need them), so
 nothing here is imported until a background listener connects or a task runs.
+
+Raises :class:`UnusableBackend` (an ``ImproperlyConfigured``) for a
+``PATCHBOARD["BACKGROUND"]["BACKEND"]`` that names no usable backend.
 """
 
 from __future__ import annotations
@@ -61,3 +64,36 @@ def api() -> Any:
         TASK_MIN_PRIORITY=TASK_MIN_PRIORITY,
         TASK_MAX_PRIORITY=TASK_MAX_PRIORITY,
     )
+
+
+BACKEND_SETTING = 'PATCHBOARD["BACKGROUND"]["BACKEND"]'
+
+
+class UnusableBackend(ImproperlyConfigured):
+    """``PATCHBOARD["BACKGROUND"]["BACKEND"]`` names a Tasks backend that cannot be used."""
+
+    def __init__(self, alias: str, problem: str) -> None:
+        super().__init__(
+            f"{BACKEND_SETTING} is {alias!r}, which is not a usable Tasks backend: {problem}"
+        )
+        self.alias = alias
+        self.problem = problem
+
+
+def backend(alias: str) -> Any:
+    """
+    The Tasks backend ``alias`` names, built by Django on first use.
+
+    Raises:
+        UnusableBackend: ``TASKS`` has no such alias (``TASKS = {}`` has none),
+            or building its backend failed (any error: its entry in ``TASKS``
+            is the project's code and configuration).
+        ImproperlyConfigured: Django's Tasks framework is not installed.
+    """
+    backends = api().task_backends
+    try:
+        return backends[alias]
+    except ImproperlyConfigured as exc:
+        raise UnusableBackend(alias, str(exc)) from exc
+    except Exception as exc:
+        raise UnusableBackend(alias, f"{type(exc).__name__}: {exc}") from exc

@@ -4,7 +4,9 @@ Which background listeners this process has, and how payloads name signals.
 A worker runs a payload's listener only if that listener is connected, as a
 background listener, to the payload's signal *in the worker's own process*:
 the registry below is filled as listeners connect (``state.background``),
-and nothing a payload names is ever imported or called otherwise.
+and nothing a payload names is ever imported or called otherwise. The same
+registry says which classes a payload may name besides models: the classes
+background listeners are connected for (their ``sender=`` filters).
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ class Registration:
 
     listener: Listener
     signal_ref: weakref.ReferenceType[DjangoSignal]
+    sender_ref: weakref.ReferenceType[type] | None = None
+    """The ``sender=`` filter when it is a class (an instance filter names no class)."""
     inline_copy: Listener | None = None
 
     @property
     def signal(self) -> DjangoSignal | None:
         return self.signal_ref()
+
+    @property
+    def sender_class(self) -> type | None:
+        """The class the listener is connected for, if its sender filter is a class."""
+        return None if self.sender_ref is None else self.sender_ref()
 
     @property
     def key(self) -> str | None:
@@ -67,13 +76,15 @@ class Registration:
         return self.inline_copy
 
 
-def register(listener: Listener, signal: DjangoSignal) -> None:
+def register(listener: Listener, signal: DjangoSignal, sender: Any = None) -> None:
     """
-    Record that ``listener`` is connected to ``signal`` as a background listener.
+    Record that ``listener`` is connected to ``signal`` as a background
+    listener, for ``sender`` (None: any sender).
 
     Called for every background listener as it connects; a worker runs only
     listeners found here and still connected. Registering twice is a no-op;
-    an inline listener is ignored.
+    an inline listener is ignored. A class ``sender`` becomes a class that
+    payloads may name (:func:`sender_class`), held weakly as Django holds it.
     """
     if listener.options.mode != "background":
         return
@@ -84,7 +95,13 @@ def register(listener: Listener, signal: DjangoSignal) -> None:
             if entry.signal_ref() is not None and entry.listener.receiver is not None
         ]
         if not any(e.listener is listener and e.signal_ref() is signal for e in entries):
-            entries.append(Registration(listener=listener, signal_ref=weakref.ref(signal)))
+            entries.append(
+                Registration(
+                    listener=listener,
+                    signal_ref=weakref.ref(signal),
+                    sender_ref=weakref.ref(sender) if isinstance(sender, type) else None,
+                )
+            )
         state.background[listener.label] = entries
 
 
@@ -93,6 +110,23 @@ def registrations() -> list[Registration]:
     with state.lock:
         entries = [entry for group in state.background.values() for entry in group]
     return [entry for entry in entries if entry.connected()]
+
+
+def sender_class(module: str, qualname: str) -> type | None:
+    """
+    The class named ``module`` + ``qualname`` that a background listener still
+    connected in this process is connected for, or None.
+
+    Besides models, these are the only classes a payload may name: finding
+    one compares names with the classes listeners were connected for, so it
+    never imports a module nor reads a module's attributes (a module's lazy
+    ``__getattr__`` could import code).
+    """
+    for entry in registrations():
+        found = entry.sender_class
+        if found is not None and (found.__module__, found.__qualname__) == (module, qualname):
+            return found
+    return None
 
 
 def candidates(path: str, key: str) -> list[Registration]:

@@ -185,11 +185,12 @@ def _reschedule(job: Job, outcome: Outcome, task_result: Any, context: dict[str,
 
 
 def _refuse(payload: object, task_id: str, exc: Exception) -> str:
+    # A forged payload chooses these strings: the log gets a bounded share of them.
     named = payload.get("listener") if isinstance(payload, dict) else None
     logger().error(
         "background_refused",
         listener=named[:200] if isinstance(named, str) else None,
         task_id=task_id,
-        reason=str(exc),
+        reason=str(exc)[:500],
     )
     return "refused"

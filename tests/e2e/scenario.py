@@ -28,7 +28,7 @@ class Rollback(Exception):
 def send() -> dict[str, Any]:
     from django.db import transaction
 
-    from patchboard.background.payload import Job
+    from patchboard.background.payload import TAG, Job, encode, encode_kwargs
     from patchboard.background.tasks import run_listener
     from tests.e2e.listeners import order_paid, payment_requested
     from tests.testapp.models import Order
@@ -75,6 +75,37 @@ def send() -> dict[str, Any]:
         first_enqueued_at=datetime.now(UTC),
     )
     ids["forged"] = run_listener.enqueue(job.to_json()).id
+
+    # Tampered payloads of a connected listener: each refused, none blames the listener.
+    real = Job(
+        listener="tests.e2e.listeners.receipt",
+        signal="e2e.order_paid",
+        sender=encode(Order, listener="receipt", argument="sender"),
+        kwargs=encode_kwargs(
+            {"order": order, "paid_at": PAID_AT, "amount": Decimal(1)}, listener="receipt"
+        ),
+        first_enqueued_at=datetime.now(UTC),
+    ).to_json()
+    hostile = {
+        "version_true": {"v": True},
+        "kwarg_named_sender": {"kwargs": {**real["kwargs"], "sender": 1}},
+        "pk_of_another_type": {
+            "kwargs": {**real["kwargs"], "order": {**real["kwargs"]["order"], "pk": "abc"}}
+        },
+        "unknown_database": {
+            "kwargs": {**real["kwargs"], "order": {**real["kwargs"]["order"], "db": "other"}}
+        },
+        "lazy_module_class": {
+            "sender": {
+                TAG: "class",
+                "module": "concurrent.futures",
+                "qualname": "ProcessPoolExecutor",
+            }
+        },
+    }
+    ids["hostile"] = {
+        name: run_listener.enqueue({**real, **fields}).id for name, fields in hostile.items()
+    }
     return ids
 
 

@@ -7,3 +7,12 @@ class Order(models.Model):
 
     class Meta:
         app_label = "testapp"
+
+
+class Coupon(models.Model):
+    """A model whose primary key is not an integer."""
+
+    code = models.UUIDField(primary_key=True)
+
+    class Meta:
+        app_label = "testapp"
