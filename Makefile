@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | python
 	rm -rf $(VENV)
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group test --group lint --group bench
+	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo
 	touch $@
 
 $(VENV52)/.installed: pyproject.toml | python
@@ -40,8 +40,8 @@ $(VENV52)/.installed: pyproject.toml | python
 	touch $@
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check patchboard tests bench
-	$(VENV)/bin/ruff format --check patchboard tests bench
+	$(VENV)/bin/ruff check patchboard tests bench examples
+	$(VENV)/bin/ruff format --check patchboard tests bench examples
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
