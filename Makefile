@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite bench clean python
+.PHONY: test lint typecheck pytest pytest-django52 django-suite bench demo serve clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -61,6 +61,15 @@ test: lint typecheck pytest pytest-django52 django-suite
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
+
+# The example shop (examples/): a scripted walkthrough that exits 0 only if every step
+# behaved, or the stack left running for curl and the status page until Ctrl-C.
+demo: $(VENV)/.installed
+	$(PY) -m examples.demo
+
+SERVE_PORT ?= 8000
+serve: $(VENV)/.installed
+	$(PY) -m examples.demo --serve --port $(SERVE_PORT)
 
 clean:
 	rm -rf $(VENV) $(VENV52) .pytest_cache .mypy_cache .ruff_cache build dist
