@@ -36,16 +36,6 @@ GREEN, RED, BOLD, DIM, RESET = (
 EVENTS_SHOWN = 3
 """Per event name and step; the rest are counted."""
 
-STAFF_USER = """
-import os
-from django.contrib.auth import get_user_model
-
-user, _ = get_user_model().objects.get_or_create(username=os.environ["SHOP_STAFF_USER"])
-user.is_staff = user.is_superuser = True
-user.set_password(os.environ["SHOP_STAFF_PASSWORD"])
-user.save()
-"""
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__)
@@ -157,12 +147,7 @@ class Progress:
 def serve(port: int) -> int:
     with Stack(ROOT / "examples", json_logs=False, shop_port=port, carriers_port=port + 1) as stack:
         password = secrets.token_urlsafe(9)
-        stack.manage(
-            "shell",
-            "-c",
-            STAFF_USER,
-            env={"SHOP_STAFF_USER": "staff", "SHOP_STAFF_PASSWORD": password},
-        )
+        stack.create_staff_user("staff", password)
         shop, carriers = stack.shop_url, stack.carriers_url
         print(
             f"""

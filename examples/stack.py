@@ -33,6 +33,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ROOT / "examples" / "shop"
 READY_TIMEOUT = 30.0
+STAFF_USER = """
+import os
+from django.contrib.auth import get_user_model
+
+user, _ = get_user_model().objects.get_or_create(username=os.environ["SHOP_STAFF_USER"])
+user.is_staff = user.is_superuser = True
+user.set_password(os.environ["SHOP_STAFF_PASSWORD"])
+user.save()
+"""
 STOP_TIMEOUT = 5.0
 
 
@@ -159,6 +168,15 @@ class Stack:
         if done.returncode != 0:
             raise StackError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done.stdout
+
+    def create_staff_user(self, username: str, password: str) -> None:
+        """Create the shop's staff superuser ``username``, or reset its password."""
+        self.manage(
+            "shell",
+            "-c",
+            STAFF_USER,
+            env={"SHOP_STAFF_USER": username, "SHOP_STAFF_PASSWORD": password},
+        )
 
     def serve(self, name: str, app: str, sock: socket.socket, *options: str) -> None:
         """Run ``app`` under uvicorn on the listening socket ``sock`` (closed here)."""

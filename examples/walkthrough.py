@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import runpy
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -51,7 +52,8 @@ INTERESTING = {
     "background_finished",
     "receipt_sent",
 }
-"""The log events a step shows (``listener_failed`` is counted, its tracebacks are not shown)."""
+"""The log events a step shows (not ``listener_failed``: the table shows the errors,
+the shop's log has their tracebacks)."""
 
 Progress = Callable[[str], None]
 
@@ -106,6 +108,7 @@ class Walkthrough:
         ("recovery", f"{FAILING} heals: its breaker lets a probe through"),
         ("burst", "A burst: twenty carts at once, every carrier slowed down"),
         ("order", "An order: ordered side effects, then the receipt in the worker"),
+        ("status_page", "The staff status page: what the shop's process counted"),
     ]
 
     http: httpx.AsyncClient
@@ -115,6 +118,8 @@ class Walkthrough:
         self.stack = stack
         self.progress = progress
         self.since: dict[str, int] = {}
+        self.seen: Counter[str] = Counter()
+        """Every carrier outcome the shop's responses reported."""
 
     async def run(
         self,
@@ -152,7 +157,8 @@ class Walkthrough:
         self.quote_table(step, responses)
 
         statuses = Counter(q["status"] for r in responses for q in r["carriers"])
-        step.check("every carrier quoted every cart", statuses == {"ok": 30}, statuses)
+        every = len(carts) * len(CARRIERS)
+        step.check("every carrier quoted every cart", statuses == {"ok": every}, statuses)
         wrong = [
             (r["cart"], q["carrier"], q["price"])
             for r in responses
@@ -167,7 +173,9 @@ class Walkthrough:
         )
         calls = called(before, after)
         step.check(
-            "each request called each carrier once", calls == dict.fromkeys(CARRIERS, 5), calls
+            "each request called each carrier once",
+            calls == dict.fromkeys(CARRIERS, len(carts)),
+            calls,
         )
         peak = after["peak_in_flight"]
         step.check(
@@ -364,6 +372,64 @@ class Walkthrough:
             (enqueued, finished),
         )
 
+    async def status_page(self, step: Step) -> None:
+        anonymous = await self.http.get(f"{self.stack.shop_url}/patchboard/")
+        # Every listener call the shop made: the quotes, order_paid's three, the receipt's enqueue.
+        expected = self.seen + Counter({"ok": 3, "enqueued": 1})
+        password = secrets.token_urlsafe(12)
+        await asyncio.to_thread(self.stack.create_staff_user, "staff", password)
+        async with httpx.AsyncClient(base_url=self.stack.shop_url, timeout=30.0) as staff:
+            await log_in(staff, "staff", password)
+            snapshot = (await staff.get("/patchboard/", params={"format": "json"})).json()
+            html = await staff.get("/patchboard/")
+            await submit(staff, "/patchboard/", breaker="carrier-ups", action="open")
+            forced = by_carrier(await self.quote(1))["ups"]
+            await submit(staff, "/patchboard/", breaker="carrier-ups", action="reset")
+            reset = by_carrier(await self.quote(1))["ups"]
+        step.columns = ["breaker", "state", "successes", "failures", "rejected"]
+        for breaker in snapshot["breakers"]:
+            counters = breaker["per_process"]
+            step.rows.append(
+                [breaker["name"], breaker["state"]]
+                + [str(counters[key]) for key in ("successes", "failures_total", "rejected")]
+            )
+        outcomes = {status: n for status, n in snapshot["outcomes"].items() if n}
+        step.rows.append(["outcomes:", ", ".join(f"{k} {v}" for k, v in outcomes.items())])
+
+        step.check(
+            "anonymous users are sent to the login page",
+            anonymous.is_redirect and "/admin/login/" in anonymous.headers["location"],
+            anonymous,
+        )
+        step.check(
+            "staff see every carrier's breaker, closed again",
+            {b["name"]: b["state"] for b in snapshot["breakers"]}
+            == {f"carrier-{carrier}": "closed" for carrier in CARRIERS},
+            snapshot["breakers"],
+        )
+        step.check(
+            "it counted every listener call the walkthrough saw, each once",
+            outcomes == dict(expected),
+            f"page {outcomes}, walkthrough {dict(expected)}",
+        )
+        step.check(
+            "the queue counted each expired call",
+            snapshot["queue"]["counters"]["expired"] == expected["expired"],
+            snapshot["queue"],
+        )
+        step.check(
+            "the HTML page, in the admin's frame",
+            html.status_code == 200
+            and "carrier-fedex" in html.text
+            and 'id="site-name"' in html.text,
+            html,
+        )
+        step.check(
+            "ups forced open from the page: not asked; reset: asked again",
+            (forced["status"], reset["status"]) == ("circuit_open", "ok"),
+            (forced, reset),
+        )
+
     # -- talking to the stack -----------------------------------------------------------
 
     async def shop(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -377,7 +443,9 @@ class Walkthrough:
         return response.json()
 
     async def quote(self, cart: int) -> Any:
-        return (await self.shop("GET", "/quotes", params={"cart": cart})).json()
+        response = (await self.shop("GET", "/quotes", params={"cart": cart})).json()
+        self.seen.update(q["status"] for q in response["carriers"])
+        return response
 
     async def control(self, carrier: str, **changes: float) -> None:
         await self.carriers("POST", f"/control/{carrier}", json=changes)
@@ -416,6 +484,25 @@ class Walkthrough:
 
 
 RECEIPT = "shop.receivers.send_receipt"
+
+
+async def log_in(client: httpx.AsyncClient, username: str, password: str) -> None:
+    """Log ``client`` in through the admin's login form."""
+    await client.get("/admin/login/")  # sets the CSRF cookie
+    await submit(client, "/admin/login/", username=username, password=password, next="/admin/")
+
+
+async def submit(client: httpx.AsyncClient, path: str, **fields: str) -> None:
+    """
+    Post a form as a browser does, with the CSRF token.
+
+    Raises:
+        ValueError: the form was refused (a form that succeeds redirects).
+    """
+    token = client.cookies["csrftoken"]
+    response = await client.post(path, data={**fields, "csrfmiddlewaretoken": token})
+    if not response.is_redirect:
+        raise ValueError(f"POST {path} was refused: {response.status_code}")
 
 
 def listener(carrier: str) -> str:
