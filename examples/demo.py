@@ -1,0 +1,178 @@
+"""
+``make demo`` and ``make serve``: the example shop, its carriers and the Tasks
+worker, on loopback ports.
+
+    python -m examples.demo           the scripted walkthrough (examples/walkthrough.py);
+                                      exits 0 only if every step behaved as described
+    python -m examples.demo --serve   leaves the stack running for curl, the admin and
+                                      the status page, with a staff user, until Ctrl-C
+
+Whatever happens (a failed step, Ctrl-C, SIGTERM), every process started here
+is stopped before the command returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+
+from examples.stack import ROOT, Stack, StackError
+from examples.walkthrough import Step, Walkthrough, format_event
+
+TTY = sys.stdout.isatty()
+GREEN, RED, BOLD, DIM, RESET = (
+    ("\033[32m", "\033[31m", "\033[1m", "\033[2m", "\033[0m") if TTY else ("",) * 5
+)
+EVENTS_SHOWN = 3
+"""Per event name and step; the rest are counted."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="leave the stack running")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="--serve: the shop's port (carriers: port + 1)"
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    try:
+        return serve(args.port) if args.serve else demo()
+    except KeyboardInterrupt:
+        print(f"\n{BOLD}interrupted{RESET}: everything it started is stopped", file=sys.stderr)
+        return 130
+    except StackError as exc:
+        print(f"{RED}the stack did not start{RESET}: {exc}", file=sys.stderr)
+        return 1
+
+
+def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the stack's ``with``: it stops
+
+
+def demo() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="patchboard-demo-"))
+    started = time.monotonic()
+    print(f"{BOLD}Starting{RESET} the carriers, the shop (uvicorn) and the Tasks worker ...")
+    with Stack(workdir) as stack:
+        print(
+            f"  carriers {stack.carriers_url}   shop {stack.shop_url}   "
+            f"worker db_worker   (up in {time.monotonic() - started:.1f} s)"
+        )
+        walkthrough = Walkthrough(stack, progress=Progress())
+        total, numbers = len(walkthrough.STEPS), itertools.count(1)
+        steps = asyncio.run(
+            walkthrough.run(
+                on_start=lambda step: print(
+                    f"\n{BOLD}[{next(numbers)}/{total}] {step.title}{RESET}", flush=True
+                ),
+                on_end=show,
+            )
+        )
+    passed = sum(step.passed for step in steps)
+    elapsed = time.monotonic() - started
+    if passed == total:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\n{GREEN}{BOLD}All {total} steps behaved as described{RESET} ({elapsed:.1f} s).")
+        return 0
+    print(
+        f"\n{RED}{BOLD}{passed} of {total} steps behaved as described{RESET} ({elapsed:.1f} s); "
+        f"the processes' logs are in {workdir}"
+    )
+    return 1
+
+
+def show(step: Step) -> None:
+    """A finished step: its table, its checks and the interesting log lines."""
+    Progress.clear()
+    print_table(step.columns, step.rows)
+    for check in step.checks:
+        mark = f"{GREEN}✓{RESET}" if check.passed else f"{RED}✗{RESET}"
+        print(f"  {mark} {check.label}" + (f": {check.detail[:2000]}" if check.detail else ""))
+    seen: Counter[str] = Counter()
+    for event in step.events:
+        seen[event["event"]] += 1
+        if seen[event["event"]] <= EVENTS_SHOWN:
+            print(f"  {DIM}{format_event(event)}{RESET}")
+    for name, count in seen.items():
+        if count > EVENTS_SHOWN:
+            print(f"  {DIM}... and {count - EVENTS_SHOWN} more {name}{RESET}")
+    sys.stdout.flush()
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    widths = [len(c) for c in columns]
+    for row in rows:
+        if len(row) == len(columns):
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for row in [columns, *rows]:
+        if len(row) == len(columns):
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        else:
+            cells = row  # a note across the table
+        print(f"  {'  '.join(cells)}".rstrip())
+
+
+class Progress:
+    """One line that says what a step is waiting for: rewritten in place on a terminal."""
+
+    shown = False
+
+    def __call__(self, text: str) -> None:
+        if TTY:
+            sys.stdout.write(f"\r\033[K  {DIM}... {text}{RESET}")
+            sys.stdout.flush()
+            Progress.shown = True
+        elif not Progress.shown:
+            print(f"  ... {text}", flush=True)
+            Progress.shown = True
+
+    @staticmethod
+    def clear() -> None:
+        if TTY and Progress.shown:
+            sys.stdout.write("\r\033[K")
+        Progress.shown = False
+
+
+def serve(port: int) -> int:
+    with Stack(ROOT / "examples", json_logs=False, shop_port=port, carriers_port=port + 1) as stack:
+        password = secrets.token_urlsafe(9)
+        stack.create_staff_user("staff", password)
+        shop, carriers = stack.shop_url, stack.carriers_url
+        print(
+            f"""
+{BOLD}The example shop is running{RESET} (Ctrl-C stops everything).
+  shop          {shop}
+  admin         {shop}/admin/
+                staff user {BOLD}staff{RESET}, password {BOLD}{password}{RESET}
+  status page   {shop}/patchboard/
+  carriers      {carriers}
+  database      {stack.database or stack.workdir / "shop.sqlite3"}
+
+  curl '{shop}/quotes?cart=3'
+  curl -X POST {carriers}/control/dhl -d '{{"latency_ms": 3000}}'    # slow: a timeout
+  curl -X POST {carriers}/control/fedex -d '{{"fail_rate": 1}}'      # down: its breaker opens
+  curl -X POST {carriers}/reset                                   # every carrier healthy
+  curl {carriers}/stats
+  curl -X POST {shop}/orders -d '{{"cart": 3, "total": "42.50"}}'
+  curl {shop}/orders/1
+""",
+            flush=True,
+        )
+        while True:
+            stack.check_alive()
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

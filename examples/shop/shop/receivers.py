@@ -1,0 +1,89 @@
+"""
+The shop's listeners. ``ShopConfig.ready()`` imports this module and connects
+the carriers, in the web process and in the Tasks worker alike.
+"""
+
+import httpx
+import structlog
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from patchboard import receiver
+from shop.signals import order_completed, order_paid, quote_requested
+
+log = structlog.get_logger("shop")
+
+client = httpx.AsyncClient(base_url=settings.CARRIERS_URL)
+"""One connection pool for every carrier call this process makes."""
+
+
+# -- quotes: one listener per carrier, each behind its own circuit breaker ------------
+
+
+def connect_carriers(names: list[str]) -> None:
+    for name in names:
+        quote, last_quote = carrier_listeners(name)
+        quote_requested.connect(
+            quote,
+            weak=False,  # the closure has no other reference
+            dispatch_uid=f"quote-{name}",
+            timeout=settings.CARRIER_TIMEOUT,
+            on_error="log",  # an error or a timeout: logged, and no quote from this carrier
+            breaker=f"carrier-{name}",  # declared in settings.PATCHBOARD["BREAKERS"]
+            fallback=last_quote,  # the call never ran: circuit open, or expired in the queue
+        )
+
+
+def carrier_listeners(name: str):
+    """The listener that asks carrier ``name`` for a quote, and its fallback."""
+
+    async def quote(sender, *, cart, **kwargs):
+        response = await client.get(f"/quote/{name}", params={"cart": cart})
+        response.raise_for_status()
+        offer = response.json()
+        await cache.aset(f"quote:{name}:{cart}", offer, timeout=3600)
+        return offer
+
+    async def last_quote(sender, *, cart, **kwargs):
+        cached = await cache.aget(f"quote:{name}:{cart}")
+        return cached and {**cached, "cached": True}
+
+    quote.__qualname__ = f"quote_{name}"  # how logs name the listener: shop.receivers.quote_ups
+    quote.carrier = name  # how the view names its outcome
+    return quote, last_quote
+
+
+# -- an order is paid: side effects in the request, by priority -------------------------
+# (not in the order they are written here: stock 30, then points 20, then audit 10)
+
+
+@receiver(order_paid, priority=30)
+def reserve_stock(sender, *, order, **kwargs):
+    order.stock_reserved = True
+    order.history.append("stock_reserved")
+
+
+@receiver(order_paid, priority=10)
+def audit(sender, *, order, **kwargs):
+    order.history.append("audited")
+    log.info("order_audited", order=order.pk, total=str(order.total), history=order.history)
+
+
+@receiver(order_paid, priority=20)
+def award_loyalty_points(sender, *, order, **kwargs):
+    if not order.stock_reserved:
+        raise RuntimeError(f"order {order.pk}: points before the stock was reserved")
+    order.loyalty_points = int(order.total)  # a point per euro
+    order.history.append("loyalty_points")
+
+
+# -- and once it is committed: the receipt, in the Tasks worker ---------------------------
+
+
+@receiver(order_completed, mode="background")
+def send_receipt(sender, *, order, **kwargs):
+    """``order`` is fetched again in the worker: the row as committed."""
+    order.receipt_sent_at = timezone.now()
+    order.save(update_fields=["receipt_sent_at"])
+    log.info("receipt_sent", order=order.pk, loyalty_points=order.loyalty_points)
