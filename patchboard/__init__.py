@@ -25,6 +25,7 @@ from patchboard._queue import ShortTermQueue as ShortTermQueue
 from patchboard._queue import queue_stats as queue_stats
 from patchboard._signals import Signal as Signal
 from patchboard._state import outcome_counts as outcome_counts
+from patchboard._stream import Stream as Stream
 from patchboard._threads import ThreadStatistics as ThreadStatistics
 from patchboard._threads import thread_stats as thread_stats
 from patchboard.breaker import BreakerStatistics as BreakerStatistics
@@ -50,6 +51,7 @@ __all__ = [
     "ShortTermQueue",
     "Signal",
     "Status",
+    "Stream",
     "SyncCallInEventLoop",
     "ThreadStatistics",
     "circuit_state_changed",

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 from asgiref.sync import async_to_sync, sync_to_async
 
+from patchboard import _deadline
 from patchboard._config import get_settings
-from patchboard._exceptions import CircuitOpen, ListenerTimeout
+from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout
 from patchboard._features import features
 from patchboard._log import log_limited, logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
@@ -72,6 +73,14 @@ def failure_status(exc: BaseException) -> Status | None:
     return None
 
 
+class _OutOfBudget(BaseException):
+    """The dispatch's deadline cut a call short (carries the ``ListenerTimeout``)."""
+
+    def __init__(self, error: ListenerTimeout) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def gone_receiver(*args: Any, **kwargs: Any) -> None:
     """Stands in as ``Outcome.receiver`` for a listener collected mid-dispatch."""
 
@@ -84,7 +93,7 @@ class Call:
     time from it to their end as ``elapsed``.
     """
 
-    __slots__ = ("kwargs", "listener", "sender", "signal", "started")
+    __slots__ = ("by_deadline", "ends", "kwargs", "listener", "sender", "signal", "started")
 
     def __init__(
         self,
@@ -99,6 +108,9 @@ class Call:
         self.sender = sender
         self.kwargs = kwargs
         self.started = perf_counter() if started is None else started
+        self.ends: float | None = None
+        """When a call started in a thread from sync code must end (``perf_counter``)."""
+        self.by_deadline = False
 
     def __repr__(self) -> str:
         return f"<Call {self.listener.label} of {signal_label(self.signal)}>"
@@ -112,34 +124,61 @@ class Call:
         Run the call from async code, applying every option; return its outcome.
 
         ``time_limit`` applies when the listener has no ``timeout`` of its own
-        (the short-term queue's limit); ``thread_runner`` runs a sync
-        listener in a worker thread (the queue passes one that keeps its
-        worker until the thread returns). Only ``BaseException``s that are
-        not ``Exception`` (cancellation, ``KeyboardInterrupt``) escape.
+        (the short-term queue's limit); what is left of the dispatch's
+        deadline cuts either shorter, and a call with nothing left never
+        starts (``"expired"``). ``thread_runner`` runs a sync listener in a
+        worker thread (the queue passes one that keeps its worker until the
+        thread returns). Only ``BaseException``s that are not ``Exception``
+        (cancellation, ``KeyboardInterrupt``) escape.
         """
         func = self.listener.receiver
         if func is None:
             return self.gone()
         options = self.listener.options
-        limit = options.timeout if options.timeout is not None else time_limit
+        limit, by_deadline = self._limit(time_limit)
+        if by_deadline and limit is not None and limit <= 0:
+            return await self.settle_async("expired", self._out_of_budget(0.0))
         # Resolved outside the try: an unknown breaker name is a configuration
         # error for the caller, not this listener's failure.
         guard = None if options.breaker is None else features.breakers.resolve(options.breaker)
         try:
             if guard is None:
-                value = await self._invoke(func, limit, thread_runner)
+                value = await self._invoke(func, limit, by_deadline, thread_runner)
             else:
-                async with guard:
-                    value = await self._invoke(func, limit, thread_runner)
+                # A deadline shorter than the listener's own timeout: no probe for it.
+                with _deadline.brief(by_deadline and options.timeout is not None):
+                    async with guard:
+                        value = await self._invoke(func, limit, by_deadline, thread_runner)
+        except _OutOfBudget as cut:
+            return await self.settle_async("timeout", cut.error)
         except BaseException as exc:
             status = failure_status(exc)
             if status is None:
+                state.counts["cancelled"] += 1
                 raise
             return await self.settle_async(status, exc)
         return self.ok(func, value)
 
+    def _limit(self, time_limit: float | None = None) -> tuple[float | None, bool]:
+        """
+        The seconds this call may run from now, and whether the dispatch's
+        deadline set them (rather than the listener's own ``timeout``, or
+        ``time_limit``).
+        """
+        own = self.listener.options.timeout
+        if own is None:
+            own = time_limit
+        left = _deadline.remaining()
+        if left is not None and (own is None or left < own):
+            return left, True
+        return own, False
+
     async def _invoke(
-        self, func: Callable[..., Any], limit: float | None, thread_runner: ThreadRunner | None
+        self,
+        func: Callable[..., Any],
+        limit: float | None,
+        by_deadline: bool,
+        thread_runner: ThreadRunner | None,
     ) -> Any:
         call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
         if not self.listener.is_async:
@@ -153,7 +192,18 @@ class Call:
             return await call()
         # Only reached when the deadline cancelled the call (a sync call's
         # thread is abandoned: it cannot be stopped).
-        raise ListenerTimeout(self.listener.label, limit, perf_counter() - started)
+        elapsed = perf_counter() - started
+        if by_deadline:
+            # Not an Exception: a circuit breaker counts the caller running
+            # out of time as nothing, not as the service's failure.
+            raise _OutOfBudget(self._out_of_time(limit, elapsed, deadline=True))
+        raise self._out_of_time(limit, elapsed, deadline=False)
+
+    def _out_of_time(self, limit: float, elapsed: float, *, deadline: bool) -> ListenerTimeout:
+        return ListenerTimeout(self.listener.label, limit, elapsed, deadline=deadline)
+
+    def _out_of_budget(self, waited: float) -> Expired:
+        return Expired(self.listener.label, waited, 0.0, deadline=True)
 
     async def _in_thread(self, sync_call: Callable[[], Any]) -> Any:
         return await listener_threads().run(sync_call, Job(self))
@@ -162,12 +212,18 @@ class Call:
         """
         Start a sync listener's call in a listener thread, from sync code (the
         sync twins' path without an event loop); its job, or its outcome if it
-        could not start: its function is gone, or no thread freed up within
-        its time limit (``"timeout"``).
+        could not start: its function is gone, its deadline passed
+        (``"expired"``), or no thread freed up within its time limit
+        (``"timeout"``).
         """
         func = self.listener.receiver
         if func is None:
             return self.gone()
+        limit, by_deadline = self._limit()
+        if by_deadline and limit is not None and limit <= 0:
+            return self.settle_sync("expired", self._out_of_budget(0.0))
+        self.ends = None if limit is None else perf_counter() + limit
+        self.by_deadline = by_deadline
         job = Job(self)
         sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
         if listener_threads().start(sync_call, job, self._time_left()):
@@ -176,14 +232,15 @@ class Call:
 
     def finish_in_thread(self, job: Job) -> Outcome:
         """
-        Wait for the job :meth:`start_in_thread` started, until the listener's
-        time limit; its outcome (``"timeout"`` and an abandoned thread past it).
+        Wait for the job :meth:`start_in_thread` started, until its time limit;
+        its outcome (``"timeout"`` and an abandoned thread past it).
         """
         try:
             returned, value = listener_threads().wait(job, self._time_left())
         except BaseException as exc:
             status = failure_status(exc)
             if status is None:
+                state.counts["cancelled"] += 1
                 raise
             return self.settle_sync(status, exc)
         if not returned:
@@ -191,13 +248,14 @@ class Call:
         return self.ok(self.listener.receiver or gone_receiver, value)
 
     def _time_left(self) -> float | None:
-        limit = self.listener.options.timeout
-        return None if limit is None else max(0.0, limit - (perf_counter() - self.started))
+        ends = self.ends
+        return None if ends is None else max(0.0, ends - perf_counter())
 
     def _timed_out(self) -> ListenerTimeout:
-        limit = self.listener.options.timeout
-        assert limit is not None
-        return ListenerTimeout(self.listener.label, limit, perf_counter() - self.started)
+        ends = self.ends
+        assert ends is not None
+        elapsed = perf_counter() - self.started
+        return self._out_of_time(ends - self.started, elapsed, deadline=self.by_deadline)
 
     def run_sync(self) -> Outcome:
         """
@@ -218,6 +276,7 @@ class Call:
         except BaseException as exc:
             status = failure_status(exc)
             if status is None:
+                state.counts["cancelled"] += 1
                 raise
             return self.settle_sync(status, exc)
         return self.ok(func, value)

@@ -407,6 +407,7 @@ def _below_one(name: str) -> Callable[[object], object]:
 _QUEUE_FIELDS: FieldChecks = {
     "min_workers": functools.partial(integer, "MIN_WORKERS", minimum=1),
     "max_workers": functools.partial(integer, "MAX_WORKERS", minimum=1),
+    "target_wait": functools.partial(seconds, "TARGET_WAIT"),
     "task_time_limit": functools.partial(seconds, "TASK_TIME_LIMIT"),
     "item_expiry": functools.partial(seconds, "ITEM_EXPIRY"),
     "max_pending": functools.partial(integer, "MAX_PENDING", minimum=0),
@@ -417,17 +418,28 @@ _QUEUE_FIELDS: FieldChecks = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueSettings:
-    """``PATCHBOARD["SHORT_TERM_QUEUE"]``: the per-process short-term queue."""
+    """
+    ``PATCHBOARD["SHORT_TERM_QUEUE"]``: the per-process short-term queue.
+
+    The defaults are sized for web requests, whose budget is a few seconds
+    (see the README's "Time budgets").
+    """
 
     min_workers: int = 4
+    """Workers kept however idle: calls start at once when traffic is light."""
     max_workers: int = 32
-    task_time_limit: float = 15.0
-    item_expiry: float = 45.0
+    """The bound on calls at once: what a process can afford in sockets and threads."""
+    target_wait: float = 0.05
+    """The wait in line the pool grows to avoid: a line standing longer is too short-staffed."""
+    task_time_limit: float = 10.0
+    """The most a queued call may run (a listener's own ``timeout``, a deadline cut it shorter)."""
+    item_expiry: float = 10.0
+    """The most a call may wait in line: a cap, a dispatch's ``deadline`` is the rule."""
     max_pending: int = 1000
     at_risk_fraction: float = 0.5
     """An item waiting longer than this fraction of ``item_expiry`` is at risk."""
-    idle_shrink_after: float = 30.0
-    """Seconds of idle capacity above ``min_workers`` before the pool shrinks."""
+    idle_shrink_after: float = 10.0
+    """Seconds of idle capacity above ``min_workers`` before the pool halves."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _QUEUE_FIELDS)
@@ -467,6 +479,7 @@ _SETTINGS_FIELDS: FieldChecks = {
     "log_kwargs": functools.partial(boolean, "LOG_KWARGS"),
     "collect_queue_threshold": functools.partial(integer, "COLLECT_QUEUE_THRESHOLD", minimum=0),
     "max_threads": functools.partial(integer, "MAX_THREADS", minimum=1),
+    "default_deadline": lambda value: value is None or seconds("DEFAULT_DEADLINE", value),
     "store": functools.partial(store_url, "STORE"),
     "breakers": _breakers,
 }
@@ -485,6 +498,8 @@ class Settings:
     max_threads: int = 40
     """The most sync listener calls running in worker threads at once in this
     process, threads abandoned at their time limit included."""
+    default_deadline: float | None = None
+    """Seconds: the ``deadline`` of a collect that names none (None: no deadline)."""
     short_term_queue: QueueSettings = field(default_factory=QueueSettings)
     store: str = "memory"
     """Default circuit breaker state store: ``"memory"`` or a ``redis://`` URL."""

@@ -29,26 +29,48 @@ if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
 
 
+def in_caller(listener: Listener, budgeted: bool) -> bool:
+    """
+    Whether ``listener`` runs in the dispatching thread (a sync caller's, or
+    the thread-sensitive one for an async caller), rather than as a call of
+    its own: a background listener (its enqueue sees the caller's
+    transaction), or a plain sync one — unless the dispatch has a deadline,
+    which a thread that cannot be interrupted could not keep.
+    """
+    return listener._batchable and (not budgeted or listener.options.mode == "background")
+
+
 def run_without_loop(
-    listeners: Sequence[Listener], signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
+    listeners: Sequence[Listener],
+    signal: DjangoSignal,
+    sender: Any,
+    kwargs: dict[str, Any],
+    *,
+    budgeted: bool = False,
+    ordered: bool = False,
 ) -> list[Outcome]:
     """
     Run sync listeners from a sync caller without an event loop; their
     outcomes, in listener order.
 
     The listeners that leave the caller's thread (a ``timeout``,
-    ``thread_sensitive=False``) start first, each in a listener thread; the
-    others run here meanwhile, in order (see ``run_here``: they stop after an
-    error that must propagate); then each threaded call is waited for until
-    its time limit, and past it abandoned (a ``"timeout"``).
+    ``thread_sensitive=False``, a deadline) start first, each in a listener
+    thread; the others run here meanwhile, in order (see ``run_here``: they
+    stop after an error that must propagate); then each threaded call is
+    waited for until its time limit, and past it abandoned (a ``"timeout"``).
+    On an ``ordered`` signal they run one at a time instead, each waited for
+    before the next starts.
     """
+    if ordered:
+        return _one_at_a_time(listeners, signal, sender, kwargs, budgeted=budgeted)
     threaded = {
         index: Call(listener, signal, sender, kwargs)
         for index, listener in enumerate(listeners)
-        if not listener._batchable
+        if not in_caller(listener, budgeted)
     }
     started = {index: call.start_in_thread() for index, call in threaded.items()}
-    here = iter(run_here([lsn for lsn in listeners if lsn._batchable], signal, sender, kwargs))
+    here_listeners = [lsn for lsn in listeners if in_caller(lsn, budgeted)]
+    here = iter(run_here(here_listeners, signal, sender, kwargs))
     outcomes: list[Outcome] = []
     for index in range(len(listeners)):
         job = started.get(index)
@@ -62,12 +84,41 @@ def run_without_loop(
     return outcomes
 
 
+def _one_at_a_time(
+    listeners: Sequence[Listener],
+    signal: DjangoSignal,
+    sender: Any,
+    kwargs: dict[str, Any],
+    *,
+    budgeted: bool,
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    index = 0
+    try:
+        for listener in listeners:
+            index += 1  # a call that is cancelled counts itself
+            if in_caller(listener, budgeted):
+                outcome = run_here((listener,), signal, sender, kwargs)[0]
+            else:
+                call = Call(listener, signal, sender, kwargs)
+                job = call.start_in_thread()
+                outcome = job if isinstance(job, Outcome) else call.finish_in_thread(job)
+            outcomes.append(outcome)
+            if outcome.propagate:
+                break
+    finally:
+        state.counts["cancelled"] += len(listeners) - index
+    return outcomes
+
+
 async def run_concurrently(
     listeners: Sequence[Listener],
     signal: DjangoSignal,
     sender: Any,
     kwargs: dict[str, Any],
     queue: ShortTermQueue | None,
+    *,
+    budgeted: bool = False,
 ) -> list[Outcome]:
     """
     Run every listener at once; return their outcomes in listener order.
@@ -75,7 +126,9 @@ async def run_concurrently(
     Sync listeners that run on the thread-sensitive thread go there together,
     in one hop and in priority order, concurrently with the async listeners
     (Django's ``asend`` runs them *before* the async ones). With ``queue``,
-    inline listeners go through the short-term queue instead.
+    inline listeners go through the short-term queue instead; under a
+    deadline (``budgeted``), each sync listener runs in a listener thread of
+    its own, so the deadline can abandon it.
     """
     if queue is None:
         for listener in listeners:
@@ -84,7 +137,7 @@ async def run_concurrently(
         else:  # all async: the common case, kept lean
             results = await supervise([lsn._run_async(signal, sender, kwargs) for lsn in listeners])
             return [outcome for outcome in results if outcome is not None]
-    batch = [i for i, listener in enumerate(listeners) if _in_batch(listener, queue)]
+    batch = [i for i, listener in enumerate(listeners) if _in_batch(listener, queue, budgeted)]
     batched = set(batch)
     coros: list[Coroutine[Any, Any, Any]] = []
     order: list[int] = []
@@ -111,10 +164,10 @@ async def run_concurrently(
     return [o for o in outcomes if o is not None]
 
 
-def _in_batch(listener: Listener, queue: ShortTermQueue | None) -> bool:
+def _in_batch(listener: Listener, queue: ShortTermQueue | None, budgeted: bool) -> bool:
     if queue is not None:
         return listener.options.mode == "background"
-    return listener._batchable
+    return in_caller(listener, budgeted)
 
 
 async def run_in_order(
@@ -122,30 +175,36 @@ async def run_in_order(
     signal: DjangoSignal,
     sender: Any,
     kwargs: dict[str, Any],
+    *,
+    budgeted: bool = False,
 ) -> list[Outcome]:
     """
     Run listeners one at a time, in the given (priority) order.
 
-    Consecutive sync listeners share one hop to the thread-sensitive thread.
-    Stops after an outcome that must propagate.
+    Consecutive sync listeners share one hop to the thread-sensitive thread
+    (under a deadline, each runs as a call of its own). Stops after an
+    outcome that must propagate; the listeners after it, like those a
+    cancellation keeps from starting, count as ``"cancelled"``.
     """
     outcomes: list[Outcome] = []
     index, count = 0, len(listeners)
-    while index < count:
-        end = index
-        while end < count and listeners[end]._batchable:
-            end += 1
-        if end > index:
-            batch = listeners[index:end]
-            outcomes.extend(
-                await sync_to_async(run_here, thread_sensitive=True)(batch, signal, sender, kwargs)
-            )
-            index = end
-        else:
-            outcomes.append(await listeners[index]._run_async(signal, sender, kwargs))
-            index += 1
-        if outcomes and outcomes[-1].propagate:
-            break
+    try:
+        while index < count:
+            end = index
+            while end < count and in_caller(listeners[end], budgeted):
+                end += 1
+            if end > index:
+                batch = listeners[index:end]
+                index = end  # the batch's thread runs them all, even if this call is cancelled
+                run = sync_to_async(run_here, thread_sensitive=True)
+                outcomes.extend(await run(batch, signal, sender, kwargs))
+            else:
+                index += 1  # a call that is cancelled counts itself
+                outcomes.append(await listeners[index - 1]._run_async(signal, sender, kwargs))
+            if outcomes and outcomes[-1].propagate:
+                break
+    finally:
+        state.counts["cancelled"] += count - index
     return outcomes
 
 
@@ -153,7 +212,9 @@ Observer: TypeAlias = Callable[["DjangoSignal", Any, list[Outcome]], None]
 """Called with (signal, sender, outcomes) after every dispatch (``state.observers``)."""
 
 
-def finish(signal: DjangoSignal, sender: Any, outcomes: list[Outcome]) -> Collected:
+def finish(
+    signal: DjangoSignal, sender: Any, outcomes: list[Outcome], *, budgeted: bool = False
+) -> Collected:
     """
     The dispatch's result: the outcomes, or the first error that must propagate.
 
@@ -167,7 +228,10 @@ def finish(signal: DjangoSignal, sender: Any, outcomes: list[Outcome]) -> Collec
         if outcome.propagate:
             assert outcome.error is not None
             raise outcome.error
-    return Collected(outcomes)
+    if not budgeted:
+        return Collected(outcomes)
+    hit = any(getattr(outcome.error, "deadline", False) for outcome in outcomes)
+    return Collected(outcomes, deadline_hit=hit)
 
 
 def _must_stop(task: asyncio.Task[Any]) -> bool:
@@ -215,7 +279,7 @@ async def supervise(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
     leftover = [task for task in tasks if not task.done()]
     for task in leftover:
         task.cancel()
-    await _wait_through_cancellation(leftover)
+    await wait_through_cancellation(leftover)
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
@@ -242,14 +306,14 @@ async def _wait(pending: set[asyncio.Task[Any]], tasks: list[asyncio.Task[Any]])
     except asyncio.CancelledError:
         for task in tasks:
             task.cancel()
-        await _wait_through_cancellation(tasks)
+        await wait_through_cancellation(tasks)
         raise
     finally:
         for task in tasks:
             task.remove_done_callback(on_done)
 
 
-async def _wait_through_cancellation(tasks: list[asyncio.Task[Any]]) -> None:
+async def wait_through_cancellation(tasks: list[asyncio.Task[Any]]) -> None:
     """
     Wait for cancelled tasks to finish, even if this call is cancelled again
     meanwhile (anyio re-delivers a cancellation on every checkpoint); a

@@ -5,7 +5,8 @@ The hierarchy::
 
     PatchboardError
     ├── ListenerTimeout      (also a TimeoutError) a listener ran past its limit
-    ├── Expired              a queued item waited past its expiry and never ran
+    │                        or the dispatch's deadline
+    ├── Expired              a queued item never ran: its expiry or the deadline
     ├── Rejected             the short-term queue was full
     ├── CircuitOpen          a circuit breaker refused the call
     ├── NotSerializable      (also a TypeError) a background argument cannot cross
@@ -27,28 +28,44 @@ class PatchboardError(Exception):
 
 
 class ListenerTimeout(PatchboardError, TimeoutError):
-    """A listener ran longer than its time limit and was cancelled (or abandoned)."""
+    """
+    A listener ran longer than its time limit and was cancelled (or abandoned).
 
-    def __init__(self, listener: str, limit: float, elapsed: float) -> None:
-        super().__init__(
-            f"listener {listener} exceeded its time limit of {limit:g}s (ran {elapsed:.3f}s)"
-        )
+    ``deadline`` is True when the limit was what was left of the dispatch's
+    deadline rather than the listener's own (the caller ran out of time, the
+    listener did not fail: a circuit breaker does not count it).
+    """
+
+    def __init__(
+        self, listener: str, limit: float, elapsed: float, *, deadline: bool = False
+    ) -> None:
+        what = "the dispatch's deadline" if deadline else "its time limit"
+        super().__init__(f"listener {listener} ran into {what} of {limit:g}s (ran {elapsed:.3f}s)")
         self.listener = listener
         self.limit = limit
         self.elapsed = elapsed
+        self.deadline = deadline
 
 
 class Expired(PatchboardError):
-    """A queued call waited longer than the queue's item expiry and was not started."""
+    """
+    A call was never started: it waited in the short-term queue until its
+    expiry, or until the dispatch's deadline (``deadline`` is then True), or
+    the queue saw at once that it could not start it in time.
+    """
 
-    def __init__(self, listener: str, waited: float, expiry: float) -> None:
+    def __init__(
+        self, listener: str, waited: float, expiry: float, *, deadline: bool = False
+    ) -> None:
+        limit = "the dispatch's deadline" if deadline else "its expiry"
         super().__init__(
-            f"listener {listener} expired after waiting {waited:.3f}s in the "
-            f"short-term queue (expiry {expiry:g}s)"
+            f"listener {listener} never started: it would have waited past {limit} "
+            f"({expiry:g}s) in the short-term queue (waited {waited:.3f}s)"
         )
         self.listener = listener
         self.waited = waited
         self.expiry = expiry
+        self.deadline = deadline
 
 
 class Rejected(PatchboardError):

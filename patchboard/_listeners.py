@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
 
+from patchboard import _deadline
 from patchboard._call import Call, failure_status
 from patchboard._config import (
     DEFAULT_OPTIONS,
@@ -77,7 +78,7 @@ class Listener:
         weak: bool,
         on_death: Callable[[], None] | None = None,
     ) -> None:
-        self.is_async = inspect.iscoroutinefunction(func)
+        self.is_async = _is_async(func)
         self.options = options
         # Nothing to apply but the error policy: _run_async (async) and
         # _run_sync (sync) call it directly.
@@ -129,6 +130,7 @@ class Listener:
         Called by any signal's ``send()``/``asend()``: apply the options and
         return the response, or raise if the listener's policy is ``"raise"``.
         """
+        state.counts["submitted"] += 1
         if self.is_async:
             return _unwrap_async(self._run_async(signal, sender, kwargs))
         if self._batchable:
@@ -141,7 +143,7 @@ class Listener:
         self, signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
     ) -> Outcome:
         """Call the listener once from async code; its outcome (see ``Call.run_async``)."""
-        if not (self._direct and self.is_async):
+        if not (self._direct and self.is_async) or _deadline.current() is not None:
             call = Call(self, signal, sender, kwargs)
             if self.options.mode == "background":
                 return await features.background.enqueue_async(call)
@@ -156,6 +158,7 @@ class Listener:
         except BaseException as exc:
             status = failure_status(exc)
             if status is None:
+                state.counts["cancelled"] += 1
                 raise
             return await Call(self, signal, sender, kwargs, started).settle_async(status, exc)
         state.counts["ok"] += 1
@@ -182,10 +185,10 @@ def run_here(
     Run batchable listeners one after another in the calling thread; their outcomes.
 
     Stops after an outcome that must propagate: the listeners after it are
-    not called, as Django's ``send()`` stops at an exception. A plain
-    listener is called right here, the others through their ``Call``. (The
-    sync twins' hot path: one clock reading per listener, the successes
-    counted once.)
+    not called (they count as ``"cancelled"``), as Django's ``send()`` stops
+    at an exception. A plain listener is called right here, the others
+    through their ``Call``. (The sync twins' hot path: one clock reading per
+    listener, the successes counted once.)
     """
     outcomes: list[Outcome] = []
     succeeded = 0
@@ -202,6 +205,7 @@ def run_here(
                 except BaseException as exc:
                     status = failure_status(exc)
                     if status is None:
+                        state.counts["cancelled"] += 1
                         raise
                     outcome = Call(listener, signal, sender, kwargs, started).settle_sync(
                         status, exc
@@ -216,9 +220,26 @@ def run_here(
             if outcome.propagate:
                 break
             started = perf_counter()
+    except BaseException:
+        # The listener running counted its own cancellation; the ones after it never ran.
+        state.counts["cancelled"] += len(listeners) - len(outcomes) - 1
+        raise
+    else:
+        state.counts["cancelled"] += len(listeners) - len(outcomes)  # after one that propagates
     finally:
         state.counts["ok"] += succeeded
     return outcomes
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """Whether calling ``func`` gives a coroutine: an async function, or an object whose
+    ``__call__`` is one (``inspect.iscoroutinefunction`` alone misses the latter)."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type):
+        return False
+    call = type(func).__call__ if callable(func) else None
+    return inspect.iscoroutinefunction(call)
 
 
 def _identity(func: Callable[..., Any]) -> Callable[..., Any]:

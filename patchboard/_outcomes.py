@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 Status: TypeAlias = Literal[
-    "ok", "error", "timeout", "expired", "rejected", "circuit_open", "enqueued"
+    "ok", "error", "timeout", "expired", "rejected", "circuit_open", "enqueued", "cancelled"
 ]
 """
 How a listener call ended:
@@ -22,15 +22,22 @@ How a listener call ended:
 ``"error"``
     it raised ``error``; ``value`` is the default that stood in.
 ``"timeout"``
-    it ran past its time limit and was cancelled (or abandoned, for a thread).
+    it ran past its time limit, or the dispatch's deadline, and was cancelled
+    (or abandoned, for a thread).
 ``"expired"``
-    it waited in the short-term queue past the expiry and never started.
+    it never started: it waited in the short-term queue until its expiry or
+    the deadline, or the queue saw at once that it could not start in time.
 ``"rejected"``
     the short-term queue was full; it never started.
 ``"circuit_open"``
     its circuit breaker was open; it never started.
 ``"enqueued"``
     it is a background listener: a task was enqueued, ``task_id`` names it.
+``"cancelled"``
+    the dispatch was cancelled (its caller went away, another listener's
+    error is propagating, a stream was left early) before the call ended.
+    Only counted (:func:`patchboard.outcome_counts`): no ``Outcome`` reaches
+    a caller that is gone.
 """
 
 STATUSES: tuple[Status, ...] = (
@@ -41,6 +48,7 @@ STATUSES: tuple[Status, ...] = (
     "rejected",
     "circuit_open",
     "enqueued",
+    "cancelled",
 )
 
 
@@ -101,12 +109,15 @@ class Collected:
 
     Iterating yields :class:`Outcome` objects. ``values()`` gives the responses
     (stand-in defaults included), ready to aggregate: ``sum(collected.values())``.
+    ``deadline_hit`` is True when the dispatch's deadline cut a call short or
+    kept one from starting.
     """
 
-    __slots__ = ("_outcomes",)
+    __slots__ = ("_outcomes", "deadline_hit")
 
-    def __init__(self, outcomes: list[Outcome]) -> None:
+    def __init__(self, outcomes: list[Outcome], *, deadline_hit: bool = False) -> None:
         self._outcomes = outcomes
+        self.deadline_hit = deadline_hit
 
     def __iter__(self) -> Iterator[Outcome]:
         return iter(self._outcomes)
@@ -125,7 +136,8 @@ class Collected:
         for outcome in self._outcomes:
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
         summary = ", ".join(f"{status}={n}" for status, n in counts.items())
-        return f"<Collected {len(self._outcomes)} outcomes: {summary or 'none'}>"
+        hit = ", deadline hit" if self.deadline_hit else ""
+        return f"<Collected {len(self._outcomes)} outcomes: {summary or 'none'}{hit}>"
 
     def values(self) -> list[Any]:
         """

@@ -1,6 +1,6 @@
 """
 The short-term queue: a bounded pool that finishes a collector's listener
-calls inside the request cycle.
+calls inside the request, within the request's time budget.
 
 Picture a counter with a few service windows and one line in front of it,
 for the whole process. The windows are the *workers*: a call that goes
@@ -12,39 +12,50 @@ a thread of its own. So the workers are counted under a ``threading.Lock``,
 and a waiter is woken on its own loop (``call_soon_threadsafe``); no
 loop-bound primitive is shared between loops.
 
-Limits, from ``PATCHBOARD["SHORT_TERM_QUEUE"]``:
+Limits, from ``PATCHBOARD["SHORT_TERM_QUEUE"]``, each cut to what is left
+of the dispatch's ``deadline`` when it has one:
 
 ``TASK_TIME_LIMIT``
     A call running longer (or longer than the listener's own ``timeout``)
     ends as ``"timeout"``. An async listener is cancelled. A sync one runs in
-    a queue worker thread, which cannot be stopped: it is *abandoned*, the
+    a listener thread, which cannot be stopped: it is *abandoned*, the
     caller gets its outcome at once, and the thread holds on to its worker
     until it has actually returned, so live listener threads never outnumber
     the workers.
 ``ITEM_EXPIRY``
-    A call that has waited this long in line is never started: it ends as
-    ``"expired"`` at that moment (the listener's ``fallback`` may answer).
+    A call never waits in line longer than this, nor past its dispatch's
+    deadline: it ends as ``"expired"`` then, never started (the listener's
+    ``fallback`` may answer). A call the line is already too long for (see
+    *shedding*) expires at once.
 ``MAX_PENDING``
     A call that finds this many calls in line is not queued: it ends as
     ``"rejected"`` at once; the line never grows past the limit.
 
-Scaling. The pool starts with ``MIN_WORKERS`` workers and moves between
-``MIN_WORKERS`` and ``MAX_WORKERS``:
+Scaling on standing delay. The pool starts with ``MIN_WORKERS`` workers and
+moves between ``MIN_WORKERS`` and ``MAX_WORKERS``. A line that moves is
+healthy, however long; a line that *stands* is not (CoDel, RFC 8289). The
+head of the line's wait measures it: once the head has waited
+``TARGET_WAIT`` and the line has stood that long for another
+``TARGET_WAIT``, the pool *doubles* (``queue_scaled_up``,
+``reason="standing"``), and again after every further ``TARGET_WAIT`` the
+line keeps standing, up to ``MAX_WORKERS``: from 4 to 32 workers in about
+four ``TARGET_WAIT``\\s. A head that has waited ``AT_RISK_FRACTION`` of
+``ITEM_EXPIRY`` (``reason="at_risk"``), or an expiry (``reason="expired"``),
+doubles it too. The pool *halves* (never below ``MIN_WORKERS``, nor below
+the calls running; ``queue_scaled_down``) for every ``IDLE_SHRINK_AFTER``
+seconds during which it had a free worker and nobody in line.
 
-* It *doubles* (capped at ``MAX_WORKERS``; logs ``queue_scaled_up``) when the
-  oldest call in line has waited ``AT_RISK_FRACTION`` of ``ITEM_EXPIRY``
-  (``reason="at_risk"``), or when a call expired (``reason="expired"``). The
-  length of the line alone never grows it: a long line that moves fast is
-  healthy; the age of its head is what predicts expiry.
-* It *halves* (never below ``MIN_WORKERS``, nor below the calls running at
-  that moment; logs ``queue_scaled_down``) for every ``IDLE_SHRINK_AFTER``
-  seconds during which it had a free worker and nobody in line. One moment of
-  full use starts that count again.
+Shedding under overload. The queue keeps a moving average of how long a call
+holds a worker. A call that would have to wait longer than its budget (the
+expiry, or what is left of its deadline) even with every worker the pool
+may grow to — its place in line / ``MAX_WORKERS`` x that average — is
+expired at once, with its fallback, instead of waiting to expire: the
+workers go to calls that can still finish in time ("Fail at Scale").
 
-The rule is evaluated, with the queue's clock, whenever a call joins the
-line, leaves it or frees a worker, and by a waiting call itself when it
-reaches the at-risk age. There is no background thread or task: nothing the
-queue does outlives a request.
+The rules are evaluated, with the queue's clock, whenever a call joins the
+line, leaves it or frees a worker, and by the call at the head of the line
+when it is due to grow the pool. There is no background thread or task:
+nothing the queue does outlives a request.
 
 Structured concurrency: a call belongs to its caller. When the caller is
 cancelled, its waiting call leaves the line and its running async call is
@@ -62,6 +73,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import threading
 import time
 from collections import deque
@@ -71,6 +84,7 @@ from typing import Any, Final, TypeAlias
 
 import anyio
 
+from patchboard import _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings, get_settings
 from patchboard._exceptions import Expired, Rejected
@@ -86,6 +100,9 @@ _EXPIRED: Final = 2
 _REJECTED: Final = 3
 _WITHDRAWN: Final = 4
 _FINISHED: Final = 5
+
+_SERVICE_WEIGHT: Final = 0.2
+"""Weight of the newest run in the moving average of how long a call holds a worker."""
 
 _NEVER_RAN_EVENTS: Final[dict[Status, str]] = {
     "expired": "queue_item_expired",
@@ -106,24 +123,28 @@ class QueueStatistics:
     ``workers`` is the current size of the pool; ``running`` the workers in
     use, abandoned threads included; ``waiting`` the calls in line, and
     ``oldest_wait`` how long the head of the line has waited (0.0 when nobody
-    waits). The counters are totals since the queue was built. A call is
-    counted when its caller gets the outcome, as exactly one of ``completed``,
-    ``failed`` (error or circuit open), ``timed_out``, ``expired``,
-    ``rejected`` or ``cancelled`` (its caller was cancelled before it had
-    one), so these add up to ``submitted`` whenever no call is in progress.
-    ``abandoned`` counts the sync calls whose thread outlived their time
-    limit or their caller; ``abandoned_running``, those still running.
+    waits). ``service_time`` is the moving average of how long a call held a
+    worker (0.0 before the first). The counters are totals since the queue
+    was built. A call is counted when its caller gets the outcome, as exactly
+    one of ``completed``, ``failed`` (error or circuit open), ``timed_out``,
+    ``expired`` (``shed`` of them at once, under overload), ``rejected`` or
+    ``cancelled`` (its caller was cancelled before it had one), so these add
+    up to ``submitted`` whenever no call is in progress. ``abandoned``
+    counts the sync calls whose thread outlived their time limit or their
+    caller; ``abandoned_running``, those still running.
     """
 
     workers: int
     running: int
     waiting: int
     oldest_wait: float
+    service_time: float
     submitted: int
     completed: int
     failed: int
     timed_out: int
     expired: int
+    shed: int
     rejected: int
     cancelled: int
     abandoned: int
@@ -131,14 +152,18 @@ class QueueStatistics:
 
 
 class _Item:
-    """One call's place in the queue: its state, and how to wake its waiter."""
+    """One call's place in the queue: its state, its budget, and how to wake its waiter."""
 
     __slots__ = (
         "abandoned",
+        "budget",
+        "by_deadline",
         "enqueued",
+        "expires",
         "future",
+        "granted_at",
         "loop",
-        "queued",
+        "shed",
         "state",
         "thread",
         "waited",
@@ -150,16 +175,20 @@ class _Item:
 
     def __init__(self) -> None:
         self.state = _GRANTED
-        self.queued = False
         self.enqueued = 0.0
+        self.granted_at = 0.0
+        self.expires = 0.0
+        self.budget = 0.0
+        self.by_deadline = False
         self.waited = 0.0
         self.abandoned = False
+        self.shed = False
 
     def prepare_wait(self, now: float) -> None:
         """Join the line (on the caller's loop, in the caller's thread)."""
         self.state = _WAITING
-        self.queued = True
         self.enqueued = now
+        self.expires = now + self.budget
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
         self.future = self.loop.create_future()
@@ -185,8 +214,8 @@ class ShortTermQueue:
 
     :func:`get_queue` gives the process's queue, built from
     ``PATCHBOARD["SHORT_TERM_QUEUE"]``; build one yourself to test with a
-    virtual ``clock`` (any function returning seconds; expiry, at-risk age and
-    idleness are measured with it).
+    virtual ``clock`` (any function returning seconds; waits, expiry,
+    scaling and idleness are measured with it).
     """
 
     def __init__(
@@ -201,12 +230,19 @@ class ShortTermQueue:
         self._workers = self.config.min_workers
         self._running = 0
         self._waiters: deque[_Item] = deque()
+        self._expiries: list[tuple[float, int, _Item]] = []
+        """A heap of the waiters by when they expire (their budgets differ)."""
+        self._order = itertools.count()
+        self._standing_since: float | None = None
+        """Since when the line has stood (its head waited ``target_wait`` or more)."""
+        self._service: float | None = None
         self._idle_since: float | None = None
         self._submitted = 0
         self._completed = 0
         self._failed = 0
         self._timed_out = 0
         self._expired = 0
+        self._shed = 0
         self._rejected = 0
         self._cancelled = 0
         self._abandoned = 0
@@ -227,11 +263,13 @@ class ShortTermQueue:
                 running=self._running,
                 waiting=len(waiters),
                 oldest_wait=self._clock() - waiters[0].enqueued if waiters else 0.0,
+                service_time=self._service or 0.0,
                 submitted=self._submitted,
                 completed=self._completed,
                 failed=self._failed,
                 timed_out=self._timed_out,
                 expired=self._expired,
+                shed=self._shed,
                 rejected=self._rejected,
                 cancelled=self._cancelled,
                 abandoned=self._abandoned,
@@ -245,11 +283,12 @@ class ShortTermQueue:
         Run ``call`` through the queue and return its outcome.
 
         Takes a free worker at once, or waits in line for one, then runs the
-        listener in this task (a sync listener in a queue worker thread) under
-        the time limit. A full line gives a ``"rejected"`` outcome without
-        waiting; a wait past the expiry gives ``"expired"``; both go through
-        the listener's ``fallback``, ``on_error`` and ``default``. The
-        outcome's ``elapsed`` includes the wait.
+        listener in this task (a sync listener in a listener thread) under the
+        time limit. A full line gives a ``"rejected"`` outcome without
+        waiting; a wait past the expiry or the deadline, or a line already
+        too long for them, gives ``"expired"``; both go through the
+        listener's ``fallback``, ``on_error`` and ``default``. The outcome's
+        ``elapsed`` includes the wait.
 
         Raises:
             BaseException: only the caller's own cancellation (or another
@@ -258,21 +297,33 @@ class ShortTermQueue:
         """
         item = _Item()
         config = self.config
+        left = _deadline.remaining()
+        if left is not None and left < config.item_expiry:
+            item.budget, item.by_deadline = left, True
+        else:
+            item.budget = config.item_expiry
         with self._lock:
             now = self._clock()
             self._submitted += 1
             if self._running < self._workers and not self._waiters:
-                self._running += 1
+                self._grant(item, now)
             elif len(self._waiters) >= config.max_pending:
                 item.state = _REJECTED
+            elif self._too_late(len(self._waiters) + 1, item.budget):
+                item.state = _EXPIRED
+                item.shed = True
+                self._shed += 1
             else:
                 item.prepare_wait(now)
                 self._waiters.append(item)
+                heapq.heappush(self._expiries, (item.expires, next(self._order), item))
             events = self._rebalance(now)
         if events:
             _emit(events)
         if item.state == _REJECTED:
             return await self._reject(item, call)
+        if item.state == _EXPIRED:
+            return await self._expire(item, call)
         if item.state != _GRANTED and not await self._wait(item):
             return await self._expire(item, call)
         runner = None
@@ -286,40 +337,52 @@ class ShortTermQueue:
         self._finish(item, outcome.status)
         return outcome
 
+    def _too_late(self, position: int, budget: float) -> bool:
+        """Under the lock: whether a call at ``position`` in line cannot start within ``budget``."""
+        service = self._service
+        if service is None:
+            return False  # nothing measured yet: no prediction
+        return position / self.config.max_workers * service > budget
+
     # -- waiting -----------------------------------------------------------------------
 
     async def _wait(self, item: _Item) -> bool:
         """Wait in line until granted a worker (True) or expired (False)."""
-        expiry = self.config.item_expiry
-        at_risk = item.enqueued + self.config.at_risk_fraction * expiry
-        expires = item.enqueued + expiry
+        config = self.config
+        at_risk = item.enqueued + config.at_risk_fraction * config.item_expiry
         try:
             while item.state == _WAITING:
                 now = self._clock()
-                # Wake at the at-risk age (to grow the pool), then at the expiry.
-                due = at_risk if now < at_risk else expires
-                with anyio.move_on_after(due - now):
+                # Wake at the expiry and the at-risk age; the head of the line
+                # also when the pool is due to grow (nothing else may happen).
+                due = item.expires if now >= at_risk else min(item.expires, at_risk)
+                if self._waiters and self._waiters[0] is item:
+                    due = min(due, self._growth_due(item))
+                with anyio.move_on_after(max(0.0, due - now)) as timer:
                     await item.future
                 if item.state != _WAITING:
                     break
+                if not timer.cancelled_caught:
+                    # Woken to become the head of the line: only its due time changes.
+                    item.future = item.loop.create_future()
+                    continue
                 events = None
                 with self._lock:
                     if item.state == _WAITING:
-                        now = self._clock()
-                        events = self._rebalance(now)
+                        events = self._rebalance(self._clock())
                         if item.state == _WAITING:
-                            if now - item.enqueued >= expiry:
-                                # Only if the clock went backwards for the ones ahead.
-                                self._waiters.remove(item)
-                                self._expire_item(item, now)
-                            else:
-                                item.future = item.loop.create_future()
+                            item.future = item.loop.create_future()
                 if events:
                     _emit(events)
         except BaseException:
             self._withdraw(item)
             raise
         return item.state == _GRANTED
+
+    def _growth_due(self, head: _Item) -> float:
+        target = self.config.target_wait
+        standing = self._standing_since
+        return head.enqueued + target if standing is None else standing + target
 
     def _withdraw(self, item: _Item) -> None:
         """
@@ -335,13 +398,19 @@ class ShortTermQueue:
             item.state = _WITHDRAWN
             self._cancelled += 1
             events = self._rebalance(self._clock())
+        state.counts["cancelled"] += 1  # it never reached the listener: count it here
         if events:
             _emit(events)
 
     async def _expire(self, item: _Item, call: Call) -> Outcome:
-        expiry = self.config.item_expiry
-        error = Expired(call.listener.label, item.waited, expiry)
-        fields = {"waited_s": round(item.waited, 6), "expiry_s": expiry}
+        label = call.listener.label
+        error = Expired(label, item.waited, item.budget, deadline=item.by_deadline)
+        fields = {
+            "waited_s": round(item.waited, 6),
+            "expiry_s": round(item.budget, 6),
+            "deadline": item.by_deadline,
+            "shed": item.shed,
+        }
         return await self._never_ran(item, call, error, fields)
 
     async def _reject(self, item: _Item, call: Call) -> Outcome:
@@ -374,6 +443,13 @@ class ShortTermQueue:
 
     # -- running -----------------------------------------------------------------------
 
+    def _grant(self, item: _Item, now: float) -> None:
+        # Under the lock: a worker goes to ``item``.
+        item.state = _GRANTED
+        item.granted_at = now
+        item.waited = now - item.enqueued if item.enqueued else 0.0
+        self._running += 1
+
     def _finish(self, item: _Item, status: Status | None) -> None:
         """
         Count the call's outcome (None: its caller was cancelled) once its
@@ -397,9 +473,16 @@ class ShortTermQueue:
                 return
             item.state = _FINISHED
             self._running -= 1
-            events = self._rebalance(self._clock())
+            now = self._clock()
+            self._measure(now - item.granted_at)
+            events = self._rebalance(now)
         if events:
             _emit(events)
+
+    def _measure(self, held: float) -> None:
+        # Under the lock: how long a call held its worker, into the moving average.
+        service = self._service
+        self._service = held if service is None else service + _SERVICE_WEIGHT * (held - service)
 
     async def _in_thread(self, item: _Item, call: Call, sync_call: Callable[[], Any]) -> Any:
         """
@@ -425,85 +508,126 @@ class ShortTermQueue:
         with self._lock:
             self._abandoned_running -= 1
             self._running -= 1
-            events = self._rebalance(self._clock())
+            now = self._clock()
+            self._measure(now - item.granted_at)
+            events = self._rebalance(now)
         if events:
             _emit(events)
 
     # -- scaling -----------------------------------------------------------------------
 
-    def _expire_item(self, item: _Item, now: float) -> None:
-        item.state = _EXPIRED
-        item.waited = now - item.enqueued
-        item.wake()
-
     def _rebalance(self, now: float) -> list[_LogEvent] | None:
         """
         Under the lock, after any change: expire overdue waiters, grow if the
-        line is at risk, hand free workers to the line, shrink if idle long
-        enough. Returns the log events to emit once the lock is released.
+        line stands or is at risk (or a call expired), hand free workers to
+        the line, shrink if idle long enough. Returns the log events to emit
+        once the lock is released.
         """
         config = self.config
         waiters = self._waiters
         events: list[_LogEvent] | None = None
+        expired_wait = self._expire_overdue(now)
+        reason = None if expired_wait is None else "expired"
+        oldest = expired_wait or 0.0
         if waiters:
-            expiry = config.item_expiry
-            reason = None
-            oldest = 0.0
-            # The line is in arrival order: the overdue are at its head.
-            while waiters and now - waiters[0].enqueued >= expiry:
-                item = waiters.popleft()
-                self._expire_item(item, now)
-                if reason is None:
-                    reason, oldest = "expired", item.waited
-            if reason is None and waiters:
-                oldest = now - waiters[0].enqueued
-                if oldest >= config.at_risk_fraction * expiry:
-                    reason = "at_risk"
-            if reason is not None and self._workers < config.max_workers:
-                self._workers = min(config.max_workers, self._workers * 2)
-                events = [
-                    (
-                        "info",
-                        "queue_scaled_up",
-                        {
-                            "reason": reason,
-                            "workers": self._workers,
-                            "oldest_wait_s": round(oldest, 6),
-                            "waiting": len(waiters),
-                        },
-                    )
-                ]
-            while waiters and self._running < self._workers:
-                item = waiters.popleft()
-                item.state = _GRANTED
-                self._running += 1
-                item.wake()
-        running = self._running
-        if waiters or running >= self._workers:
-            self._idle_since = None
-        elif self._idle_since is None:
-            self._idle_since = now
-        elif self._workers > config.min_workers:
-            idle = now - self._idle_since
-            if idle >= config.idle_shrink_after:
-                previous = workers = self._workers
-                floor = max(config.min_workers, running)
-                for _ in range(int(idle // config.idle_shrink_after)):
-                    workers = max(floor, workers // 2)
-                    if workers == floor:
-                        break
-                self._workers = workers
-                self._idle_since = now
-                if workers < previous:
-                    events = events or []
-                    events.append(
-                        (
-                            "info",
-                            "queue_scaled_down",
-                            {"workers": workers, "previous": previous, "idle_s": round(idle, 6)},
-                        )
-                    )
+            head_wait = now - waiters[0].enqueued
+            oldest = max(oldest, head_wait)
+            if head_wait < config.target_wait:
+                self._standing_since = None
+            elif self._standing_since is None:
+                self._standing_since = now
+            elif reason is None and now - self._standing_since >= config.target_wait:
+                reason = "standing"
+            if reason is None and head_wait >= config.at_risk_fraction * config.item_expiry:
+                reason = "at_risk"
+        else:
+            self._standing_since = None
+        if reason is not None and self._workers < config.max_workers:
+            self._workers = min(config.max_workers, self._workers * 2)
+            if self._standing_since is not None:
+                self._standing_since = now  # the next doubling after another TARGET_WAIT
+            events = [
+                (
+                    "info",
+                    "queue_scaled_up",
+                    {
+                        "reason": reason,
+                        "workers": self._workers,
+                        "oldest_wait_s": round(oldest, 6),
+                        "waiting": len(waiters),
+                    },
+                )
+            ]
+        granted = False
+        service = self._service
+        while waiters and self._running < self._workers:
+            item = waiters.popleft()
+            if item.by_deadline and service is not None and item.expires - now < service:
+                # Its deadline would cut it short: the worker goes to one that can finish.
+                self._shed_late(item, now)
+                continue
+            self._grant(item, now)
+            item.wake()
+            granted = True
+        if granted and waiters:
+            waiters[0].wake()  # the new head watches the growth timer
+        shrunk = self._shrink(now)
+        if shrunk is not None:
+            events = [*(events or []), shrunk]
         return events
+
+    def _shed_late(self, item: _Item, now: float) -> None:
+        # Under the lock: ``item`` leaves the line unstarted (its heap entry is skipped later).
+        item.state = _EXPIRED
+        item.shed = True
+        item.waited = now - item.enqueued
+        self._shed += 1
+        item.wake()
+
+    def _expire_overdue(self, now: float) -> float | None:
+        """Under the lock: expire the waiters past their budget; the longest wait expired."""
+        expiries = self._expiries
+        longest: float | None = None
+        while expiries and expiries[0][0] <= now:
+            _, _, item = heapq.heappop(expiries)
+            if item.state != _WAITING:
+                continue  # granted or withdrawn meanwhile
+            self._waiters.remove(item)
+            item.state = _EXPIRED
+            item.waited = now - item.enqueued
+            item.wake()
+            longest = item.waited if longest is None else max(longest, item.waited)
+        if not self._waiters:
+            expiries.clear()
+        return longest
+
+    def _shrink(self, now: float) -> _LogEvent | None:
+        config = self.config
+        running = self._running
+        if self._waiters or running >= self._workers:
+            self._idle_since = None
+            return None
+        if self._idle_since is None:
+            self._idle_since = now
+            return None
+        idle = now - self._idle_since
+        if self._workers <= config.min_workers or idle < config.idle_shrink_after:
+            return None
+        previous = workers = self._workers
+        floor = max(config.min_workers, running)
+        for _ in range(int(idle // config.idle_shrink_after)):
+            workers = max(floor, workers // 2)
+            if workers == floor:
+                break
+        self._workers = workers
+        self._idle_since = now
+        if workers == previous:
+            return None
+        return (
+            "info",
+            "queue_scaled_down",
+            {"workers": workers, "previous": previous, "idle_s": round(idle, 6)},
+        )
 
 
 def _emit(events: list[_LogEvent]) -> None:

@@ -22,16 +22,17 @@ ordered signal (``Signal(ordered=True)``).
 from __future__ import annotations
 
 import asyncio
+import enum
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import _dispatch
-from patchboard._config import DEFAULT_OPTIONS, get_settings
+from patchboard import _deadline, _dispatch
+from patchboard._config import DEFAULT_OPTIONS, get_settings, seconds
 from patchboard._django import (
     NONE_ID,
     clear_dead_receivers,
@@ -48,8 +49,30 @@ from patchboard._log import name_signal, signal_label
 from patchboard._outcomes import Collected
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._state import state
+from patchboard._stream import Stream
 
 QueueChoice: TypeAlias = Literal["auto"] | bool
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""A collect's ``deadline`` not given: ``PATCHBOARD["DEFAULT_DEADLINE"]`` applies
+(None already means "no deadline")."""
+
+
+def _seconds(deadline: float | None) -> float | None:
+    return None if deadline is None else seconds("deadline", deadline)
+
+
+def _collect_deadline(deadline: float | _Unset | None) -> float | None:
+    if deadline is UNSET:
+        return get_settings().default_deadline
+    return _seconds(deadline)
+
+
 Responses: TypeAlias = list[tuple[Callable[..., Any], Any]]
 
 _RESOLVED_SENDERS = 256
@@ -59,7 +82,15 @@ _RESOLVED_SENDERS = 256
 class _Resolved:
     """The live listeners of one sender, as resolved from a receivers list."""
 
-    __slots__ = ("batchable", "count", "listeners", "loopless", "receivers", "version")
+    __slots__ = (
+        "batchable",
+        "count",
+        "listeners",
+        "loopless",
+        "loopless_budgeted",
+        "receivers",
+        "version",
+    )
 
     def __init__(self, receivers: list[Any], version: int, listeners: list[Listener]) -> None:
         self.receivers = receivers
@@ -75,6 +106,12 @@ class _Resolved:
         """Whether a sync caller can run them all without an event loop: in its
         thread, or in listener threads (a sync listener with a ``timeout`` or
         ``thread_sensitive=False``, without a breaker)."""
+        self.loopless_budgeted = all(
+            listener.options.mode == "background"
+            or (not listener.is_async and listener.options.breaker is None)
+            for listener in listeners
+        )
+        """The same under a deadline, which takes every sync listener to a thread."""
 
 
 class Signal(DjangoSignal):
@@ -227,7 +264,12 @@ class Signal(DjangoSignal):
     # -- patchboard's verbs ----------------------------------------------------------
 
     async def send_async(
-        self, sender: Any, *, queue: QueueChoice = False, **named: Any
+        self,
+        sender: Any,
+        *,
+        queue: QueueChoice = False,
+        deadline: float | None = None,
+        **named: Any,
     ) -> Collected:
         """
         Fire and forget: call every listener and return a report of each call.
@@ -236,17 +278,24 @@ class Signal(DjangoSignal):
         a time on an ordered signal); the call returns when they are done.
         Background listeners are enqueued as ``django.tasks`` tasks; their
         outcome is ``"enqueued"`` with the ``task_id``. ``queue=True`` sends
-        inline listeners through the short-term queue.
+        inline listeners through the short-term queue. ``deadline`` (seconds
+        from now) bounds the whole call, as for :meth:`collect_async`.
 
         Raises:
             Exception: the error of a listener whose ``on_error`` is
                 ``"raise"``, after the other listeners were cancelled.
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
+            TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        return await self._dispatch(sender, named, queue)
+        return await self._dispatch(sender, named, queue, _seconds(deadline))
 
     async def collect_async(
-        self, sender: Any, *, queue: QueueChoice = "auto", **named: Any
+        self,
+        sender: Any,
+        *,
+        queue: QueueChoice = "auto",
+        deadline: float | _Unset | None = UNSET,
+        **named: Any,
     ) -> Collected:
         """
         Fire and gather every listener's response.
@@ -256,33 +305,92 @@ class Signal(DjangoSignal):
         more live listeners than ``PATCHBOARD["COLLECT_QUEUE_THRESHOLD"]``.
         Nothing is aggregated: ``sum(collected.values())`` is yours to write.
 
+        ``deadline`` (seconds from now; by default
+        ``PATCHBOARD["DEFAULT_DEADLINE"]``, None for none) is the budget of
+        everything under this call: it returns by then, whatever its
+        listeners do. Calls still running are cancelled (a sync listener's
+        thread abandoned) and end as ``"timeout"``, calls not yet started as
+        ``"expired"``; fallbacks and ``on_error`` apply as usual, and
+        ``Collected.deadline_hit`` says so. A listener's own ``timeout`` is
+        cut to what is left, a queued call never waits past it, and a
+        listener that dispatches another signal hands it the rest. Under a
+        deadline a sync listener runs in a listener thread, like one with a
+        ``timeout``. Background listeners are not bound by it.
+
         Raises:
             Exception: the error of a listener whose ``on_error`` is
                 ``"raise"``, after the other listeners were cancelled.
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
+            TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        return await self._dispatch(sender, named, queue)
+        return await self._dispatch(sender, named, queue, _collect_deadline(deadline))
 
-    def send_sync(self, sender: Any, *, queue: QueueChoice = False, **named: Any) -> Collected:
+    def stream_async(
+        self,
+        sender: Any,
+        *,
+        queue: QueueChoice = False,
+        deadline: float | _Unset | None = UNSET,
+        **named: Any,
+    ) -> Stream:
+        """
+        Like :meth:`collect_async`, but yield each listener call's outcome as
+        soon as the call ends (see :class:`~patchboard.Stream`)::
+
+            async for outcome in signal.stream_async(sender=Cart, cart=cart, deadline=1.0):
+                ...
+
+        Leaving the loop early cancels and withdraws every call still
+        pending. On an ordered signal the listeners still run one at a time,
+        in priority order. ``queue`` defaults to ``False`` (``"auto"`` as
+        for a collect, ``True``).
+
+        Raises:
+            ImproperlyConfigured: ``queue=True`` on an ordered signal.
+            TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
+        """
+        self._check_settings()
+        until = _collect_deadline(deadline)
+        listeners = self._live(sender).listeners
+        short_term = self._queue_for(queue, len(listeners))
+        return Stream(
+            self, sender, named, listeners, queue=short_term, deadline=until, ordered=self.ordered
+        )
+
+    def send_sync(
+        self,
+        sender: Any,
+        *,
+        queue: QueueChoice = False,
+        deadline: float | None = None,
+        **named: Any,
+    ) -> Collected:
         """
         The sync twin of :meth:`send_async`, for WSGI views, management
         commands and task workers.
 
         Sync listeners run in this thread, in priority order, and background
         listeners enqueue here, so both see the caller's transaction; a sync
-        listener with a ``timeout`` (or ``thread_sensitive=False``) runs in a
-        listener thread meanwhile, and is waited for until its limit. When a
-        listener needs an event loop (an async listener, a timed sync one
-        with a breaker, the short-term queue), the whole dispatch runs
-        through asgiref's ``async_to_sync``.
+        listener with a ``timeout`` (or ``thread_sensitive=False``, or under a
+        ``deadline``) runs in a listener thread meanwhile, and is waited for
+        until its limit. When a listener needs an event loop (an async
+        listener, a timed sync one with a breaker, the short-term queue), the
+        whole dispatch runs through asgiref's ``async_to_sync``.
 
         Raises:
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`send_async`.
         """
-        return self._dispatch_sync("send_sync", sender, named, queue)
+        return self._dispatch_sync("send_sync", sender, named, queue, _seconds(deadline))
 
-    def collect(self, sender: Any, *, queue: QueueChoice = "auto", **named: Any) -> Collected:
+    def collect(
+        self,
+        sender: Any,
+        *,
+        queue: QueueChoice = "auto",
+        deadline: float | _Unset | None = UNSET,
+        **named: Any,
+    ) -> Collected:
         """
         The sync twin of :meth:`collect_async` (see :meth:`send_sync`).
 
@@ -290,9 +398,13 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`collect_async`.
         """
-        return self._dispatch_sync("collect", sender, named, queue)
+        return self._dispatch_sync("collect", sender, named, queue, _collect_deadline(deadline))
 
     # -- the engine --------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        if state.settings is None:
+            get_settings()  # an invalid PATCHBOARD stops the first dispatch, naming the key
 
     def _queue_for(self, choice: QueueChoice, count: int) -> ShortTermQueue | None:
         if choice is True:
@@ -310,37 +422,56 @@ class Signal(DjangoSignal):
             raise ValueError(f"queue must be 'auto', True or False, got {choice!r}")
         return get_queue()
 
-    async def _dispatch(self, sender: Any, named: dict[str, Any], queue: QueueChoice) -> Collected:
-        if state.settings is None:
-            get_settings()  # an invalid PATCHBOARD stops the first dispatch, naming the key
+    async def _dispatch(
+        self, sender: Any, named: dict[str, Any], queue: QueueChoice, deadline: float | None
+    ) -> Collected:
+        self._check_settings()
         listeners = self._live(sender).listeners
         if not listeners:
             return Collected([])
         short_term = self._queue_for(queue, len(listeners))
-        if self.ordered:
-            outcomes = await _dispatch.run_in_order(listeners, self, sender, named)
-        else:
-            outcomes = await _dispatch.run_concurrently(listeners, self, sender, named, short_term)
-        return _dispatch.finish(self, sender, outcomes)
+        state.counts["submitted"] += len(listeners)
+        with _deadline.budget(deadline) as until:
+            budgeted = until is not None
+            if self.ordered:
+                outcomes = await _dispatch.run_in_order(
+                    listeners, self, sender, named, budgeted=budgeted
+                )
+            else:
+                outcomes = await _dispatch.run_concurrently(
+                    listeners, self, sender, named, short_term, budgeted=budgeted
+                )
+        return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
 
     def _dispatch_sync(
-        self, method: str, sender: Any, named: dict[str, Any], queue: QueueChoice
+        self,
+        method: str,
+        sender: Any,
+        named: dict[str, Any],
+        queue: QueueChoice,
+        deadline: float | None,
     ) -> Collected:
         if asyncio._get_running_loop() is not None:
             raise SyncCallInEventLoop(method)
-        if state.settings is None:
-            get_settings()
+        self._check_settings()
         resolved = self._live(sender)
         listeners = resolved.listeners
         if not listeners:
             return Collected([])
-        if resolved.loopless and self._queue_for(queue, len(listeners)) is None:
-            if resolved.batchable:
-                outcomes = run_here(listeners, self, sender, named)
-            else:
-                outcomes = _dispatch.run_without_loop(listeners, self, sender, named)
-            return _dispatch.finish(self, sender, outcomes)
-        return async_to_sync(self._dispatch)(sender, named, queue)
+        with _deadline.budget(deadline) as until:
+            budgeted = until is not None
+            loopless = resolved.loopless_budgeted if budgeted else resolved.loopless
+            if loopless and self._queue_for(queue, len(listeners)) is None:
+                state.counts["submitted"] += len(listeners)
+                if resolved.batchable and not budgeted:
+                    outcomes = run_here(listeners, self, sender, named)
+                else:
+                    outcomes = _dispatch.run_without_loop(
+                        listeners, self, sender, named, budgeted=budgeted, ordered=self.ordered
+                    )
+                return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
+            # The loop inherits this context, and with it the deadline.
+            return async_to_sync(self._dispatch)(sender, named, queue, None)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from patchboard._outcomes import STATUSES, Status
+from patchboard._outcomes import STATUSES
 
 
 class State:
@@ -44,8 +44,8 @@ class State:
         # -- runtime state (reset) --------------------------------------------------
         self.settings: Any = None
         """The parsed ``PATCHBOARD`` setting, or None until first read."""
-        self.counts: dict[Status, int] = dict.fromkeys(STATUSES, 0)
-        """How many listener calls ended with each status (``outcome_counts()``)."""
+        self.counts: dict[str, int] = dict.fromkeys(("submitted", *STATUSES), 0)
+        """Listener calls submitted, and ended with each status (``outcome_counts()``)."""
         self.logger: Any = None
         """The ``patchboard`` logger, chosen on first use (see ``_log``)."""
         self.queue: Any = None
@@ -127,11 +127,13 @@ def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
 setting_changed.connect(_on_setting_changed, dispatch_uid="patchboard.state.settings_changed")
 
 
-def outcome_counts() -> dict[Status, int]:
+def outcome_counts() -> dict[str, int]:
     """
-    How many listener calls ended with each status in this process, since
-    start-up (or the last :func:`patchboard.testing.reset`). Every call is
-    counted exactly once, whichever verb dispatched it.
+    How many listener calls were ``"submitted"`` in this process, and how many
+    ended with each status (``"ok"``, ``"error"``, ..., ``"cancelled"``),
+    since start-up (or the last :func:`patchboard.testing.reset`). Every call
+    is counted once when submitted and once when it ends, whichever verb
+    dispatched it: with no call in flight, ``submitted`` is the sum of the
+    others.
     """
-    counts = state.counts
-    return {status: counts[status] for status in STATUSES}
+    return dict(state.counts)

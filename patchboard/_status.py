@@ -59,7 +59,6 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from patchboard._config import get_settings
-from patchboard._outcomes import Status
 from patchboard._queue import QueueStatistics, queue_stats
 from patchboard._state import outcome_counts
 from patchboard.breaker import (
@@ -123,6 +122,7 @@ class QueueStatus(TypedDict):
     running: int
     waiting: int
     oldest_wait_s: float
+    service_time_s: float
     abandoned_running: int
     counters: dict[str, int]
 
@@ -134,7 +134,7 @@ class Snapshot(TypedDict):
     generated_at: str
     breakers: list[BreakerStatus]
     queue: QueueStatus
-    outcomes: dict[Status, int]
+    outcomes: dict[str, int]
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -163,7 +163,7 @@ def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
 
 
 QUEUE_GAUGES: Final = frozenset(
-    {"workers", "running", "waiting", "oldest_wait", "abandoned_running"}
+    {"workers", "running", "waiting", "oldest_wait", "service_time", "abandoned_running"}
 )
 """The queue's fields that say how it is now; the others are totals since it was built."""
 
@@ -175,6 +175,7 @@ def queue_status(stats: QueueStatistics) -> QueueStatus:
         "running": stats.running,
         "waiting": stats.waiting,
         "oldest_wait_s": stats.oldest_wait,
+        "service_time_s": stats.service_time,
         "abandoned_running": stats.abandoned_running,
         "counters": {
             field.name: getattr(stats, field.name)

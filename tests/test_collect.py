@@ -7,6 +7,7 @@ import time
 
 import anyio
 import pytest
+from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 from patchboard import Collected, Outcome, Signal, receiver
@@ -263,7 +264,10 @@ def test_every_call_is_counted_once_by_status() -> None:
 
     assert after["ok"] - before["ok"] == 2
     assert after["error"] - before["error"] == 2
-    assert sum(after.values()) - sum(before.values()) == 4
+    ended = sum(n for key, n in after.items() if key != "submitted")
+    ended -= sum(n for key, n in before.items() if key != "submitted")
+    assert ended == 4
+    assert after["submitted"] - before["submitted"] == 4
 
 
 async def test_a_listener_that_raises_cancelled_error_on_its_own_is_an_error_outcome() -> None:
@@ -286,3 +290,18 @@ async def test_a_listener_that_raises_cancelled_error_on_its_own_is_an_error_out
     assert [o.status for o in collected] == ["error", "ok"]
     assert isinstance(collected[0].error, asyncio.CancelledError)
     assert collected.values() == ["n/a", 1]
+
+
+async def test_an_object_with_an_async_call_method_is_an_async_listener() -> None:
+    """Regression: such a listener was called as a sync one, and its coroutine never awaited."""
+    signal = Signal()
+
+    class Quote:
+        async def __call__(self, sender, **kwargs):
+            await asyncio.sleep(0)
+            return "awaited"
+
+    signal.connect(Quote(), weak=False)
+    assert (await signal.collect_async(sender=None)).values() == ["awaited"]
+    collected = await sync_to_async(signal.collect, thread_sensitive=False)(sender=None)
+    assert collected.values() == ["awaited"]

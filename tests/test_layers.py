@@ -21,13 +21,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "patchboard"
 
 LAYERS: list[list[str]] = [
     ["patchboard._exceptions", "patchboard._outcomes"],
-    ["patchboard._state", "patchboard._django"],
+    ["patchboard._state", "patchboard._django", "patchboard._deadline"],
     ["patchboard._config", "patchboard._log"],
     ["patchboard._features", "patchboard._threads"],
     ["patchboard._call"],
     ["patchboard._listeners"],
     ["patchboard._queue"],
     ["patchboard._dispatch"],
+    ["patchboard._stream"],
     ["patchboard._signals"],
     ["patchboard.breaker", "patchboard.background"],
     [

@@ -201,3 +201,26 @@ def test_a_dispatch_during_connect_never_caches_an_unsorted_order() -> None:
 
     assert [listener.receiver for listener in signal.listeners(None)] == [high, low]
     assert signal.collect(None).values() == ["high", "low"]
+
+
+def test_the_sync_twin_runs_timed_listeners_of_an_ordered_signal_one_at_a_time() -> None:
+    """Regression: collect() started an ordered signal's timed sync listeners together."""
+    import threading
+
+    signal = Signal(ordered=True, name="tests.ordered.timed")
+    b_started = threading.Event()
+    overlapped: list[bool] = []
+
+    def first(sender, **kwargs):
+        overlapped.append(b_started.wait(0.2))  # True only if second ran meanwhile
+        return "first"
+
+    def second(sender, **kwargs):
+        b_started.set()
+        return "second"
+
+    signal.connect(first, weak=False, priority=2, timeout=5)
+    signal.connect(second, weak=False, priority=1, timeout=5)
+
+    assert signal.collect(sender=None).values() == ["first", "second"]
+    assert overlapped == [False]

@@ -19,7 +19,7 @@ import anyio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from patchboard import Listener, ListenerOptions, Signal
+from patchboard import Listener, ListenerOptions, Signal, _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._queue import ShortTermQueue
@@ -38,6 +38,8 @@ class Item:
 class Caller:
     items: list[Item]
     cancel_after: float | None
+    deadline: float | None = None
+    """The dispatch's deadline (seconds): the budget of every item of this caller."""
 
 
 items = st.builds(
@@ -52,6 +54,7 @@ callers = st.builds(
     Caller,
     items=st.lists(items, min_size=1, max_size=5),
     cancel_after=st.sampled_from([None, None, 0.0, 0.005, 0.02]),
+    deadline=st.sampled_from([None, None, 0.003, 0.01, 0.03]),
 )
 
 
@@ -163,7 +166,7 @@ async def _play(config: QueueSettings, plan: list[Caller], probe: Probe) -> None
         statuses[outcome.status] += 1
 
     async def caller(spec: Caller) -> None:
-        with anyio.CancelScope() as scope:
+        with anyio.CancelScope() as scope, _deadline.budget(spec.deadline):
             if spec.cancel_after is not None:
                 scope.deadline = anyio.current_time() + spec.cancel_after
             async with anyio.create_task_group() as tg:

@@ -1,8 +1,10 @@
 """
-Scaling: the pool doubles when the head of the line is at risk of expiring
-(or an item expired), never for the line's length alone, and halves after
-``IDLE_SHRINK_AFTER`` seconds of spare capacity; always between
-``MIN_WORKERS`` and ``MAX_WORKERS``. Virtual time throughout, but one test.
+Scaling on the expiry: the pool doubles when the head of the line is at risk
+of expiring (or an item expired), never for the line's length alone, and
+halves after ``IDLE_SHRINK_AFTER`` seconds of spare capacity; always between
+``MIN_WORKERS`` and ``MAX_WORKERS``. ``TARGET_WAIT`` is set out of reach
+here, so that the standing-delay rule (tests/test_queue_standing.py) stays
+out of the way. Virtual time throughout, but one test.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def make_queue(clock: VirtualClock, **values: Any) -> ShortTermQueue:
     settings = {
         "min_workers": 2,
         "max_workers": 8,
+        "target_wait": 1000,
         "item_expiry": 40,
         "at_risk_fraction": 0.5,
         "idle_shrink_after": 30,
@@ -194,7 +197,9 @@ async def test_shrinking_never_drops_below_what_is_running() -> None:
 
 async def test_a_waiter_grows_the_pool_by_itself_at_the_at_risk_age(logs: Any) -> None:
     """Real time: nothing else happens, the waiter's own deadline evaluates the rule."""
-    settings = QueueSettings(min_workers=1, max_workers=2, item_expiry=5.0, at_risk_fraction=0.02)
+    settings = QueueSettings(
+        min_workers=1, max_workers=2, target_wait=100, item_expiry=5.0, at_risk_fraction=0.02
+    )
     queue = ShortTermQueue(settings)
     blocker = Blocker()
 

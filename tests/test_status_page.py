@@ -255,6 +255,7 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "running": 0,
         "waiting": 0,
         "oldest_wait_s": 0.0,
+        "service_time_s": stats.service_time,
         "abandoned_running": 0,
         "counters": {
             "submitted": 4,
@@ -262,11 +263,13 @@ def test_json_has_stable_keys_and_reflects_real_state(
             "failed": 2,
             "timed_out": 0,
             "expired": 0,
+            "shed": 0,
             "rejected": 0,
             "cancelled": 0,
             "abandoned": 0,
         },
     }
+    assert stats.service_time > 0  # the calls held their workers a measured while
     assert type(data["queue"]["oldest_wait_s"]) is float
     assert data["outcomes"] == {**outcome_counts()}
     assert (data["outcomes"]["ok"], data["outcomes"]["circuit_open"]) == (2, 1)

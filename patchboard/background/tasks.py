@@ -22,6 +22,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.utils import timezone
 
+from patchboard import _deadline
 from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
@@ -117,10 +118,13 @@ def run(payload: object, task_result: Any) -> str:
         return "instance_missing"
     except (PayloadError, Refused) as exc:
         return _refuse(payload, task_id, exc)
-    if listener._batchable:
-        outcome = listener._run_sync(signal, sender, kwargs)
-    else:
-        outcome = async_to_sync(listener._run_async)(signal, sender, kwargs)
+    # A task is not bound by the deadline of the request that enqueued it
+    # (an immediate backend runs it inside that request).
+    with _deadline.none():
+        if listener._batchable:
+            outcome = listener._run_sync(signal, sender, kwargs)
+        else:
+            outcome = async_to_sync(listener._run_async)(signal, sender, kwargs)
     elapsed = round(perf_counter() - started, 6)
     if outcome.status == "ok":
         log.info("background_finished", elapsed_s=elapsed, **context)

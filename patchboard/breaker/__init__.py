@@ -66,6 +66,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, ov
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
 
+from patchboard import _deadline
 from patchboard._config import (
     BreakerConfig,
     BreakerOptions,
@@ -437,7 +438,18 @@ class CircuitBreaker:
 
     # -- the store's I/O: the only difference between the sync and async forms --
 
+    def _refuse_a_brief_caller(self) -> None:
+        """
+        A caller whose deadline leaves it less time than its listener's own
+        timeout gets no half-open probe: it would likely be cut short and
+        tell nothing (see ``patchboard._deadline``).
+        """
+        if _deadline.cannot_wait() and self._store.state != CLOSED:
+            self._rejected.add()
+            raise CircuitOpen(self.name, self.retry_at)
+
     def _acquire(self) -> Ticket:
+        self._refuse_a_brief_caller()
         try:
             return self._store.acquire()
         except CircuitOpen:
@@ -447,6 +459,7 @@ class CircuitBreaker:
             self._emit()
 
     async def _aacquire(self) -> Ticket:
+        self._refuse_a_brief_caller()
         try:
             return await self._store.aacquire()
         except CircuitOpen:
