@@ -439,9 +439,8 @@ async def test_rate_rule_opens_at_or_above_failure_rate(clock, failures, success
 
 async def test_rate_rule_window_slides(clock) -> None:
     b = breaker(clock, trip_rule="rate", failure_rate=0.5, window_size=4, minimum_calls=4)
-    for _ in range(3):
-        await fail(b)
-    for _ in range(4):  # pushes the three failures out of the window
+    await fail(b)
+    for _ in range(4):  # the fourth success pushes the failure out of the window
         await succeed(b)
     assert b.statistics().failures == 0
     await fail(b)

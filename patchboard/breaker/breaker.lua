@@ -5,7 +5,9 @@
 -- probes' leases a sorted set (KEYS[2]). ARGV: operation, probe token, then
 -- the breaker's configuration (see RedisStore), then an optional clock.
 -- Replies {decision, state, failures, opened_at, retry_at, now, old state or
--- -1, forced, probes}; decision 0 admit, 1 probe, 2 reject, 3 none.
+-- -1, forced, probes, rejected}; decision 0 admit, 1 probe, 2 reject, 3 none;
+-- retry_at is the circuit's (when it lets a probe through), rejected the
+-- retry time of a rejected call (in half-open, when the first lease ends).
 local key, pkey = KEYS[1], KEYS[2]
 local op, token, rule = ARGV[1], ARGV[2], ARGV[3]
 local threshold = tonumber(ARGV[4])
@@ -39,25 +41,31 @@ local ps = tonumber(h[7]) or 0
 local fo = h[8] or ''
 local old = s
 local decision = 3
-local reply_ra = ra
+local rejected = -1
 local dirty = false
 
 local function open_circuit(timeout)
-  s = 'o'; oa = now; rt = timeout; ra = now + timeout; ps = 0; reply_ra = ra
+  s = 'o'; oa = now; rt = timeout; ra = now + timeout; ps = 0
   redis.call('DEL', pkey)
   dirty = true
 end
 local function close_circuit()
-  s = 'c'; f = 0; w = ''; oa = -1; ra = -1; rt = reset_ms; ps = 0; reply_ra = -1
+  s = 'c'; f = 0; w = ''; oa = -1; ra = -1; rt = reset_ms; ps = 0
   redis.call('DEL', pkey)
   dirty = true
 end
-local function push(bit)
+-- The rate rule: slide one call into the window ('1': a failure), then
+-- compare after every call, a success included (the call that completes
+-- min_calls may find the rate already crossed).
+local function rate_call(bit)
   w = w .. bit
+  if bit == '1' then f = f + 1 end
   if #w > window then
     if string.sub(w, 1, 1) == '1' then f = f - 1 end
     w = string.sub(w, 2)
   end
+  dirty = true
+  if #w >= min_calls and f * 1000000 >= rate_ppm * #w then open_circuit(reset_ms) end
 end
 
 if op == 'acquire' then
@@ -66,7 +74,7 @@ if op == 'acquire' then
   else
     if s == 'o' then
       if fo == 'o' or now < ra then
-        decision = 2
+        decision = 2; rejected = ra
       else
         s = 'h'; ps = 0; dirty = true
         redis.call('DEL', pkey)
@@ -81,7 +89,7 @@ if op == 'acquire' then
       else
         decision = 2
         local first = redis.call('ZRANGE', pkey, 0, 0, 'WITHSCORES')
-        reply_ra = tonumber(first[2])
+        rejected = tonumber(first[2])
       end
     end
   end
@@ -95,7 +103,7 @@ elseif op == 'success' then
     if rule == 'count' then
       if f > 0 then f = 0; dirty = true end
     else
-      push('0'); dirty = true
+      rate_call('0')
     end
   end
 elseif op == 'failure' then
@@ -106,18 +114,17 @@ elseif op == 'failure' then
       open_circuit(grown)
     end
   elseif s == 'c' and fo == '' then
-    f = f + 1; dirty = true
     if rule == 'count' then
+      f = f + 1; dirty = true
       if f >= threshold then open_circuit(reset_ms) end
     else
-      push('1')
-      if #w >= min_calls and f * 1000000 >= rate_ppm * #w then open_circuit(reset_ms) end
+      rate_call('1')
     end
   end
 elseif op == 'release' then
   if token ~= '' then redis.call('ZREM', pkey, token) end
 elseif op == 'force_open' then
-  s = 'o'; fo = 'o'; oa = now; ra = -1; ps = 0; reply_ra = -1; dirty = true
+  s = 'o'; fo = 'o'; oa = now; ra = -1; ps = 0; dirty = true
   redis.call('DEL', pkey)
 elseif op == 'force_closed' then
   close_circuit(); fo = 'c'
@@ -148,4 +155,4 @@ local forced = 0
 if fo == 'o' then forced = 1 elseif fo == 'c' then forced = 2 end
 local probes = 0
 if s == 'h' then probes = redis.call('ZCARD', pkey) end
-return {decision, codes[s], f, oa, reply_ra, now, transition, forced, probes}
+return {decision, codes[s], f, oa, ra, now, transition, forced, probes, rejected}

@@ -2,11 +2,13 @@
 The circuit breaker's rules, as a pure state machine: no clock, no lock, no I/O.
 
 A :class:`Circuit` is a breaker's whole state; :class:`Machine` changes it,
-given the time ``now`` (seconds) and the breaker's configuration:
+given the time ``now`` and the breaker's configuration:
 
 * :meth:`Machine.admit` decides whether a call may go through: as a normal
-  call (closed), as a half-open *probe* holding a slot until it reports or its
-  lease ends, or not at all (open; half-open with every slot taken);
+  call (closed), as a half-open *probe* holding a slot until it reports, or
+  until its lease has ended and a newer caller is admitted (who takes the
+  slot over; the late report is then ignored), or not at all (open;
+  half-open with every slot taken);
 * :meth:`Machine.record` applies a call's outcome (``SUCCESS``, ``FAILURE``,
   or ``RELEASE``: neither, only a probe slot is freed);
 * :meth:`Machine.force` forces the circuit open or closed, or resets it.
@@ -16,11 +18,19 @@ list the caller passes in. The in-process store (:mod:`.memory`) runs this
 machine under a lock with a clock; the Redis store runs the same rules in
 ``breaker.lua``, atomically on the server. Both are held to one scenario
 suite and a model-based test, so they cannot drift apart.
+
+Times are whole milliseconds (``int``), as in the Lua script: the same
+arithmetic on both stores, so an open circuit becomes due at the same
+millisecond and a reset timeout grown by ``backoff_factor`` is cut to the
+same millisecond (``floor``). :func:`milliseconds` converts durations,
+:func:`clock_ms` a clock's reading.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple, TypeAlias
@@ -59,6 +69,21 @@ def to_datetime(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 
+def milliseconds(seconds: float) -> int:
+    """A configured duration in whole milliseconds, at least 1 (as ``RedisStore`` sends it)."""
+    return max(1, round(seconds * 1000))
+
+
+def clock_ms(clock: Callable[[], float]) -> int:
+    """A clock's reading (POSIX seconds) in whole milliseconds."""
+    return round(clock() * 1000)
+
+
+def to_seconds(ms: int | None) -> float | None:
+    """Milliseconds as POSIX seconds (``None`` stays ``None``)."""
+    return None if ms is None else ms / 1000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Transition:
     """One change of state, for the breaker to log and signal."""
@@ -67,32 +92,32 @@ class Transition:
     new: State
     failures: int
     retry_at: float | None
-    """POSIX timestamp of the next probe, when ``new`` is ``"open"``."""
+    """POSIX timestamp (seconds) of the next probe, when ``new`` is ``"open"``."""
     forced: bool
 
 
 class Admission(NamedTuple):
-    """What :meth:`Machine.admit` decided, and for a rejection, when to retry."""
+    """What :meth:`Machine.admit` decided, and for a rejection, when to retry (ms)."""
 
     decision: Decision
-    retry_at: float | None = None
+    retry_at: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
 class Circuit:
-    """One breaker's state (times are seconds, on the machine's clock)."""
+    """One breaker's state (times are milliseconds, on the store's clock)."""
 
     state: State = CLOSED
     failures: int = 0
     """Consecutive failures (count rule), or failures in the window (rate rule)."""
     window: deque[bool] = field(default_factory=deque)
     """Rate rule: the outcomes of the last calls, True for a failure."""
-    opened_at: float | None = None
-    retry_at: float | None = None
+    opened_at: int | None = None
+    retry_at: int | None = None
     """When an open circuit lets a probe through; None when closed or forced open."""
-    reset_timeout: float = 0.0
+    reset_timeout: int = 0
     """The current reset timeout, grown by ``backoff_factor`` after failed probes."""
-    probes: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, int] = field(default_factory=dict)
     """Probes in flight: token -> the end of its lease."""
     probe_successes: int = 0
     forced: Forced = None
@@ -101,21 +126,25 @@ class Circuit:
 class Machine:
     """The rules of one breaker's configuration (see the module docstring)."""
 
-    __slots__ = ("config", "count_rule")
+    __slots__ = ("config", "count_rule", "lease", "max_reset_timeout", "reset_timeout")
 
     def __init__(self, config: BreakerConfig) -> None:
         self.config = config
         self.count_rule = config.trip_rule == "count"
+        self.reset_timeout = milliseconds(config.reset_timeout)
+        self.lease = milliseconds(config.lease)
+        cap = config.max_reset_timeout
+        self.max_reset_timeout = milliseconds(cap) if cap is not None else None
 
     def fresh(self, *, forced: Forced = None) -> Circuit:
         """A closed circuit with nothing recorded."""
-        return Circuit(reset_timeout=self.config.reset_timeout, forced=forced)
+        return Circuit(reset_timeout=self.reset_timeout, forced=forced)
 
     def fast(self, circuit: Circuit) -> bool:
         """Whether a normal call's success changes nothing (closed, count rule, no failures)."""
         return circuit.state is CLOSED and self.count_rule and circuit.failures == 0
 
-    def effective_state(self, circuit: Circuit, now: float) -> State:
+    def effective_state(self, circuit: Circuit, now: int) -> State:
         """The state a caller sees: an open circuit past its ``retry_at`` reads half-open."""
         state = circuit.state
         if state is OPEN and circuit.retry_at is not None and now >= circuit.retry_at:
@@ -124,8 +153,13 @@ class Machine:
 
     # -- decisions -------------------------------------------------------------
 
-    def admit(self, c: Circuit, now: float, token: str, notes: list[Transition]) -> Admission:
-        """Admit a call (as ``token`` if it becomes a probe) or reject it."""
+    def admit(self, c: Circuit, now: int, token: str, notes: list[Transition]) -> Admission:
+        """
+        Admit a call (as ``token`` if it becomes a probe) or reject it.
+
+        A probe whose lease has ended gives its slot up to the next caller
+        admitted: it is dropped then, and its late report is ignored.
+        """
         if c.state is CLOSED:
             return Admission(ADMIT)
         if c.state is OPEN:
@@ -136,42 +170,38 @@ class Machine:
             c.probes.clear()
             self._note(c, OPEN, notes)
         probes = c.probes
-        limit = self.config.half_open_max_calls
-        if len(probes) >= limit:
-            for held, lease in list(probes.items()):
-                if lease <= now:
-                    del probes[held]
-        if len(probes) < limit:
-            probes[token] = now + self.config.lease
+        for held, lease in list(probes.items()):
+            if lease <= now:
+                del probes[held]
+        if len(probes) < self.config.half_open_max_calls:
+            probes[token] = now + self.lease
             return Admission(PROBE)
         return Admission(REJECT, min(probes.values()))
 
     def record(
-        self, c: Circuit, probe: str | None, result: Result, now: float, notes: list[Transition]
+        self, c: Circuit, probe: str | None, result: Result, now: int, notes: list[Transition]
     ) -> None:
         """Apply the result of a call admitted normally (``probe`` None) or as a probe."""
         if probe is None:
             if c.state is not CLOSED or c.forced is not None or result == RELEASE:
                 return  # a normal call's result counts only while closed and not forced
-            if result == FAILURE:
-                self._failure(c, now, notes)
-            elif self.count_rule:
-                c.failures = 0
+            if self.count_rule:
+                self._count(c, result == FAILURE, now, notes)
             else:
-                self._push(c, False)
+                self._rate(c, result == FAILURE, now, notes)
             return
         if c.probes.pop(probe, None) is None or c.state is not HALF_OPEN:
-            return  # the lease ended, or the circuit moved on: a late report
+            return  # a newer probe took the slot over, or the circuit moved on: too late
         if result == SUCCESS:
             c.probe_successes += 1
             if c.probe_successes >= self.config.success_threshold:
                 self._close(c, HALF_OPEN, notes)
         elif result == FAILURE:
-            grown = c.reset_timeout * self.config.backoff_factor
-            cap = self.config.max_reset_timeout
+            grown = math.floor(c.reset_timeout * self.config.backoff_factor)
+            cap = self.max_reset_timeout
             self._open(c, min(grown, cap) if cap is not None else grown, now, HALF_OPEN, notes)
 
-    def force(self, c: Circuit, action: ForceAction, now: float, notes: list[Transition]) -> None:
+    def force(self, c: Circuit, action: ForceAction, now: int, notes: list[Transition]) -> None:
         """``force_open``: open until reset; ``force_closed``: closed, counting nothing."""
         old = c.state
         if action == "force_open":
@@ -187,28 +217,30 @@ class Machine:
 
     # -- moves -----------------------------------------------------------------
 
-    def _failure(self, c: Circuit, now: float, notes: list[Transition]) -> None:
-        config = self.config
-        if self.count_rule:
-            c.failures += 1
-            if c.failures >= config.failure_threshold:
-                self._open(c, config.reset_timeout, now, CLOSED, notes)
+    def _count(self, c: Circuit, failed: bool, now: int, notes: list[Transition]) -> None:
+        if not failed:
+            c.failures = 0
             return
-        self._push(c, True)
-        calls = len(c.window)
-        # Integer arithmetic, the same as the Lua script's: 0.3 of 10 calls is 3.
-        if calls >= config.minimum_calls and c.failures * 1_000_000 >= config.rate_ppm * calls:
-            self._open(c, config.reset_timeout, now, CLOSED, notes)
+        c.failures += 1
+        if c.failures >= self.config.failure_threshold:
+            self._open(c, self.reset_timeout, now, CLOSED, notes)
 
-    def _push(self, c: Circuit, failed: bool) -> None:
+    def _rate(self, c: Circuit, failed: bool, now: int, notes: list[Transition]) -> None:
+        config = self.config
         window = c.window
         window.append(failed)
         c.failures += failed
-        if len(window) > self.config.window_size:
+        if len(window) > config.window_size:
             c.failures -= window.popleft()
+        calls = len(window)
+        # Checked after every call, a success included: the call that completes
+        # minimum_calls may find the rate already crossed. Integer arithmetic,
+        # the same as the Lua script's: 0.7 of 10 calls is 7.
+        if calls >= config.minimum_calls and c.failures * 1_000_000 >= config.rate_ppm * calls:
+            self._open(c, self.reset_timeout, now, CLOSED, notes)
 
     def _open(
-        self, c: Circuit, timeout: float, now: float, old: State, notes: list[Transition]
+        self, c: Circuit, timeout: int, now: int, old: State, notes: list[Transition]
     ) -> None:
         c.state = OPEN
         c.opened_at = now
@@ -232,7 +264,7 @@ class Machine:
                 old=old,
                 new=c.state,
                 failures=c.failures,
-                retry_at=c.retry_at,
+                retry_at=to_seconds(c.retry_at),
                 forced=c.forced is not None,
             )
         )

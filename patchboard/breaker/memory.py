@@ -30,7 +30,9 @@ from patchboard.breaker.machine import (
     Result,
     State,
     Transition,
+    clock_ms,
     to_datetime,
+    to_seconds,
 )
 from patchboard.breaker.store import StoreView, Ticket
 
@@ -69,13 +71,13 @@ class MemoryStore:
         token = str(next(self._tokens))
         with self._lock:
             notes: list[Transition] = []
-            admission = self.machine.admit(circuit, self.clock(), token, notes)
+            admission = self.machine.admit(circuit, clock_ms(self.clock), token, notes)
             self._settle(notes)
         if admission.decision == ADMIT:
             return self.admitted
         if admission.decision == PROBE:
             return Ticket(self, token)
-        raise CircuitOpen(self.name, to_datetime(admission.retry_at))
+        raise CircuitOpen(self.name, to_datetime(to_seconds(admission.retry_at)))
 
     def record(self, ticket: Ticket, result: Result) -> None:
         """Apply the result of the call ``ticket`` admitted."""
@@ -83,7 +85,7 @@ class MemoryStore:
             return
         with self._lock:
             notes: list[Transition] = []
-            self.machine.record(self._circuit, ticket.probe, result, self.clock(), notes)
+            self.machine.record(self._circuit, ticket.probe, result, clock_ms(self.clock), notes)
             self._settle(notes)
 
     def force(self, action: Control) -> None:
@@ -92,7 +94,7 @@ class MemoryStore:
             return
         with self._lock:
             notes: list[Transition] = []
-            self.machine.force(self._circuit, action, self.clock(), notes)
+            self.machine.force(self._circuit, action, clock_ms(self.clock), notes)
             self._settle(notes)
 
     # The async forms the breaker awaits: this store does no I/O, so they are the sync ones.
@@ -116,10 +118,12 @@ class MemoryStore:
         with self._lock:
             circuit = self._circuit = self.machine.fresh(forced=forced)
             if state is not CLOSED:
-                now = self.clock()
+                now = clock_ms(self.clock)
                 circuit.state = OPEN
                 circuit.opened_at = now
-                circuit.retry_at = None if retry_in is None else now + max(0.0, retry_in)
+                circuit.retry_at = (
+                    None if retry_in is None else now + max(0, round(retry_in * 1000))
+                )
                 circuit.failures = failures
             elif self.machine.count_rule and forced is None:
                 circuit.failures = failures
@@ -137,10 +141,10 @@ class MemoryStore:
         with self._lock:
             circuit = self._circuit
             return StoreView(
-                state=self.machine.effective_state(circuit, self.clock()),
+                state=self.machine.effective_state(circuit, clock_ms(self.clock)),
                 failures=circuit.failures,
-                opened_at=circuit.opened_at,
-                retry_at=circuit.retry_at,
+                opened_at=to_seconds(circuit.opened_at),
+                retry_at=to_seconds(circuit.retry_at),
                 forced=circuit.forced,
                 probes=len(circuit.probes),
                 fallback=False,
@@ -151,4 +155,4 @@ class MemoryStore:
         circuit = self._circuit
         if circuit.state is not OPEN:
             return circuit.state
-        return self.machine.effective_state(circuit, self.clock())
+        return self.machine.effective_state(circuit, clock_ms(self.clock))

@@ -574,7 +574,7 @@ class RedisStore:
         if view.state is CLOSED:
             return self.admitted
         if view.state is OPEN and (
-            view.forced == "open" or view.server_now_ms(now) < view.retry_at_ms
+            view.forced == "open" or self._server_now_ms(view) < view.retry_at_ms
         ):
             raise CircuitOpen(self.name, _ms_datetime(view.retry_at_ms))
         return None
@@ -598,7 +598,7 @@ class RedisStore:
 
     def _apply(self, reply: Reply, token: str, sent: float) -> Ticket | None:
         """Keep the reply as the view; the ticket it grants (None: a normal admission)."""
-        decision, state, failures, opened_at, retry_at, server_ms, old, forced, probes = (
+        decision, state, failures, opened_at, retry_at, server_ms, old, forced, probes, rejected = (
             int(x) for x in reply
         )
         view = _View(
@@ -626,7 +626,7 @@ class RedisStore:
         if decision == PROBE:
             return Ticket(self, token)
         if decision == REJECT:
-            raise CircuitOpen(self.name, _ms_datetime(retry_at))
+            raise CircuitOpen(self.name, _ms_datetime(rejected))
         assert decision == ADMIT or not token
         return None
 
@@ -638,11 +638,19 @@ class RedisStore:
             if view is not None:
                 retry_in = None
                 if view.state is not CLOSED and view.forced != "open":
-                    retry_in = (view.retry_at_ms - view.server_now_ms(time.monotonic())) / 1000
+                    retry_in = (view.retry_at_ms - self._server_now_ms(view)) / 1000
                 self.fallback.seed(
                     state=view.state, failures=view.failures, retry_in=retry_in, forced=view.forced
                 )
         return self.fallback
+
+    def _server_now_ms(self, view: _View) -> float:
+        """The server's clock now, as this process knows it: the injected
+        clock in tests, else an upper bound from the view's age."""
+        clock = self._server_clock
+        if clock is not None:
+            return round(clock() * 1000)
+        return view.server_now_ms(time.monotonic())
 
     def _argv(self, op: str, token: str) -> list[str]:
         clock = self._server_clock
@@ -677,12 +685,11 @@ class RedisStore:
             fallback=False,
         )
 
-    @staticmethod
-    def _effective(view: _View) -> State:
+    def _effective(self, view: _View) -> State:
         if (
             view.state is OPEN
             and view.forced is None
-            and view.server_now_ms(time.monotonic()) >= view.retry_at_ms
+            and self._server_now_ms(view) >= view.retry_at_ms
         ):
             return HALF_OPEN
         return view.state
