@@ -37,6 +37,8 @@ SLOW_LATENCY_MS = 3000
 FAILING_LATENCY_MS = 600
 """The failing carrier answers its 503 slowly, as an overloaded service does."""
 BURST_LATENCY_MS = 500
+FAST = "gls"
+FIRST_SLOW_MS = 1500
 WORKER_DEADLINE_S = 20.0
 
 INTERESTING = {
@@ -107,6 +109,7 @@ class Walkthrough:
         ("failing_carrier", f"A failing carrier: {FAILING} answers 503"),
         ("recovery", f"{FAILING} heals: its breaker lets a probe through"),
         ("burst", "A burst: twenty carts at once, every carrier slowed down"),
+        ("first_quote", f"The first quote wins: {FAST} answers at once, the rest are slow"),
         ("order", "An order: ordered side effects, then the receipt in the worker"),
         ("status_page", "The staff status page: what the shop's process counted"),
     ]
@@ -120,6 +123,8 @@ class Walkthrough:
         self.since: dict[str, int] = {}
         self.seen: Counter[str] = Counter()
         """Every carrier outcome the shop's responses reported."""
+        self.cancelled = 0
+        """The carrier calls a first-quote request cancelled when it had its answer."""
 
     async def run(
         self,
@@ -327,6 +332,36 @@ class Walkthrough:
             f"{len(logged)} lines for {statuses['expired']} expired calls",
         )
 
+    async def first_quote(self, step: Step) -> None:
+        await self.carriers("POST", "/reset")
+        for carrier in CARRIERS:
+            await self.control(carrier, latency_ms=0 if carrier == FAST else FIRST_SLOW_MS)
+        answer = (await self.shop("GET", "/quotes/first", params={"cart": 4})).json()
+        self.seen.update(["ok"])  # the quote the page returned; the others were cancelled
+        self.cancelled += len(CARRIERS) - 1
+        await self.carriers("POST", "/reset")
+        first = answer["first"] or {}
+        step.columns = ["carrier", "status", "price", "elapsed ms"]
+        step.rows.append(
+            [
+                first.get("carrier", "-"),
+                first.get("status", "-"),
+                str(first.get("price")),
+                str(answer["elapsed_ms"]),
+            ]
+        )
+        step.check(
+            f"{FAST} answered first, at its list price",
+            (first.get("carrier"), first.get("price")) == (FAST, str(list_price(FAST, 4))),
+            answer,
+        )
+        step.check(
+            f"the page did not wait for the others ({FIRST_SLOW_MS} ms each): their calls "
+            "were cancelled (the status page counts them)",
+            answer["elapsed_ms"] < FIRST_SLOW_MS,
+            answer,
+        )
+
     async def order(self, step: Step) -> None:
         created = await self.http.post(
             f"{self.stack.shop_url}/orders", json={"cart": 2, "total": "42.50"}
@@ -377,7 +412,7 @@ class Walkthrough:
     async def status_page(self, step: Step) -> None:
         anonymous = await self.http.get(f"{self.stack.shop_url}/patchboard/")
         # Every listener call the shop made: the quotes, order_paid's three, the receipt's enqueue.
-        expected = self.seen + Counter({"ok": 3, "enqueued": 1})
+        expected = self.seen + Counter({"ok": 3, "enqueued": 1, "cancelled": self.cancelled})
         password = secrets.token_urlsafe(12)
         await asyncio.to_thread(self.stack.create_staff_user, "staff", password)
         async with httpx.AsyncClient(base_url=self.stack.shop_url, timeout=30.0) as staff:

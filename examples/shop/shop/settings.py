@@ -74,6 +74,8 @@ CARRIERS_URL = os.environ.get("SHOP_CARRIERS_URL", "http://127.0.0.1:8001")
 CARRIERS = ["ups", "fedex", "dhl", "usps", "dpd", "gls"]
 CARRIER_TIMEOUT = 1.0
 """Seconds a quote may take; the checkout page does not wait longer for any carrier."""
+QUOTES_BUDGET = 2.0
+"""Seconds the quotes page has in all (its deadline): whatever the carriers do, it answers."""
 
 PATCHBOARD = {
     # Three failures in a row open a carrier's circuit; a probe goes through after 3 s

@@ -6,6 +6,7 @@ from shop import views
 
 urlpatterns = [
     path("quotes", views.quotes),
+    path("quotes/first", views.first_quote),
     path("orders", views.orders),
     path("orders/<int:pk>", views.order_detail),
     path("admin/", admin.site.urls),

@@ -3,6 +3,7 @@ from decimal import Decimal, InvalidOperation
 from time import perf_counter
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import aget_object_or_404
@@ -21,26 +22,55 @@ async def quotes(request):
     except (KeyError, ValueError):
         return HttpResponseBadRequest("cart must be an integer")
     started = perf_counter()
-    collected = await quote_requested.collect_async(sender=None, cart=cart, queue=True)
-    carriers = [
-        {
-            "carrier": outcome.receiver.carrier,
-            "status": outcome.status,  # ok, error, timeout, circuit_open, expired, rejected
-            "price": outcome.value and outcome.value["price"],
-            "cached": bool(outcome.value and outcome.value.get("cached")),
-            "elapsed_ms": round(outcome.elapsed * 1000),
-        }
-        for outcome in collected
-    ]
+    collected = await quote_requested.collect_async(
+        sender=None, cart=cart, queue=True, deadline=settings.QUOTES_BUDGET
+    )
+    carriers = [carrier_quote(outcome) for outcome in collected]
     priced = [quote for quote in carriers if quote["price"] is not None]
     return JsonResponse(
         {
             "cart": cart,
             "carriers": carriers,
             "cheapest": min(priced, key=lambda quote: Decimal(quote["price"]), default=None),
+            "deadline_hit": collected.deadline_hit,
             "elapsed_ms": round((perf_counter() - started) * 1000),
         }
     )
+
+
+@require_GET
+async def first_quote(request):
+    """The first carrier to answer wins (a hedged call): the other calls are cancelled."""
+    try:
+        cart = int(request.GET["cart"])
+    except (KeyError, ValueError):
+        return HttpResponseBadRequest("cart must be an integer")
+    started = perf_counter()
+    async with quote_requested.stream_async(
+        sender=None, cart=cart, deadline=settings.QUOTES_BUDGET
+    ) as quotes:
+        async for outcome in quotes:
+            if outcome.ok:
+                break
+        else:
+            outcome = None  # nobody answered within the budget
+    return JsonResponse(
+        {
+            "cart": cart,
+            "first": outcome and carrier_quote(outcome),
+            "elapsed_ms": round((perf_counter() - started) * 1000),
+        }
+    )
+
+
+def carrier_quote(outcome):
+    return {
+        "carrier": outcome.receiver.carrier,
+        "status": outcome.status,  # ok, error, timeout, circuit_open, expired, rejected
+        "price": outcome.value and outcome.value["price"],
+        "cached": bool(outcome.value and outcome.value.get("cached")),
+        "elapsed_ms": round(outcome.elapsed * 1000),
+    }
 
 
 @csrf_exempt  # a JSON API for the demo; the admin and the status page keep CSRF protection
