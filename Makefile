@@ -49,9 +49,11 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
-# The example's end-to-end test runs once, on Django 6 (this venv has no `demo` group).
+# The example's end-to-end test and bench/load.py's run once, on Django 6 (this venv has
+# no `demo` group, so no httpx).
 pytest-django52: $(VENV52)/.installed
-	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/test_example_e2e.py
+	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/test_example_e2e.py \
+	  --ignore=tests/test_bench_load.py
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
 django-suite: $(VENV)/.installed $(VENV52)/.installed

@@ -175,6 +175,15 @@ def main(*, quick: bool = False) -> str:
         f"{load['goodput_per_s']:.0f} | {load['goodput_per_s'] / load['capacity_per_s']:.2f} | "
         f"{'yes' if load['budgeted'] else 'no (not supported)'} | {load['counts']} |",
     ]
+    lines += [
+        "",
+        "Before the time-budget work (commit a728340, the queue growing on the age of "
+        "expiry), the same two scenarios measured: burst median 1608 ms, worst 3015 ms "
+        "(4.02x the ideal), the pool still at 4 workers; overload goodput 7 calls/s "
+        "(0.02 of capacity: 1200 ok, 2004 rejected). Serving the newest callers first "
+        "while the line stands (adaptive LIFO) was tried and measured 299-311 calls/s "
+        "against 356-362 for FIFO, so the queue stays FIFO.",
+    ]
     text = "\n".join(lines)
     print(text)
     return text

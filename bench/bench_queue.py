@@ -1,66 +1,69 @@
 """
 The short-term queue against its alternatives, in the same process and run.
 
-Fan-out cases (wall-clock milliseconds for one dispatch of 100 listeners):
+Fan-out (wall-clock milliseconds for one dispatch to N listeners, each
+waiting ``IO_SECONDS`` of I/O, for N in ``SIZES``), against the ideal:
+``ceil(N / WORKERS) * IO_SECONDS`` for a pool of ``WORKERS``, ``IO_SECONDS``
+for unbounded concurrency:
 
-* 100 async listeners each awaiting 50 ms of I/O, through the queue with 100
-  workers (ideal: 50 ms), and through Django's ``asend``.
-* 100 sync listeners each blocking 50 ms (``time.sleep``), through the queue
-  with 20 workers (ideal: 5 rounds, 250 ms), with a ``threading.Thread`` per
-  listener (ideal 50 ms, unbounded: 100 threads, 100 DB connections), and
-  through Django's ``asend`` (which runs sync receivers one after another on
-  the thread-sensitive thread: 5 s; timed once).
+* ``collect_async(queue=True)`` through the process's queue, its pool fixed
+  at ``WORKERS`` (``MIN_WORKERS = MAX_WORKERS``): async listeners awaiting
+  ``asyncio.sleep``, and sync listeners blocking in ``time.sleep`` (run in
+  the queue's threads);
+* the same, with the default ``MIN_WORKERS`` and scaling up to
+  ``MAX_WORKERS = WORKERS`` (the pool as the warm-up dispatch left it);
+* a ``concurrent.futures.ThreadPoolExecutor`` of ``WORKERS`` threads and a
+  ``threading.Thread`` per listener (sync listeners), and Django's ``asend``
+  (async listeners: run concurrently; it runs sync receivers one after the
+  other, see the dispatch benchmark).
 
-Overhead cases (microseconds per item, no-op listeners, a loop of calls):
+Overhead (microseconds per item, no-op listeners, a loop of calls):
 ``queue.run`` against ``Call.run_async`` with the same time limit (what
 the queue adds: its slot accounting) and without one.
 
-Each case is warmed up, then timed ``REPEAT`` times; the table gives the best
-and the median. Run ``python -m bench.bench_queue`` (``--quick`` for fewer
-rounds) or ``python -m bench`` for every benchmark.
+Each fan-out case is warmed up, then timed ``REPEAT`` times, the cases
+interleaved; the table gives the median and its ratio to the ideal, and a
+plot shows latency against N. Run ``python -m bench.bench_queue``
+(``--quick`` for fewer sizes and rounds) or ``python -m bench``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-ITEMS = 100
+from bench.report import SCRATCH, Output
+
+SIZES = (10, 25, 50, 100, 200)
+QUICK_SIZES = (10, 50)
 IO_SECONDS = 0.05
-ASYNC_WORKERS = 100
-SYNC_WORKERS = 20
-REPEAT = 7
+WORKERS = 32
+"""The bounded approaches' size: the queue's ``MAX_WORKERS``, the executor's threads."""
+REPEAT = 5
 NOOP_ITEMS = 20_000
+PLOT = "fan_out.png"
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of the table: ``best`` and ``median`` in ``unit``."""
+    """One line of the overhead table: ``best`` and ``median`` in ``unit``."""
 
     case: str
     contender: str
     best: float
     median: float
     unit: str
-    ideal: float | None = None
-    target: float | None = None
-    """The best run must be within ``target`` times ``ideal``."""
-
-    @property
-    def ratio(self) -> float | None:
-        return None if self.ideal is None else self.best / self.ideal
-
-    @property
-    def meets_target(self) -> bool | None:
-        ratio = self.ratio
-        return None if ratio is None or self.target is None else ratio <= self.target
 
 
 def setup_django() -> None:
@@ -92,7 +95,7 @@ def _in_loop(make: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
 # -- listeners -------------------------------------------------------------------------
 
 
-def _io_listeners() -> list[Callable[..., Any]]:
+def _io_listeners(count: int) -> list[Callable[..., Any]]:
     def make() -> Callable[..., Any]:
         async def fetch(sender: Any, **kwargs: Any) -> int:
             await asyncio.sleep(IO_SECONDS)
@@ -100,87 +103,223 @@ def _io_listeners() -> list[Callable[..., Any]]:
 
         return fetch
 
-    return [make() for _ in range(ITEMS)]
+    return [make() for _ in range(count)]
 
 
-def _blocking_listeners() -> list[Callable[..., Any]]:
+def _blocking_listeners(count: int) -> list[Callable[..., Any]]:
     def make() -> Callable[..., Any]:
-        def fetch(sender: Any, **kwargs: Any) -> int:
+        def fetch(sender: Any = None, **kwargs: Any) -> int:
             time.sleep(IO_SECONDS)
             return 1
 
         return fetch
 
-    return [make() for _ in range(ITEMS)]
+    return [make() for _ in range(count)]
 
 
-# -- cases -----------------------------------------------------------------------------
+# -- fan-out ---------------------------------------------------------------------------
 
 
-def fan_out(repeat: int) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class Approach:
+    """A way to run N listeners at once, and the ideal it is held to."""
+
+    name: str
+    short: str
+    """Its column in the table."""
+    bounded: bool
+    """Whether at most ``WORKERS`` listeners run at once (the ideal is then in waves)."""
+    style: str
+    """The plot's line style."""
+
+    def ideal(self, n: int) -> float:
+        """Seconds: waves of ``WORKERS`` listeners if bounded, else one listener's latency."""
+        return math.ceil(n / WORKERS) * IO_SECONDS if self.bounded else IO_SECONDS
+
+
+QUEUE_ASYNC = Approach(
+    f"patchboard queue, {WORKERS} workers, async listeners", "queue, async", True, "o-"
+)
+QUEUE_SYNC = Approach(
+    f"patchboard queue, {WORKERS} workers, sync listeners", "queue, sync", True, "s-"
+)
+QUEUE_SCALING = Approach(
+    f"patchboard queue, default scaling up to {WORKERS} workers, async listeners",
+    "queue, default scaling",
+    True,
+    "o:",
+)
+POOL = Approach(f"ThreadPoolExecutor({WORKERS}), sync listeners", "executor", True, "^-")
+THREAD_EACH = Approach("a thread per listener, sync listeners", "thread each", False, "v-")
+DJANGO_ASEND = Approach("Django asend, async listeners", "Django asend", False, "d-")
+APPROACHES = (QUEUE_ASYNC, QUEUE_SYNC, QUEUE_SCALING, POOL, THREAD_EACH, DJANGO_ASEND)
+
+
+@dataclass(slots=True)
+class FanOut:
+    """Seconds per dispatch: for each approach, for each N, one sample per round."""
+
+    sizes: tuple[int, ...]
+    repeat: int
+    samples: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+
+    def median(self, approach: Approach, n: int) -> float:
+        return statistics.median(self.samples[approach.name][n])
+
+    def ratio(self, approach: Approach, n: int) -> float:
+        """The median over the approach's ideal."""
+        return self.median(approach, n) / approach.ideal(n)
+
+
+def _check_all_ok(collected: Any, n: int) -> None:
+    statuses = [outcome.status for outcome in collected]
+    if statuses != ["ok"] * n:
+        raise RuntimeError(f"a fan-out dispatch did not end as {n} x ok: {collected!r}")
+
+
+@contextmanager
+def _queue_settings(**queue: int) -> Iterator[None]:
+    """``PATCHBOARD["SHORT_TERM_QUEUE"]`` set to ``queue`` (the process's queue is rebuilt)."""
+    from django.test import override_settings
+
+    with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": queue}):
+        yield
+
+
+def _fan_out_cases(
+    n: int, runner: asyncio.Runner, pool: ThreadPoolExecutor
+) -> dict[Approach, Callable[[], None]]:
+    """One dispatch of ``n`` listeners per approach (the queue's settings are the caller's)."""
     from django.dispatch import Signal as DjangoSignal
 
     import patchboard
+
+    async_funcs, sync_funcs = _io_listeners(n), _blocking_listeners(n)
+    ours_async, ours_sync = patchboard.Signal(), patchboard.Signal()
+    theirs = DjangoSignal()
+    for func in async_funcs:
+        ours_async.connect(func, weak=False)
+        theirs.connect(func, weak=False)
+    for func in sync_funcs:
+        ours_sync.connect(func, weak=False)
+
+    def through_queue(signal: patchboard.Signal) -> Callable[[], None]:
+        def run() -> None:
+            _check_all_ok(runner.run(signal.collect_async(None, queue=True)), n)
+
+        return run
+
+    def executor() -> None:
+        assert sum(future.result() for future in [pool.submit(f) for f in sync_funcs]) == n
+
+    def thread_each() -> None:
+        threads = [threading.Thread(target=func) for func in sync_funcs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def django_asend() -> None:
+        assert len(runner.run(theirs.asend(None))) == n
+
+    return {
+        QUEUE_ASYNC: through_queue(ours_async),
+        QUEUE_SYNC: through_queue(ours_sync),
+        QUEUE_SCALING: through_queue(ours_async),
+        POOL: executor,
+        THREAD_EACH: thread_each,
+        DJANGO_ASEND: django_asend,
+    }
+
+
+def _rounds(cases: dict[Approach, Callable[[], None]], repeat: int, into: FanOut, n: int) -> None:
+    """Warm each case up, then time ``repeat`` rounds of them, interleaved."""
+    for run in cases.values():
+        run()
+    for _ in range(repeat):
+        for approach, run in cases.items():
+            started = perf_counter()
+            run()
+            into.samples[approach.name][n].append(perf_counter() - started)
+
+
+def fan_out(sizes: tuple[int, ...], repeat: int) -> FanOut:
+    """Time every approach for every N; the queue's cases under their own settings."""
+    result = FanOut(sizes, repeat, {a.name: {n: [] for n in sizes} for a in APPROACHES})
+    with asyncio.Runner() as runner, ThreadPoolExecutor(WORKERS) as pool:
+        for n in sizes:
+            cases = _fan_out_cases(n, runner, pool)
+            scaling = cases.pop(QUEUE_SCALING)
+            with _queue_settings(MIN_WORKERS=WORKERS, MAX_WORKERS=WORKERS):
+                _rounds(cases, repeat, result, n)
+            # Its own block: switching the settings rebuilds the queue and its threads.
+            with _queue_settings(MAX_WORKERS=WORKERS):
+                _rounds({QUEUE_SCALING: scaling}, repeat, result, n)
+            print(f"  fan-out: N={n} done", file=sys.stderr, flush=True)
+    return result
+
+
+def fan_out_table(result: FanOut) -> str:
+    """Median milliseconds per approach and N, with the ratio to the approach's ideal."""
     from patchboard._config import QueueSettings
-    from patchboard._dispatch import run_concurrently
-    from patchboard._queue import ShortTermQueue
 
-    rows = []
-    for kind, funcs, workers, rounds in (
-        ("async", _io_listeners(), ASYNC_WORKERS, 1),
-        ("sync", _blocking_listeners(), SYNC_WORKERS, ITEMS // SYNC_WORKERS),
-    ):
-        ours, theirs = patchboard.Signal(name=f"bench.{kind}"), DjangoSignal()
-        for func in funcs:
-            ours.connect(func)
-            theirs.connect(func)
-        listeners = ours.listeners(None)
-        queue = ShortTermQueue(QueueSettings(min_workers=workers, max_workers=workers))
-        ideal = rounds * IO_SECONDS * 1000
-        label = f"{ITEMS} {kind} listeners, {IO_SECONDS * 1000:g} ms each"
+    min_workers = QueueSettings().min_workers
+    io_ms = f"{IO_SECONDS * 1000:g} ms"
+    lines = [
+        f"### Fan-out: N listeners, {io_ms} of I/O each, one dispatch",
+        "",
+        f"Median of {result.repeat} rounds in ms (x its ideal). Ideal: `ceil(N / {WORKERS}) x "
+        f"{io_ms}` for the bounded approaches, {io_ms} for the unbounded ones.",
+        "",
+        *(f"- {a.short}: {a.name}{'' if a.bounded else ' (unbounded)'}" for a in APPROACHES),
+        "",
+        f"patchboard's queue is `collect_async(queue=True)` with `MIN_WORKERS = MAX_WORKERS = "
+        f"{WORKERS}`, or for default scaling with `MAX_WORKERS = {WORKERS}` only (it starts at "
+        f"`MIN_WORKERS = {min_workers}`; timed in a block of its own after the others of each "
+        "N, the pool as the warm-up left it).",
+        "",
+        "| N | ideal, bounded | "
+        + " | ".join(a.short for a in APPROACHES)
+        + " | queue, sync ÷ executor |",
+        "|---:|---:|" + "---:|" * (len(APPROACHES) + 1),
+    ]
+    for n in result.sizes:
+        cells = [
+            f"{result.median(a, n) * 1000:.0f} ({result.ratio(a, n):.2f}x)" for a in APPROACHES
+        ]
+        versus = result.median(QUEUE_SYNC, n) / result.median(POOL, n)
+        ideal = QUEUE_ASYNC.ideal(n) * 1000
+        lines.append(f"| {n} | {ideal:.0f} | " + " | ".join(cells) + f" | {versus:.2f}x |")
+    return "\n".join(lines)
 
-        async def through_queue(
-            queue: ShortTermQueue = queue, listeners: Any = listeners, ours: Any = ours
-        ) -> None:
-            outcomes = await run_concurrently(listeners, ours, None, {}, queue)
-            assert all(outcome.status == "ok" for outcome in outcomes), outcomes
 
-        best, median = _timed(_in_loop(through_queue), repeat)
-        target = 1.2 if kind == "async" else 1.15
-        rows.append(
-            Row(label, f"queue, {workers} workers", best * 1000, median * 1000, "ms", ideal, target)
+def fan_out_plot(result: FanOut, path: Path) -> None:
+    """Median latency against N for each approach, with both ideals, as a PNG."""
+    from bench.plots import figure, log_scale
+
+    sizes = list(result.sizes)
+    title = f"Fan-out: N listeners with {IO_SECONDS * 1000:g} ms of I/O each"
+    with figure(path, title) as axes:
+        for approach in APPROACHES:
+            medians = [result.median(approach, n) * 1000 for n in sizes]
+            axes.plot(sizes, medians, approach.style, label=approach.name)
+        every_n = range(sizes[0], sizes[-1] + 1)
+        axes.plot(
+            every_n,
+            [QUEUE_ASYNC.ideal(n) * 1000 for n in every_n],
+            "k--",
+            linewidth=1,
+            drawstyle="steps-post",
+            label=f"ideal, {WORKERS} workers: ceil(N / {WORKERS}) x {IO_SECONDS * 1000:g} ms",
         )
-        assert queue.statistics().completed == ITEMS * (repeat + 1)
-
-        if kind == "sync":
-
-            def thread_each(funcs: list[Callable[..., Any]] = funcs) -> None:
-                threads = [threading.Thread(target=func, kwargs={"sender": None}) for func in funcs]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-
-            best, median = _timed(thread_each, repeat)
-            rows.append(
-                Row(
-                    label,
-                    "a threading.Thread each",
-                    best * 1000,
-                    median * 1000,
-                    "ms",
-                )
-            )
-
-        async def django_asend(theirs: DjangoSignal = theirs) -> None:
-            await theirs.asend(sender=None)
-
-        if kind == "async":
-            best, median = _timed(_in_loop(django_asend), repeat)
-        else:  # serial sync receivers take ITEMS * IO_SECONDS: time them once
-            best, median = _timed(_in_loop(django_asend), 1, warm_up=False)
-        rows.append(Row(label, "Django asend", best * 1000, median * 1000, "ms"))
-    return rows
+        axes.axhline(
+            IO_SECONDS * 1000, color="k", linestyle=":", linewidth=1, label="ideal, unbounded"
+        )
+        log_scale(axes, "x", sizes)
+        log_scale(axes, "y")
+        axes.set_xlabel("N listeners (log scale)")
+        axes.set_ylabel("median latency of one dispatch (ms, log scale)")
+        axes.legend(fontsize="small")
 
 
 def overhead(repeat: int) -> list[Row]:
@@ -235,39 +374,55 @@ def overhead(repeat: int) -> list[Row]:
 
 # -- report ----------------------------------------------------------------------------
 
+TARGET = 1.2
+"""The queue with a fixed pool must stay within this multiple of its ideal, at every N."""
 
-def table(rows: list[Row]) -> str:
-    """The rows as markdown; fan-out rows also compare with the queue's best."""
-    queue_best = {row.case: row.best for row in rows if row.contender.startswith("queue,")}
+
+def target_line(result: FanOut) -> str:
+    worst = max(
+        (result.ratio(approach, n), approach.name, n)
+        for approach in (QUEUE_ASYNC, QUEUE_SYNC)
+        for n in result.sizes
+    )
+    verdict = "met" if worst[0] <= TARGET else "MISSED"
+    return (
+        f"Target: the queue with a fixed pool within {TARGET}x its ideal at every N: "
+        f"**{verdict}** (worst: {worst[0]:.2f}x, {worst[1]}, N={worst[2]})."
+    )
+
+
+def overhead_table(rows: list[Row]) -> str:
     lines = [
-        "### Short-term queue",
+        "### The queue's own cost, per item",
         "",
-        "| case | contender | best | median | vs queue | ideal | best / ideal (target) |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| case | contender | best | median |",
+        "|---|---|---:|---:|",
     ]
     for row in rows:
-        versus = f"{row.best / queue_best[row.case]:.2f}x" if row.case in queue_best else ""
-        ideal = "" if row.ideal is None else f"{row.ideal:.0f} {row.unit}"
-        ratio = ""
-        if row.ratio is not None:
-            ratio = f"{row.ratio:.2f}x"
-            if row.target is not None:
-                ratio += f" (≤ {row.target}x: {'met' if row.meets_target else 'MISSED'})"
         lines.append(
             f"| {row.case} | {row.contender} | {row.best:.2f} {row.unit} | "
-            f"{row.median:.2f} {row.unit} | {versus} | {ideal} | {ratio} |"
+            f"{row.median:.2f} {row.unit} |"
         )
     return "\n".join(lines)
 
 
-def main(quick: bool = False) -> list[Row]:
-    """Run every case, print the markdown table, return its rows."""
+def main(*, quick: bool = False, output: Output | None = None) -> str:
+    """
+    Run every case; print and return the markdown. With ``output``, the
+    fan-out plot is written to its plots folder and the markdown shows it.
+    """
     setup_django()
-    repeat = 3 if quick else REPEAT
-    rows = fan_out(repeat) + overhead(repeat)
-    print(table(rows))
-    return rows
+    repeat = 2 if quick else REPEAT
+    result = fan_out(QUICK_SIZES if quick else SIZES, repeat)
+    sections = ["## Short-term queue", fan_out_table(result), target_line(result)]
+    if output is not None:
+        fan_out_plot(result, output.plot(PLOT))
+        sections.append(output.image(PLOT, "Fan-out: median latency against N, per approach"))
+    sections.append(overhead_table(overhead(3 if quick else 7)))
+    text = "\n\n".join(sections)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv[1:])
+    main(quick="--quick" in sys.argv[1:], output=SCRATCH)

@@ -73,7 +73,8 @@ class Stack:
     ``workdir/<name>.log`` and the shop logs one JSON object per line, which
     :meth:`events` reads back; otherwise everything goes to the terminal with
     structlog's console renderer. ``shop_port``/``carriers_port`` 0 means a
-    free port; a busy preferred port falls back to a free one.
+    free port; a busy preferred port falls back to a free one. ``environment``
+    is added to every process's environment (``{"SHOP_BREAKERS": "off"}``).
 
     Raises:
         StackError: from ``start()``, when a process exits or never answers.
@@ -84,6 +85,7 @@ class Stack:
     json_logs: bool = True
     shop_port: int = 0
     carriers_port: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     shop_url: str = ""
     carriers_url: str = ""
@@ -115,6 +117,7 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             # Django's static files under ASGI (make serve's admin CSS) warn on every file.
             "PYTHONWARNINGS": "ignore:StreamingHttpResponse must consume synchronous iterators",
+            **self.environment,
         }
 
     def start(self) -> None:

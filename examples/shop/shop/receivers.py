@@ -30,7 +30,8 @@ def connect_carriers(names: list[str]) -> None:
             dispatch_uid=f"quote-{name}",
             timeout=settings.CARRIER_TIMEOUT,
             on_error="log",  # an error or a timeout: logged, and no quote from this carrier
-            breaker=f"carrier-{name}",  # declared in settings.PATCHBOARD["BREAKERS"]
+            # Declared in settings.PATCHBOARD["BREAKERS"]; SHOP_BREAKERS=off goes without.
+            breaker=f"carrier-{name}" if settings.CARRIER_BREAKERS else None,
             fallback=last_quote,  # the call never ran: circuit open, or expired in the queue
         )
 

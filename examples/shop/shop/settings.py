@@ -4,6 +4,11 @@ Settings of the example shop. Environment variables (the demo sets them):
 ``SHOP_DATABASE``     the SQLite file (default: examples/shop.sqlite3)
 ``SHOP_CARRIERS_URL`` where the carriers service listens
 ``SHOP_LOG_FORMAT``   ``console`` (default) or ``json``: one JSON object per line
+``SHOP_BREAKERS``     ``on`` (default) or ``off``: the carrier listeners without their
+                      circuit breakers (``make bench`` compares the two)
+``SHOP_BREAKER_RESET_TIMEOUT``  seconds a carrier's open circuit waits before a probe
+                      (default 3, for the demo; ``make bench`` runs with 30)
+``SHOP_DEBUG``        ``1`` (default) or ``0``
 """
 
 import os
@@ -76,12 +81,16 @@ CARRIER_TIMEOUT = 1.0
 """Seconds a quote may take; the checkout page does not wait longer for any carrier."""
 QUOTES_BUDGET = 2.0
 """Seconds the quotes page has in all (its deadline): whatever the carriers do, it answers."""
+CARRIER_BREAKERS = os.environ.get("SHOP_BREAKERS", "on") != "off"
+"""Whether each carrier listener calls through its breaker (``carrier-<name>`` below)."""
+BREAKER_RESET_TIMEOUT = float(os.environ.get("SHOP_BREAKER_RESET_TIMEOUT", "3"))
 
 PATCHBOARD = {
     # Three failures in a row open a carrier's circuit; a probe goes through after 3 s
     # (short, for the demo: think 30 s in production).
     "BREAKERS": {
-        f"carrier-{name}": {"failure_threshold": 3, "reset_timeout": 3.0} for name in CARRIERS
+        f"carrier-{name}": {"failure_threshold": 3, "reset_timeout": BREAKER_RESET_TIMEOUT}
+        for name in CARRIERS
     },
     # At most 12 carrier calls at once in this process; a call that waited 1.5 s is
     # not worth starting any more: it expires and the carrier's fallback answers.

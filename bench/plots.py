@@ -1,0 +1,51 @@
+"""
+How the benchmarks draw their PNG plots: matplotlib without a display (the
+Agg backend), one figure per file, the same size and resolution for every plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+SIZE = (8.0, 5.0)
+"""Inches; with DPI, 1200 x 750 pixels."""
+DPI = 150
+
+
+@contextmanager
+def figure(path: Path, title: str) -> Iterator[Any]:
+    """
+    A matplotlib ``Axes`` to draw on; saved to ``path`` (its folder made if
+    needed) and closed when the ``with`` block ends without an error.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a PNG file only
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(figsize=SIZE, layout="constrained")
+    try:
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+        yield axes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
+def log_scale(axes: Any, which: Literal["x", "y"], ticks: Sequence[float] = ()) -> None:
+    """
+    A log scale on the ``which`` axis of ``axes``, labelled with plain numbers:
+    at ``ticks``, or at 1, 2 and 5 times each power of ten.
+    """
+    from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
+
+    (axes.set_xscale if which == "x" else axes.set_yscale)("log")
+    axis = axes.xaxis if which == "x" else axes.yaxis
+    axis.set_major_locator(FixedLocator(ticks) if ticks else LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_locator(NullLocator())
