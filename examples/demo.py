@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.port) if args.serve else demo()
     except KeyboardInterrupt:
         print(f"\n{BOLD}interrupted{RESET}: everything it started is stopped", file=sys.stderr)
-        return 130
+        # Ctrl-C is how --serve is meant to end: not a failure (make would say "Error 130").
+        return 0 if args.serve else 130
     except StackError as exc:
         print(f"{RED}the stack did not start{RESET}: {exc}", file=sys.stderr)
         return 1
@@ -160,6 +161,7 @@ def serve(port: int) -> int:
   database      {stack.database or stack.workdir / "shop.sqlite3"}
 
   curl '{shop}/quotes?cart=3'
+  curl '{shop}/quotes/first?cart=3'                               # the first quote wins
   curl -X POST {carriers}/control/dhl -d '{{"latency_ms": 3000}}'    # slow: a timeout
   curl -X POST {carriers}/control/fedex -d '{{"fail_rate": 1}}'      # down: its breaker opens
   curl -X POST {carriers}/reset                                   # every carrier healthy

@@ -276,6 +276,8 @@ def json_lines(data: bytes) -> Iterator[dict[str, Any]]:
 def listen(port: int) -> socket.socket:
     """A listening loopback socket on ``port``, or on a free one if that is 0 or taken."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A port a previous run just closed sits in TIME_WAIT for a minute: reuse it.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:

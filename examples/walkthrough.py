@@ -419,6 +419,7 @@ class Walkthrough:
             await log_in(staff, "staff", password)
             snapshot = (await staff.get("/patchboard/", params={"format": "json"})).json()
             html = await staff.get("/patchboard/")
+            stylesheet = await staff.get("/static/admin/css/base.css")
             await submit(staff, "/patchboard/", breaker="carrier-ups", action="open")
             forced = by_carrier(await self.quote(1))["ups"]
             await submit(staff, "/patchboard/", breaker="carrier-ups", action="reset")
@@ -456,11 +457,12 @@ class Walkthrough:
             snapshot["queue"],
         )
         step.check(
-            "the HTML page, in the admin's frame",
+            "the HTML page, in the admin's frame and style",
             html.status_code == 200
             and "carrier-fedex" in html.text
-            and 'id="site-name"' in html.text,
-            html,
+            and 'id="site-name"' in html.text
+            and stylesheet.status_code == 200,
+            (html, stylesheet),
         )
         step.check(
             "ups forced open from the page: not asked; reset: asked again",

@@ -21,7 +21,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import anyio
 from asgiref.sync import async_to_sync, sync_to_async
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 ThreadRunner: TypeAlias = Callable[[Callable[[], Any]], Awaitable[Any]]
 """Runs a sync call in a worker thread; the short-term queue supplies its own."""
+Cut: TypeAlias = Literal["timeout", "deadline", "late"]
+"""What sets a call's time limit: its own (``timeout``, the queue's limit), or the
+deadline, for a call that started with a fair share of the budget or late
+(see ``patchboard._deadline``)."""
 
 NEVER_RAN: frozenset[Status] = frozenset({"expired", "rejected", "circuit_open"})
 """Outcomes of calls that never started: the listener's ``fallback`` answers for them."""
@@ -141,16 +145,19 @@ class Call:
         # Resolved outside the try: an unknown breaker name is a configuration
         # error for the caller, not this listener's failure.
         guard = None if options.breaker is None else features.breakers.resolve(options.breaker)
+        cut: Cut = "timeout"
+        if by_deadline:
+            assert limit is not None
+            cut = "late" if _deadline.started_late(limit) else "deadline"
         try:
             if guard is None:
-                value = await self._invoke(func, limit, by_deadline, thread_runner)
+                value = await self._invoke(func, limit, cut, thread_runner)
             else:
-                # A deadline shorter than the listener's own timeout: no probe for it.
-                with _deadline.brief(by_deadline and options.timeout is not None):
+                with _deadline.late(cut == "late"):  # a late call gets no probe
                     async with guard:
-                        value = await self._invoke(func, limit, by_deadline, thread_runner)
-        except _OutOfBudget as cut:
-            return await self.settle_async("timeout", cut.error)
+                        value = await self._invoke(func, limit, cut, thread_runner)
+        except _OutOfBudget as cut_short:
+            return await self.settle_async("timeout", cut_short.error)
         except BaseException as exc:
             status = failure_status(exc)
             if status is None:
@@ -177,7 +184,7 @@ class Call:
         self,
         func: Callable[..., Any],
         limit: float | None,
-        by_deadline: bool,
+        cut: Cut,
         thread_runner: ThreadRunner | None,
     ) -> Any:
         call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
@@ -193,11 +200,11 @@ class Call:
         # Only reached when the deadline cancelled the call (a sync call's
         # thread is abandoned: it cannot be stopped).
         elapsed = perf_counter() - started
-        if by_deadline:
-            # Not an Exception: a circuit breaker counts the caller running
+        if cut == "late":
+            # Not an Exception: a circuit breaker counts a late caller running
             # out of time as nothing, not as the service's failure.
             raise _OutOfBudget(self._out_of_time(limit, elapsed, deadline=True))
-        raise self._out_of_time(limit, elapsed, deadline=False)
+        raise self._out_of_time(limit, elapsed, deadline=cut == "deadline")
 
     def _out_of_time(self, limit: float, elapsed: float, *, deadline: bool) -> ListenerTimeout:
         return ListenerTimeout(self.listener.label, limit, elapsed, deadline=deadline)
@@ -394,7 +401,8 @@ class Call:
         if status == "error":
             context["exc_info"] = error
         elif status == "timeout":
-            context["limit_s"] = getattr(error, "limit", None)
+            limit = getattr(error, "limit", None)
+            context["limit_s"] = None if limit is None else round(limit, 6)
         else:
             context["breaker"] = getattr(error, "breaker", None)
         label = self.listener.label

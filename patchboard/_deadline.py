@@ -10,6 +10,15 @@ and a listener that dispatches another signal hands its own dispatch the
 rest (a nested deadline can only be earlier), like gRPC's deadline
 propagation. Tasks and listener threads copy the context, so they inherit it.
 
+A call that starts with less than half of its dispatch's budget left (it
+waited in the queue, or came after slower work) is *late*. A circuit breaker
+gives a late call no half-open probe, and does not count the deadline
+cutting it short against the service: the caller ran out of time, the
+service was never given a fair chance. A call that started with a fair share
+of the budget and still did not answer by the deadline did fail the service's
+test, like one its own ``timeout`` cut (otherwise a service that hangs would
+never open a circuit whose callers' deadlines are shorter than its timeout).
+
 Background listeners are not bound by it: they leave the request.
 """
 
@@ -19,23 +28,42 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import NamedTuple
 
-_deadline: ContextVar[float | None] = ContextVar("patchboard.deadline", default=None)
-"""The absolute deadline (``time.monotonic()``) of the dispatch this context is in."""
+LATE = 0.5
+"""A call that starts with less than this fraction of its dispatch's budget left is late."""
 
-_brief: ContextVar[bool] = ContextVar("patchboard.brief", default=False)
-"""Whether the call this context runs has less time left than its listener's own timeout."""
+
+class _Budget(NamedTuple):
+    deadline: float
+    """Absolute, on the ``time.monotonic()`` clock."""
+    seconds: float
+    """The budget the deadline was set with (what a call that starts at once has)."""
+
+
+_budget: ContextVar[_Budget | None] = ContextVar("patchboard.deadline", default=None)
+"""The deadline of the dispatch this context is in."""
+
+_late: ContextVar[bool] = ContextVar("patchboard.late", default=False)
+"""Whether the call this context runs started late (see :func:`is_late`)."""
 
 
 def current() -> float | None:
     """The absolute deadline in force here, or None."""
-    return _deadline.get()
+    budget = _budget.get()
+    return None if budget is None else budget.deadline
 
 
 def remaining() -> float | None:
     """Seconds left before the deadline in force here (never negative), or None."""
-    deadline = _deadline.get()
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+    budget = _budget.get()
+    return None if budget is None else max(0.0, budget.deadline - time.monotonic())
+
+
+def started_late(left: float) -> bool:
+    """Whether a call with ``left`` seconds to its deadline starts late (see the module)."""
+    budget = _budget.get()
+    return budget is not None and left < budget.seconds * LATE
 
 
 @contextmanager
@@ -46,55 +74,59 @@ def budget(seconds: float | None) -> Iterator[float | None]:
     in force.
     """
     if seconds is None:
-        yield _deadline.get()
+        yield current()
         return
-    token = _deadline.set(_earliest(seconds))
+    token = _budget.set(_earliest(seconds))
     try:
-        yield _deadline.get()
+        yield current()
     finally:
-        _deadline.reset(token)
+        _budget.reset(token)
 
 
 @contextmanager
 def none() -> Iterator[None]:
     """Run the block under no deadline at all (a background task has left the request)."""
-    token = _deadline.set(None)
+    token = _budget.set(None)
     try:
         yield
     finally:
-        _deadline.reset(token)
+        _budget.reset(token)
 
 
 def enter(seconds: float | None) -> float | None:
     """Like :func:`budget`, for a context of its own (a copied one, for tasks); the deadline."""
     if seconds is not None:
-        _deadline.set(_earliest(seconds))
-    return _deadline.get()
+        _budget.set(_earliest(seconds))
+    return current()
 
 
-def _earliest(seconds: float) -> float:
+def _earliest(seconds: float) -> _Budget:
+    # The inherited budget, whole, if its deadline comes first: a nested
+    # dispatch's calls are late or not by the request's budget, not its own.
     deadline = time.monotonic() + seconds
-    inherited = _deadline.get()
-    return inherited if inherited is not None and inherited < deadline else deadline
+    inherited = _budget.get()
+    if inherited is not None and inherited.deadline < deadline:
+        return inherited
+    return _Budget(deadline, seconds)
 
 
 @contextmanager
-def brief(is_brief: bool) -> Iterator[None]:
-    """Mark the block as a call that cannot wait its listener's full time (see ``cannot_wait``)."""
-    if not is_brief:
+def late(is_late: bool) -> Iterator[None]:
+    """Mark the block as a late call (see :func:`is_late`)."""
+    if not is_late:
         yield
         return
-    token = _brief.set(True)
+    token = _late.set(True)
     try:
         yield
     finally:
-        _brief.reset(token)
+        _late.reset(token)
 
 
-def cannot_wait() -> bool:
+def is_late() -> bool:
     """
-    Whether the call running here was left less time by its deadline than
-    its listener's own ``timeout``: a circuit breaker admits no half-open
-    probe for it (the probe would likely be cut short and tell nothing).
+    Whether the call running here started late: with less than half of its
+    dispatch's budget left. A circuit breaker gives it no half-open probe
+    (it would likely be cut short and tell nothing).
     """
-    return _brief.get()
+    return _late.get()

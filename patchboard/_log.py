@@ -58,7 +58,10 @@ def _to_logging() -> Any:
     )
 
 
-_LOGFMT = structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True)
+# ``forced=true`` rather than a bare ``forced`` flag: every value has a key and a value.
+_LOGFMT = structlog.processors.LogfmtRenderer(
+    key_order=["event"], drop_missing=True, bool_as_flag=False
+)
 
 
 def _render(
@@ -67,6 +70,10 @@ def _render(
     # Key/values for the message, the traceback for the handler to format.
     exc_info = event_dict.pop("exc_info", None)
     event = str(event_dict.pop("event", ""))
+    # logfmt renders None as nothing (``sender=``); say it, as structlog's own renderers do.
+    for key, value in event_dict.items():
+        if value is None:
+            event_dict[key] = "None"
     rest = _LOGFMT(logger, method, event_dict)
     return (f"{event} {rest}" if rest else event,), {"exc_info": exc_info}
 

@@ -354,9 +354,11 @@ class ShortTermQueue:
             while item.state == _WAITING:
                 now = self._clock()
                 # Wake at the expiry and the at-risk age; the head of the line
-                # also when the pool is due to grow (nothing else may happen).
+                # also when the pool is due to grow (nothing else may happen),
+                # unless it is as large as it may be (no need to wake then).
                 due = item.expires if now >= at_risk else min(item.expires, at_risk)
-                if self._waiters and self._waiters[0] is item:
+                waiters = self._waiters
+                if waiters and waiters[0] is item and self._workers < config.max_workers:
                     due = min(due, self._growth_due(item))
                 with anyio.move_on_after(max(0.0, due - now)) as timer:
                     await item.future

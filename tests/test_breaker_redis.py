@@ -23,6 +23,7 @@ import redis.connection
 from django.core.management import call_command
 from django.test import override_settings
 
+from patchboard import Signal, _deadline
 from patchboard._exceptions import CircuitOpen
 from patchboard._state import state
 from patchboard.breaker import CircuitBreaker, get_breaker
@@ -159,6 +160,7 @@ import django
 django.setup()
 import redis.asyncio
 from patchboard.breaker import CircuitBreaker
+from patchboard import Signal, _deadline
 from patchboard._exceptions import CircuitOpen
 
 url, name, ident, callers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -376,6 +378,32 @@ async def test_a_failed_probe_reopens_with_backoff(redis_url, name) -> None:
     assert stats.state == "open"
     assert stats.retry_at is not None and stats.opened_at is not None
     assert (stats.retry_at - stats.opened_at).total_seconds() == pytest.approx(0.03)
+    await control.aclose()
+
+
+async def test_a_late_caller_is_judged_on_redis_answer_not_on_a_stale_view(redis_url, name) -> None:
+    """
+    Regression: a caller the deadline left short was refused on this
+    process's view of the circuit, which only an admission refreshes: once
+    every caller was short, a circuit reset elsewhere stayed open here.
+    """
+    control = redis.asyncio.Redis.from_url(redis_url)
+    b = CircuitBreaker(
+        name, failure_threshold=1, reset_timeout=60, sync_interval=0.05, store=redis_url
+    )
+    await fail(b)
+    assert b.state == "open"
+    await control.delete(key(name))  # reset elsewhere: another process, the command
+    signal = Signal(name=f"tests.redis.late.{name}")
+
+    async def quote(sender: Any, **kwargs: Any) -> str:
+        return "quote"
+
+    signal.connect(quote, weak=False, breaker=b, timeout=5, on_error="log")
+    with _deadline.budget(1.0):
+        await asyncio.sleep(0.6)  # most of the budget spent: this call starts late
+        late = await signal.collect_async(sender=None)
+    assert late[0].status == "ok" and b.state == "closed"
     await control.aclose()
 
 

@@ -17,7 +17,7 @@ import anyio
 import pytest
 from django.test import override_settings
 
-from patchboard import CircuitBreaker, Expired, ListenerTimeout, Signal, outcome_counts
+from patchboard import CircuitBreaker, Expired, ListenerTimeout, Signal, _deadline, outcome_counts
 from patchboard._deadline import remaining
 from patchboard.testing import VirtualClock
 
@@ -191,32 +191,73 @@ def test_an_ordered_signal_under_a_deadline_starts_nothing_late() -> None:
     assert calls == ["first"]
 
 
-async def test_a_deadline_cut_is_not_a_breaker_failure_but_a_timeout_is() -> None:
+def test_a_call_is_late_with_less_than_half_of_its_dispatchs_budget_left() -> None:
+    assert not _deadline.started_late(0.1)  # no deadline: never late
+    with _deadline.budget(10):
+        assert not _deadline.started_late(5.1) and _deadline.started_late(4.9)
+        with _deadline.budget(1):  # a shorter nested budget: late by its own
+            assert not _deadline.started_late(0.6) and _deadline.started_late(0.4)
+        with _deadline.budget(60):  # a longer one changes nothing: late by the request's
+            assert _deadline.started_late(4.9)
+
+
+async def test_a_deadline_cut_counts_against_the_breaker_unless_the_call_started_late() -> None:
+    """
+    Regression: a hung service never opened a circuit whose callers' deadlines
+    were shorter than its listener's timeout (each cut counted as nothing).
+    """
     breaker = CircuitBreaker("tests.deadlines.breaker", store="memory", failure_threshold=1)
     signal = Signal(name="tests.deadlines.breaker")
     never = Never()
     signal.connect(never, weak=False, breaker=breaker, on_error="log", timeout=30)
 
-    with anyio.fail_after(5):
-        await signal.collect_async(sender=None, deadline=SHORT)
+    # Late: the request spent most of its budget before this dispatch (waiting in
+    # line, or on slower work): the caller ran out of time, not the service.
+    with _deadline.budget(1.0):
+        await asyncio.sleep(0.6)
+        with anyio.fail_after(5):
+            late = await signal.collect_async(sender=None)
+    assert late[0].status == "timeout" and late.deadline_hit
     assert (breaker.state, breaker.statistics().failures_total) == ("closed", 0)
 
-    own = Signal(name="tests.deadlines.breaker.own")
-    own.connect(never, weak=False, breaker=breaker, on_error="log", timeout=SHORT)
+    # The whole budget, and no answer: the service failed the test.
     with anyio.fail_after(5):
-        await own.collect_async(sender=None)
+        cut = await signal.collect_async(sender=None, deadline=SHORT)
+    assert cut[0].status == "timeout" and cut.deadline_hit
     assert (breaker.state, breaker.statistics().failures_total) == ("open", 1)
 
 
-async def test_no_probe_for_a_caller_that_cannot_wait_for_it() -> None:
+def _half_open(name: str) -> CircuitBreaker:
     clock = VirtualClock()
     breaker = CircuitBreaker(
-        "tests.deadlines.probe", store="memory", failure_threshold=1, reset_timeout=10, clock=clock
+        name, store="memory", failure_threshold=1, reset_timeout=10, clock=clock
     )
     with pytest.raises(RuntimeError), breaker:
         raise RuntimeError("down")
     clock.advance(10)
     assert breaker.state == "half_open"
+    return breaker
+
+
+async def test_a_caller_with_a_deadline_shorter_than_the_timeout_probes() -> None:
+    """
+    Regression: a caller whose deadline was shorter than its listener's
+    timeout got no probe, so a circuit whose callers all had one (the
+    README's quickstart: deadline 1.5 s, timeout 2 s) never closed again.
+    """
+    breaker = _half_open("tests.deadlines.probe.short")
+    signal = Signal(name="tests.deadlines.probe.short")
+
+    async def probe(sender: Any, **kwargs: Any) -> str:
+        return "healthy"
+
+    signal.connect(probe, weak=False, breaker=breaker, timeout=5, on_error="log")
+    collected = await signal.collect_async(sender=None, deadline=1)  # less than its timeout
+    assert collected[0].status == "ok" and breaker.state == "closed"
+
+
+async def test_no_probe_for_a_late_caller() -> None:
+    breaker = _half_open("tests.deadlines.probe")
     signal = Signal(name="tests.deadlines.probe")
     calls = []
 
@@ -226,12 +267,15 @@ async def test_no_probe_for_a_caller_that_cannot_wait_for_it() -> None:
 
     signal.connect(probe, weak=False, breaker=breaker, timeout=5, on_error="log")
 
-    brief = await signal.collect_async(sender=None, deadline=1)  # less than its timeout of 5
-    assert brief[0].status == "circuit_open" and calls == []
-    assert (breaker.state, breaker.statistics().probes) == ("half_open", 0)
+    with _deadline.budget(1.0):
+        await asyncio.sleep(0.6)
+        late = await signal.collect_async(sender=None)
+    assert late[0].status == "circuit_open" and calls == []
+    stats = breaker.statistics()
+    assert (stats.state, stats.probes, stats.rejected) == ("half_open", 0, 1)
 
-    patient = await signal.collect_async(sender=None, deadline=10)
-    assert patient[0].status == "ok" and len(calls) == 1
+    on_time = await signal.collect_async(sender=None, deadline=1)
+    assert on_time[0].status == "ok" and len(calls) == 1
     assert breaker.state == "closed"
 
 

@@ -7,6 +7,7 @@ a failure that reaches the caller is not logged twice.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,6 +58,27 @@ def test_without_structlog_configured_events_go_through_logging(unconfigured, ca
     assert "listener=tests.test_logs._failing_signal.<locals>.broken" in record.getMessage()
     assert "signal=tests.logs" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is Boom  # the traceback is kept
+
+
+def test_every_logfmt_key_has_a_value(unconfigured, caplog) -> None:
+    """Regression: ``sender=`` for no sender, a bare ``forced`` flag, ``limit_s=0.0999660...``."""
+    caplog.set_level(logging.INFO, logger="patchboard")
+    signal = Signal(name="tests.logs.values")
+
+    async def slow(sender: Any, **kwargs: Any) -> None:
+        await anyio.sleep(30)
+
+    signal.connect(slow, weak=False, timeout=30, on_error="log")
+    signal.collect(sender=None, deadline=0.05)  # the limit: what was left of it
+    breaker = CircuitBreaker("tests.logs.values", store="memory")
+    breaker.force_open()
+
+    messages = {r.getMessage().split()[0]: r.getMessage() for r in caplog.records}
+    timeout = messages["listener_timeout"].split()
+    assert "sender=None" in timeout
+    [limit] = [field for field in timeout if field.startswith("limit_s=")]
+    assert re.fullmatch(r"limit_s=0\.0[0-9]{0,5}", limit), limit  # microseconds at most
+    assert "forced=true" in messages["circuit_opened"].split()
 
 
 def test_a_value_cannot_forge_a_log_line(unconfigured, caplog) -> None:

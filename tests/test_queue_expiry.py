@@ -24,6 +24,13 @@ SIGNAL = Signal(name="tests.queue_expiry")
 
 
 def one_worker(clock: Callable[[], float], **values: Any) -> ShortTermQueue:
+    """
+    One worker, waits on ``clock``. The time limit of a running call is a
+    cancel scope on the event loop's real clock: an hour, so that a busy
+    machine can never end a blocker early (it once freed the worker for the
+    next waiter, which then ran).
+    """
+    values.setdefault("task_time_limit", 3600)
     settings = QueueSettings(min_workers=1, max_workers=1, item_expiry=45, **values)
     return ShortTermQueue(settings, clock=clock)
 
@@ -193,3 +200,30 @@ async def test_a_waiter_expires_on_its_own_while_the_worker_stays_busy(logs: Any
     assert outcome.elapsed >= 0.2
     [event] = [e for e in logs.entries if e["event"] == "queue_item_expired"]
     assert event["waited_s"] >= 0.2
+
+
+async def test_the_head_of_a_line_that_cannot_grow_sleeps_until_it_is_at_risk(monkeypatch) -> None:
+    """
+    Regression: at MAX_WORKERS the head of the line still woke every
+    TARGET_WAIT to see whether the pool could grow, for nothing.
+    """
+    import patchboard._queue
+
+    waits: list[float] = []
+    real = anyio.move_on_after
+
+    def recorded(delay: float, *args: Any, **kwargs: Any) -> anyio.CancelScope:
+        waits.append(delay)
+        return real(delay, *args, **kwargs)
+
+    monkeypatch.setattr(patchboard._queue.anyio, "move_on_after", recorded)
+    clock = VirtualClock()
+    queue = one_worker(clock, target_wait=0.05, at_risk_fraction=0.5)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(queue.run, Call(listener(Quote().run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        blocker.release()
+    assert waits == [22.5]  # its at-risk age (AT_RISK_FRACTION x ITEM_EXPIRY), not TARGET_WAIT

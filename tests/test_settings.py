@@ -116,11 +116,10 @@ def test_a_bad_store_still_stops_the_breaker_that_uses_it() -> None:
 
     from patchboard import CircuitBreaker
 
-    with (
-        override_settings(PATCHBOARD={"STORE": "memcached://x"}),
-        pytest.raises(ImproperlyConfigured, match=r'PATCHBOARD\["STORE"\]'),
-    ):
-        CircuitBreaker("tests.settings.bad_store")
+    with override_settings(PATCHBOARD={"STORE": "memcached://x"}):
+        breaker = CircuitBreaker("tests.settings.bad_store")  # built: at import, check must run
+        with pytest.raises(ImproperlyConfigured, match=r'PATCHBOARD\["STORE"\]'), breaker:
+            pass
 
 
 def test_invalid_settings_are_logged_at_startup_and_stop_the_first_dispatch(logs) -> None:

@@ -1,4 +1,4 @@
-"""Redis store URLs: a malformed one is refused by the checks and when the breaker is built."""
+"""Redis store URLs: a malformed one is reported by the checks and refused by every call."""
 
 from __future__ import annotations
 
@@ -48,13 +48,23 @@ def refusal(url: str, problem: str) -> str:
     )
 
 
+def refused_call(breaker: CircuitBreaker) -> str:
+    """The message of the ``ImproperlyConfigured`` a guarded call through ``breaker`` raises."""
+    with pytest.raises(ImproperlyConfigured) as caught, breaker:
+        pass
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(("url", "problem"), MALFORMED)
-def test_a_breaker_with_a_malformed_store_url_is_refused_when_built(url, problem) -> None:
-    with pytest.raises(ImproperlyConfigured) as caught:
-        CircuitBreaker("ups", store=url)
-    message = str(caught.value)
+def test_a_breaker_with_a_malformed_store_url_is_built_and_refuses_every_call(url, problem) -> None:
+    """Built at import, it must not stop manage.py check from reporting it."""
+    breaker = CircuitBreaker("ups", store=url)
+    message = refused_call(breaker)
     assert re.fullmatch(re.escape("circuit breaker 'ups': ") + refusal(url, problem), message)
-    assert "hunter2" not in message
+    assert "hunter2" not in message and "hunter2" not in breaker.statistics().store
+    errors = check_breakers()
+    assert [(e.id, e.obj) for e in errors] == [(E010_ID, "CircuitBreaker('ups')")]
+    assert errors[0].msg == message
 
 
 @pytest.mark.parametrize(("url", "problem"), MALFORMED)
@@ -62,8 +72,8 @@ def test_check_e010_names_the_declared_breaker_and_its_masked_url(url, problem) 
     with override_settings(PATCHBOARD={"BREAKERS": {"ups": {"store": url}}}):
         errors = check_breakers()
         assert [e for e in run_checks() if e.id == E010_ID] == errors
-        with pytest.raises(ImproperlyConfigured, match=refusal(url, problem)):
-            get_breaker("ups")
+        assert re.search(refusal(url, problem), refused_call(get_breaker("ups")))
+        assert check_breakers() == errors  # built now: still one error for it
     assert [(e.id, e.obj) for e in errors] == [
         (E010_ID, """settings.PATCHBOARD["BREAKERS"]['ups']""")
     ]
@@ -75,11 +85,25 @@ def test_check_e010_names_the_declared_breaker_and_its_masked_url(url, problem) 
 def test_check_e010_reports_a_malformed_default_store_once(url, problem) -> None:
     settings = {"STORE": url, "BREAKERS": {"ups": {}, "fedex": {"failure_threshold": 2}}}
     with override_settings(PATCHBOARD=settings):
+        dhl = CircuitBreaker("dhl")  # built in code, on the default store
         errors = check_breakers()
-        with pytest.raises(ImproperlyConfigured, match=refusal(url, problem)):
-            CircuitBreaker("dhl")  # built in code, on the default store
+        assert re.search(refusal(url, problem), refused_call(dhl))
     assert [(e.id, e.obj) for e in errors] == [(E010_ID, 'settings.PATCHBOARD["STORE"]')]
     assert re.fullmatch(re.escape('PATCHBOARD["STORE"]: ') + refusal(url, problem), errors[0].msg)
+
+
+def test_a_store_that_is_no_url_is_reported_by_check_not_raised_at_import() -> None:
+    """
+    Regression: a breaker built at import on ``"STORE": "redis//oops"``
+    raised there, so ``manage.py check`` died with a traceback instead of
+    listing the problems.
+    """
+    with override_settings(PATCHBOARD={"STORE": "redis//oops", "BREAKERS": {"ups": {}}}):
+        dhl = CircuitBreaker("dhl")
+        errors = [e for e in run_checks() if e.id in ("patchboard.E001", E010_ID)]
+        message = refused_call(dhl)
+    assert [(e.id, e.obj) for e in errors] == [("patchboard.E001", "settings.PATCHBOARD")]
+    assert "'redis//oops'" in errors[0].msg and "'redis//oops'" in message
 
 
 @pytest.mark.parametrize("url", VALID)

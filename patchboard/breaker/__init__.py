@@ -93,8 +93,8 @@ from patchboard.breaker.machine import (
     to_datetime,
 )
 from patchboard.breaker.memory import MemoryStore
-from patchboard.breaker.redis import RedisStore
-from patchboard.breaker.store import Ticket
+from patchboard.breaker.redis import RedisStore, mask_url
+from patchboard.breaker.store import Ticket, UnusableStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -196,9 +196,13 @@ class CircuitBreaker:
         TypeError, ValueError: an invalid option (the message names it).
         ValueError: a breaker named ``name`` already exists; share it with
             :func:`get_breaker`.
-        ImproperlyConfigured: a Redis store without the ``redis`` package,
-            or with a malformed URL (the message names the breaker and the
-            URL, its password masked).
+
+    A store that cannot be used (a Redis URL that is malformed, or without
+    the ``redis`` package; an invalid ``PATCHBOARD["STORE"]``) does not stop
+    the breaker from being built, at import: ``manage.py check`` reports it
+    (``patchboard.E010``, ``E001``), and every guarded call raises
+    ``ImproperlyConfigured`` (naming the breaker and the URL, its password
+    masked).
     """
 
     __slots__ = (
@@ -233,10 +237,16 @@ class CircuitBreaker:
             )
         self.name = name
         self.config = config
-        url = config.store or default_store()
-        self._store: MemoryStore | RedisStore = (
-            MemoryStore(name, config) if url == "memory" else RedisStore(name, config, url)
-        )
+        self._store: MemoryStore | RedisStore | UnusableStore
+        try:
+            url = config.store or default_store()
+            self._store = (
+                MemoryStore(name, config) if url == "memory" else RedisStore(name, config, url)
+            )
+        except ImproperlyConfigured as problem:
+            # Reported by manage.py check; raised by every guarded call.
+            label = mask_url(config.store) if config.store else 'PATCHBOARD["STORE"]'
+            self._store = UnusableStore(label, problem)
         self._remote = self._store if isinstance(self._store, RedisStore) else None
         self._excluded_types = config.excluded_types
         self._excluded_predicates = config.excluded_predicates
@@ -438,35 +448,41 @@ class CircuitBreaker:
 
     # -- the store's I/O: the only difference between the sync and async forms --
 
-    def _refuse_a_brief_caller(self) -> None:
-        """
-        A caller whose deadline leaves it less time than its listener's own
-        timeout gets no half-open probe: it would likely be cut short and
-        tell nothing (see ``patchboard._deadline``).
-        """
-        if _deadline.cannot_wait() and self._store.state != CLOSED:
-            self._rejected.add()
-            raise CircuitOpen(self.name, self.retry_at)
-
     def _acquire(self) -> Ticket:
-        self._refuse_a_brief_caller()
         try:
-            return self._store.acquire()
+            ticket = self._store.acquire()
         except CircuitOpen:
             self._rejected.add()
             raise
         finally:
             self._emit()
+        if ticket.probe is not None and _deadline.is_late():
+            self._record(ticket, RELEASE)
+            raise self._refuse_late_caller()
+        return ticket
 
     async def _aacquire(self) -> Ticket:
-        self._refuse_a_brief_caller()
         try:
-            return await self._store.aacquire()
+            ticket = await self._store.aacquire()
         except CircuitOpen:
             self._rejected.add()
             raise
         finally:
             await self._aemit()
+        if ticket.probe is not None and _deadline.is_late():
+            await self._arecord(ticket, RELEASE)
+            raise self._refuse_late_caller()
+        return ticket
+
+    def _refuse_late_caller(self) -> CircuitOpen:
+        """
+        A late caller (see ``patchboard._deadline``) was made a half-open
+        probe: it would likely be cut short and tell nothing, so its slot
+        has been given back for a caller with time to wait for the answer.
+        Decided on the store's fresh answer, never on this process's view.
+        """
+        self._rejected.add()
+        return CircuitOpen(self.name, self.retry_at)
 
     def _record(self, ticket: Ticket, result: Result) -> None:
         self._store.record(ticket, result)

@@ -9,7 +9,8 @@ System checks of the circuit breakers declared in ``PATCHBOARD["BREAKERS"]``.
     not a number, an unknown or invalid query parameter). One error per bad
     breaker, naming the breaker and the argument, or the URL with its
     password masked. ``PATCHBOARD["STORE"]``, the store of every breaker
-    created without ``store=``, is checked the same way (one error for it).
+    created without ``store=``, is checked the same way (one error for it),
+    and so is the ``store=`` of a breaker created in code.
 
 ``patchboard.E011``
     A listener refers to a breaker by a name that is neither declared in
@@ -90,7 +91,7 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         errors.append(store_error(problem))
     declared = raw.get("BREAKERS") or {}
     if not isinstance(declared, Mapping):
-        return errors
+        declared = {}  # E001's business
     for name, options in declared.items():
         if not isinstance(name, str) or not isinstance(options, Mapping):
             continue
@@ -103,6 +104,17 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         problem = store_problem(config.store)
         if problem is not None:
             errors.append(breaker_error(name, problem))
+    for breaker in all_breakers():  # built in code, with store=
+        problem = None if breaker.name in declared else store_problem(breaker.config.store)
+        if problem is not None:
+            errors.append(
+                Error(
+                    f"circuit breaker {breaker.name!r}: {problem}",
+                    hint="Every call through this breaker raises ImproperlyConfigured.",
+                    obj=f"CircuitBreaker({breaker.name!r})",
+                    id=E010_ID,
+                )
+            )
     return errors
 
 

@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from django.core.exceptions import ImproperlyConfigured
+
 from patchboard.breaker.machine import Control, Forced, Result, State, Transition
 
 
@@ -83,3 +85,57 @@ class BreakerStore(Protocol):
     async def aforce(self, action: Control) -> None: ...
     def view(self) -> StoreView: ...
     def forget(self) -> None: ...
+
+
+class UnusableStore:
+    """
+    Stands in for a store that could not be built: ``PATCHBOARD["STORE"]`` or
+    ``store=`` is a malformed URL, or names Redis without the redis package.
+
+    Building a breaker never fails on configuration (breakers are built at
+    import, and ``manage.py check`` must get to report the problem:
+    ``patchboard.E001``/``E010``); every guarded call raises the problem
+    instead, as an ``ImproperlyConfigured`` naming the breaker.
+    """
+
+    remote = False
+    fast = False
+    state: State = "closed"
+
+    def __init__(self, label: str, problem: ImproperlyConfigured) -> None:
+        self.label = label
+        self.problem = str(problem)
+        self.pending: deque[Transition] = deque()
+        self.admitted = Ticket(self, None)
+
+    def acquire(self) -> Ticket:
+        raise ImproperlyConfigured(self.problem)
+
+    def record(self, ticket: Ticket, result: Result) -> None:
+        """Nothing was admitted, so nothing is recorded."""
+
+    def force(self, action: Control) -> None:
+        raise ImproperlyConfigured(self.problem)
+
+    async def aacquire(self) -> Ticket:
+        return self.acquire()
+
+    async def arecord(self, ticket: Ticket, result: Result) -> None:
+        pass
+
+    async def aforce(self, action: Control) -> None:
+        self.force(action)
+
+    def view(self) -> StoreView:
+        return StoreView(
+            state="closed",
+            failures=0,
+            opened_at=None,
+            retry_at=None,
+            forced=None,
+            probes=0,
+            fallback=False,
+        )
+
+    def forget(self) -> None:
+        """Nothing to forget."""

@@ -28,7 +28,7 @@ def configure_logging(*, json_lines: bool) -> None:
     else:
         processors = [
             structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
-            structlog.dev.ConsoleRenderer(),
+            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
         ]
     structlog.configure(
         processors=[structlog.processors.add_log_level, *processors],

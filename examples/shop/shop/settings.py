@@ -71,6 +71,7 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
+TIME_ZONE = "UTC"
 
 # Background listeners run in `manage.py db_worker`, outside the request.
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
