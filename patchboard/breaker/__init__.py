@@ -211,6 +211,7 @@ class CircuitBreaker:
         "_excluded_predicates",
         "_excluded_types",
         "_failed",
+        "_fast_entry",
         "_ok",
         "_ok_add",
         "_rejected",
@@ -253,6 +254,7 @@ class CircuitBreaker:
         self._entries: ContextVar[_Entry | None] = ContextVar(
             f"patchboard.breaker.{name}", default=None
         )
+        self._fast_entry: _Entry = (self._store.admitted, None)
         self._new_tallies()
         _register(self)
 
@@ -286,9 +288,9 @@ class CircuitBreaker:
         return self
 
     async def __aexit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
-        ticket, result = self._leave(exc)
-        if result is not None and ticket is not None:
-            await self._arecord(ticket, result)
+        report = self._leave(exc)
+        if report is not None:
+            await self._arecord(*report)
 
     def __enter__(self) -> Self:
         """
@@ -302,9 +304,9 @@ class CircuitBreaker:
         return self
 
     def __exit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
-        ticket, result = self._leave(exc)
-        if result is not None and ticket is not None:
-            self._record(ticket, result)
+        report = self._leave(exc)
+        if report is not None:
+            self._record(*report)
 
     async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """
@@ -318,14 +320,7 @@ class CircuitBreaker:
                 :meth:`call_sync`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
-        async with self:
-            result = fn(*args, **kwargs)
-            if not hasattr(result, "__await__"):
-                raise _Misuse(
-                    f"breaker.call() awaits what {_name(fn)} returns, but it returned "
-                    f"{type(result).__qualname__}: use breaker.call_sync() for a sync function"
-                )
-            return await result
+        return await self._run_async(fn, args, kwargs)  # type: ignore[no-any-return]
 
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """
@@ -340,16 +335,7 @@ class CircuitBreaker:
                 (use :meth:`call`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
-        with self:
-            result = fn(*args, **kwargs)
-            if hasattr(result, "__await__"):  # an async function (its body has not run)
-                if inspect.iscoroutine(result):
-                    result.close()  # never awaited: no "was never awaited" warning
-                raise _Misuse(
-                    f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
-                    f"returned a {type(result).__qualname__}; use await breaker.call(...)"
-                )
-            return result
+        return self._run_sync(fn, args, kwargs)  # type: ignore[no-any-return]
 
     @overload
     def __call__(
@@ -370,23 +356,75 @@ class CircuitBreaker:
             raise TypeError(
                 f"a circuit breaker cannot guard the generator function {fn.__qualname__}"
             )
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                async with self:
-                    return await fn(*args, **kwargs)
-
-            return guarded_async
+        run = self._run_async if inspect.iscoroutinefunction(fn) else self._run_sync
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            with self:
-                return fn(*args, **kwargs)
+            return run(fn, args, kwargs)
 
+        if run == self._run_async:
+            inspect.markcoroutinefunction(guarded)  # it returns _run_async's coroutine
         return guarded
 
+    # The call forms are ``with self`` / ``async with self`` around the call,
+    # spelled out: the context-manager protocol and the helpers cost more than
+    # the rest of an entry on the fast path (closed, not nested), which is
+    # therefore inline here; its steps are _needs_store's and _leave's.
+
+    def _run_sync(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        fast = self._enter_fast()
+        if not fast and self._needs_store():
+            self._push(self._acquire())
+        try:
+            result = fn(*args, **kwargs)
+            if hasattr(result, "__await__"):  # an async function (its body has not run)
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: no "was never awaited" warning
+                raise _Misuse(
+                    f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
+                    f"returned a {type(result).__qualname__}; use await breaker.call(...)"
+                )
+        except BaseException as exc:
+            self.__exit__(None, exc, None)
+            raise
+        if fast and self._store.fast:
+            self._entries.set(None)
+            self._ok_add()
+        else:
+            self.__exit__(None, None, None)
+        return result
+
+    async def _run_async(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        fast = self._enter_fast()
+        if not fast and self._needs_store():
+            self._push(await self._aacquire())
+        try:
+            awaitable = fn(*args, **kwargs)
+            if not hasattr(awaitable, "__await__"):
+                raise _Misuse(
+                    f"breaker.call() awaits what {_name(fn)} returns, but it returned "
+                    f"{type(awaitable).__qualname__}: use breaker.call_sync() for a sync function"
+                )
+            result = await awaitable
+        except BaseException as exc:
+            await self.__aexit__(None, exc, None)
+            raise
+        if fast and self._store.fast:
+            self._entries.set(None)
+            self._ok_add()
+        else:
+            await self.__aexit__(None, None, None)
+        return result
+
     # -- the bookkeeping shared by every form ----------------------------------
+
+    def _enter_fast(self) -> bool:
+        """Enter on the fast path, if this entry is on it (closed, not nested)."""
+        entries = self._entries
+        if entries.get() is None and self._store.fast:
+            entries.set(self._fast_entry)  # built once: no allocation per call
+            return True
+        return False
 
     def _needs_store(self) -> bool:
         """
@@ -398,33 +436,34 @@ class CircuitBreaker:
         if stack is not None:
             entries.set((None, stack))  # inside this breaker already: the outer entry decides
             return False
-        store = self._store
-        if not store.fast:
+        if not self._store.fast:
             return True
-        entries.set((store.admitted, None))
+        entries.set(self._fast_entry)  # built once: no allocation per call
         return False
 
     def _push(self, ticket: Ticket) -> None:
         self._entries.set((ticket, None))
 
-    def _leave(self, exc: BaseException | None) -> tuple[Ticket | None, Result | None]:
+    def _leave(self, exc: BaseException | None) -> tuple[Ticket, Result] | None:
         """
-        Pop this entry and count its result; its ticket (None for a nested
-        entry, which counts nothing) and the result to report, if any.
+        Pop this entry and count its result; the ticket and the result to
+        report to the store, or None when there is nothing to report (a
+        success on the fast path; a nested entry, which counts nothing).
         """
         entries = self._entries
         stack = entries.get()
         if stack is None:  # __exit__ without __enter__: count nothing
-            return None, None
+            return None
         ticket, outer = stack
         entries.set(outer)
         if ticket is None:
-            return None, None
+            return None
         if exc is not None:
             return ticket, self._classify(exc)
         self._ok_add()
-        store = self._store
-        return ticket, None if store.fast and ticket is store.admitted else SUCCESS
+        if stack is self._fast_entry and self._store.fast:
+            return None
+        return ticket, SUCCESS
 
     def _classify(self, exc: BaseException) -> Result:
         if not isinstance(exc, Exception) or type(exc) is _Misuse:
