@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite bench demo serve clean python
+.PHONY: test lint typecheck pytest pytest-django52 django-suite bench demo serve stress stress-ci clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -60,7 +60,7 @@ django-suite: $(VENV)/.installed $(VENV52)/.installed
 	$(PY) tests/django_suite.py
 	$(PY52) tests/django_suite.py
 
-test: lint typecheck pytest pytest-django52 django-suite
+test: lint typecheck pytest pytest-django52 django-suite stress-ci
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
@@ -69,6 +69,17 @@ bench: $(VENV)/.installed
 # behaved, or the stack left running for curl and the status page until Ctrl-C.
 demo: $(VENV)/.installed
 	$(PY) -m examples.demo
+
+# Under load and faults (bench/stress): the example shop under uvicorn --workers 2, its
+# breakers in a private Redis that is stopped and restarted, its carriers killed and
+# restarted, clients gone mid-request; then the real Tasks engines (pytest -m stress).
+# A one-screen report; exits 1 if any check failed. `make test` runs the bounded
+# configuration (its pytest part already ran with the rest of the suite).
+stress: $(VENV)/.installed
+	$(PY) -m bench.stress
+
+stress-ci: $(VENV)/.installed
+	$(PY) -m bench.stress --ci --no-pytest
 
 SERVE_PORT ?= 8000
 serve: $(VENV)/.installed
