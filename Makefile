@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | python
 	rm -rf $(VENV)
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo
+	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo --group stress
 	touch $@
 
 $(VENV52)/.installed: pyproject.toml | python
@@ -49,11 +49,11 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
-# The example's end-to-end test and bench/load.py's run once, on Django 6 (this venv has
-# no `demo` group, so no httpx).
+# The example's end-to-end test, bench/load.py's and the Tasks engines' run once, on
+# Django 6 (this venv has no `demo` or `stress` group, so no httpx, no RQ).
 pytest-django52: $(VENV52)/.installed
 	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/test_example_e2e.py \
-	  --ignore=tests/test_bench_load.py
+	  --ignore=tests/test_bench_load.py --ignore=tests/test_engines.py
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
 django-suite: $(VENV)/.installed $(VENV52)/.installed
