@@ -73,11 +73,12 @@ def p99_within_budget(observed: Observed) -> Check:
     view = sorted(s.server_ms / 1000 for s in answered)
     p99_view = view[min(len(view) - 1, math.ceil(0.99 * len(view)) - 1)] if view else math.nan
     p50, p99 = result.percentile(0.5), result.percentile(0.99)
+    cpu = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in observed.cpu.items())
     return Check(
         f"p99 within the request budget ({REQUEST_BUDGET:g} s)",
         p99_view <= REQUEST_BUDGET,
         f"view p99 {p99_view * 1000:.0f} ms, max {max(view, default=math.nan) * 1000:.0f} ms; "
-        f"end to end p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms",
+        f"end to end p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (CPU: {cpu})",
     )
 
 

@@ -21,7 +21,7 @@ import httpx
 
 from bench.stress import load
 from bench.stress.config import DOWN, SLOW, SLOW_MS, Config
-from bench.stress.services import RedisServer, proc_status, workers
+from bench.stress.services import RedisServer, cpu_seconds, proc_status, workers
 from bench.stress.shop import PID_HEADER, QUOTES_HEADER
 from examples.stack import ROOT, Stack, StackError
 from examples.walkthrough import log_in
@@ -69,6 +69,8 @@ class Observed:
     down_requests: dict[str, int] = field(default_factory=dict)
     """The failing carrier's request count at the carrier, at the steady phase's start and end."""
     disconnected: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process used (the machine's cores are shared by all of them)."""
     events: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     """What went wrong in the harness itself (a fault that could not be applied, ...)."""
@@ -114,7 +116,10 @@ class StressRun:
         password = secrets.token_urlsafe(12)
         await asyncio.to_thread(stack.create_staff_user, "stress", password)
         self.staff = httpx.AsyncClient(base_url=stack.shop_url, timeout=30.0)
-        async with self.staff, httpx.AsyncClient(timeout=10.0) as self.http:
+        # No keep-alive for the harness's own requests: a connection the server closed
+        # while idle (uvicorn keeps one 5 s) would fail the next request on it.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with self.staff, httpx.AsyncClient(timeout=10.0, limits=fresh) as self.http:
             await log_in(self.staff, "stress", password)
             await self.set_up_carriers(stack)
             observed.worker_pids = await self.wait_for_workers(stack)
@@ -139,6 +144,10 @@ class StressRun:
                 load_run.cancel()
             self.phase = "quiescing"
             observed.after = await self.quiet(stack)
+            observed.cpu = {
+                **{f"shop worker {pid}": cpu_seconds(pid) for pid in observed.worker_pids},
+                "this process (load, checks)": time.process_time(),
+            }
 
     # -- faults, on schedule -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ worker processes from ``/proc``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -105,3 +106,13 @@ def proc_status(pid: int) -> dict[str, int]:
         if key in wanted:
             found[key] = int(value.split()[0])
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, from ``/proc/<pid>/stat``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
