@@ -37,6 +37,9 @@ class Check:
     label: str
     passed: bool
     figures: str
+    known: str = ""
+    """Not passed, but exactly the signature of a known defect, pinned by this
+    ``xfail(strict=True)`` test: reported, and not failing the run."""
 
 
 def judge(observed: Observed) -> list[Check]:
@@ -112,14 +115,23 @@ def thread_bound(observed: Observed) -> Check:
     )
 
 
+KNOWN_UNCOUNTED = (
+    "tests/test_found_under_load.py::test_a_call_cancelled_in_its_fallback_is_counted_cancelled"
+)
+
+
 def outcomes_add_up(observed: Observed) -> Check:
     """
     In each process: every carrier call asked for (CARRIERS per quote request
     that reached the view, or the ``submitted`` counter where the status page
     has one) ended as exactly one outcome. ``cancelled`` is the outcome where
     the page has it, else the queue's counter (every carrier call is queued).
+
+    A shortfall equal to the calls the queue counted cancelled and
+    ``outcome_counts()`` did not is the known defect :data:`KNOWN_UNCOUNTED`
+    (a call cancelled in its fallback): reported as such; any other is a failure.
     """
-    figures, passed = [], True
+    figures, passed, known = [], True, True
     for pid in observed.after:
         outcomes = counted(observed, pid, "outcomes")
         queue = counted(observed, pid, "queue", "counters")
@@ -128,13 +140,20 @@ def outcomes_add_up(observed: Observed) -> Check:
         ended = sum(outcomes[status] for status in NEVER_RAN_OR_RAN) + cancelled
         submitted = outcomes.get("submitted", asked)
         ok = asked == ended == submitted
+        uncounted = queue["cancelled"] - cancelled
         passed &= ok
+        known &= ok or (asked == submitted and 0 < uncounted == submitted - ended)
         figures.append(
             f"{pid}: {asked} asked = {ended} ended"
-            + ("" if ok else f" (submitted {submitted})")
+            + ("" if ok else f" (submitted {submitted}, {uncounted} cancelled uncounted)")
             + f", {cancelled} cancelled"
         )
-    return Check("outcomes add up in each process", passed and bool(figures), "; ".join(figures))
+    return Check(
+        "outcomes add up in each process",
+        passed and bool(figures),
+        "; ".join(figures),
+        known="" if passed or not known else KNOWN_UNCOUNTED,
+    )
 
 
 def queue_adds_up(observed: Observed) -> Check:
