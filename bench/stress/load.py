@@ -40,6 +40,8 @@ class Sample:
     """How long the shop's view took (its ``elapsed_ms``)."""
     slowest: tuple[str, str, int] = ("", "", 0)
     """The carrier whose outcome took longest: (carrier, status, elapsed_ms)."""
+    error: str = ""
+    """Why no response came back (``status`` TRANSPORT_ERROR): the exception's class."""
 
 
 @dataclass(slots=True)
@@ -110,9 +112,9 @@ async def request(client: httpx.AsyncClient, url: str, cart: int, since: float) 
     before = clock()
     try:
         response = await client.get(url, params={"cart": cart})
-    except httpx.TransportError:
+    except httpx.TransportError as exc:
         now = clock()
-        return Sample(now - since, now - before, TRANSPORT_ERROR, None)
+        return Sample(now - since, now - before, TRANSPORT_ERROR, None, error=type(exc).__name__)
     now = clock()
     pid = response.headers.get(PID_HEADER)
     if response.status_code != 200:
