@@ -289,6 +289,10 @@ def hostile_background(sender: Any, **kwargs: Any) -> None:
     pass
 
 
+def background_fails(sender: Any, **kwargs: Any) -> None:
+    raise RuntimeError("the mail server is down")
+
+
 @EXAMPLES
 @given(case=with_unencodable())
 def test_kwargs_that_cannot_cross_are_refused_at_send_time_by_path(case: tuple[Any, str]) -> None:
@@ -395,6 +399,14 @@ def test_kwargs_values_are_never_logged_unless_log_kwargs(
             }
         ):
             signal.collect(sender=None, queue=True, secret=SECRET)  # rejected, expired
+        # Background listeners, run at once by the test settings' ImmediateBackend.
+        background.connect(background_fails, weak=False, mode="background", on_error="log")
+        background.connect(hostile_background, weak=False, mode="background")
+        try:
+            background.send_sync(sender=None, secret=SECRET, nested={"card": [SECRET]})
+        finally:
+            background.disconnect(background_fails)
+            background.disconnect(hostile_background)
 
     records = [r for r in caplog.records if r.name == "patchboard"]
     events = {r.getMessage().split(" ", 1)[0] for r in records}
@@ -403,6 +415,10 @@ def test_kwargs_values_are_never_logged_unless_log_kwargs(
         "listener_timeout",
         "listener_fallback_failed",
         "queue_item_rejected",
+        "background_enqueued",
+        "background_started",
+        "background_finished",
+        "background_failed",
     } <= events, events
     rendered = "\n".join(_rendered(r) for r in records)
     if log_kwargs:
