@@ -91,6 +91,8 @@ class Stack:
     """uvicorn's ``--workers``: more than one serves the shop from that many processes."""
     settings: str = "shop.settings"
     """The shop's ``DJANGO_SETTINGS_MODULE`` (``bench.stress`` extends the shop's)."""
+    shop_options: list[str] = field(default_factory=list)
+    """More of uvicorn's options for the shop."""
     tasks_worker: bool = True
     """Whether to start django-tasks-db's ``db_worker``."""
     services: list[Service] = field(default_factory=list)
@@ -135,8 +137,9 @@ class Stack:
         self.shop_url = url_of(shop)
         self.manage("migrate", "--verbosity", "0")
         self.serve("carriers", CARRIERS_APP, carriers)
-        workers = ["--workers", str(self.shop_workers)] if self.shop_workers > 1 else []
-        self.serve("shop", "shop.asgi:application", shop, "--app-dir", str(SHOP), *workers)
+        options = ["--workers", str(self.shop_workers)] if self.shop_workers > 1 else []
+        options += self.shop_options
+        self.serve("shop", "shop.asgi:application", shop, "--app-dir", str(SHOP), *options)
         if self.tasks_worker:
             worker = ["db_worker", "--interval", "0.1", "--no-startup-delay", "--no-reload"]
             self.spawn("worker", [*self.manage_command(), *worker])

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import django
@@ -21,10 +22,13 @@ from bench.stress.run import StressRun
 from examples.stack import ROOT, StackError
 
 TTY = sys.stdout.isatty()
-GREEN, YELLOW, RED, BOLD, RESET = (
-    ("\033[32m", "\033[33m", "\033[31m", "\033[1m", "\033[0m") if TTY else ("",) * 5
-)
+COLOURS = ("\033[32m", "\033[33m", "\033[31m", "\033[1m", "\033[0m")
+PLAIN = ("",) * 5
+GREEN, YELLOW, RED, BOLD, RESET = COLOURS if TTY else PLAIN
 PYTEST_MARK = "stress"
+PUBLISHED = ROOT / "bench" / "STRESS.md"
+"""The full run's report and how to read it; ``make bench`` copies it into BENCHMARKS.md."""
+TEMPLATE = Path(__file__).with_name("STRESS.md.template")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_pytest:
         checks.append(engine_tests())
     print("\r\033[K" if TTY else "", end="")
-    print(report(checks, time.monotonic() - started))
+    elapsed = time.monotonic() - started
+    print(report(checks, elapsed))
+    if config == FULL and not args.no_pytest:
+        publish(checks, elapsed, argv)
     return 0 if all(check.passed or check.known for check in checks) else 1
+
+
+def publish(checks: list[Check], elapsed: float, argv: list[str] | None) -> None:
+    """Write the full run's report to bench/STRESS.md (no colours), with when and how busy."""
+    plain = report(checks, elapsed, colours=PLAIN).strip("\n")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join(["python -m bench.stress", *(argv or sys.argv[1:])])
+    stamp = f"_`{command}`, {when}, load average {os.getloadavg()[0]:.2f} at the end._"
+    PUBLISHED.write_text(TEMPLATE.read_text().format(stamp=stamp, report=plain))
+    print(f"written to {PUBLISHED.relative_to(ROOT)}")
 
 
 def describe(config: Config) -> str:
@@ -102,21 +119,26 @@ def engine_tests() -> Check:
     )
 
 
-def report(checks: list[Check], elapsed: float) -> str:
+def report(
+    checks: list[Check],
+    elapsed: float,
+    colours: tuple[str, ...] = (GREEN, YELLOW, RED, BOLD, RESET),
+) -> str:
+    green, yellow, red, bold, reset = colours
     width = max(len(check.label) for check in checks)
     lines = [""]
     for check in checks:
-        mark = f"{GREEN}pass{RESET}" if check.passed else f"{RED}FAIL{RESET}"
+        mark = f"{green}pass{reset}" if check.passed else f"{red}FAIL{reset}"
         if check.known:
-            mark = f"{YELLOW}KNWN{RESET}"
+            mark = f"{yellow}KNWN{reset}"
         lines.append(f"  {mark}  {check.label:<{width}}  {check.figures}")
         if check.known:
             lines.append(f"        {'':<{width}}  a known defect, pinned by {check.known}")
     passed = sum(check.passed for check in checks)
     known = sum(bool(check.known) for check in checks)
-    colour = GREEN if passed == len(checks) else YELLOW if passed + known == len(checks) else RED
+    colour = green if passed == len(checks) else yellow if passed + known == len(checks) else red
     lines.append(
-        f"\n{colour}{BOLD}{passed}/{len(checks)} checks passed{RESET}"
+        f"\n{colour}{bold}{passed}/{len(checks)} checks passed{reset}"
         + (f", {known} failed as a known defect does" if known else "")
         + f" in {elapsed:.0f} s (Python {platform.python_version()}, "
         f"Django {django.get_version()}, {os.cpu_count()} cores)"

@@ -86,7 +86,7 @@ def p99_within_budget(observed: Observed) -> Check:
     answered = [s for s in result.samples if s.status == 200]
     view = sorted(s.server_ms / 1000 for s in answered)
     p99_view = view[min(len(view) - 1, math.ceil(0.99 * len(view)) - 1)] if view else math.nan
-    p50, p99 = result.percentile(0.5), result.percentile(0.99)
+    p50, p99 = result.percentile(50), result.percentile(99)
     cpu = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in observed.cpu.items())
     return Check(
         f"p99 within the request budget ({REQUEST_BUDGET:g} s deadline)",

@@ -1,18 +1,16 @@
 """
-A closed-loop load generator on loopback: ``concurrency`` clients, each
-sending its next request when the previous one is answered, until
-``duration`` seconds have passed or ``max_requests`` were sent, whichever
-comes first. It stops by itself.
+The stress run's load: bench/load.py's closed-loop generator (``concurrency``
+clients on loopback, each sending its next request when the previous one is
+answered, stopping by itself after ``duration`` or ``max_requests``), sending
+``GET /quotes?cart=<random>``.
 
-Each response is kept as a :class:`Sample` with what the stress checks read
-from it: the status code, the latency, the process that served it and each
-carrier's outcome in it.
+Each response is also kept here as a :class:`Sample` with what the stress
+checks read from it: the process that served it, each carrier's outcome in
+it, and the view's own time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import math
 import random
 import time
@@ -21,6 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from bench import load as generator
 from bench.stress.shop import PID_HEADER
 
 TRANSPORT_ERROR = 0
@@ -45,19 +44,20 @@ class Sample:
 
 
 @dataclass(slots=True)
-class LoadResult:
+class Responses:
+    """Every response of one load, as it comes in (the progress line reads it live)."""
+
     samples: list[Sample] = field(default_factory=list)
-    elapsed: float = 0.0
+    started: float = 0.0
+    result: generator.LoadResult | None = None
+    """bench/load.py's own record of the run, once it is over."""
 
-    def latencies(self) -> list[float]:
-        return sorted(s.latency for s in self.samples if s.status == 200)
-
-    def percentile(self, fraction: float) -> float:
-        """The ``fraction`` quantile of the successful requests' latency (nearest rank)."""
-        ordered = self.latencies()
-        if not ordered:
-            return math.nan
-        return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of the answered requests' latency, in seconds."""
+        if self.result is not None and self.result.requests:
+            return self.result.percentile(q)
+        ordered = sorted(s.latency for s in self.samples)  # so far, nearest rank
+        return ordered[math.ceil(q / 100 * len(ordered)) - 1] if ordered else math.nan
 
     def statuses(self) -> Counter[int]:
         return Counter(s.status for s in self.samples)
@@ -71,7 +71,44 @@ class LoadResult:
         return found
 
     def rate(self) -> float:
-        return len(self.samples) / self.elapsed if self.elapsed else 0.0
+        return self.result.throughput if self.result is not None else math.nan
+
+    def sender(self, url: str, carts: int) -> generator.Request:
+        """bench/load.py's request function: a random cart's quotes, recorded here."""
+
+        async def send(client: httpx.AsyncClient, n: int) -> httpx.Response:
+            before = time.monotonic()
+            try:
+                response = await client.get(url, params={"cart": random.randrange(carts)})
+            except httpx.TransportError as exc:
+                now = time.monotonic()
+                self.samples.append(
+                    Sample(now - self.started, now - before, TRANSPORT_ERROR, None, error=repr(exc))
+                )
+                raise
+            now = time.monotonic()
+            self.samples.append(sample(response, now - self.started, now - before))
+            return response
+
+        return send
+
+
+def sample(response: httpx.Response, at: float, latency: float) -> Sample:
+    pid = response.headers.get(PID_HEADER)
+    if response.status_code != 200:
+        return Sample(at, latency, response.status_code, int(pid) if pid else None)
+    body = response.json()
+    quotes = body["carriers"]
+    slowest = max(quotes, key=lambda q: q["elapsed_ms"])
+    return Sample(
+        at,
+        latency,
+        response.status_code,
+        int(pid) if pid else None,
+        tuple(q["status"] for q in quotes),
+        body["elapsed_ms"],
+        (slowest["carrier"], slowest["status"], slowest["elapsed_ms"]),
+    )
 
 
 async def run(
@@ -80,54 +117,20 @@ async def run(
     concurrency: int,
     duration: float,
     max_requests: int,
-    result: LoadResult | None = None,
+    responses: Responses,
     carts: int = 1000,
-    request_timeout: float = 30.0,
-) -> LoadResult:
+) -> Responses:
     """
-    Send ``GET url?cart=<random>`` from ``concurrency`` clients until
-    ``duration`` or ``max_requests``; ``result`` fills up while it runs
-    (for a progress line).
+    Load ``url`` with bench/load.py's generator; ``responses`` fills up while it runs.
+
+    Raises:
+        ValueError: ``concurrency``, ``duration`` or ``max_requests`` out of range.
     """
-    result = result if result is not None else LoadResult()
-    sent = itertools.count()
-    started = time.monotonic()
-    deadline = started + duration
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=request_timeout) as client:
-
-        async def one_client() -> None:
-            while time.monotonic() < deadline and next(sent) < max_requests:
-                sample = await request(client, url, random.randrange(carts), started)
-                result.samples.append(sample)
-
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    result.elapsed = time.monotonic() - started
-    return result
-
-
-async def request(client: httpx.AsyncClient, url: str, cart: int, since: float) -> Sample:
-    """One quote request, as a sample (``since``: when the load started)."""
-    clock = time.monotonic
-    before = clock()
-    try:
-        response = await client.get(url, params={"cart": cart})
-    except httpx.TransportError as exc:
-        now = clock()
-        return Sample(now - since, now - before, TRANSPORT_ERROR, None, error=type(exc).__name__)
-    now = clock()
-    pid = response.headers.get(PID_HEADER)
-    if response.status_code != 200:
-        return Sample(now - since, now - before, response.status_code, int(pid) if pid else None)
-    body = response.json()
-    quotes = body["carriers"]
-    slowest = max(quotes, key=lambda q: q["elapsed_ms"])
-    return Sample(
-        now - since,
-        now - before,
-        response.status_code,
-        int(pid) if pid else None,
-        tuple(q["status"] for q in quotes),
-        body["elapsed_ms"],
-        (slowest["carrier"], slowest["status"], slowest["elapsed_ms"]),
+    responses.started = time.monotonic()
+    responses.result = await generator.run(
+        responses.sender(url, carts),
+        concurrency=concurrency,
+        duration=duration,
+        max_requests=max_requests,
     )
+    return responses
