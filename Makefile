@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite bench demo serve clean python
+.PHONY: test lint typecheck pytest pytest-django52 django-suite bench demo serve stress stress-ci clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | python
 	rm -rf $(VENV)
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo
+	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo --group stress
 	touch $@
 
 $(VENV52)/.installed: pyproject.toml | python
@@ -49,18 +49,20 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
-# The example's end-to-end test and bench/load.py's run once, on Django 6 (this venv has
-# no `demo` group, so no httpx).
+# The example's end-to-end test, bench/load.py's, the Tasks engines' and the stress
+# harness's run once, on Django 6 (this venv has no `demo` or `stress` group, so no
+# httpx, no RQ).
 pytest-django52: $(VENV52)/.installed
 	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/test_example_e2e.py \
-	  --ignore=tests/test_bench_load.py
+	  --ignore=tests/test_bench_load.py --ignore=tests/test_engines.py \
+	  --ignore=tests/test_stress_checks.py
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
 django-suite: $(VENV)/.installed $(VENV52)/.installed
 	$(PY) tests/django_suite.py
 	$(PY52) tests/django_suite.py
 
-test: lint typecheck pytest pytest-django52 django-suite
+test: lint typecheck pytest pytest-django52 django-suite stress-ci
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
@@ -69,6 +71,17 @@ bench: $(VENV)/.installed
 # behaved, or the stack left running for curl and the status page until Ctrl-C.
 demo: $(VENV)/.installed
 	$(PY) -m examples.demo
+
+# Under load and faults (bench/stress): the example shop under uvicorn --workers 2, its
+# breakers in a private Redis that is stopped and restarted, its carriers killed and
+# restarted, clients gone mid-request; then the real Tasks engines (pytest -m stress).
+# A one-screen report; exits 1 if any check failed. `make test` runs the bounded
+# configuration (its pytest part already ran with the rest of the suite).
+stress: $(VENV)/.installed
+	$(PY) -m bench.stress
+
+stress-ci: $(VENV)/.installed
+	$(PY) -m bench.stress --ci --no-pytest
 
 SERVE_PORT ?= 8000
 serve: $(VENV)/.installed

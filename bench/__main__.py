@@ -60,6 +60,10 @@ def stamped(section: str, line: str) -> str:
     return f"{title}\n\n{line}\n{body}"
 
 
+STRESS = ROOT / "bench" / "STRESS.md"
+"""The latest full ``make stress`` report (bench/stress), kept beside the tables."""
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="everything small")
@@ -84,6 +88,8 @@ def main(argv: list[str]) -> int:
             section = f"## {name}\n\n_failed:_\n\n```\n{text}```"
         sections.append(stamped(section, line))
         print(flush=True)
+    if output is PUBLISHED and STRESS.exists():
+        sections.append(STRESS.read_text(encoding="utf-8").strip())  # the last `make stress`
     output.report.parent.mkdir(parents=True, exist_ok=True)
     output.report.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     print(f"written to {output.report} (plots in {output.plots})")

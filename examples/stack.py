@@ -43,6 +43,7 @@ user.set_password(os.environ["SHOP_STAFF_PASSWORD"])
 user.save()
 """
 STOP_TIMEOUT = 5.0
+CARRIERS_APP = "examples.carriers.app:app"
 
 
 class StackError(RuntimeError):
@@ -86,6 +87,14 @@ class Stack:
     shop_port: int = 0
     carriers_port: int = 0
     environment: dict[str, str] = field(default_factory=dict)
+    shop_workers: int = 1
+    """uvicorn's ``--workers``: more than one serves the shop from that many processes."""
+    settings: str = "shop.settings"
+    """The shop's ``DJANGO_SETTINGS_MODULE`` (``bench.stress`` extends the shop's)."""
+    shop_options: list[str] = field(default_factory=list)
+    """More of uvicorn's options for the shop."""
+    tasks_worker: bool = True
+    """Whether to start django-tasks-db's ``db_worker``."""
     services: list[Service] = field(default_factory=list)
     shop_url: str = ""
     carriers_url: str = ""
@@ -110,7 +119,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": "shop.settings",
+            "DJANGO_SETTINGS_MODULE": self.settings,
             "SHOP_DATABASE": str(self.database or self.workdir / "shop.sqlite3"),
             "SHOP_CARRIERS_URL": self.carriers_url,
             "SHOP_LOG_FORMAT": "json" if self.json_logs else "console",
@@ -127,14 +136,38 @@ class Stack:
         self.carriers_url = url_of(carriers)
         self.shop_url = url_of(shop)
         self.manage("migrate", "--verbosity", "0")
-        self.serve("carriers", "examples.carriers.app:app", carriers)
-        self.serve("shop", "shop.asgi:application", shop, "--app-dir", str(SHOP))
-        worker = ["db_worker", "--interval", "0.1", "--no-startup-delay", "--no-reload"]
-        self.spawn("worker", [*self.manage_command(), *worker])
+        self.serve("carriers", CARRIERS_APP, carriers)
+        options = ["--workers", str(self.shop_workers)] if self.shop_workers > 1 else []
+        options += self.shop_options
+        self.serve("shop", "shop.asgi:application", shop, "--app-dir", str(SHOP), *options)
+        if self.tasks_worker:
+            worker = ["db_worker", "--interval", "0.1", "--no-startup-delay", "--no-reload"]
+            self.spawn("worker", [*self.manage_command(), *worker])
         deadline = time.monotonic() + READY_TIMEOUT
         self.wait_for_http("carriers", f"{self.carriers_url}/stats", deadline)
         self.wait_for_http("shop", f"{self.shop_url}/admin/login/", deadline)
-        self.wait_for_output("worker", "Starting worker", deadline)
+        if self.tasks_worker:
+            self.wait_for_output("worker", "Starting worker", deadline)
+
+    def kill(self, name: str) -> None:
+        """Stop one process of the stack (SIGKILL to its group: it gets no say)."""
+        service = self.service(name)
+        self.services.remove(service)
+        signal_group(service.process, signal.SIGKILL)
+        service.process.wait()
+
+    def restart_carriers(self) -> None:
+        """
+        Start the carriers service again on its port, after :meth:`kill`; it
+        starts afresh (every carrier healthy, the counters at zero).
+
+        Raises:
+            StackError: it does not answer within READY_TIMEOUT.
+        """
+        port = int(self.carriers_url.rsplit(":", 1)[1])
+        self.serve("carriers", CARRIERS_APP, listen(port, exact=True))
+        deadline = time.monotonic() + READY_TIMEOUT
+        self.wait_for_http("carriers", f"{self.carriers_url}/stats", deadline)
 
     def stop(self) -> None:
         """Stop every process this stack started, with its process group, newest first."""
@@ -192,7 +225,7 @@ class Stack:
 
     def spawn(self, name: str, command: list[str], pass_fds: tuple[int, ...] = ()) -> None:
         log = self.workdir / f"{name}.log" if self.json_logs else None
-        output: IO[bytes] | None = log.open("wb") if log else None
+        output: IO[bytes] | None = log.open("ab") if log else None  # a restart appends
         try:
             process = subprocess.Popen(
                 command,
@@ -273,15 +306,22 @@ def json_lines(data: bytes) -> Iterator[dict[str, Any]]:
                 continue  # a line still being written
 
 
-def listen(port: int) -> socket.socket:
-    """A listening loopback socket on ``port``, or on a free one if that is 0 or taken."""
+def listen(port: int, *, exact: bool = False) -> socket.socket:
+    """
+    A listening loopback socket on ``port``, or on a free one if that is 0 or
+    taken (unless ``exact``).
+
+    Raises:
+        OSError: ``port`` is taken and ``exact`` is set.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # A port a previous run just closed sits in TIME_WAIT for a minute: reuse it.
+    # A port a previous run just closed (or whose server was killed) sits in TIME_WAIT.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:
-        if port == 0:
+        if port == 0 or exact:
+            sock.close()
             raise
         sock.bind(("127.0.0.1", 0))
     sock.listen(128)

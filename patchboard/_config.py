@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, TypeAlias, TypedDict
+from typing import Any, Final, Literal, Protocol, Self, TypeAlias, TypedDict
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -43,19 +45,28 @@ ExcludeRule: TypeAlias = type[BaseException] | Callable[[BaseException], bool] |
 # -- validators -------------------------------------------------------------------------
 
 
+MAX_SECONDS: Final = threading.TIMEOUT_MAX
+"""The longest duration patchboard accepts: the longest a thread can wait for on this
+platform (292 years on Linux). Past it, a thread's wait or a ``retry_at`` overflows."""
+
+
 def seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     """
     ``value`` as a float number of seconds, or raise naming ``name`` and the rule.
 
     Infinity is refused: a limit of ``inf`` would silently switch off the
     mechanism it configures (an expiry that never comes, a time limit that
-    never cuts). ``None`` means "no limit" wherever that is allowed.
+    never cuts). So is anything past :data:`MAX_SECONDS`, which no wait can
+    honour. ``None`` means "no limit" wherever that is allowed.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
     rule = ">= 0" if allow_zero else "> 0"
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    # Compared, never converted first: an int too large for a float raises OverflowError.
+    if not value >= 0 or (value == 0 and not allow_zero) or value == math.inf:
         raise ValueError(f"{name} must be a finite number of seconds {rule}, got {value!r}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:g} seconds, got {value!r}")
     return float(value)
 
 
@@ -293,7 +304,8 @@ class BreakerConfig:
             self.backoff_factor, (int, float)
         ):
             raise TypeError(f"backoff_factor must be a number, got {self.backoff_factor!r}")
-        if not (math.isfinite(self.backoff_factor) and self.backoff_factor >= 1):
+        # Compared, never converted: an int too large for a float raises OverflowError.
+        if not 1 <= self.backoff_factor <= sys.float_info.max:
             raise ValueError(
                 f"backoff_factor must be a finite number >= 1, got {self.backoff_factor!r}"
             )

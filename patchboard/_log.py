@@ -11,9 +11,9 @@ Where its events go is decided at each event:
 * it did not: the standard library's ``logging.getLogger("patchboard")``,
   so Django's ``LOGGING`` (levels, handlers, filters) applies and debug
   events stay off by default. The event is rendered as logfmt key/values
-  (``listener_failed signal=... listener=...``; newlines in values escaped,
-  so no value can forge a log line) and a traceback reaches the handler as
-  ``exc_info``, to be formatted there.
+  (``listener_failed signal=... listener=...``; every line break in values
+  escaped, ``\\r`` and ``\\u2028`` too, so no value can forge a log line)
+  and a traceback reaches the handler as ``exc_info``, to be formatted there.
 
 Event names are stable snake_case identifiers; context travels as keys
 (``signal``, ``listener``, ``sender``, ``elapsed_s``, ``limit_s``), never
@@ -62,6 +62,10 @@ def _to_logging() -> Any:
 _LOGFMT = structlog.processors.LogfmtRenderer(
     key_order=["event"], drop_missing=True, bool_as_flag=False
 )
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+"""Every character ``str.splitlines()`` (and so a log reader) breaks a line at, escaped:
+structlog's renderer escapes only ``\\n``, and a ``\\r`` or ``\\x1e`` in a forged payload's
+text would start a line of its own."""
 
 
 def _render(
@@ -74,7 +78,7 @@ def _render(
     for key, value in event_dict.items():
         if value is None:
             event_dict[key] = "None"
-    rest = _LOGFMT(logger, method, event_dict)
+    rest = _LOGFMT(logger, method, event_dict).translate(_LINE_BREAKS)
     return (f"{event} {rest}" if rest else event,), {"exc_info": exc_info}
 
 

@@ -1,5 +1,6 @@
 """
-The staff status page: circuit breakers, the short-term queue and outcome counts.
+The staff status page: circuit breakers, the short-term queue, the listener
+threads and outcome counts.
 
 Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answers:
 
@@ -61,6 +62,7 @@ from django.views.decorators.http import require_http_methods
 from patchboard._config import get_settings
 from patchboard._queue import QueueStatistics, queue_stats
 from patchboard._state import outcome_counts
+from patchboard._threads import ThreadStatistics, thread_stats
 from patchboard.breaker import (
     BreakerStatistics,
     all_breakers,
@@ -127,6 +129,16 @@ class QueueStatus(TypedDict):
     counters: dict[str, int]
 
 
+class ThreadsStatus(TypedDict):
+    """The listener threads (see :class:`ThreadStatistics`): ``busy`` never exceeds ``limit``."""
+
+    limit: int
+    busy: int
+    waiting: int
+    abandoned: int
+    abandoned_running: int
+
+
 class Snapshot(TypedDict):
     """What the page shows, and what ``?format=json`` returns (keys are stable)."""
 
@@ -134,6 +146,7 @@ class Snapshot(TypedDict):
     generated_at: str
     breakers: list[BreakerStatus]
     queue: QueueStatus
+    threads: ThreadsStatus
     outcomes: dict[str, int]
 
 
@@ -185,10 +198,22 @@ def queue_status(stats: QueueStatistics) -> QueueStatus:
     }
 
 
+def threads_status(stats: ThreadStatistics) -> ThreadsStatus:
+    """The page's view of the listener threads."""
+    return {
+        "limit": stats.limit,
+        "busy": stats.busy,
+        "waiting": stats.waiting,
+        "abandoned": stats.abandoned,
+        "abandoned_running": stats.abandoned_running,
+    }
+
+
 async def snapshot() -> Snapshot:
     """
     Every breaker (those declared in ``PATCHBOARD["BREAKERS"]`` are built if
-    this process has not used them yet), the queue and the outcome counts.
+    this process has not used them yet), the queue, the listener threads and
+    the outcome counts.
     Redis-backed breakers are read from Redis first, concurrently; one that
     cannot be reached shows this process's fallback state.
 
@@ -204,6 +229,7 @@ async def snapshot() -> Snapshot:
         "generated_at": datetime.now(UTC).isoformat(),
         "breakers": [breaker_status(breaker.statistics()) for breaker in breakers],
         "queue": queue_status(queue_stats()),
+        "threads": threads_status(thread_stats()),
         "outcomes": outcome_counts(),
     }
 

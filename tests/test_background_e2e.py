@@ -10,6 +10,7 @@ evidence the listeners wrote, the task rows and the worker's log lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -27,6 +28,8 @@ import pytest
 
 from tests.e2e.scenario import PAID_AT
 from tests.services import require_postgres
+
+pytestmark = pytest.mark.stress  # part of `make stress` too
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_TABLE = "django_tasks_database_dbtaskresult"
@@ -153,11 +156,20 @@ def database(
         path = tmp_path_factory.mktemp("e2e-sqlite") / "e2e.sqlite3"
         yield {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}
         return
-    # What the ``postgres`` fixture does (it is function-scoped): skip, or fail under CI=true.
+    with fresh_postgres_database("patchboard_e2e") as params:
+        yield params
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[dict[str, Any]]:
+    """
+    ``DATABASES`` parameters of a new PostgreSQL database, dropped afterwards
+    (what the ``postgres`` fixture does, for any scope: skip, or fail under CI=true).
+    """
     server = require_postgres()
     import psycopg
 
-    name = f"patchboard_e2e_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     params = {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": server["HOST"],

@@ -32,6 +32,8 @@ from patchboard.background.payload import MAX_DEPTH, RESERVED, TAG, Job, encode,
 from patchboard.background.tasks import run
 from tests.testapp.models import Order
 
+pytestmark = pytest.mark.stress  # part of `make stress` too
+
 shop = Signal(name="tests.payload_property.shop")
 LISTENER = "tests.test_payload_property.take"
 SIGNAL = "tests.payload_property.shop"

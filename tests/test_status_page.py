@@ -10,6 +10,7 @@ import html
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -228,7 +229,7 @@ def test_json_has_stable_keys_and_reflects_real_state(
     assert response["Content-Type"] == "application/json"
     assert "no-cache" in response["Cache-Control"]
     data = response.json()
-    assert list(data) == ["pid", "generated_at", "breakers", "queue", "outcomes"]
+    assert list(data) == ["pid", "generated_at", "breakers", "queue", "threads", "outcomes"]
     assert data["pid"] == os.getpid()
     assert datetime.fromisoformat(data["generated_at"]).tzinfo is not None
     fedex, ups = data["breakers"]  # by name
@@ -273,6 +274,32 @@ def test_json_has_stable_keys_and_reflects_real_state(
     assert type(data["queue"]["oldest_wait_s"]) is float
     assert data["outcomes"] == {**outcome_counts()}
     assert (data["outcomes"]["ok"], data["outcomes"]["circuit_open"]) == (2, 1)
+
+
+@override_settings(PATCHBOARD={"MAX_THREADS": 3})
+def test_json_shows_the_listener_threads_busy_now(staff_client: Client) -> None:
+    """A sync listener blocked in its own thread is one busy thread of MAX_THREADS."""
+    signal = Signal(name="status_page_threads")
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(sender: object, **kwargs: object) -> None:
+        started.set()
+        release.wait(10)
+
+    signal.connect(blocking, weak=False, thread_sensitive=False)
+    sender = threading.Thread(target=signal.send_sync, kwargs={"sender": None})
+    sender.start()
+    try:
+        assert started.wait(10)
+        busy = staff_client.get(URL, {"format": "json"}).json()["threads"]
+    finally:
+        release.set()
+        sender.join(10)
+    idle = staff_client.get(URL, {"format": "json"}).json()["threads"]
+
+    assert busy == {"limit": 3, "busy": 1, "waiting": 0, "abandoned": 0, "abandoned_running": 0}
+    assert idle["busy"] == 0
+    assert table(staff_client.get(URL).content.decode(), "threads")["Busy"] == "0"
 
 
 def test_an_unknown_format_is_a_clear_400(staff_client: Client) -> None:

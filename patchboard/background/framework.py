@@ -39,7 +39,9 @@ def api() -> Any:
         from django.tasks.exceptions import InvalidTaskBackend
     except ImportError:  # Django 5.2, with the django-tasks backport
         try:
-            from django_tasks import (  # type: ignore[import-not-found, no-redef, unused-ignore]
+            # The backport may be installed beside Django 6 (django-tasks-rq needs it):
+            # mypy then sees its types, which are not Django's (hence "assignment").
+            from django_tasks import (  # type: ignore[import-not-found, no-redef, assignment, unused-ignore]
                 task,
                 task_backends,
             )
@@ -48,7 +50,7 @@ def api() -> Any:
                 TASK_MAX_PRIORITY,
                 TASK_MIN_PRIORITY,
             )
-            from django_tasks.exceptions import (  # type: ignore[import-not-found, no-redef, unused-ignore]
+            from django_tasks.exceptions import (  # type: ignore[import-not-found, no-redef, assignment, unused-ignore]
                 InvalidTaskBackendError as InvalidTaskBackend,
             )
         except ImportError:

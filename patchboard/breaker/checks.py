@@ -122,7 +122,13 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 def check_listener_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     raw = getattr(settings, "PATCHBOARD", None) or {}
     declared = raw.get("BREAKERS") if isinstance(raw, Mapping) else None
-    known = set(declared or ()) | {breaker.name for breaker in all_breakers()}
+    # A BREAKERS of the wrong shape is patchboard.E001's to report, not this check's to trip on.
+    names = (
+        [name for name in declared if isinstance(name, str)]
+        if isinstance(declared, Mapping)
+        else []
+    )
+    known = set(names) | {breaker.name for breaker in all_breakers()}
     return [
         Error(
             f"listener {label} refers to circuit breaker {name!r}, which is neither "

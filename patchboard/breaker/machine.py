@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple, TypeAlias
 
-from patchboard._config import BreakerConfig
+from patchboard._config import MAX_SECONDS, BreakerConfig
 
 State: TypeAlias = Literal["closed", "open", "half_open"]
 Forced: TypeAlias = Literal["open", "closed"] | None
@@ -197,9 +197,11 @@ class Machine:
             if c.probe_successes >= self.config.success_threshold:
                 self._close(c, HALF_OPEN, notes)
         elif result == FAILURE:
-            grown = math.floor(c.reset_timeout * self.config.backoff_factor)
-            cap = self.max_reset_timeout
-            self._open(c, min(grown, cap) if cap is not None else grown, now, HALF_OPEN, notes)
+            # Without a cap of the project's, the longest wait there is: never inf (the
+            # product is compared before math.floor, which cannot take inf).
+            cap = self.max_reset_timeout or milliseconds(MAX_SECONDS)
+            grown = c.reset_timeout * self.config.backoff_factor
+            self._open(c, math.floor(min(grown, cap)), now, HALF_OPEN, notes)
 
     def force(self, c: Circuit, action: ForceAction, now: int, notes: list[Transition]) -> None:
         """``force_open``: open until reset; ``force_closed``: closed, counting nothing."""

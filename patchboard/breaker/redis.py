@@ -51,7 +51,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import anyio
 from django.core.exceptions import ImproperlyConfigured
 
-from patchboard._config import BreakerConfig
+from patchboard._config import MAX_SECONDS, BreakerConfig
 from patchboard._django import is_temporary_loop
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
@@ -447,7 +447,8 @@ class RedisStore:
             str(config.minimum_calls),
             str(_ms(config.reset_timeout)),
             repr(config.backoff_factor),
-            str(_ms(max_reset) if max_reset is not None else 0),
+            # Without a cap of the project's, the longest wait there is (as in machine.py).
+            str(_ms(max_reset if max_reset is not None else MAX_SECONDS)),
             str(config.half_open_max_calls),
             str(config.success_threshold),
             str(_ms(config.lease)),

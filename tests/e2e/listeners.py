@@ -1,5 +1,6 @@
 """The background listeners of the end-to-end project; each leaves evidence."""
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,6 +74,17 @@ def charge(sender: Any, order: Order, **kwargs: Any) -> None:
         reference=order.reference,
         detail={"ran_at": now.isoformat(), "retry_at": retry_at.isoformat()},
     )
+
+
+slow_requested = Signal(name="e2e.slow_requested")
+
+
+@receiver(slow_requested, mode="background")
+def slow(sender: Any, *, reference: str, hold_s: float, **kwargs: Any) -> None:
+    """Says it started, then holds its worker (the test kills the worker meanwhile)."""
+    Evidence.objects.create(kind="slow_started", reference=reference)
+    time.sleep(hold_s)
+    Evidence.objects.create(kind="slow_finished", reference=reference)
 
 
 def never_connected(sender: Any, **kwargs: Any) -> None:

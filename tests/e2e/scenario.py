@@ -109,36 +109,104 @@ def send() -> dict[str, Any]:
     return ids
 
 
+def slow() -> dict[str, Any]:
+    """One background call that holds its worker for a minute (``e2e.slow_requested``)."""
+    from tests.e2e.listeners import slow_requested
+
+    [outcome] = slow_requested.send_sync(sender=None, reference="SLOW", hold_s=60.0)
+    return {"slow": outcome.task_id}
+
+
+def abandon() -> dict[str, Any]:
+    """
+    What an RQ worker's maintenance does once the heartbeat of a job whose
+    worker died has lapsed: here with the clock two minutes ahead.
+    """
+    import time
+
+    import django_rq
+    from django_tasks_rq import Job as TaskJob
+    from rq.registry import StartedJobRegistry
+
+    queue = django_rq.get_queue("default", job_class=TaskJob)
+    registry = StartedJobRegistry(queue=queue, job_class=TaskJob)
+    before = registry.get_job_ids()
+    registry.cleanup(timestamp=time.time() + 120)
+    return {"abandoned": before}
+
+
 def report() -> dict[str, Any]:
-    from django_tasks_db.models import DBTaskResult
+    from django.conf import settings
 
     from tests.e2e.models import Evidence
 
-    return {
-        "evidence": [
-            {"kind": e.kind, "reference": e.reference, "detail": e.detail, "at": e.at.isoformat()}
-            for e in Evidence.objects.order_by("pk")
-        ],
-        "tasks": [
+    evidence = [
+        {"kind": e.kind, "reference": e.reference, "detail": e.detail, "at": e.at.isoformat()}
+        for e in Evidence.objects.order_by("pk")
+    ]
+    tasks = rq_tasks() if settings.RQ_URL else db_tasks()
+    return {"evidence": evidence, "tasks": tasks}
+
+
+def rq_tasks() -> list[dict[str, Any]]:
+    """Every job of the RQ queue, in any registry, as the Tasks backend reports it."""
+    import django_rq
+    from rq.registry import (
+        FailedJobRegistry,
+        FinishedJobRegistry,
+        ScheduledJobRegistry,
+        StartedJobRegistry,
+    )
+
+    from patchboard.background.framework import api
+
+    queue = django_rq.get_queue("default")
+    ids = list(queue.get_job_ids())
+    for registry in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+        ids += registry(queue=queue).get_job_ids()
+    ids += ScheduledJobRegistry(queue=queue).get_job_ids()
+    backend = api().task_backends["default"]
+    found = []
+    for task_id in dict.fromkeys(ids):
+        result = backend.get_result(task_id)
+        found.append(
             {
-                "id": str(t.id),
-                "status": t.status,
-                "return_value": t.return_value,
-                "payload": t.args_kwargs["args"][0],
-                "run_after": t.run_after.isoformat(),
-                "enqueued_at": t.enqueued_at.isoformat(),
-                "started_at": t.started_at.isoformat() if t.started_at else None,
-                "exception": t.exception_class_path,
+                "id": result.id,
+                "status": str(result.status),
+                "return_value": result._return_value,
+                "payload": result.args[0],
+                "run_after": None,
+                "enqueued_at": result.enqueued_at and result.enqueued_at.isoformat(),
+                "started_at": result.started_at and result.started_at.isoformat(),
+                "exception": [e.exception_class_path for e in result.errors],
             }
-            for t in DBTaskResult.objects.order_by("enqueued_at")
-        ],
-    }
+        )
+    return sorted(found, key=lambda task: task["enqueued_at"] or "")
+
+
+def db_tasks() -> list[dict[str, Any]]:
+    from django_tasks_db.models import DBTaskResult
+
+    return [
+        {
+            "id": str(t.id),
+            "status": t.status,
+            "return_value": t.return_value,
+            "payload": t.args_kwargs["args"][0],
+            "run_after": t.run_after.isoformat(),
+            "enqueued_at": t.enqueued_at.isoformat(),
+            "started_at": t.started_at.isoformat() if t.started_at else None,
+            "exception": t.exception_class_path,
+        }
+        for t in DBTaskResult.objects.order_by("enqueued_at")
+    ]
 
 
 def main(argv: list[str]) -> None:
     django.setup()
     [command] = argv
-    result = {"send": send, "report": report}[command]()
+    commands = {"send": send, "slow": slow, "abandon": abandon, "report": report}
+    result = commands[command]()
     # The marker separates the result from structlog's lines on the same stdout.
     print("RESULT " + json.dumps(result, default=str), flush=True)
 

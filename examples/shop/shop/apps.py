@@ -1,4 +1,5 @@
 import logging
+import os
 import sys
 
 import structlog
@@ -21,6 +22,7 @@ def configure_logging(*, json_lines: bool) -> None:
     """patchboard logs through structlog and never configures it: the project does."""
     if json_lines:
         processors = [
+            add_pid,  # uvicorn --workers N: N processes write to one log
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(default=str),
@@ -35,3 +37,8 @@ def configure_logging(*, json_lines: bool) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
     )
+
+
+def add_pid(logger: object, method: str, event_dict: dict) -> dict:
+    event_dict["pid"] = os.getpid()
+    return event_dict

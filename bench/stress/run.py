@@ -1,0 +1,315 @@
+"""
+One stress run: the example's stack with the shop under uvicorn ``--workers``,
+the breakers in a private Redis, a closed-loop load, and the faults on
+schedule (see :class:`~bench.stress.config.Config`). :meth:`StressRun.run`
+returns everything the checks need (:class:`Observed`); it judges nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.stress import load
+from bench.stress.config import DOWN, SLOW, SLOW_MS, Config
+from bench.stress.services import RedisServer, cpu_seconds, proc_status, workers
+from bench.stress.shop import PID_HEADER, QUOTES_HEADER
+from examples.stack import ROOT, Stack, StackError
+from examples.walkthrough import log_in
+
+Progress = Callable[[str], None]
+SNAPSHOT_TRIES = 60
+QUIET_TIMEOUT = 15.0
+WATCH_INTERVAL = 2.0
+"""Seconds between two looks at the processes (each look is a few status pages)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One worker process's status page (JSON) and its count of quote requests started."""
+
+    pid: int
+    page: dict[str, Any]
+    quotes_started: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    at: float
+    pid: int
+    rss_kb: int
+    os_threads: int
+
+
+@dataclass(slots=True)
+class Observed:
+    """What one run saw: the load's samples, the processes' pages, /proc and the logs."""
+
+    config: Config
+    load: load.Responses = field(default_factory=load.Responses)
+    worker_pids: list[int] = field(default_factory=list)
+    before: dict[int, Snapshot] = field(default_factory=dict)
+    after: dict[int, Snapshot] = field(default_factory=dict)
+    pages: list[Snapshot] = field(default_factory=list)
+    """Status pages sampled during the load."""
+    procs: list[ProcSample] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+    """When each fault started and ended, in seconds since the load started."""
+    wall: dict[str, datetime] = field(default_factory=dict)
+    """The same moments by the wall clock (the logs' timestamps)."""
+    down_requests: dict[str, int] = field(default_factory=dict)
+    """The failing carrier's request count at the carrier, at the steady phase's start and end."""
+    disconnected: int = 0
+    answered_aside: int = 0
+    """Requests of the disconnecting client that were answered before it went away."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process used (the machine's cores are shared by all of them)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """What went wrong in the harness itself (a fault that could not be applied, ...)."""
+
+
+class StressRun:
+    def __init__(self, config: Config, progress: Progress = lambda text: None) -> None:
+        self.config = config
+        self.progress = progress
+        self.observed = Observed(config)
+        self.started = 0.0
+        self.phase = "starting"
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> Observed:
+        """
+        Start everything, load it, apply the faults, stop everything.
+
+        Raises:
+            StackError: a process did not start.
+        """
+        redis = RedisServer()
+        workdir = Path(tempfile.mkdtemp(prefix="patchboard-stress-"))
+        redis.start()
+        try:
+            stack = Stack(
+                workdir,
+                shop_workers=self.config.shop_workers,
+                settings="bench.stress.settings",
+                environment={"STRESS_REDIS_URL": redis.url, "PYTHONPATH": str(ROOT)},
+                tasks_worker=False,
+                # Behind a proxy a server keeps idle connections longer than the proxy does
+                # (nginx: 75 s); uvicorn's 5 s would race the load's next request on them.
+                shop_options=["--timeout-keep-alive", "75"],
+            )
+            with stack:
+                asyncio.run(self.drive(stack, redis))
+                self.observed.events = stack.events()
+        finally:
+            redis.stop()
+        return self.observed
+
+    async def drive(self, stack: Stack, redis: RedisServer) -> None:
+        observed, config = self.observed, self.config
+        password = secrets.token_urlsafe(12)
+        await asyncio.to_thread(stack.create_staff_user, "stress", password)
+        self.staff = httpx.AsyncClient(base_url=stack.shop_url, timeout=30.0)
+        # No keep-alive for the harness's own requests: a connection the server closed
+        # while idle (uvicorn keeps one 5 s) would fail the next request on it.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with self.staff, httpx.AsyncClient(timeout=10.0, limits=fresh) as self.http:
+            await log_in(self.staff, "stress", password)
+            await self.set_up_carriers(stack)
+            observed.worker_pids = await self.wait_for_workers(stack)
+            observed.before = await self.snapshots(stack)
+            self.started = time.monotonic()
+            self.mark("load")
+            load_run = asyncio.create_task(
+                load.run(
+                    f"{stack.shop_url}/quotes",
+                    concurrency=config.concurrency,
+                    duration=config.duration,
+                    max_requests=config.max_requests,
+                    responses=observed.load,
+                )
+            )
+            watch = asyncio.create_task(self.watch(stack, load_run))
+            try:
+                await self.faults(stack, redis)
+                await load_run
+            finally:
+                watch.cancel()
+                load_run.cancel()
+            self.phase = "quiescing"
+            observed.after = await self.quiet(stack)
+            observed.cpu = {
+                **{f"shop worker {pid}": cpu_seconds(pid) for pid in observed.worker_pids},
+                "this process (load, checks)": time.process_time(),
+            }
+
+    # -- faults, on schedule -----------------------------------------------------------
+
+    async def faults(self, stack: Stack, redis: RedisServer) -> None:
+        config = self.config
+        await self.until(config.at(config.redis_down[0]), "warm-up")
+        self.mark("redis_stopped")
+        await asyncio.to_thread(redis.stop)
+        await self.until(config.at(config.redis_down[1]), "Redis down")
+        await asyncio.to_thread(redis.start)
+        self.mark("redis_started")
+        await self.until(config.at(config.disconnect_at), "Redis back")
+        self.phase = "clients disconnecting"
+        self.mark("disconnects")
+        await self.disconnect(stack)
+        await self.until(config.at(config.carriers_down[0]), "Redis back")
+        self.mark("carriers_killed")
+        await asyncio.to_thread(stack.kill, "carriers")
+        await self.until(config.at(config.carriers_down[1]), "carriers down")
+        await asyncio.to_thread(stack.restart_carriers)
+        await self.set_up_carriers(stack)
+        self.mark("carriers_restarted")
+        await self.until(config.at(config.steady_from), "carriers back")
+        self.mark("steady")
+        self.observed.down_requests["start"] = await self.carrier_requests(stack, DOWN)
+        await self.until(config.duration, "steady")
+        self.observed.down_requests["end"] = await self.carrier_requests(stack, DOWN)
+        self.mark("end")
+
+    async def until(self, moment: float, phase: str) -> None:
+        self.phase = phase
+        await asyncio.sleep(max(0.0, moment - self.elapsed()))
+
+    async def disconnect(self, stack: Stack) -> None:
+        """Requests whose client goes away mid-request (a read timeout closes the connection)."""
+        timeout = httpx.Timeout(30.0, read=self.config.disconnect_after)
+
+        async def one(cart: int) -> bool:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                try:
+                    await client.get(f"{stack.shop_url}/quotes", params={"cart": cart})
+                except httpx.ReadTimeout:
+                    return True
+            return False
+
+        # One answered in time is no failure (its carriers all answered at once: circuit
+        # open, or expired by the queue); only the ones cut count.
+        gone = await asyncio.gather(*(one(cart) for cart in range(self.config.disconnects)))
+        self.observed.disconnected = sum(gone)
+        self.observed.answered_aside = len(gone) - sum(gone)
+        if not any(gone):
+            self.observed.problems.append(
+                f"none of {len(gone)} requests was still running after "
+                f"{self.config.disconnect_after:g} s: nothing was cut"
+            )
+
+    async def set_up_carriers(self, stack: Stack) -> None:
+        """One carrier down (503 to every quote), one slow; the others healthy."""
+        control = f"{stack.carriers_url}/control"
+        (await self.http.post(f"{control}/{DOWN}", json={"fail_rate": 1.0})).raise_for_status()
+        (await self.http.post(f"{control}/{SLOW}", json={"latency_ms": SLOW_MS})).raise_for_status()
+
+    async def carrier_requests(self, stack: Stack, carrier: str) -> int:
+        stats = (await self.http.get(f"{stack.carriers_url}/stats")).json()
+        return int(stats["carriers"][carrier]["requests"])
+
+    # -- watching the processes -----------------------------------------------------------
+
+    async def watch(self, stack: Stack, load_run: asyncio.Task[load.Responses]) -> None:
+        """Every WATCH_INTERVAL: each worker's RSS and threads, and a status page from each."""
+        while not load_run.done():
+            now = self.elapsed()
+            for pid in self.observed.worker_pids:
+                status = proc_status(pid)
+                if status:
+                    self.observed.procs.append(
+                        ProcSample(now, pid, status["VmRSS"], status["Threads"])
+                    )
+            try:
+                pages = await self.snapshots(stack, tries=8)
+            except (httpx.HTTPError, StackError):
+                pages = {}  # the page is one more client: never let it stop the watch
+            self.observed.pages += pages.values()
+            self.progress(self.progress_line())
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    def progress_line(self) -> str:
+        result = self.observed.load
+        statuses = result.statuses()
+        errors = sum(n for code, n in statuses.items() if code >= 500 or code == 0)
+        rate = len(result.samples) / max(self.elapsed(), 0.001)
+        p99 = result.percentile(99)
+        return (
+            f"{self.elapsed():5.1f}/{self.config.duration:g} s  {len(result.samples):6d} requests "
+            f"({rate:4.0f}/s)  p99 {p99:5.2f} s  errors {errors}  {self.phase}"
+        )
+
+    async def wait_for_workers(self, stack: Stack) -> list[int]:
+        shop = stack.service("shop").process.pid
+        deadline = time.monotonic() + 30
+        while len(pids := workers(shop)) < self.config.shop_workers:
+            if time.monotonic() > deadline:
+                raise StackError(f"uvicorn started {pids}, not {self.config.shop_workers} workers")
+            await asyncio.sleep(0.1)
+        return pids
+
+    async def snapshots(self, stack: Stack, tries: int = SNAPSHOT_TRIES) -> dict[int, Snapshot]:
+        """
+        The status page of every worker process. uvicorn's workers share the
+        listening socket, so each new connection goes to one of them: ask on
+        fresh connections, a few at once, until every worker has answered.
+
+        Raises:
+            StackError: some worker never answered.
+        """
+        wanted = set(self.observed.worker_pids)
+        found: dict[int, Snapshot] = {}
+        for _ in range(tries):
+            pages = await asyncio.gather(*(self.snapshot(stack) for _ in range(4)))
+            found.update((page.pid, page) for page in pages)
+            if wanted <= found.keys():
+                return found
+        raise StackError(f"status pages of {sorted(wanted - found.keys())} never answered")
+
+    async def snapshot(self, stack: Stack) -> Snapshot:
+        async with httpx.AsyncClient(
+            base_url=stack.shop_url, cookies=self.staff.cookies, timeout=30.0
+        ) as fresh:
+            response = await fresh.get("/patchboard/", params={"format": "json"})
+        response.raise_for_status()
+        page = response.json()
+        assert int(response.headers[PID_HEADER]) == page["pid"]
+        return Snapshot(page["pid"], page, int(response.headers[QUOTES_HEADER]))
+
+    async def quiet(self, stack: Stack) -> dict[int, Snapshot]:
+        """Each worker's page once nothing runs or waits any more (QUIET_TIMEOUT at most)."""
+        deadline = time.monotonic() + QUIET_TIMEOUT
+        while True:
+            pages = await self.snapshots(stack)
+            if all(busy(page.page) == 0 for page in pages.values()):
+                return pages
+            if time.monotonic() > deadline:
+                self.observed.problems.append("the shop never went quiet after the load")
+                return pages
+            await asyncio.sleep(0.2)
+
+    # -- time ----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started if self.started else 0.0
+
+    def mark(self, name: str) -> None:
+        self.observed.marks[name] = self.elapsed()
+        self.observed.wall[name] = datetime.now(UTC)
+
+
+def busy(page: dict[str, Any]) -> int:
+    """Calls still running or waiting in a process: its queue's and its listener threads'."""
+    queue, threads = page["queue"], page["threads"]
+    return int(queue["running"] + queue["waiting"] + threads["busy"] + threads["waiting"])

@@ -1,0 +1,38 @@
+"""
+The example shop's settings for the stress run (``make stress``): the shop's
+own (examples/shop/shop/settings.py), with
+
+* the circuit breakers' state in Redis (``STRESS_REDIS_URL``: the run's own
+  private ``redis-server``, which it stops and starts again), shared by the
+  shop's worker processes;
+* ``gls`` quoted by a *sync* listener in a listener thread of its own
+  (``bench.stress.shop``), so the run also loads the thread bound, which is
+  set below the queue's;
+* a middleware that stamps each response with the process that served it and
+  how many quote requests that process started (the run's exact count of
+  listener calls asked for, per process);
+* ``DEBUG`` off, as deployed.
+"""
+
+import os
+
+from shop.settings import *  # noqa: F403  (the example's settings, extended)
+from shop.settings import CARRIERS, INSTALLED_APPS, MIDDLEWARE, PATCHBOARD
+
+DEBUG = False
+
+SYNC_CARRIER = "gls"
+CARRIERS = [name for name in CARRIERS if name != SYNC_CARRIER]
+"""The async carriers the shop connects; ``bench.stress.shop`` connects the sync one."""
+
+INSTALLED_APPS = [*INSTALLED_APPS, "bench.stress.shop.StressShopConfig"]
+MIDDLEWARE = [*MIDDLEWARE, "bench.stress.shop.stamp_process"]
+
+MAX_THREADS = 4
+"""Below the queue's MAX_WORKERS (12): the thread bound is the one that binds."""
+
+PATCHBOARD = {
+    **PATCHBOARD,
+    "STORE": os.environ["STRESS_REDIS_URL"],
+    "MAX_THREADS": MAX_THREADS,
+}

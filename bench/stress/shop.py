@@ -1,0 +1,87 @@
+"""
+What the stress run adds to the example shop's processes (see
+:mod:`bench.stress.settings`): the sync carrier listener and the middleware
+that says which process served a response.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import async_only_middleware
+
+PID_HEADER = "X-Stress-Pid"
+QUOTES_HEADER = "X-Stress-Quotes-Started"
+
+
+class Counters:
+    """This process's quote requests that reached the view (they each dispatch every carrier)."""
+
+    quotes_started = 0
+
+
+@async_only_middleware
+def stamp_process(
+    get_response: Callable[[HttpRequest], Awaitable[HttpResponse]],
+) -> Callable[[HttpRequest], Awaitable[HttpResponse]]:
+    """
+    Counts the quote requests this process starts and stamps every response
+    with the pid and that count. Last in ``MIDDLEWARE``: nothing suspends
+    between the count and the view's dispatch, so a request that is counted
+    has submitted its calls, even if its client goes away.
+    """
+
+    async def middleware(request: HttpRequest) -> HttpResponse:
+        if request.path == "/quotes":
+            Counters.quotes_started += 1
+        response = await get_response(request)
+        response[PID_HEADER] = str(os.getpid())
+        response[QUOTES_HEADER] = str(Counters.quotes_started)
+        return response
+
+    return middleware
+
+
+class StressShopConfig(AppConfig):
+    name = "bench.stress"
+    label = "stress_shop"
+
+    def ready(self) -> None:
+        connect_sync_carrier(settings.SYNC_CARRIER)
+
+
+def connect_sync_carrier(name: str) -> None:
+    """Quote carrier ``name`` with a blocking HTTP client, in a listener thread."""
+    # Imported here: the shop's receivers module needs the app registry ready.
+    from shop.receivers import carrier_listeners
+    from shop.signals import quote_requested
+
+    client = httpx.Client(base_url=settings.CARRIERS_URL)  # thread-safe, one pool
+
+    def quote(sender: object, *, cart: int, **kwargs: Any) -> Any:
+        response = client.get(f"/quote/{name}", params={"cart": cart})
+        response.raise_for_status()
+        offer = response.json()
+        cache.set(f"quote:{name}:{cart}", offer, timeout=3600)
+        return offer
+
+    _, last_quote = carrier_listeners(name)
+    quote.__qualname__ = f"quote_{name}_sync"
+    quote.carrier = name  # type: ignore[attr-defined]  # how the view names its outcome
+    quote_requested.connect(
+        quote,
+        weak=False,
+        dispatch_uid=f"quote-{name}",
+        timeout=settings.CARRIER_TIMEOUT,
+        on_error="log",
+        breaker=f"carrier-{name}",
+        fallback=last_quote,
+        thread_sensitive=False,  # a listener thread of its own, under MAX_THREADS
+    )

@@ -1,0 +1,95 @@
+"""
+The stress run's judgement (bench/stress/checks.py) on made-up observations:
+each check fails when its promise is broken, and the known defect's signature
+is told apart from any other shortfall.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.stress.checks import (
+    CARRIERS,
+    KNOWN_UNCOUNTED,
+    outcomes_add_up,
+    probes_shared,
+    requests_accounted,
+    thread_bound,
+)
+from bench.stress.config import CI
+from bench.stress.run import Observed, ProcSample, Snapshot
+from patchboard._outcomes import STATUSES
+
+pytestmark = pytest.mark.stress
+
+
+def page(outcomes: dict[str, int], cancelled: int = 0, busy: int = 0) -> dict[str, Any]:
+    outcomes = {**dict.fromkeys(STATUSES, 0), **outcomes}
+    counters = {
+        "submitted": sum(v for k, v in outcomes.items() if k != "submitted") + cancelled,
+        "completed": 0,
+        "failed": 0,
+        "timed_out": 0,
+        "expired": 0,
+        "rejected": 0,
+        "cancelled": cancelled,
+    }
+    return {
+        "outcomes": outcomes,
+        "queue": {"counters": counters, "running": 0, "waiting": 0},
+        "threads": {"limit": 4, "busy": busy, "waiting": 0, "abandoned_running": 0},
+        "breakers": [],
+    }
+
+
+def observed_with(after: dict[str, int], quotes: int, queue_cancelled: int = 0) -> Observed:
+    observed = Observed(CI)
+    observed.after = {1: Snapshot(1, page(after, queue_cancelled), quotes)}
+    return observed
+
+
+def test_outcomes_add_up_passes_when_every_call_ended_once() -> None:
+    asked = CARRIERS * 2
+    check = outcomes_add_up(observed_with({"submitted": asked, "ok": asked - 1, "cancelled": 1}, 2))
+    assert check.passed and not check.known
+
+
+def test_outcomes_add_up_fails_on_a_lost_call() -> None:
+    asked = CARRIERS * 2
+    check = outcomes_add_up(observed_with({"submitted": asked, "ok": asked - 1}, 2))
+    assert not check.passed and not check.known
+
+
+def test_a_call_uncounted_when_cancelled_in_its_fallback_is_the_known_defect() -> None:
+    asked = CARRIERS * 2
+    lost = observed_with({"submitted": asked, "ok": asked - 1}, 2, queue_cancelled=1)
+    check = outcomes_add_up(lost)
+    assert not check.passed and check.known == KNOWN_UNCOUNTED
+
+
+def test_requests_accounted_fails_when_more_reached_the_view_than_were_cut() -> None:
+    observed = observed_with({}, quotes=5)
+    observed.disconnected = 1
+    assert not requests_accounted(observed).passed
+    observed.disconnected = 5
+    assert requests_accounted(observed).passed
+
+
+def test_thread_bound_fails_on_one_sample_over_the_limit() -> None:
+    observed = Observed(CI)
+    observed.procs = [ProcSample(0.0, 1, 1000, 10)]
+    observed.pages = [Snapshot(1, page({}, busy=4), 0), Snapshot(1, page({}, busy=5), 0)]
+    assert not thread_bound(observed).passed
+    observed.pages.pop()
+    assert thread_bound(observed).passed
+
+
+def test_probes_shared_fails_when_each_process_probes_alone() -> None:
+    observed = Observed(CI)
+    observed.marks = {"steady": 0.0, "end": 12.0}
+    observed.down_requests = {"start": 10, "end": 18}  # 8 probes in 12 s: one per 1.5 s
+    assert not probes_shared(observed).passed
+    observed.down_requests["end"] = 14
+    assert probes_shared(observed).passed
