@@ -47,6 +47,9 @@ Cut: TypeAlias = Literal["timeout", "deadline", "late"]
 deadline, for a call that started with a fair share of the budget or late
 (see ``patchboard._deadline``)."""
 
+FALLBACK_GRACE = 0.05
+"""Seconds past the deadline an async fallback may still take to answer."""
+
 NEVER_RAN: frozenset[Status] = frozenset({"expired", "rejected", "circuit_open"})
 """Outcomes of calls that never started: the listener's ``fallback`` answers for them."""
 
@@ -321,10 +324,33 @@ class Call:
         try:
             value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
             if inspect.isawaitable(value):
-                value = await value
+                value = await self._fallback_within_budget(value)
         except Exception as exc:
             return self._fallback_failed(status, error, exc)
+        except BaseException:
+            state.counts["cancelled"] += 1  # the caller went away while the fallback ran
+            raise
         return self._fell_back(status, error, value)
+
+    async def _fallback_within_budget(self, answer: Awaitable[Any]) -> Any:
+        """
+        Await an async fallback's answer within what is left of the deadline
+        (and ``FALLBACK_GRACE`` past it: a call the deadline expired still
+        gets its cached answer, which takes a thread hop, but a fallback that
+        hangs cannot hold the dispatch).
+
+        Raises:
+            TimeoutError: the fallback did not answer in time.
+        """
+        left = _deadline.remaining()
+        if left is None:
+            return await answer
+        with anyio.move_on_after(left + FALLBACK_GRACE):
+            return await answer
+        raise TimeoutError(
+            f"the fallback of {self.listener.label} did not answer within the deadline "
+            f"(+{FALLBACK_GRACE}s)"
+        )
 
     def settle_sync(self, status: Status, error: BaseException) -> Outcome:
         """The sync twin of :meth:`settle_async`: an async ``fallback`` runs through asgiref."""

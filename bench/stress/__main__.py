@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(checks, elapsed))
     if config == FULL and not args.no_pytest:
         publish(checks, elapsed, argv)
-    return 0 if all(check.passed or check.known for check in checks) else 1
+    return 0 if all(check.passed for check in checks) else 1
 
 
 def publish(checks: list[Check], elapsed: float, argv: list[str] | None) -> None:
@@ -124,22 +124,16 @@ def report(
     elapsed: float,
     colours: tuple[str, ...] = (GREEN, YELLOW, RED, BOLD, RESET),
 ) -> str:
-    green, yellow, red, bold, reset = colours
+    green, _, red, bold, reset = colours
     width = max(len(check.label) for check in checks)
     lines = [""]
     for check in checks:
         mark = f"{green}pass{reset}" if check.passed else f"{red}FAIL{reset}"
-        if check.known:
-            mark = f"{yellow}KNWN{reset}"
         lines.append(f"  {mark}  {check.label:<{width}}  {check.figures}")
-        if check.known:
-            lines.append(f"        {'':<{width}}  a known defect, pinned by {check.known}")
     passed = sum(check.passed for check in checks)
-    known = sum(bool(check.known) for check in checks)
-    colour = green if passed == len(checks) else yellow if passed + known == len(checks) else red
+    colour = green if passed == len(checks) else red
     lines.append(
         f"\n{colour}{bold}{passed}/{len(checks)} checks passed{reset}"
-        + (f", {known} failed as a known defect does" if known else "")
         + f" in {elapsed:.0f} s (Python {platform.python_version()}, "
         f"Django {django.get_version()}, {os.cpu_count()} cores)"
     )
