@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -46,7 +46,7 @@ from patchboard._django import (
 from patchboard._exceptions import SyncCallInEventLoop
 from patchboard._listeners import Listener, as_listener, connect, forget, make_options, run_here
 from patchboard._log import name_signal, signal_label
-from patchboard._outcomes import Collected
+from patchboard._outcomes import Collected, Outcome
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._state import state
 from patchboard._stream import Stream
@@ -431,17 +431,34 @@ class Signal(DjangoSignal):
             return Collected([])
         short_term = self._queue_for(queue, len(listeners))
         state.counts["submitted"] += len(listeners)
-        with _deadline.budget(deadline) as until:
-            budgeted = until is not None
-            if self.ordered:
-                outcomes = await _dispatch.run_in_order(
-                    listeners, self, sender, named, budgeted=budgeted
-                )
-            else:
-                outcomes = await _dispatch.run_concurrently(
-                    listeners, self, sender, named, short_term, budgeted=budgeted
+        if deadline is None:  # the inherited deadline, if any: no context to set
+            outcomes, budgeted = await self._run(listeners, sender, named, short_term=short_term)
+        else:
+            with _deadline.budget(deadline):
+                outcomes, budgeted = await self._run(
+                    listeners, sender, named, short_term=short_term
                 )
         return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
+
+    async def _run(
+        self,
+        listeners: Sequence[Listener],
+        sender: Any,
+        named: dict[str, Any],
+        *,
+        short_term: ShortTermQueue | None,
+    ) -> tuple[list[Outcome], bool]:
+        """The outcomes of a dispatch, and whether a deadline was in force."""
+        budgeted = _deadline.current() is not None
+        if self.ordered:
+            outcomes = await _dispatch.run_in_order(
+                listeners, self, sender, named, budgeted=budgeted
+            )
+        else:
+            outcomes = await _dispatch.run_concurrently(
+                listeners, self, sender, named, short_term, budgeted=budgeted
+            )
+        return outcomes, budgeted
 
     def _dispatch_sync(
         self,
@@ -458,20 +475,28 @@ class Signal(DjangoSignal):
         listeners = resolved.listeners
         if not listeners:
             return Collected([])
-        with _deadline.budget(deadline) as until:
-            budgeted = until is not None
-            loopless = resolved.loopless_budgeted if budgeted else resolved.loopless
-            if loopless and self._queue_for(queue, len(listeners)) is None:
-                state.counts["submitted"] += len(listeners)
-                if resolved.batchable and not budgeted:
-                    outcomes = run_here(listeners, self, sender, named)
-                else:
-                    outcomes = _dispatch.run_without_loop(
-                        listeners, self, sender, named, budgeted=budgeted, ordered=self.ordered
-                    )
-                return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
-            # The loop inherits this context, and with it the deadline.
-            return async_to_sync(self._dispatch)(sender, named, queue, None)
+        if deadline is None:  # the inherited deadline, if any: no context to set
+            return self._run_sync(resolved, sender, named, queue=queue)
+        with _deadline.budget(deadline):
+            return self._run_sync(resolved, sender, named, queue=queue)
+
+    def _run_sync(
+        self, resolved: _Resolved, sender: Any, named: dict[str, Any], *, queue: QueueChoice
+    ) -> Collected:
+        listeners = resolved.listeners
+        budgeted = _deadline.current() is not None
+        loopless = resolved.loopless_budgeted if budgeted else resolved.loopless
+        if loopless and self._queue_for(queue, len(listeners)) is None:
+            state.counts["submitted"] += len(listeners)
+            if resolved.batchable and not budgeted:
+                outcomes = run_here(listeners, self, sender, named)
+            else:
+                outcomes = _dispatch.run_without_loop(
+                    listeners, self, sender, named, budgeted=budgeted, ordered=self.ordered
+                )
+            return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
+        # The loop inherits this context, and with it the deadline.
+        return async_to_sync(self._dispatch)(sender, named, queue, None)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------
 
