@@ -10,7 +10,6 @@ import html
 import os
 import re
 import socket
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -34,13 +33,6 @@ urlpatterns = [path("patchboard/", include("patchboard.urls"))]
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 @pytest.fixture
