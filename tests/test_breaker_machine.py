@@ -10,6 +10,7 @@ breaker where what the user reads (``statistics()``, events,
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import anyio
@@ -33,6 +34,7 @@ from patchboard.breaker.machine import (
     Machine,
     Transition,
 )
+from patchboard.breaker.memory import MemoryStore
 from patchboard.testing import VirtualClock
 
 START = 1_700_000_000.0
@@ -415,3 +417,51 @@ def test_the_memory_store_forgets_without_reporting() -> None:
     assert list(store.pending) == []
     store.force("force_open")
     assert [(t.old, t.new, t.forced) for t in store.pending] == [(CLOSED, OPEN, True)]
+
+
+def test_the_rate_rule_compares_in_exact_integers() -> None:
+    """2 failures in 3 calls is 0.666666...: below a rate of 0.666667, by one part in 2e6."""
+    m, c = machine(trip_rule="rate", failure_rate=0.666667, window_size=3, minimum_calls=3)
+    for result in (SUCCESS, FAILURE, FAILURE):
+        m.record(c, None, result, 1.0, [])
+    assert (c.state, c.failures) == (CLOSED, 2)
+    m.record(c, None, FAILURE, 2.0, [])  # 3 of the last 3
+    assert c.state is OPEN
+
+
+def test_a_seeded_open_circuit_backs_off_from_the_configured_reset_timeout() -> None:
+    """Seeding opens without a trip: a failed probe grows the configured reset timeout."""
+    clock = VirtualClock(START)
+    b = CircuitBreaker(
+        "tests.machine.seed_backoff", reset_timeout=10, backoff_factor=2.0, clock=clock
+    )
+    store = store_of(b)
+    store.seed(state="open", failures=5, retry_in=0.0, forced=None)
+    probe = store.acquire()
+    store.record(probe, FAILURE)
+    view = store.view()
+    assert (view.state, view.opened_at, view.retry_at) == ("open", START, START + 20)
+
+
+def test_a_memory_store_publishes_into_the_deque_it_is_given() -> None:
+    """The Redis store's fallback shares its ``pending`` deque with the memory store."""
+    shared: deque[Transition] = deque()
+    store = MemoryStore("tests.machine.shared", BreakerConfig(failure_threshold=1), pending=shared)
+    store.record(store.admitted, FAILURE)
+    assert store.pending is shared
+    assert [(t.old, t.new) for t in shared] == [(CLOSED, OPEN)]
+
+
+def test_forcing_open_through_the_store_stamps_the_time() -> None:
+    clock = VirtualClock(START)
+    b = CircuitBreaker("tests.machine.force_time", clock=clock)
+    clock.advance(7)
+    b.force_open()
+    view = store_of(b).view()
+    assert (view.state, view.opened_at, view.retry_at, view.forced) == (
+        "open",
+        START + 7,
+        None,
+        "open",
+    )
+    assert b.statistics().opened_at.timestamp() == START + 7

@@ -304,3 +304,34 @@ async def test_a_listener_that_raises_cancelled_error_on_its_own_is_an_error_out
     assert [o.status for o in collected] == ["error", "ok"]
     assert isinstance(collected[0].error, asyncio.CancelledError)
     assert collected.values() == ["n/a", 1]
+
+
+async def test_a_cancellation_while_siblings_are_cleaned_up_is_not_lost() -> None:
+    """Cancelled while it waits for a cancelled sibling to finish: the collector ends cancelled."""
+    quote = Signal()
+    cleaning = anyio.Event()
+    may_finish = anyio.Event()
+
+    @receiver(quote)
+    async def slow_to_stop(sender, **kwargs):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cleaning.set()
+            await may_finish.wait()
+            raise
+
+    @receiver(quote, on_error="raise")
+    async def broken(sender, **kwargs):
+        raise LookupError("no rate")
+
+    collector = asyncio.create_task(quote.collect_async(sender=None))
+    await cleaning.wait()  # the error stopped the dispatch; its sibling is cleaning up
+    collector.cancel()
+    await anyio.wait_all_tasks_blocked()  # the collector got it, and still waits
+    assert not collector.done()
+    may_finish.set()
+
+    with pytest.raises(asyncio.CancelledError):
+        await collector
+    assert collector.cancelled(), "the cancellation wins over the listener's error"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 from django.dispatch import Signal as DjangoSignal
 
 from patchboard import Listener, Signal, receiver
+from patchboard._state import state
 
 
 @pytest.fixture(params=["patchboard", "django"])
@@ -159,3 +161,79 @@ def test_receiver_without_options_connects_the_function_itself() -> None:
 
     receiver(signal)(listener)
     assert signal.receivers[0][1]() is listener
+
+
+def _wrapper(signal: Signal) -> weakref.ref[Listener]:
+    [listener] = signal.listeners()
+    return weakref.ref(listener)
+
+
+@pytest.mark.parametrize("by", ["function", "dispatch_uid"])
+def test_disconnecting_lets_go_of_the_wrapper_and_its_keepalive(by: str) -> None:
+    signal = Signal()
+    uid = "tests.connect.released" if by == "dispatch_uid" else None
+
+    def listener(sender, **kwargs): ...
+
+    receiver(signal, on_error="log", dispatch_uid=uid)(listener)
+    wrapper = _wrapper(signal)
+    gc.collect()
+    assert wrapper() is not None, "a weak listener's wrapper lives as long as its function"
+
+    assert signal.disconnect(listener) if uid is None else signal.disconnect(dispatch_uid=uid)
+    assert signal.listeners() == []  # the signal's own cache lets go too
+    gc.collect()
+
+    assert wrapper() is None
+    assert id(listener) not in state.keepalive, "nothing is left behind for the function"
+
+
+def test_disconnecting_from_one_signal_keeps_the_listener_on_another() -> None:
+    first, second = Signal(), Signal()
+
+    def listener(sender, **kwargs):
+        return "still here"
+
+    receiver([first, second], on_error="log")(listener)
+    assert first.disconnect(listener)
+    gc.collect()
+
+    assert second.collect(sender=None).values() == ["still here"]
+    assert first.collect(sender=None).values() == []
+
+
+@pytest.mark.parametrize("options", [{}, {"on_error": "log"}], ids=["plain", "with_options"])
+def test_a_dispatched_weak_listener_goes_with_its_function(options: dict[str, object]) -> None:
+    """The signal's cache of resolved listeners holds no function alive, nor a dead one."""
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        return "alive"
+
+    signal.connect(listener, **options)
+    assert signal.collect(sender=None).values() == ["alive"]
+    function = weakref.ref(listener)
+    del listener
+    gc.collect()
+
+    assert function() is None
+    assert list(signal.collect(sender=None)) == []
+
+
+class Unreferenceable:
+    """A callable that takes no weak references (``__slots__`` without ``__weakref__``)."""
+
+    __slots__ = ()
+
+    def __call__(self, sender, **kwargs):
+        return "called"
+
+
+def test_a_callable_without_weak_references_connects_strongly() -> None:
+    signal = Signal()
+    func = Unreferenceable()
+    signal.connect(func, weak=False)
+
+    [outcome] = signal.collect(sender=None)
+
+    assert (outcome.receiver, outcome.status, outcome.value) == (func, "ok", "called")

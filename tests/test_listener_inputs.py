@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import CircuitBreaker, Signal, receiver
+from patchboard import CircuitBreaker, Listener, ListenerOptions, Signal, receiver
+from patchboard._call import Call
 from patchboard.testing import capture_dispatches
 from tests.test_background import run_pending
 
@@ -80,17 +81,22 @@ def inbox() -> Iterator[Inbox]:
     assert sent == KWARGS, "a listener's kwargs are its own: the sender's are unchanged"
 
 
-def connect_each(signal: Any, inbox: Inbox, kinds: list[str], **options: Any) -> list[str]:
+def connect_each(
+    signal: Any, inbox: Inbox, kinds: list[str], **options: Any
+) -> list[Callable[..., Any]]:
     """Connect one recording listener per kind (strongly held), with ``options``."""
-    for kind in kinds:
-        receiver(signal, weak=False, **options)(inbox.listener(kind))
-    return kinds
+    funcs = [inbox.listener(kind) for kind in kinds]
+    for func in funcs:
+        receiver(signal, weak=False, **options)(func)
+    return funcs
 
 
-def values(collected: Any, kinds: list[str]) -> None:
+def values(collected: Any, funcs: list[Callable[..., Any]], kinds: list[str]) -> None:
+    """Each listener's outcome: ok, its value, and the function itself as the receiver."""
     assert collected.errors() == {}
-    assert [o.status for o in collected] == ["ok"] * len(kinds)
-    assert [o.value for o in collected] == [f"{kind} done" for kind in kinds]
+    assert [(o.receiver, o.status, o.value) for o in collected] == [
+        (func, "ok", f"{kind} done") for func, kind in zip(funcs, kinds, strict=True)
+    ]
 
 
 # Options that send a call down each path (``plain``: the fast path, no Call object).
@@ -120,11 +126,11 @@ async def test_async_verbs_hand_each_listener_the_dispatch(
     inbox: Inbox, verb: str, kinds: list[str], options: str
 ) -> None:
     signal = Signal(name="tests.inputs.async_verbs")
-    connect_each(signal, inbox, kinds, **options_for(options))
+    funcs = connect_each(signal, inbox, kinds, **options_for(options))
 
     collected = await getattr(signal, verb)(sender=Shop, **KWARGS)
 
-    values(collected, kinds)
+    values(collected, funcs, kinds)
     inbox.assert_each_got(signal, kinds)
 
 
@@ -134,11 +140,11 @@ async def test_the_short_term_queue_hands_each_listener_the_dispatch(
     inbox: Inbox, kinds: list[str], options: str
 ) -> None:
     signal = Signal(name="tests.inputs.queue")
-    connect_each(signal, inbox, kinds, **options_for(options))
+    funcs = connect_each(signal, inbox, kinds, **options_for(options))
 
     collected = await signal.collect_async(sender=Shop, queue=True, **KWARGS)
 
-    values(collected, kinds)
+    values(collected, funcs, kinds)
     inbox.assert_each_got(signal, kinds)
 
 
@@ -152,11 +158,11 @@ def test_the_sync_twins_hand_each_listener_the_dispatch(
     inbox: Inbox, verb: str, kinds: list[str], options: str
 ) -> None:
     signal = Signal(name="tests.inputs.sync_twins")
-    connect_each(signal, inbox, kinds, **options_for(options))
+    funcs = connect_each(signal, inbox, kinds, **options_for(options))
 
     collected = getattr(signal, verb)(sender=Shop, **KWARGS)
 
-    values(collected, kinds)
+    values(collected, funcs, kinds)
     inbox.assert_each_got(signal, kinds)
 
 
@@ -359,15 +365,19 @@ def background(settings: Any) -> Iterator[Inbox]:
 
 @pytest.mark.parametrize("options", [{}, {"timeout": 30}], ids=["inline_options", "timeout"])
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("queue", [False, True], ids=["inline", "queue"])
 @pytest.mark.parametrize("verb", ["send_async", "send_sync"])
 def test_a_background_listener_gets_the_decoded_dispatch_in_the_worker(
-    background: Inbox, verb: str, kind: str, options: dict[str, Any]
+    background: Inbox, verb: str, queue: bool, kind: str, options: dict[str, Any]
 ) -> None:
+    """Enqueued by the caller (never through the short-term queue), run by the worker."""
     func = in_the_worker if kind == "sync" else in_the_worker_async
     receiver(paid, sender=Shop, mode="background", **options)(func)
     try:
         send = getattr(paid, verb)
-        report = (async_to_sync(send) if verb.endswith("async") else send)(sender=Shop, **KWARGS)
+        report = (async_to_sync(send) if verb.endswith("async") else send)(
+            sender=Shop, queue=queue, **KWARGS
+        )
         assert [o.status for o in report] == ["enqueued"]
         assert background.received == {}, "the worker runs it, not the sender"
 
@@ -375,3 +385,41 @@ def test_a_background_listener_gets_the_decoded_dispatch_in_the_worker(
     finally:
         paid.disconnect(func, sender=Shop)
     background.assert_each_got(paid, [kind])
+
+
+# -- a Call run by hand ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["run_sync", "run_async"])
+@pytest.mark.parametrize("options", ["plain", "breaker"])
+def test_a_call_run_by_hand_hands_its_listener_the_call(
+    inbox: Inbox, method: str, options: str
+) -> None:
+    """``Call.run_sync``/``run_async`` of a sync listener (the verbs batch plain ones instead)."""
+    signal = Signal(name="tests.inputs.call")
+    func = inbox.listener("sync")
+    listener = Listener(func, ListenerOptions(**options_for(options)), weak=False)
+    call = Call(listener, signal, Shop, dict(KWARGS))
+
+    outcome = call.run_sync() if method == "run_sync" else async_to_sync(call.run_async)()
+
+    assert (outcome.receiver, outcome.status, outcome.value) == (func, "ok", "sync done")
+    inbox.assert_each_got(signal, ["sync"])
+
+
+# -- where sync listeners run ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["concurrent", "ordered"])
+async def test_a_sync_batch_runs_on_the_thread_sensitive_thread(
+    inbox: Inbox, ordered: bool
+) -> None:
+    """Like Django's own sync_to_async default: the thread the request's sync code shares."""
+    signal = Signal(ordered=ordered, name="tests.inputs.thread_sensitive")
+    receiver(signal, weak=False)(inbox.listener("sync"))
+    receiver(signal, weak=False)(inbox.listener("async"))
+
+    await signal.collect_async(sender=Shop, **KWARGS)
+
+    assert inbox.threads["sync"] == await sync_to_async(threading.get_ident)()
+    assert inbox.threads["sync"] != threading.get_ident()
