@@ -92,26 +92,20 @@ async def test_kwargs_and_sender_reach_listeners() -> None:
     assert seen == {"sender": Outcome, "cart": 21, "signal": quote}
 
 
-async def test_raise_policy_propagates_after_siblings_are_cancelled() -> None:
+async def test_a_listener_that_never_suspends_runs_before_the_loop_turns() -> None:
+    """Eagerly started: it runs inside the call, before anything already scheduled."""
     quote = Signal()
-    cancelled = anyio.Event()
+    turned: list[bool] = []
+    seen: list[bool] = []
 
     @receiver(quote)
-    async def patient(sender, **kwargs):
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    async def quick(sender, **kwargs):
+        seen.append(bool(turned))
+        return 1
 
-    @receiver(quote, on_error="raise")
-    async def broken(sender, **kwargs):
-        await asyncio.sleep(0.01)
-        raise LookupError("no rate")
-
-    with pytest.raises(LookupError, match="no rate"):
-        await quote.collect_async(sender=None)
-    assert cancelled.is_set()
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    assert (await quote.collect_async(sender=None)).values() == [1]
+    assert seen == [False]
 
 
 async def test_log_policy_turns_an_error_into_an_outcome_with_the_default(logs) -> None:
@@ -335,3 +329,38 @@ async def test_a_cancellation_while_siblings_are_cleaned_up_is_not_lost() -> Non
     with pytest.raises(asyncio.CancelledError):
         await collector
     assert collector.cancelled(), "the cancellation wins over the listener's error"
+
+
+class Fatal(BaseException):
+    """Not an Exception: never a listener's outcome, always the caller's."""
+
+
+@pytest.mark.parametrize(
+    ("error", "options"),
+    [(LookupError, {"on_error": "raise"}), (Fatal, {})],
+    ids=["raise_policy", "base_exception"],
+)
+@pytest.mark.parametrize("eager", [True, False], ids=["at_once", "after_a_checkpoint"])
+async def test_an_error_reaches_the_caller_after_its_siblings_are_cancelled(
+    eager: bool, error: type[BaseException], options: dict[str, str]
+) -> None:
+    quote = Signal()
+    cancelled = anyio.Event()
+
+    @receiver(quote)
+    async def patient(sender, **kwargs):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @receiver(quote, **options)
+    async def broken(sender, **kwargs):
+        if not eager:
+            await asyncio.sleep(0)
+        raise error("no rate")
+
+    with anyio.fail_after(BARRIER_S), pytest.raises(error, match="no rate"):
+        await quote.collect_async(sender=None)
+    assert cancelled.is_set(), "the sibling was cancelled before the call returned"

@@ -8,7 +8,7 @@ import weakref
 import pytest
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import Listener, Signal, receiver
+from patchboard import Listener, ListenerOptions, Signal, receiver
 from patchboard._state import state
 
 
@@ -237,3 +237,60 @@ def test_a_callable_without_weak_references_connects_strongly() -> None:
     [outcome] = signal.collect(sender=None)
 
     assert (outcome.receiver, outcome.status, outcome.value) == (func, "ok", "called")
+
+
+def test_a_listener_connected_by_hand_goes_when_dropped() -> None:
+    """Connected weakly, as Django does: the signal must not keep it in its cache."""
+    signal = Signal()
+
+    def func(sender, **kwargs):
+        return "called"
+
+    listener = Listener(func, ListenerOptions(on_error="log"), weak=True)
+    signal.connect(listener)
+    assert signal.collect(sender=None).values() == ["called"]
+    del listener
+    gc.collect()
+
+    assert list(signal.collect(sender=None)) == []
+
+
+def test_a_bound_builtin_method_connects_weakly_as_in_django() -> None:
+    """Builtin methods have ``__self__`` but no ``__func__``: a plain weak reference."""
+    signal = Signal()
+    store: dict[str, object] = {}
+    update = store.update
+    receiver(signal, on_error="log")(update)
+
+    signal.send_sync(sender="shop", order=7)
+
+    assert store == {"signal": signal, "sender": "shop", "order": 7}
+
+
+def test_a_callable_without_a_signature_is_let_through() -> None:
+    """Builtins whose signature cannot be read are not refused for their kwargs."""
+    signal = Signal()
+    receiver(signal, weak=False, on_error="log")(max)
+    assert [listener.receiver for listener in signal.listeners()] == [max]
+
+
+@pytest.mark.parametrize("options", [{}, {"on_error": "log"}], ids=["plain", "with_options"])
+def test_receiver_keeps_the_dispatch_uid(options: dict[str, object]) -> None:
+    signal = Signal()
+
+    def func(sender, **kwargs): ...
+
+    receiver(signal, dispatch_uid="tests.connect.uid", **options)(func)
+    assert signal.disconnect(dispatch_uid="tests.connect.uid")
+    assert not signal.has_listeners()
+
+
+def test_background_listeners_connect_to_plain_django_signals() -> None:
+    """A Django signal has no ``ordered``: it is never taken for an ordered one."""
+    signal = DjangoSignal()
+    receiver(signal, mode="background", on_error="log")(_module_level_listener)
+    assert signal.has_listeners()
+    signal.disconnect(_module_level_listener)
+
+
+def _module_level_listener(sender, **kwargs): ...

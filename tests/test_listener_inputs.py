@@ -12,6 +12,7 @@ signal would fail below. Listeners are sync and async where both apply.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,15 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import CircuitBreaker, Listener, ListenerOptions, Signal, receiver
+from patchboard import (
+    CircuitBreaker,
+    CircuitOpen,
+    Listener,
+    ListenerOptions,
+    Signal,
+    queue_stats,
+    receiver,
+)
 from patchboard._call import Call
 from patchboard.testing import capture_dispatches
 from tests.test_background import run_pending
@@ -146,6 +155,26 @@ async def test_the_short_term_queue_hands_each_listener_the_dispatch(
 
     values(collected, funcs, kinds)
     inbox.assert_each_got(signal, kinds)
+    stats = queue_stats()
+    assert (stats.submitted, stats.completed) == (len(kinds), len(kinds)), "all went through it"
+
+
+async def test_through_the_queue_a_stopped_dispatch_still_raises_its_error() -> None:
+    """An error that must propagate cancels the calls after it; the error reaches the caller."""
+    signal = Signal(name="tests.inputs.queue_stop")
+
+    async def broken(sender: Any, **kwargs: Any) -> None:
+        raise LookupError("no rate")
+
+    async def slow(sender: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(3600)
+
+    signal.connect(broken, weak=False, on_error="raise")
+    signal.connect(slow, weak=False)
+
+    with pytest.raises(LookupError, match="no rate"):
+        await signal.collect_async(sender=Shop, queue=True)
+    assert queue_stats().cancelled == 1
 
 
 # -- the sync twins ----------------------------------------------------------------------
@@ -312,6 +341,7 @@ def test_a_batch_stops_at_an_error_that_must_propagate(
         expected.insert(0, ("ok", "eager done"))
     assert_lined_up(dispatches, inbox, expected)
     [dispatch] = dispatches
+    assert (dispatch.signal, dispatch.sender) == (signal, Shop), "observers see the dispatch"
     receivers = [o.receiver.__name__ for o in dispatch.outcomes]
     assert receivers == [*(["async_listener"] if async_first else []), "sync_listener", "listener"]
     inbox.assert_each_got(signal, [*(["eager"] if async_first else []), "before", "raises"])
@@ -405,6 +435,8 @@ def test_a_call_run_by_hand_hands_its_listener_the_call(
 
     assert (outcome.receiver, outcome.status, outcome.value) == (func, "ok", "sync done")
     inbox.assert_each_got(signal, ["sync"])
+    # From async code, on the thread-sensitive thread: under async_to_sync, this one.
+    assert inbox.threads["sync"] == threading.get_ident()
 
 
 # -- where sync listeners run ----------------------------------------------------------------
@@ -423,3 +455,50 @@ async def test_a_sync_batch_runs_on_the_thread_sensitive_thread(
 
     assert inbox.threads["sync"] == await sync_to_async(threading.get_ident)()
     assert inbox.threads["sync"] != threading.get_ident()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("verb", ["collect_async", "collect"])
+def test_a_listener_whose_own_circuit_is_open_is_answered_by_its_fallback(
+    inbox: Inbox, verb: str, kind: str
+) -> None:
+    """A plain listener that raises CircuitOpen itself (a breaker inside it): never ran."""
+    signal = Signal(name="tests.inputs.own_circuit")
+    error = CircuitOpen("its own", None)
+
+    if kind == "sync":
+
+        def guarded(signal: Any, sender: Any, **kwargs: Any) -> None:
+            raise error
+
+    else:
+
+        async def guarded(signal: Any, sender: Any, **kwargs: Any) -> None:
+            raise error
+
+    receiver(signal, weak=False, fallback=inbox.listener("sync", "fallback"))(guarded)
+
+    send = getattr(signal, verb)
+    collected = (async_to_sync(send) if verb.endswith("async") else send)(sender=Shop, **KWARGS)
+
+    assert [(o.receiver, o.status, o.value, o.error) for o in collected] == [
+        (guarded, "circuit_open", "fallback done", error)
+    ]
+    inbox.assert_each_got(signal, ["fallback"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("verb", ["send", "asend"])
+def test_djangos_verbs_enqueue_a_background_listener_for_the_worker(
+    background: Inbox, verb: str, kind: str
+) -> None:
+    """On a plain Django signal: Django calls the Listener, which enqueues the call."""
+    signal = DjangoSignal()
+    func = in_the_worker if kind == "sync" else in_the_worker_async
+    receiver(signal, sender=Shop, mode="background")(func)
+    send = getattr(signal, verb)
+    [(_, response)] = (async_to_sync(send) if verb == "asend" else send)(sender=Shop, **KWARGS)
+
+    assert response is None, "nothing ran yet"
+    assert run_pending() == ["ok"]
+    background.assert_each_got(signal, [kind])

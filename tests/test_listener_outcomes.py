@@ -15,8 +15,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 from asgiref.sync import async_to_sync
+from django.test import override_settings
 
 import patchboard._call
 import patchboard._listeners
@@ -24,20 +26,18 @@ from patchboard import CircuitBreaker, CircuitOpen, Listener, ListenerOptions, S
 from patchboard._call import Call, gone_receiver
 from patchboard._dispatch import run_without_loop
 from patchboard._listeners import run_here
+from patchboard._queue import queue_stats
 from patchboard._state import outcome_counts
 from patchboard._threads import ListenerThreads
 from patchboard.testing import VirtualClock, capture_dispatches
-
-
-class Shop:
-    """The sender."""
+from tests.test_listener_inputs import Shop
 
 
 class Boom(Exception):
     pass
 
 
-SHOP = "tests.test_listener_outcomes.Shop"
+SHOP = "tests.test_listener_inputs.Shop"
 
 
 @pytest.fixture
@@ -71,6 +71,21 @@ def taking(
         return finish()
 
     return async_listener
+
+
+def stuck(kind: str, release: threading.Event) -> Callable[..., Any]:
+    """A listener that never finishes in time: sync until ``release``, async never."""
+    if kind == "sync":
+
+        def sync_stuck(sender: Any, **kwargs: Any) -> None:
+            release.wait(10)
+
+        return sync_stuck
+
+    async def async_stuck(sender: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(3600)
+
+    return async_stuck
 
 
 def dispatch(signal: Signal, verb: str) -> Any:
@@ -184,16 +199,7 @@ def test_a_timeout_is_logged_with_its_limit(logs: Any, verb: str, kind: str) -> 
     signal = Signal(name="tests.outcomes.timeout")
     release = threading.Event()
 
-    if kind == "sync":
-
-        def slow(sender: Any, **kwargs: Any) -> None:
-            release.wait(10)
-
-    else:
-
-        async def slow(sender: Any, **kwargs: Any) -> None:
-            await asyncio.sleep(10)
-
+    slow = stuck(kind, release)
     signal.connect(slow, weak=False, timeout=0.05, on_error="log", default="late")
     try:
         [outcome] = dispatch(signal, verb)
@@ -206,6 +212,7 @@ def test_a_timeout_is_logged_with_its_limit(logs: Any, verb: str, kind: str) -> 
         0.05,
     )
     assert outcome.elapsed >= 0.05  # a real time limit: never before it
+    assert 0.05 <= outcome.error.elapsed <= outcome.elapsed
     only_count("timeout")
     [event] = [e for e in logs.entries if e["event"] == "listener_timeout"]
     assert (event["event"], event["log_level"], event["limit_s"]) == (
@@ -464,6 +471,9 @@ def test_receiver_connects_the_options_it_was_given(connected: Signal) -> None:
         "breaker": CircuitBreaker("tests.outcomes.options", store="memory"),
         "fallback": fallback,
         "thread_sensitive": False,
+        "queue_name": "emails",
+        "on_commit": False,
+        "missing_instance": "none",
     }
 
     @receiver(connected, weak=False, **options)
@@ -524,3 +534,110 @@ def test_a_threaded_call_is_waited_for_only_the_rest_of_its_limit(
     else:
         assert (threaded_outcome.status, threaded_outcome.elapsed) == ("timeout", before)
         assert (threaded_outcome.error.limit, threaded_outcome.error.elapsed) == (10, before)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("verb", VERBS)
+def test_log_kwargs_puts_the_calls_own_kwargs_in_its_failure_event(
+    logs: Any, verb: str, kind: str, path: str
+) -> None:
+    signal = Signal(name="tests.outcomes.log_kwargs")
+    broken = taking(VirtualClock(), 0, kind, Boom())
+    signal.connect(broken, weak=False, on_error="log", **PATHS[path])
+
+    with override_settings(PATCHBOARD={"LOG_KWARGS": True}):
+        send = getattr(signal, verb)
+        (async_to_sync(send) if verb.endswith("async") else send)(sender=Shop, cart="c-1", n=2)
+
+    [event] = [e for e in logs.entries if e["event"] == "listener_failed"]
+    assert event["kwargs"] == {"cart": "c-1", "n": 2}
+
+
+def test_each_failing_listener_is_logged_under_its_own_name(logs: Any) -> None:
+    """The log limiter keeps one line per listener and second: two listeners, two lines."""
+    signal = Signal(name="tests.outcomes.two_failures")
+
+    def first(sender: Any, **kwargs: Any) -> None:
+        raise Boom("first")
+
+    def second(sender: Any, **kwargs: Any) -> None:
+        raise Boom("second")
+
+    for func in (first, second):
+        signal.connect(func, weak=False, on_error="log")
+    signal.collect(sender=Shop)
+
+    failed = [e["listener"] for e in logs.entries if e["event"] == "listener_failed"]
+    assert failed == [f"{__name__}.{f.__qualname__}" for f in (first, second)]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("verb", VERBS)
+def test_a_fallback_answers_only_for_calls_that_never_ran(verb: str, kind: str) -> None:
+    """A listener that ran and failed gets its error policy, never its fallback."""
+    signal = Signal(name="tests.outcomes.no_fallback")
+    answered = []
+    broken = taking(VirtualClock(), 0, kind, Boom())
+    signal.connect(
+        broken, weak=False, fallback=lambda **kw: answered.append(kw), on_error="log", default="d"
+    )
+
+    [outcome] = dispatch(signal, verb)
+
+    assert (outcome.status, outcome.value, answered) == ("error", "d", [])
+
+
+# -- the short-term queue's limits reach the call --------------------------------------------
+
+
+async def test_a_queued_sync_call_past_its_limit_keeps_its_queue_worker() -> None:
+    """The queue runs a sync listener in its own thread runner: it counts the abandoned thread."""
+    signal = Signal(name="tests.outcomes.queue_thread")
+    release = threading.Event()
+
+    def slow(sender: Any, **kwargs: Any) -> None:
+        release.wait(10)
+
+    signal.connect(slow, weak=False, timeout=0.05, on_error="log")
+    try:
+        [outcome] = await signal.collect_async(sender=Shop, queue=True)
+        assert outcome.status == "timeout"
+        assert queue_stats().abandoned == 1
+    finally:
+        release.set()
+
+
+async def test_the_queues_time_limit_applies_to_a_listener_without_its_own() -> None:
+    signal = Signal(name="tests.outcomes.queue_limit")
+
+    async def slow(sender: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(3600)
+
+    signal.connect(slow, weak=False, on_error="log")
+    with (
+        override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": {"TASK_TIME_LIMIT": 0.05}}),
+        anyio.fail_after(5),  # only if the limit were ignored
+    ):
+        [outcome] = await signal.collect_async(sender=Shop, queue=True)
+
+    assert (outcome.status, outcome.error.limit) == ("timeout", 0.05)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_guarded_call_keeps_its_time_limit(kind: str) -> None:
+    """Under a breaker, the timeout still applies (and the breaker counts it as a failure)."""
+    signal = Signal(name="tests.outcomes.guarded_timeout")
+    breaker = CircuitBreaker("tests.outcomes.guarded", store="memory")
+    release = threading.Event()
+
+    slow = stuck(kind, release)
+    signal.connect(slow, weak=False, timeout=0.05, breaker=breaker, on_error="log")
+    try:
+        with anyio.fail_after(5):  # only if the limit were ignored
+            [outcome] = await signal.collect_async(sender=Shop)
+    finally:
+        release.set()
+
+    assert (outcome.status, outcome.error.limit) == ("timeout", 0.05)
+    assert breaker.statistics().failures == 1
