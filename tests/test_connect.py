@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
 import pytest
@@ -163,25 +164,30 @@ def test_receiver_without_options_connects_the_function_itself() -> None:
     assert signal.receivers[0][1]() is listener
 
 
-def _wrapper(signal: Signal) -> weakref.ref[Listener]:
-    [listener] = signal.listeners()
-    return weakref.ref(listener)
+class Cart:
+    """A sender."""
 
 
+@pytest.mark.parametrize("sender", [None, Cart], ids=["any_sender", "one_sender"])
 @pytest.mark.parametrize("by", ["function", "dispatch_uid"])
-def test_disconnecting_lets_go_of_the_wrapper_and_its_keepalive(by: str) -> None:
+def test_disconnecting_lets_go_of_the_wrapper_and_its_keepalive(by: str, sender: object) -> None:
     signal = Signal()
     uid = "tests.connect.released" if by == "dispatch_uid" else None
 
     def listener(sender, **kwargs): ...
 
-    receiver(signal, on_error="log", dispatch_uid=uid)(listener)
-    wrapper = _wrapper(signal)
+    receiver(signal, sender=sender, on_error="log", dispatch_uid=uid)(listener)
+    [listener_wrapper] = signal.listeners(sender)
+    wrapper = weakref.ref(listener_wrapper)
+    del listener_wrapper
     gc.collect()
     assert wrapper() is not None, "a weak listener's wrapper lives as long as its function"
 
-    assert signal.disconnect(listener) if uid is None else signal.disconnect(dispatch_uid=uid)
-    assert signal.listeners() == []  # the signal's own cache lets go too
+    if uid is None:
+        assert signal.disconnect(listener, sender=sender)
+    else:
+        assert signal.disconnect(sender=sender, dispatch_uid=uid)
+    assert signal.listeners(sender) == []  # the signal's own cache lets go too
     gc.collect()
 
     assert wrapper() is None
@@ -294,3 +300,21 @@ def test_background_listeners_connect_to_plain_django_signals() -> None:
 
 
 def _module_level_listener(sender, **kwargs): ...
+
+
+def test_a_plain_listeners_death_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weak reference of a wrapper made without a death hook calls nothing when it dies."""
+    gc.collect()  # earlier tests' garbage is not this test's business
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        return "alive"
+
+    signal.connect(listener)
+    assert signal.collect(sender=None).values() == ["alive"]  # wraps it, without options
+    del listener
+    gc.collect()
+
+    assert unraisable == []

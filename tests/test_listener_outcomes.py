@@ -591,15 +591,14 @@ def test_a_fallback_answers_only_for_calls_that_never_ran(verb: str, kind: str) 
 # -- the short-term queue's limits reach the call --------------------------------------------
 
 
-async def test_a_queued_sync_call_past_its_limit_keeps_its_queue_worker() -> None:
+@pytest.mark.parametrize("guarded", [False, True], ids=["plain", "breaker"])
+async def test_a_queued_sync_call_past_its_limit_keeps_its_queue_worker(guarded: bool) -> None:
     """The queue runs a sync listener in its own thread runner: it counts the abandoned thread."""
     signal = Signal(name="tests.outcomes.queue_thread")
     release = threading.Event()
-
-    def slow(sender: Any, **kwargs: Any) -> None:
-        release.wait(10)
-
-    signal.connect(slow, weak=False, timeout=0.05, on_error="log")
+    breaker = CircuitBreaker("tests.outcomes.queued", store="memory") if guarded else None
+    slow = stuck("sync", release)
+    signal.connect(slow, weak=False, timeout=0.05, breaker=breaker, on_error="log")
     try:
         [outcome] = await signal.collect_async(sender=Shop, queue=True)
         assert outcome.status == "timeout"
