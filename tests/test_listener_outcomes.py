@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from patchboard._dispatch import run_without_loop
 from patchboard._listeners import run_here
 from patchboard._queue import queue_stats
 from patchboard._state import outcome_counts
-from patchboard._threads import ListenerThreads
+from patchboard._threads import ListenerThreads, thread_stats
 from patchboard.testing import VirtualClock, capture_dispatches
 from tests.test_listener_inputs import Shop
 
@@ -73,6 +74,21 @@ def taking(
     return async_listener
 
 
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """
+    Lets the test's stuck sync listeners go at its end, and waits until their
+    abandoned threads returned: a returning thread logs, and that line belongs
+    to this test, not to the next one's capture.
+    """
+    event = threading.Event()
+    yield event
+    event.set()
+    deadline = time.monotonic() + 10
+    while thread_stats().abandoned_running and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def stuck(kind: str, release: threading.Event) -> Callable[..., Any]:
     """A listener that never finishes in time: sync until ``release``, async never."""
     if kind == "sync":
@@ -91,6 +107,23 @@ def stuck(kind: str, release: threading.Event) -> Callable[..., Any]:
 def dispatch(signal: Signal, verb: str) -> Any:
     send = getattr(signal, verb)
     return (async_to_sync(send) if verb.endswith("async") else send)(sender=Shop)
+
+
+CALL_EVENTS = frozenset(
+    {
+        "listener_failed",
+        "listener_timeout",
+        "listener_circuit_open",
+        "listener_fallback_failed",
+        "listener_gone",
+    }
+)
+"""The events a call logs about itself (not the listener threads' own, which an
+abandoned thread of an earlier test may log at any moment)."""
+
+
+def call_events(logs: Any) -> list[dict[str, Any]]:
+    return [e for e in logs.entries if e["event"] in CALL_EVENTS]
 
 
 def only_count(status: str, n: int = 1) -> None:
@@ -160,7 +193,7 @@ def test_a_failure_with_the_log_policy_is_logged_once_and_its_default_stands_in(
     assert list(collected)[1] == (broken, "error", "stood in", error, 2.0, None, False)
     assert collected[0].elapsed == 1.0
     assert outcome_counts()["error"] == 1
-    [event] = [e for e in logs.entries if e["event"].startswith("listener_")]
+    [event] = call_events(logs)
     assert event == {
         "event": "listener_failed",
         "log_level": "error",
@@ -190,14 +223,15 @@ def test_a_failure_with_the_raise_policy_reaches_the_caller_unlogged(
     [outcome] = dispatches[0].outcomes
     assert outcome == (broken, "error", None, error, 2.0, None, True)
     only_count("error")
-    assert [e for e in logs.entries if e["event"].startswith("listener_")] == []
+    assert call_events(logs) == []
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("verb", VERBS)
-def test_a_timeout_is_logged_with_its_limit(logs: Any, verb: str, kind: str) -> None:
+def test_a_timeout_is_logged_with_its_limit(
+    release: threading.Event, logs: Any, verb: str, kind: str
+) -> None:
     signal = Signal(name="tests.outcomes.timeout")
-    release = threading.Event()
 
     slow = stuck(kind, release)
     signal.connect(slow, weak=False, timeout=0.05, on_error="log", default="late")
@@ -250,7 +284,7 @@ def test_an_open_circuit_without_fallback_gets_the_default(
     assert isinstance(outcome.error, CircuitOpen)
     assert not outcome.propagate
     only_count("circuit_open")
-    [event] = [e for e in logs.entries if e["event"].startswith("listener_")]
+    [event] = call_events(logs)
     assert (event["event"], event["log_level"], event["breaker"]) == (
         "listener_circuit_open",
         "debug",
@@ -284,7 +318,7 @@ def test_an_open_circuit_is_answered_by_the_fallback(
         assert outcome.elapsed == 3.0, "the fallback's time is the call's"
         assert not outcome.propagate, "a fallback's answer never propagates"
     only_count("circuit_open", 2)
-    event = next(e for e in logs.entries if e["event"].startswith("listener_"))
+    event = call_events(logs)[0]
     assert (event["event"], event["fallback"], event["breaker"]) == (
         "listener_circuit_open",
         True,
@@ -394,7 +428,7 @@ def test_a_listener_collected_mid_dispatch_ends_as_an_error_naming_it(
         assert str(outcome.error) == f"listener {listener.label} was garbage collected"
         assert (outcome.elapsed, outcome.propagate) == (elapsed, False)
     only_count("error", 2)
-    assert [(e["event"], e["log_level"], e["listener"]) for e in logs.entries] == [
+    assert [(e["event"], e["log_level"], e["listener"]) for e in call_events(logs)] == [
         ("listener_gone", "warning", listener.label)
     ] * 2
 
@@ -508,11 +542,14 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float | None]]:
 
 @pytest.mark.parametrize(("before", "left"), [(4.0, 6.0), (15.0, 0.0)])
 def test_a_threaded_call_is_waited_for_only_the_rest_of_its_limit(
-    clock: VirtualClock, waits: list[tuple[str, float | None]], before: float, left: float
+    release: threading.Event,
+    clock: VirtualClock,
+    waits: list[tuple[str, float | None]],
+    before: float,
+    left: float,
 ) -> None:
     """Without a loop, the time the listeners before it took counts against its limit."""
     signal = Signal(name="tests.outcomes.time_left")
-    release = threading.Event()
 
     def threaded(sender: Any, **kwargs: Any) -> str:
         if not left:
@@ -592,10 +629,11 @@ def test_a_fallback_answers_only_for_calls_that_never_ran(verb: str, kind: str) 
 
 
 @pytest.mark.parametrize("guarded", [False, True], ids=["plain", "breaker"])
-async def test_a_queued_sync_call_past_its_limit_keeps_its_queue_worker(guarded: bool) -> None:
+async def test_a_queued_sync_call_past_its_limit_keeps_its_queue_worker(
+    release: threading.Event, guarded: bool
+) -> None:
     """The queue runs a sync listener in its own thread runner: it counts the abandoned thread."""
     signal = Signal(name="tests.outcomes.queue_thread")
-    release = threading.Event()
     breaker = CircuitBreaker("tests.outcomes.queued", store="memory") if guarded else None
     slow = stuck("sync", release)
     signal.connect(slow, weak=False, timeout=0.05, breaker=breaker, on_error="log")
@@ -624,11 +662,10 @@ async def test_the_queues_time_limit_applies_to_a_listener_without_its_own() -> 
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-async def test_a_guarded_call_keeps_its_time_limit(kind: str) -> None:
+async def test_a_guarded_call_keeps_its_time_limit(release: threading.Event, kind: str) -> None:
     """Under a breaker, the timeout still applies (and the breaker counts it as a failure)."""
     signal = Signal(name="tests.outcomes.guarded_timeout")
     breaker = CircuitBreaker("tests.outcomes.guarded", store="memory")
-    release = threading.Event()
 
     slow = stuck(kind, release)
     signal.connect(slow, weak=False, timeout=0.05, breaker=breaker, on_error="log")

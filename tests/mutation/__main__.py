@@ -183,7 +183,8 @@ def score(name: str, target: Target, work: Path) -> bool:
 
 def main(args: list[str]) -> int:
     # --again: keep the last run's results and retest only the mutants that were not
-    # killed (mutmut keeps a verdict until its function changes, even if the tests did).
+    # killed, and the listed equivalents (mutmut keeps a verdict until its function
+    # changes, even if the tests did).
     again = "--again" in args
     names = [arg for arg in args if arg != "--again"]
     unknown = [name for name in names if name not in TARGETS]
@@ -202,7 +203,9 @@ def main(args: list[str]) -> int:
             shutil.rmtree(work / "mutants", ignore_errors=True)
             mutmut(work, "run", "--max-children", jobs)
         else:
-            retest = [m for m, s in statuses(work).items() if s not in KILLED]
+            # Listed equivalents too: a "killed" verdict there can only be a flaky test.
+            listed = equivalents()
+            retest = [m for m, s in statuses(work).items() if s not in KILLED or m in listed]
             if retest:
                 mutmut(work, "run", "--max-children", jobs, *retest)
         summary.append((name, time.monotonic() - started))
