@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite bench demo serve stress stress-ci clean python
+.PHONY: test lint typecheck pytest pytest-django52 django-suite bench mutation demo serve stress stress-ci clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -66,6 +66,14 @@ test: lint typecheck pytest pytest-django52 django-suite stress-ci
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
+
+# Mutation testing, slow and never part of `make test`: mutmut 3 (fork server mode) on the
+# dispatch path, the breaker's state machine and the queue, each with its own tests; prints
+# a score per target (tests/mutation). `make mutation MUTATION_TARGETS=breaker` runs one.
+MUTATION_TARGETS ?=
+mutation: $(VENV)/.installed
+	$(PY) -m pip install --quiet --group mutation
+	$(PY) -m tests.mutation $(MUTATION_TARGETS)
 
 # The example shop (examples/): a scripted walkthrough that exits 0 only if every step
 # behaved, or the stack left running for curl and the status page until Ctrl-C.

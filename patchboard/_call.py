@@ -100,7 +100,16 @@ class Call:
     time from it to their end as ``elapsed``.
     """
 
-    __slots__ = ("by_deadline", "ends", "kwargs", "listener", "sender", "signal", "started")
+    __slots__ = (
+        "by_deadline",
+        "ends",
+        "kwargs",
+        "limit",
+        "listener",
+        "sender",
+        "signal",
+        "started",
+    )
 
     def __init__(
         self,
@@ -116,6 +125,8 @@ class Call:
         self.kwargs = kwargs
         self.started = perf_counter() if started is None else started
         self.ends: float | None = None
+        self.limit: float | None = None
+        """The time limit ``ends`` was set with (what a ``ListenerTimeout`` reports)."""
         """When a call started in a thread from sync code must end (``perf_counter``)."""
         self.by_deadline = False
 
@@ -232,6 +243,7 @@ class Call:
         limit, by_deadline = self._limit()
         if by_deadline and limit is not None and limit <= 0:
             return self.settle_sync("expired", self._out_of_budget(0.0))
+        self.limit = limit
         self.ends = None if limit is None else perf_counter() + limit
         self.by_deadline = by_deadline
         job = Job(self)
@@ -262,10 +274,9 @@ class Call:
         return None if ends is None else max(0.0, ends - perf_counter())
 
     def _timed_out(self) -> ListenerTimeout:
-        ends = self.ends
-        assert ends is not None
+        assert self.limit is not None
         elapsed = perf_counter() - self.started
-        return self._out_of_time(ends - self.started, elapsed, deadline=self.by_deadline)
+        return self._out_of_time(self.limit, elapsed, deadline=self.by_deadline)
 
     def run_sync(self) -> Outcome:
         """

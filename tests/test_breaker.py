@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from io import StringIO
 from typing import Any
@@ -29,7 +29,6 @@ from patchboard.breaker import (
 )
 from patchboard.breaker.checks import E010_ID, breaker_error, check_breakers
 from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
-from patchboard.testing import reset
 
 START = 1_700_000_000.0
 
@@ -53,13 +52,6 @@ class Boom(Exception):
 
 class NotFound(Exception):
     pass
-
-
-@pytest.fixture(autouse=True)
-def _fresh_registry() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 @pytest.fixture

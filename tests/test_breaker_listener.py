@@ -12,14 +12,7 @@ from django.test import override_settings
 from patchboard import CircuitBreaker, CircuitOpen, Signal, receiver
 from patchboard.breaker import get_breaker
 from patchboard.breaker.checks import E011_ID
-from patchboard.testing import VirtualClock, reset
-
-
-@pytest.fixture(autouse=True)
-def fresh_breakers():
-    reset()
-    yield
-    reset()
+from patchboard.testing import VirtualClock
 
 
 @pytest.fixture

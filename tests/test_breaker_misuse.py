@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from patchboard import CircuitBreaker, CircuitOpen
-from patchboard.testing import VirtualClock, reset
+from patchboard.testing import VirtualClock
 
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 @pytest.fixture

@@ -8,24 +8,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from patchboard import Signal
 from patchboard.breaker import CircuitBreaker
 from patchboard.breaker.redis import RedisLink
-from patchboard.testing import reset
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 def test_sync_dispatches_keep_to_the_pooled_connections(private_redis: RedisServer) -> None:

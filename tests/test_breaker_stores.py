@@ -39,7 +39,7 @@ from patchboard.breaker.machine import FAILURE, RELEASE, SUCCESS, Result
 from patchboard.breaker.memory import MemoryStore
 from patchboard.breaker.redis import RedisStore
 from patchboard.breaker.store import StoreView, Ticket
-from patchboard.testing import VirtualClock, reset
+from patchboard.testing import VirtualClock
 
 START_MS = 1_700_000_000_000
 """The virtual clock's start (whole milliseconds since the epoch)."""
@@ -51,13 +51,6 @@ Seen: TypeAlias = tuple[str, str, int, int | None, bool]
 
 def ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()  # also closes the Redis clients
-    yield
-    reset()
 
 
 def delete_keys(url: str, prefix: str) -> None:

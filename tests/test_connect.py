@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gc
+import sys
+import weakref
 
 import pytest
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import Listener, Signal, receiver
+from patchboard import Listener, ListenerOptions, Signal, receiver
+from patchboard._state import state
 
 
 @pytest.fixture(params=["patchboard", "django"])
@@ -159,3 +162,159 @@ def test_receiver_without_options_connects_the_function_itself() -> None:
 
     receiver(signal)(listener)
     assert signal.receivers[0][1]() is listener
+
+
+class Cart:
+    """A sender."""
+
+
+@pytest.mark.parametrize("sender", [None, Cart], ids=["any_sender", "one_sender"])
+@pytest.mark.parametrize("by", ["function", "dispatch_uid"])
+def test_disconnecting_lets_go_of_the_wrapper_and_its_keepalive(by: str, sender: object) -> None:
+    signal = Signal()
+    uid = "tests.connect.released" if by == "dispatch_uid" else None
+
+    def listener(sender, **kwargs): ...
+
+    receiver(signal, sender=sender, on_error="log", dispatch_uid=uid)(listener)
+    [listener_wrapper] = signal.listeners(sender)
+    wrapper = weakref.ref(listener_wrapper)
+    del listener_wrapper
+    gc.collect()
+    assert wrapper() is not None, "a weak listener's wrapper lives as long as its function"
+
+    if uid is None:
+        assert signal.disconnect(listener, sender=sender)
+    else:
+        assert signal.disconnect(sender=sender, dispatch_uid=uid)
+    assert signal.listeners(sender) == []  # the signal's own cache lets go too
+    gc.collect()
+
+    assert wrapper() is None
+    assert id(listener) not in state.keepalive, "nothing is left behind for the function"
+
+
+def test_disconnecting_from_one_signal_keeps_the_listener_on_another() -> None:
+    first, second = Signal(), Signal()
+
+    def listener(sender, **kwargs):
+        return "still here"
+
+    receiver([first, second], on_error="log")(listener)
+    assert first.disconnect(listener)
+    gc.collect()
+
+    assert second.collect(sender=None).values() == ["still here"]
+    assert first.collect(sender=None).values() == []
+
+
+@pytest.mark.parametrize("options", [{}, {"on_error": "log"}], ids=["plain", "with_options"])
+def test_a_dispatched_weak_listener_goes_with_its_function(options: dict[str, object]) -> None:
+    """The signal's cache of resolved listeners holds no function alive, nor a dead one."""
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        return "alive"
+
+    signal.connect(listener, **options)
+    assert signal.collect(sender=None).values() == ["alive"]
+    function = weakref.ref(listener)
+    del listener
+    gc.collect()
+
+    assert function() is None
+    assert list(signal.collect(sender=None)) == []
+
+
+class Unreferenceable:
+    """A callable that takes no weak references (``__slots__`` without ``__weakref__``)."""
+
+    __slots__ = ()
+
+    def __call__(self, sender, **kwargs):
+        return "called"
+
+
+def test_a_callable_without_weak_references_connects_strongly() -> None:
+    signal = Signal()
+    func = Unreferenceable()
+    signal.connect(func, weak=False)
+
+    [outcome] = signal.collect(sender=None)
+
+    assert (outcome.receiver, outcome.status, outcome.value) == (func, "ok", "called")
+
+
+def test_a_listener_connected_by_hand_goes_when_dropped() -> None:
+    """Connected weakly, as Django does: the signal must not keep it in its cache."""
+    signal = Signal()
+
+    def func(sender, **kwargs):
+        return "called"
+
+    listener = Listener(func, ListenerOptions(on_error="log"), weak=True)
+    signal.connect(listener)
+    assert signal.collect(sender=None).values() == ["called"]
+    del listener
+    gc.collect()
+
+    assert list(signal.collect(sender=None)) == []
+
+
+def test_a_bound_builtin_method_connects_weakly_as_in_django() -> None:
+    """Builtin methods have ``__self__`` but no ``__func__``: a plain weak reference."""
+    signal = Signal()
+    store: dict[str, object] = {}
+    update = store.update
+    receiver(signal, on_error="log")(update)
+
+    signal.send_sync(sender="shop", order=7)
+
+    assert store == {"signal": signal, "sender": "shop", "order": 7}
+
+
+def test_a_callable_without_a_signature_is_let_through() -> None:
+    """Builtins whose signature cannot be read are not refused for their kwargs."""
+    signal = Signal()
+    receiver(signal, weak=False, on_error="log")(max)
+    assert [listener.receiver for listener in signal.listeners()] == [max]
+
+
+@pytest.mark.parametrize("options", [{}, {"on_error": "log"}], ids=["plain", "with_options"])
+def test_receiver_keeps_the_dispatch_uid(options: dict[str, object]) -> None:
+    signal = Signal()
+
+    def func(sender, **kwargs): ...
+
+    receiver(signal, dispatch_uid="tests.connect.uid", **options)(func)
+    assert signal.disconnect(dispatch_uid="tests.connect.uid")
+    assert not signal.has_listeners()
+
+
+def test_background_listeners_connect_to_plain_django_signals() -> None:
+    """A Django signal has no ``ordered``: it is never taken for an ordered one."""
+    signal = DjangoSignal()
+    receiver(signal, mode="background", on_error="log")(_module_level_listener)
+    assert signal.has_listeners()
+    signal.disconnect(_module_level_listener)
+
+
+def _module_level_listener(sender, **kwargs): ...
+
+
+def test_a_plain_listeners_death_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weak reference of a wrapper made without a death hook calls nothing when it dies."""
+    gc.collect()  # earlier tests' garbage is not this test's business
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        return "alive"
+
+    signal.connect(listener)
+    assert signal.collect(sender=None).values() == ["alive"]  # wraps it, without options
+    del listener
+    gc.collect()
+
+    assert unraisable == []

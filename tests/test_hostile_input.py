@@ -101,13 +101,6 @@ def hostile_settings(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     return f"{section}.{key}", {section: {key: value}}
 
 
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()
-    yield
-    reset()
-
-
 # -- settings ----------------------------------------------------------------------------
 
 

@@ -227,3 +227,58 @@ async def test_the_head_of_a_line_that_cannot_grow_sleeps_until_it_is_at_risk(mo
         await anyio.wait_all_tasks_blocked()
         blocker.release()
     assert waits == [22.5]  # its at-risk age (AT_RISK_FRACTION x ITEM_EXPIRY), not TARGET_WAIT
+
+
+class SettableClock:
+    """A clock the test sets anywhere, backwards too (``VirtualClock`` never goes back)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_waiter_behind_a_newer_head_expires_itself_when_the_clock_went_back() -> None:
+    """
+    After the clock stepped back, the line is no longer in order of age: the
+    waiter behind the head is overdue while the head is not. It expires on its
+    own wake-up, exactly at ``ITEM_EXPIRY``, and leaves the line.
+    """
+    clock = SettableClock(100.0)
+    # A tiny at-risk age: waiters look at the clock every 45 ms of real time.
+    queue = one_worker(clock, at_risk_fraction=0.001)
+    blocker = Blocker()
+    head, behind = Quote(), Quote()
+    outcomes: dict[str, Outcome] = {}
+    behind_done = anyio.Event()
+
+    async def waiting_caller(name: str, quote: Quote) -> None:
+        call = Call(listener(quote.run, on_error="log", default="stale"), SIGNAL, None, {})
+        outcomes[name] = await queue.run(call)
+        if name == "behind":
+            behind_done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(waiting_caller, "head", head)  # joins at 100
+        await anyio.wait_all_tasks_blocked()
+        clock.now = 50.0  # the clock steps back
+        tg.start_soon(waiting_caller, "behind", behind)  # joins at 50, behind the head
+        await anyio.wait_all_tasks_blocked()
+        clock.now = 95.0  # the head has waited -5 s, the one behind it 45 s
+        with anyio.fail_after(5):  # it expires within one 45 ms look at the clock
+            await behind_done.wait()
+        stats = queue.statistics()
+        assert (stats.waiting, stats.expired, stats.running) == (1, 1, 1)
+        blocker.release()
+
+    expired = outcomes["behind"]
+    assert (expired.status, expired.value) == ("expired", "stale")
+    assert isinstance(expired.error, Expired)
+    assert (expired.error.waited, expired.error.expiry) == (45.0, 45)
+    assert not behind.ran
+    assert (outcomes["head"].status, head.ran) == ("ok", True)
+    stats = queue.statistics()
+    assert (stats.submitted, stats.completed, stats.expired, stats.waiting) == (3, 2, 1, 0)

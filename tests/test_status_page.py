@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -35,13 +34,6 @@ urlpatterns = [path("patchboard/", include("patchboard.urls"))]
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from django.core.checks import run_checks
@@ -13,7 +12,6 @@ from django.test import override_settings
 from patchboard.breaker import CircuitBreaker, get_breaker
 from patchboard.breaker.checks import E010_ID, check_breakers
 from patchboard.breaker.redis import mask_url
-from patchboard.testing import reset
 
 # Each URL, as a user might write it with a password, and what is wrong with it.
 MALFORMED = [
@@ -31,13 +29,6 @@ VALID = [
     "rediss://localhost:6380",
     "unix:///run/redis.sock?db=2",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 def refusal(url: str, problem: str) -> str:

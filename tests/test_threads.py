@@ -15,8 +15,7 @@ import pytest
 from asgiref.sync import AsyncToSync
 from django.test import override_settings
 
-from patchboard import Signal, thread_stats
-from patchboard.testing import reset
+from patchboard import ListenerTimeout, Signal, thread_stats
 
 LIMIT = 4
 CALLERS = 20
@@ -47,10 +46,9 @@ class Stuck:
 
 @pytest.fixture(autouse=True)
 def _bounded() -> Iterator[None]:
+    # The setting change drops the process's listener threads: they are rebuilt with LIMIT.
     with override_settings(PATCHBOARD={"MAX_THREADS": LIMIT}):
-        reset()
         yield
-    reset()
 
 
 def _signal_with(stuck: Stuck, **options: Any) -> Signal:
@@ -128,10 +126,10 @@ def test_the_sync_twins_share_the_bound_without_an_event_loop(monkeypatch) -> No
     monkeypatch.setattr(AsyncToSync, "__call__", counting)
     stuck = Stuck()
     signal = _signal_with(stuck, timeout=0.05)
-    statuses: list[str] = []
+    outcomes: list[Any] = []
 
     def caller() -> None:
-        statuses.append(signal.collect(None)[0].status)
+        outcomes.append(signal.collect(None)[0])
 
     callers = [threading.Thread(target=caller) for _ in range(CALLERS)]
     for thread in callers:
@@ -139,7 +137,9 @@ def test_the_sync_twins_share_the_bound_without_an_event_loop(monkeypatch) -> No
     for thread in callers:
         thread.join(30)
 
-    assert statuses == ["timeout"] * CALLERS
+    assert [o.status for o in outcomes] == ["timeout"] * CALLERS
+    # Those that never got a thread too: their own limit passed while they waited for one.
+    assert all(isinstance(o.error, ListenerTimeout) and o.error.limit == 0.05 for o in outcomes)
     assert stuck.started == LIMIT
     assert thread_stats().busy == LIMIT
     assert loops == []  # the direct path: no async_to_sync, no event loop

@@ -33,8 +33,12 @@ async def test_async_listener_is_cancelled_at_its_limit(logs) -> None:
     assert isinstance(outcome.error, ListenerTimeout)
     assert isinstance(outcome.error, TimeoutError)
     assert outcome.error.limit == 0.05
+    # Cancelled, not waited for: its 10 s sleep never finished.
     assert cancelled == [True]
-    assert 0.05 <= elapsed < 2.0
+    # Not before its limit. A lower bound is the one honest timing margin here: a
+    # loaded machine only makes the call slower (the deadline is a real-time one).
+    assert elapsed >= 0.05
+    assert outcome.elapsed >= 0.05
     [event] = [e for e in logs.entries if e["event"] == "listener_timeout"]
     assert event["limit_s"] == 0.05
     assert event["listener"].endswith("slow")

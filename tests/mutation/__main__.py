@@ -1,0 +1,219 @@
+"""
+Mutation testing (``make mutation``): mutmut 3 on three targets, each with its own tests.
+
+A target is a few modules and the test files that are about them. For each one,
+mutmut runs in a work folder of its own (``.mutation/<target>/``: links to
+``patchboard`` and ``tests``, and this project's ``pyproject.toml`` with a
+``[tool.mutmut]`` table for the target), so the targets' results and caches
+never mix and a second run only retests what changed.
+
+mutmut runs in its ``forkserver`` mode (``process_isolation``): its default
+``fork`` mode forks each mutant from the process that ran the whole suite, and
+reported false timeouts on this one (the event loops, threads and Redis
+clients the suite leaves in that process); the fork server never imports
+pytest into the parent.
+
+The score of a target is ``killed / (mutants - equivalent)``: a mutant that
+timed out counts as killed (the mutation made the tests hang, which they
+notice), one that no test reaches counts as surviving. Equivalent mutants
+(no test can tell them apart from the original) are listed with the reason in
+``tests/mutation/EQUIVALENT.md``; an entry counts only while the mutant of
+that name still makes the change the entry quotes, so a stale entry is
+reported, never silently excluded.
+
+Usage: ``python -m tests.mutation [--again] [TARGET ...]`` (all targets by default;
+``--again`` retests only the mutants the last run did not kill); ``MUTATION_JOBS``
+sets mutmut's number of worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / ".mutation"
+EQUIVALENT = Path(__file__).with_name("EQUIVALENT.md")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
+    goal: float
+    """The score (a percentage) the target is held to."""
+
+
+TARGETS: dict[str, Target] = {
+    "dispatch": Target(
+        modules=("patchboard/_call.py", "patchboard/_listeners.py", "patchboard/_dispatch.py"),
+        tests=(
+            "tests/test_listener_inputs.py",
+            "tests/test_listener_outcomes.py",
+            "tests/test_logs.py",
+            "tests/test_collect.py",
+            "tests/test_send.py",
+            "tests/test_sync_twins.py",
+            "tests/test_ordered.py",
+            "tests/test_timeouts.py",
+            "tests/test_connect.py",
+            "tests/test_django_signals.py",
+            "tests/test_threads.py",
+        ),
+        goal=85.0,
+    ),
+    "breaker": Target(
+        modules=("patchboard/breaker/machine.py", "patchboard/breaker/memory.py"),
+        tests=(
+            "tests/test_breaker_machine.py",
+            "tests/test_breaker.py",
+            "tests/test_breaker_misuse.py",
+            "tests/test_breaker_listener.py",
+        ),
+        goal=95.0,
+    ),
+    "queue": Target(
+        modules=("patchboard/_queue.py",),
+        tests=(
+            "tests/test_queue.py",
+            "tests/test_queue_expiry.py",
+            "tests/test_queue_scaling.py",
+            "tests/test_queue_property.py",
+        ),
+        goal=95.0,
+    ),
+}
+
+KILLED = frozenset({"killed", "timeout"})
+
+
+def toml_list(items: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def prepare(name: str, target: Target) -> Path:
+    """The target's work folder, with its own ``[tool.mutmut]`` table."""
+    work = WORK / name
+    work.mkdir(parents=True, exist_ok=True)
+    for linked in ("patchboard", "tests"):
+        link = work / linked
+        if not link.is_symlink():
+            link.symlink_to(ROOT / linked, target_is_directory=True)
+    settings = f"""
+[tool.mutmut]
+source_paths = ["patchboard"]
+only_mutate = {toml_list(target.modules)}
+pytest_add_cli_args_test_selection = {toml_list(target.tests)}
+pytest_add_cli_args = ["-p", "no:cacheprovider"]
+process_isolation = "forkserver"
+"""
+    (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + settings)
+    return work
+
+
+def mutmut(work: Path, *args: str, quiet: bool = False) -> str:
+    """Run mutmut in ``work``; its output (printed as it comes unless ``quiet``)."""
+    command = [sys.executable, "-m", "mutmut", *args]
+    if quiet:
+        done = subprocess.run(command, cwd=work, capture_output=True, text=True, check=True)
+        return done.stdout
+    subprocess.run(command, cwd=work, check=True)
+    return ""
+
+
+def statuses(work: Path) -> dict[str, str]:
+    """Every mutant of the target and its status (``mutmut results --all``)."""
+    found: dict[str, str] = {}
+    for line in mutmut(work, "results", "--all", "true", quiet=True).splitlines():
+        mutant, sep, status = line.strip().rpartition(": ")
+        if sep:
+            found[mutant] = status
+    return found
+
+
+ENTRY = re.compile(r"^- `(?P<mutant>[^`]+)`: `(?P<change>[^`]+)`")
+
+
+def equivalents() -> dict[str, str]:
+    """The equivalent mutants listed in EQUIVALENT.md: name -> the mutated line it quotes."""
+    listed: dict[str, str] = {}
+    for line in EQUIVALENT.read_text().splitlines():
+        if match := ENTRY.match(line):
+            listed[match["mutant"]] = match["change"]
+    return listed
+
+
+def confirmed(work: Path, mutant: str, change: str) -> bool:
+    """Whether ``mutant`` still makes the change its entry quotes (its diff adds that line)."""
+    diff = mutmut(work, "show", mutant, quiet=True)
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+")]
+    return change.strip() in added
+
+
+def score(name: str, target: Target, work: Path) -> bool:
+    """Print the target's score and its surviving mutants; whether it reached its goal."""
+    found = statuses(work)
+    listed = {m: c for m, c in equivalents().items() if m in found}
+    equivalent = {m for m, c in listed.items() if confirmed(work, m, c)}
+    for mutant in sorted(set(listed) - equivalent):
+        print(f"  stale EQUIVALENT.md entry (its mutant changed): {mutant}")
+    for mutant in sorted(equivalent):
+        if found[mutant] in KILLED:
+            print(f"  listed as equivalent but killed (remove it): {mutant}")
+    counted = {m: s for m, s in found.items() if m not in equivalent or s in KILLED}
+    killed = sum(s in KILLED for s in counted.values())
+    timeouts = sum(s == "timeout" for s in counted.values())
+    survivors = sorted(m for m, s in counted.items() if s not in KILLED)
+    for mutant in survivors:
+        print(f"  {counted[mutant]}: {mutant}")
+    total = len(counted)
+    percent = 100.0 * killed / total if total else 0.0
+    print(
+        f"{name}: {killed}/{total} killed = {percent:.1f}% (goal {target.goal:.0f}%; "
+        f"{timeouts} by timeout; {len(found)} mutants, {len(equivalent)} equivalent excluded)"
+    )
+    return percent >= target.goal
+
+
+def main(args: list[str]) -> int:
+    # --again: keep the last run's results and retest only the mutants that were not
+    # killed, and the listed equivalents (mutmut keeps a verdict until its function
+    # changes, even if the tests did).
+    again = "--again" in args
+    names = [arg for arg in args if arg != "--again"]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown:
+        print(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}", file=sys.stderr)
+        return 2
+    jobs = os.environ.get("MUTATION_JOBS", str(os.cpu_count() or 2))
+    reached = True
+    summary = []
+    for name in names or list(TARGETS):
+        target = TARGETS[name]
+        print(f"== {name}: {', '.join(target.modules)}", flush=True)
+        started = time.monotonic()
+        work = prepare(name, target)
+        if not again:
+            shutil.rmtree(work / "mutants", ignore_errors=True)
+            mutmut(work, "run", "--max-children", jobs)
+        else:
+            # Listed equivalents too: a "killed" verdict there can only be a flaky test.
+            listed = equivalents()
+            retest = [m for m, s in statuses(work).items() if s not in KILLED or m in listed]
+            if retest:
+                mutmut(work, "run", "--max-children", jobs, *retest)
+        summary.append((name, time.monotonic() - started))
+        reached &= score(name, target, work)
+    for name, seconds in summary:
+        print(f"{name}: ran in {seconds / 60:.1f} min")
+    return 0 if reached else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
