@@ -204,14 +204,23 @@ def redis_outage(observed: Observed) -> Check:
         s for s in observed.load.samples if marks["redis_stopped"] <= s.at < marks["redis_started"]
     ]
     answered = sum(1 for s in during if s.status == 200)
-    # Counted up to the next fault: later, a Redis command of a saturated process may
-    # time out (0.25 s) on its own, a separate little outage with its own pair of events.
     down = (wall["redis_stopped"], wall["redis_started"])
     unavailable = per_pid(observed, "circuit_store_unavailable", *down)
-    recovered = per_pid(
-        observed, "circuit_store_recovered", wall["redis_started"], wall["disconnects"]
-    )
     pids = observed.worker_pids
+    # A process tries Redis again only `retry_after` (1 s) after its last failure, so
+    # its return may come after the next fault has started: each process's returns are
+    # counted up to its own next `circuit_store_unavailable`. Later, a Redis command of
+    # a saturated process may time out (0.25 s) on its own, a separate little outage
+    # with its own pair of events.
+    recovered = Counter[int]()
+    for pid in pids:
+        again = [
+            datetime.fromisoformat(event["timestamp"])
+            for event in events_since(observed, "circuit_store_unavailable", down[1])
+            if int(event.get("pid", 0)) == pid
+        ]
+        until = min(again, default=wall["end"])
+        recovered[pid] = per_pid(observed, "circuit_store_recovered", down[1], until)[pid]
     later = sum(per_pid(observed, "circuit_store_unavailable", down[1], wall["end"]).values())
     return Check(
         "Redis stopped and restarted: served throughout, back to Redis once",

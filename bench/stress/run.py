@@ -162,8 +162,10 @@ class StressRun:
         self.mark("redis_stopped")
         await asyncio.to_thread(redis.stop)
         await self.until(config.at(config.redis_down[1]), "Redis down")
-        await asyncio.to_thread(redis.start)
+        # Marked before the start, which returns once Redis answers the harness: by then
+        # a busy shop process may already have found it again.
         self.mark("redis_started")
+        await asyncio.to_thread(redis.start)
         await self.until(config.at(config.disconnect_at), "Redis back")
         self.phase = "clients disconnecting"
         self.mark("disconnects")
@@ -172,9 +174,11 @@ class StressRun:
         self.mark("carriers_killed")
         await asyncio.to_thread(stack.kill, "carriers")
         await self.until(config.at(config.carriers_down[1]), "carriers down")
+        # Marked before the restart: on a busy machine a probe can close a circuit as
+        # soon as the carriers answer, before the harness has set them up again.
+        self.mark("carriers_restarted")
         await asyncio.to_thread(stack.restart_carriers)
         await self.set_up_carriers(stack)
-        self.mark("carriers_restarted")
         await self.until(config.at(config.steady_from), "carriers back")
         self.mark("steady")
         self.observed.down_requests["start"] = await self.carrier_requests(stack, DOWN)
