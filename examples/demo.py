@@ -150,6 +150,26 @@ def serve(port: int) -> int:
         password = secrets.token_urlsafe(9)
         stack.create_staff_user("staff", password)
         shop, carriers = stack.shop_url, stack.carriers_url
+        commands = [
+            (f"curl '{shop}/quotes?cart=3'", ""),
+            (f"curl '{shop}/quotes/first?cart=3'", "the first quote wins"),
+            (
+                f"curl -X POST {carriers}/control/dhl -d '{{\"latency_ms\": 3000}}'",
+                "slow: a timeout",
+            ),
+            (
+                f"curl -X POST {carriers}/control/fedex -d '{{\"fail_rate\": 1}}'",
+                "down: its breaker opens",
+            ),
+            (f"curl -X POST {carriers}/reset", "every carrier healthy"),
+            (f"curl {carriers}/stats", ""),
+            (f'curl -X POST {shop}/orders -d \'{{"cart": 3, "total": "42.50"}}\'', ""),
+            (f"curl {shop}/orders/1", ""),
+        ]
+        width = max(len(command) for command, why in commands if why)
+        examples = "\n".join(
+            f"  {command:<{width}}  # {why}" if why else f"  {command}" for command, why in commands
+        )
         print(
             f"""
 {BOLD}The example shop is running{RESET} (Ctrl-C stops everything).
@@ -160,14 +180,7 @@ def serve(port: int) -> int:
   carriers      {carriers}
   database      {stack.database or stack.workdir / "shop.sqlite3"}
 
-  curl '{shop}/quotes?cart=3'
-  curl '{shop}/quotes/first?cart=3'                               # the first quote wins
-  curl -X POST {carriers}/control/dhl -d '{{"latency_ms": 3000}}'    # slow: a timeout
-  curl -X POST {carriers}/control/fedex -d '{{"fail_rate": 1}}'      # down: its breaker opens
-  curl -X POST {carriers}/reset                                   # every carrier healthy
-  curl {carriers}/stats
-  curl -X POST {shop}/orders -d '{{"cart": 3, "total": "42.50"}}'
-  curl {shop}/orders/1
+{examples}
 """,
             flush=True,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -227,17 +228,7 @@ class Stack:
         log = self.workdir / f"{name}.log" if self.json_logs else None
         output: IO[bytes] | None = log.open("ab") if log else None  # a restart appends
         try:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT if output else None,
-                pass_fds=pass_fds,
-                start_new_session=True,  # a process group of its own: stopped as a whole
-                preexec_fn=die_with_parent,
-            )
+            process = start_process(command, env=self.env, output=output, pass_fds=pass_fds)
         finally:
             if output:
                 output.close()
@@ -336,12 +327,51 @@ def url_of(sock: socket.socket) -> str:
 PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 """Looked up here: the child must not load libraries between fork and exec."""
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: the kernel sends it SIGTERM when this process dies."""
+def start_process(
+    command: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    output: IO[bytes] | int | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """
+    Start ``command`` in a process group of its own (stopped as a whole) that
+    dies with this process; ``output`` takes its stdout and stderr (None: ours).
+
+    Ctrl-C and SIGTERM are held back across the fork: with a ``preexec_fn``,
+    Python runs its at-fork callbacks around the fork, and an exception that a
+    signal handler raises inside one of them is printed and dropped ("Exception
+    ignored in: <function _afterFork>"), so a Ctrl-C that landed there was lost
+    and the stack went on starting. Held back, it is handled on the line after.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=None if output is None else subprocess.STDOUT,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            preexec_fn=functools.partial(prepare_child, held),
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def prepare_child(mask: set[int | signal.Signals]) -> None:
+    """
+    In the child, before exec: the kernel sends it SIGTERM when this process
+    dies, and it gets the signal mask it would have had (exec keeps the mask).
+    """
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def terminate_group(process: subprocess.Popen[bytes]) -> None:

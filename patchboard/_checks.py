@@ -34,12 +34,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return [settings_error(str(error)) for error in errors]
 
 
-def log_invalid_settings() -> None:
-    """Log ``settings_invalid`` with every problem of ``PATCHBOARD``, if it has any."""
-    _, errors = parse(raw_setting())
-    if errors:
-        logger().error(
-            "settings_invalid",
-            problems=[str(error) for error in errors],
-            check="python manage.py check",
-        )
+def log_invalid_settings(problems: list[str]) -> None:
+    """Log ``settings_invalid`` with every problem the checks found, if there is any."""
+    if problems:
+        logger().error("settings_invalid", problems=problems, check="python manage.py check")

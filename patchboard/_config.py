@@ -106,7 +106,10 @@ def store_url(name: str, value: object) -> None:
     if not isinstance(value, str) or not (
         value == "memory" or value.startswith(("redis://", "rediss://", "unix://"))
     ):
-        raise ValueError(f"{name} must be 'memory' or a redis:// URL, got {value!r}")
+        raise ValueError(
+            f"{name} must be 'memory' or a Redis URL (redis://, rediss:// or unix://), "
+            f"got {value!r}"
+        )
 
 
 # -- a listener's options ---------------------------------------------------------------

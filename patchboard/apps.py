@@ -5,7 +5,7 @@ from django.apps import AppConfig
 # Importing the check modules registers patchboard's system checks (patchboard.E001 and on).
 from patchboard import _checks
 from patchboard.background import checks as background_checks  # noqa: F401
-from patchboard.breaker import checks as breaker_checks  # noqa: F401
+from patchboard.breaker import checks as breaker_checks
 
 
 class PatchboardConfig(AppConfig):
@@ -14,5 +14,7 @@ class PatchboardConfig(AppConfig):
 
     def ready(self) -> None:
         # Under uvicorn nothing runs the system checks: say once, at start-up,
-        # what is wrong with PATCHBOARD (the first dispatch will raise).
-        _checks.log_invalid_settings()
+        # what is wrong with PATCHBOARD (the first dispatch, or the first call
+        # through a breaker on a malformed store URL, will raise).
+        errors = [*_checks.check_settings(), *breaker_checks.check_breakers()]
+        _checks.log_invalid_settings([error.msg for error in errors])

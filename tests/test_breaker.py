@@ -738,7 +738,11 @@ def test_sync_transitions_are_signalled_too(clock) -> None:
         ({"exclude": NotFound}, TypeError, "exclude must be a list or tuple"),
         ({"exclude": [42]}, TypeError, "exclude entries must be exception classes or predicates"),
         ({"exclude": ["nowhere.Error"]}, ValueError, "exclude: cannot import 'nowhere.Error'"),
-        ({"store": "postgres://db"}, ValueError, "store must be 'memory' or a redis:// URL"),
+        (
+            {"store": "postgres://db"},
+            ValueError,
+            "store must be 'memory' or a Redis URL (redis://, rediss:// or unix://)",
+        ),
         ({"clock": 3}, TypeError, "clock must be a callable returning seconds, got 3"),
         ({"treshold": 3}, TypeError, "unknown circuit breaker argument 'treshold'; known:"),
     ],

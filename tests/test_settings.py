@@ -43,7 +43,10 @@ def test_nested_values_become_frozen_dataclasses() -> None:
         ),
         ({"SHORT_TERM_QUEUE": {"WORKERS": 3}}, 'PATCHBOARD["SHORT_TERM_QUEUE.WORKERS"]: unknown'),
         ({"SHORT_TERM_QUEUE": 3}, 'PATCHBOARD["SHORT_TERM_QUEUE"]: must be a dict, got 3'),
-        ({"STORE": "memcached://x"}, "STORE must be 'memory' or a redis:// URL"),
+        (
+            {"STORE": "memcached://x"},
+            "STORE must be 'memory' or a Redis URL (redis://, rediss:// or unix://)",
+        ),
         ("log", "must be a dict, got 'log'"),
     ],
 )
@@ -142,3 +145,15 @@ def test_invalid_settings_are_logged_at_startup_and_stop_the_first_dispatch(logs
         with pytest.raises(SettingError, match=r'PATCHBOARD\["(ON_ERROR|MAX_THREADS)"\]'):
             signal.send_sync(sender=None)
     assert signal.send_sync(sender=None).values() == ["ran"]
+
+
+def test_a_malformed_store_url_is_logged_at_startup(logs) -> None:
+    """Under uvicorn no check runs: the store's E010 is said at start-up, not at the first call."""
+    from django.apps import apps
+
+    with override_settings(PATCHBOARD={"STORE": "redis://127.0.0.1:99999/0"}):
+        apps.get_app_config("patchboard").ready()
+    [event] = [e for e in logs.entries if e["event"] == "settings_invalid"]
+    [problem] = event["problems"]
+    assert problem.startswith('PATCHBOARD["STORE"]: store ')
+    assert "redis://127.0.0.1:99999/0" in problem

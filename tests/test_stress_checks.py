@@ -5,6 +5,7 @@ each check fails when its promise is broken.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from bench.stress.checks import (
     CARRIERS,
     outcomes_add_up,
     probes_shared,
+    redis_outage,
     requests_accounted,
     thread_bound,
 )
 from bench.stress.config import CI
+from bench.stress.load import Sample
 from bench.stress.run import Observed, ProcSample, Snapshot
 from patchboard._outcomes import STATUSES
 
@@ -90,3 +93,57 @@ def test_probes_shared_fails_when_each_process_probes_alone() -> None:
     assert not probes_shared(observed).passed
     observed.down_requests["end"] = 14
     assert probes_shared(observed).passed
+
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+OUTAGE = {"redis_stopped": 3.0, "redis_started": 5.0, "disconnects": 6.0, "end": 24.0}
+
+
+def outage_with(*events: tuple[float, int, str]) -> Observed:
+    """Two shop processes (1 and 2) through the Redis outage; ``events``: (second, pid, name)."""
+    observed = Observed(CI)
+    observed.worker_pids = [1, 2]
+    observed.marks = dict(OUTAGE)
+    observed.wall = {name: START + timedelta(seconds=at) for name, at in OUTAGE.items()}
+    observed.load.samples = [Sample(at=4.0, latency=0.1, status=200, pid=1)]
+    observed.events = [
+        {"event": name, "pid": pid, "timestamp": (START + timedelta(seconds=at)).isoformat()}
+        for at, pid, name in events
+    ]
+    return observed
+
+
+DOWN = [(3.1, 1, "circuit_store_unavailable"), (3.2, 2, "circuit_store_unavailable")]
+
+
+def test_redis_outage_counts_a_return_that_comes_after_the_next_fault_began() -> None:
+    # Process 2 tried Redis again only a second after its last failure: after `disconnects`.
+    late = outage_with(
+        *DOWN, (5.1, 1, "circuit_store_recovered"), (6.3, 2, "circuit_store_recovered")
+    )
+    assert redis_outage(late).passed
+
+
+def test_redis_outage_fails_when_a_process_never_returns_to_redis() -> None:
+    assert not redis_outage(outage_with(*DOWN, (5.1, 1, "circuit_store_recovered"))).passed
+
+
+def test_redis_outage_fails_when_a_process_flaps_back_and_forth() -> None:
+    flapping = outage_with(
+        *DOWN,
+        (5.1, 1, "circuit_store_recovered"),
+        (5.2, 2, "circuit_store_recovered"),
+        (5.5, 2, "circuit_store_recovered"),
+    )
+    assert not redis_outage(flapping).passed
+
+
+def test_redis_outage_leaves_a_later_little_outage_its_own_pair_of_events() -> None:
+    later = outage_with(
+        *DOWN,
+        (5.1, 1, "circuit_store_recovered"),
+        (5.2, 2, "circuit_store_recovered"),
+        (12.0, 2, "circuit_store_unavailable"),
+        (13.0, 2, "circuit_store_recovered"),
+    )
+    assert redis_outage(later).passed

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from examples.stack import StackError, die_with_parent
+from examples.stack import StackError, start_process
 
 
 class RedisServer:
@@ -39,15 +39,13 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [
                 self.binary,
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir()),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            output=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while not self.answers():

@@ -38,6 +38,10 @@ E010_ID = "patchboard.E010"
 E011_ID = "patchboard.E011"
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_HINT = (
+    "Give a URL redis-py can read, such as redis://127.0.0.1:6379/0 "
+    "(a port in 1-65535, a database number), or 'memory'."
+)
 
 
 def breaker_error(name: str, problem: str) -> Error:
@@ -54,7 +58,7 @@ def store_error(problem: str) -> Error:
     """The ``patchboard.E010`` error for ``PATCHBOARD["STORE"]``."""
     return Error(
         f'PATCHBOARD["STORE"]: {problem}',
-        hint="Every circuit breaker created without store= keeps its state there.",
+        hint=f"{_URL_HINT} Every circuit breaker created without store= keeps its state there.",
         obj='settings.PATCHBOARD["STORE"]',
         id=E010_ID,
     )
@@ -110,7 +114,8 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             errors.append(
                 Error(
                     f"circuit breaker {breaker.name!r}: {problem}",
-                    hint="Every call through this breaker raises ImproperlyConfigured.",
+                    hint=f"{_URL_HINT} Until then every call through this breaker raises "
+                    "ImproperlyConfigured.",
                     obj=f"CircuitBreaker({breaker.name!r})",
                     id=E010_ID,
                 )
