@@ -169,16 +169,19 @@ class _Item:
         "waited",
     )
 
+    # Set by ``run()`` (``state``, ``budget``), on joining the line (``enqueued``,
+    # ``expires``, ``loop``, ``thread``, ``future``) or on being granted a worker
+    # (``granted_at``), before anything reads them.
+    state: int
+    budget: float
+    enqueued: float
+    expires: float
+    granted_at: float
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
     thread: int
 
     def __init__(self) -> None:
-        self.state = _GRANTED
-        self.enqueued = 0.0
-        self.granted_at = 0.0
-        self.expires = 0.0
-        self.budget = 0.0
         self.by_deadline = False
         self.waited = 0.0
         self.abandoned = False
@@ -322,13 +325,12 @@ class ShortTermQueue:
             _emit(events)
         if item.state == _REJECTED:
             return await self._reject(item, call)
+        if item.state == _WAITING:
+            await self._wait(item)
         if item.state == _EXPIRED:
             return await self._expire(item, call)
-        if item.state != _GRANTED and not await self._wait(item):
-            return await self._expire(item, call)
-        runner = None
-        if not call.listener.is_async:
-            runner = functools.partial(self._in_thread, item, call)
+        # The runner only runs sync listeners (in a thread that keeps the worker).
+        runner = functools.partial(self._in_thread, item, call)
         try:
             outcome = await call.run_async(time_limit=config.task_time_limit, thread_runner=runner)
         except BaseException:
@@ -346,8 +348,8 @@ class ShortTermQueue:
 
     # -- waiting -----------------------------------------------------------------------
 
-    async def _wait(self, item: _Item) -> bool:
-        """Wait in line until granted a worker (True) or expired (False)."""
+    async def _wait(self, item: _Item) -> None:
+        """Wait in line until granted a worker or expired."""
         config = self.config
         at_risk = item.enqueued + config.at_risk_fraction * config.item_expiry
         try:
@@ -368,18 +370,17 @@ class ShortTermQueue:
                     # Woken to become the head of the line: only its due time changes.
                     item.future = item.loop.create_future()
                     continue
-                events = None
                 with self._lock:
+                    if item.state != _WAITING:
+                        return  # granted or expired meanwhile
+                    events = self._rebalance(self._clock())
                     if item.state == _WAITING:
-                        events = self._rebalance(self._clock())
-                        if item.state == _WAITING:
-                            item.future = item.loop.create_future()
+                        item.future = item.loop.create_future()
                 if events:
                     _emit(events)
         except BaseException:
             self._withdraw(item)
             raise
-        return item.state == _GRANTED
 
     def _growth_due(self, head: _Item) -> float:
         target = self.config.target_wait
@@ -449,7 +450,6 @@ class ShortTermQueue:
         # Under the lock: a worker goes to ``item``.
         item.state = _GRANTED
         item.granted_at = now
-        item.waited = now - item.enqueued if item.enqueued else 0.0
         self._running += 1
 
     def _finish(self, item: _Item, status: Status | None) -> None:
@@ -461,7 +461,7 @@ class ShortTermQueue:
         with self._lock:
             if status is None:
                 self._cancelled += 1
-            elif status == "ok" or status == "enqueued":
+            elif status == "ok":
                 self._completed += 1
             elif status == "timeout":
                 self._timed_out += 1
@@ -518,7 +518,7 @@ class ShortTermQueue:
 
     # -- scaling -----------------------------------------------------------------------
 
-    def _rebalance(self, now: float) -> list[_LogEvent] | None:
+    def _rebalance(self, now: float) -> list[_LogEvent]:
         """
         Under the lock, after any change: expire overdue waiters, grow if the
         line stands or is at risk (or a call expired), hand free workers to
@@ -527,7 +527,7 @@ class ShortTermQueue:
         """
         config = self.config
         waiters = self._waiters
-        events: list[_LogEvent] | None = None
+        events: list[_LogEvent] = []
         expired_wait = self._expire_overdue(now)
         reason = None if expired_wait is None else "expired"
         oldest = expired_wait or 0.0
@@ -548,7 +548,7 @@ class ShortTermQueue:
             self._workers = min(config.max_workers, self._workers * 2)
             if self._standing_since is not None:
                 self._standing_since = now  # the next doubling after another TARGET_WAIT
-            events = [
+            events.append(
                 (
                     "info",
                     "queue_scaled_up",
@@ -559,7 +559,7 @@ class ShortTermQueue:
                         "waiting": len(waiters),
                     },
                 )
-            ]
+            )
         granted = False
         service = self._service
         while waiters and self._running < self._workers:
@@ -575,7 +575,7 @@ class ShortTermQueue:
             waiters[0].wake()  # the new head watches the growth timer
         shrunk = self._shrink(now)
         if shrunk is not None:
-            events = [*(events or []), shrunk]
+            events.append(shrunk)
         return events
 
     def _shed_late(self, item: _Item, now: float) -> None:

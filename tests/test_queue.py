@@ -2,7 +2,8 @@
 The short-term queue: one bound per process, time limits, rejection,
 cancellation, abandoned threads and the statistics that account for them.
 
-Expiry is in ``test_queue_expiry.py``, scaling in ``test_queue_scaling.py``,
+Expiry is in ``test_queue_expiry.py``, scaling in ``test_queue_scaling.py`` and
+``test_queue_standing.py`` (standing delay, shedding),
 the accounting property in ``test_queue_property.py``.
 """
 
@@ -26,7 +27,7 @@ import patchboard
 import patchboard._threads
 from patchboard import ListenerTimeout, Rejected, Signal
 from patchboard._call import Call
-from patchboard._config import QueueSettings
+from patchboard._config import QueueSettings, get_settings
 from patchboard._listeners import Listener
 from patchboard._queue import (
     QueueStatistics,
@@ -34,8 +35,9 @@ from patchboard._queue import (
     get_queue,
     queue_stats,
 )
-from patchboard.testing import reset
-from tests.queue_support import Blocker, listener
+from patchboard._state import state
+from patchboard.testing import VirtualClock, reset
+from tests.queue_support import Blocker, listener, wait_until
 
 # -- helpers -------------------------------------------------------------------------
 
@@ -327,7 +329,7 @@ async def test_past_max_pending_an_item_is_rejected_at_once(logs: Any, fallback:
             await anyio.wait_all_tasks_blocked()
         assert (queue.statistics().running, queue.statistics().waiting) == (1, 2)
         with anyio.fail_after(5):
-            outcome = await queue.run(Call(listener(extra, **options), SIGNAL, None, {}))
+            outcome = await queue.run(Call(listener(extra, **options), SIGNAL, Gauge, {}))
         assert queue.statistics().waiting == 2
         blocker.release()
 
@@ -335,25 +337,31 @@ async def test_past_max_pending_an_item_is_rejected_at_once(logs: Any, fallback:
     assert outcome.value == ("fallback" if fallback else "default")
     assert isinstance(outcome.error, Rejected)
     assert outcome.error.max_pending == 2
+    assert outcome.error.listener.endswith("extra")
     assert called == []
     [event] = [e for e in logs.entries if e["event"] == "queue_item_rejected"]
     assert event["listener"].endswith("extra")
     assert event["signal"] == "tests.queue"
+    assert event["sender"] == "tests.test_queue.Gauge"
     assert event["max_pending"] == 2
     stats = queue.statistics()
     assert (stats.submitted, stats.completed, stats.rejected) == (4, 3, 1)
 
 
-async def test_with_max_pending_zero_nothing_waits() -> None:
+async def test_with_max_pending_zero_nothing_waits(logs: Any) -> None:
     queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1, max_pending=0))
     blocker = Blocker()
     async with anyio.create_task_group() as tg:
         tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         outcome = await queue.run(Call(listener(blocker.run, on_error="log"), SIGNAL, None, {}))
+        other = await queue.run(Call(listener(_noop, on_error="log"), SIGNAL, None, {}))
         blocker.release()
-    assert outcome.status == "rejected"
+    assert (outcome.status, other.status) == ("rejected", "rejected")
     assert blocker.started == 1
+    # Logged once per listener (the limiter's key), so both are.
+    rejected = [e["listener"] for e in logs.entries if e["event"] == "queue_item_rejected"]
+    assert len(rejected) == 2
 
 
 async def test_a_rejected_item_raises_for_a_raise_policy_collector() -> None:
@@ -377,9 +385,9 @@ async def test_a_cancelled_callers_waiting_item_leaves_the_queue() -> None:
     queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1))
     blocker = Blocker()
     never = Blocker()
-    caller = anyio.CancelScope()
+    callers = [anyio.CancelScope(), anyio.CancelScope()]
 
-    async def waiting_caller() -> None:
+    async def waiting_caller(caller: anyio.CancelScope) -> None:
         with caller:
             await queue.run(Call(listener(never.run), SIGNAL, None, {}))
 
@@ -387,20 +395,24 @@ async def test_a_cancelled_callers_waiting_item_leaves_the_queue() -> None:
         tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
         await anyio.wait_all_tasks_blocked()
         tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
-        tg.start_soon(waiting_caller)
+        for caller in callers:
+            tg.start_soon(waiting_caller, caller)
         await anyio.wait_all_tasks_blocked()
-        assert queue.statistics().waiting == 2
-        caller.cancel()
+        assert queue.statistics().waiting == 3
+        for caller in callers:
+            caller.cancel()
         await anyio.wait_all_tasks_blocked()
         stats = queue.statistics()
-        assert (stats.waiting, stats.cancelled) == (1, 1)
+        assert (stats.waiting, stats.cancelled) == (1, 2)
         blocker.release()
 
     stats = queue.statistics()
     assert never.started == 0
     assert blocker.started == 2
-    assert (stats.submitted, stats.completed, stats.cancelled) == (3, 2, 1)
+    assert (stats.submitted, stats.completed, stats.cancelled) == (4, 2, 2)
     assert (stats.running, stats.waiting) == (0, 0)
+    # They never reached the listener, yet the process's counts know how they ended.
+    assert patchboard.outcome_counts()["cancelled"] == 2
 
 
 async def test_a_waiting_task_cancelled_by_the_engine_leaves_the_queue() -> None:
@@ -424,6 +436,75 @@ async def test_a_waiting_task_cancelled_by_the_engine_leaves_the_queue() -> None
 
     assert never.started == 0
     assert queue.statistics().running == 0
+
+
+async def test_a_caller_cancelled_as_it_is_granted_a_worker_gives_it_to_the_next() -> None:
+    """
+    Cancelled after the queue handed its call a worker but before the call
+    woke up: the worker goes to the next in line, the call counts as cancelled.
+    """
+    queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1))
+    blocker = Blocker()
+    never = Blocker()
+    next_in_line = Blocker()
+    next_in_line.release()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def first() -> None:
+        await queue.run(Call(listener(blocker.run), SIGNAL, None, {}))
+        # The worker was just handed to the waiter behind; it has not woken yet.
+        tasks[0].cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        tasks.append(asyncio.ensure_future(queue.run(Call(listener(never.run), SIGNAL, None, {}))))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(queue.run, Call(listener(next_in_line.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        assert queue.statistics().waiting == 2
+        blocker.release()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+
+    assert never.started == 0
+    assert next_in_line.started == 1
+    stats = queue.statistics()
+    assert (stats.submitted, stats.completed, stats.cancelled) == (3, 2, 1)
+    assert (stats.running, stats.waiting) == (0, 0)
+
+
+async def test_a_waiter_leaving_the_line_reevaluates_it(logs: Any) -> None:
+    """A cancelled waiter's departure is an event like any other: an at-risk head grows the pool."""
+    clock = VirtualClock(0)
+    settings = QueueSettings(
+        min_workers=1, max_workers=2, target_wait=3000, item_expiry=3600, task_time_limit=3600
+    )
+    queue = ShortTermQueue(settings, clock=clock)
+    blocker = Blocker()
+    leaving = anyio.CancelScope()
+
+    async def leaving_caller() -> None:
+        with leaving:
+            await queue.run(Call(listener(blocker.run), SIGNAL, None, {}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))  # the head
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(leaving_caller)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(1800.0000004)  # the head is at risk (AT_RISK_FRACTION 0.5 x 3600 s)
+        leaving.cancel()
+        await anyio.wait_all_tasks_blocked()
+        stats = queue.statistics()
+        assert (stats.workers, stats.running, stats.waiting, stats.cancelled) == (2, 2, 0, 1)
+        blocker.release()
+
+    [event] = [e for e in logs.entries if e["event"] == "queue_scaled_up"]
+    assert (event["reason"], event["workers"], event["waiting"]) == ("at_risk", 2, 1)
+    assert event["oldest_wait_s"] == 1800.0  # to the microsecond
 
 
 async def test_a_cancelled_callers_running_item_is_cancelled() -> None:
@@ -479,6 +560,77 @@ async def test_a_cancelled_callers_sync_item_is_abandoned_and_accounted(logs: An
     stats = queue.statistics()
     assert (stats.running, stats.abandoned_running) == (0, 0)
     assert [e["event"] for e in logs.entries].count("queue_thread_abandoned") == 1
+
+
+async def test_a_returning_abandoned_thread_hands_its_worker_on_at_once(logs: Any) -> None:
+    """
+    The worker an abandoned thread kept goes to the head of the line the
+    moment the thread returns (woken from that thread), and how long the
+    thread held it counts in the service time. Virtual time: the waiter's own
+    timers are half an hour away, so only the returning thread can wake it.
+    """
+    clock = VirtualClock(1000)
+    settings = QueueSettings(
+        min_workers=2,
+        max_workers=4,
+        target_wait=3000,
+        item_expiry=3600,
+        task_time_limit=0.05,  # real seconds: the stuck calls time out at once
+    )
+    queue = ShortTermQueue(settings, clock=clock)
+    unblock = [threading.Event(), threading.Event()]
+
+    def stuck(index: int) -> Callable[..., None]:
+        def run(sender: Any, **kwargs: Any) -> None:
+            unblock[index].wait(10)
+
+        return run
+
+    async def quick(sender: Any, **kwargs: Any) -> str:
+        return "quick"
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for index in range(2):
+                call = Call(listener(stuck(index), on_error="log"), SIGNAL, None, {})
+                tg.start_soon(queue.run, call)
+        stats = queue.statistics()
+        assert (stats.timed_out, stats.abandoned, stats.abandoned_running, stats.running) == (
+            2,
+            2,
+            2,
+            2,
+        )
+        async with anyio.create_task_group() as tg:
+            results: list[patchboard.Outcome] = []
+
+            async def waiting_caller() -> None:
+                results.append(await queue.run(Call(listener(quick), SIGNAL, None, {})))
+
+            tg.start_soon(waiting_caller)
+            await anyio.wait_all_tasks_blocked()
+            assert queue.statistics().waiting == 1
+            clock.advance(1800)  # the waiter is at risk now, the threads held 1800 s
+            unblock[0].set()
+
+        stats = queue.statistics()
+        # The thread's 1800 s, then the quick call's 0 s: 1800 + 0.2 x (0 - 1800).
+        assert stats.service_time == 1440
+        assert (stats.workers, stats.abandoned, stats.abandoned_running) == (4, 2, 1)
+        unblock[1].set()
+        assert await anyio.to_thread.run_sync(
+            wait_until, lambda: queue.statistics().abandoned_running == 0
+        )
+
+    assert [r.value for r in results] == ["quick"]
+    stats = queue.statistics()
+    assert (stats.running, stats.completed, stats.timed_out) == (0, 1, 2)
+    [event] = [e for e in logs.entries if e["event"] == "queue_scaled_up"]
+    assert (event["reason"], event["workers"], event["waiting"]) == ("at_risk", 4, 1)
+
+
+async def _noop(sender: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _done_blocker() -> Blocker:
@@ -583,6 +735,12 @@ async def test_repr_shows_live_state() -> None:
         blocker.release()
 
 
+def test_a_queue_built_without_settings_has_the_default_ones() -> None:
+    queue = ShortTermQueue()
+    assert queue.config == QueueSettings()
+    assert queue.statistics().workers == QueueSettings().min_workers
+
+
 def test_get_queue_is_rebuilt_when_the_setting_changes() -> None:
     first = get_queue()
     assert get_queue() is first
@@ -592,6 +750,20 @@ def test_get_queue_is_rebuilt_when_the_setting_changes() -> None:
         assert (changed.config.min_workers, changed.config.max_workers) == (2, 6)
         assert queue_stats().workers == 2
     assert get_queue() is not changed
+
+
+def test_a_queue_built_from_settings_no_longer_current_is_rebuilt() -> None:
+    """
+    A thread that read ``PATCHBOARD`` just before it changed may put back a
+    queue built from the old settings: the next call replaces it.
+    """
+    with queue_settings(min_workers=2, max_workers=6):
+        stale = get_queue()
+    state.queue = stale  # what the racing thread did after the change dropped the queue
+    current = get_queue()
+    assert current is not stale
+    assert current.config is get_settings().short_term_queue
+    assert get_queue() is current
 
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID", default="none")

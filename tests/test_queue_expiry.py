@@ -12,13 +12,13 @@ from typing import Any
 import anyio
 import pytest
 
-from patchboard import Expired, Signal
+from patchboard import Expired, Signal, _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._outcomes import Outcome
 from patchboard._queue import ShortTermQueue
 from patchboard.testing import VirtualClock
-from tests.queue_support import Blocker, listener
+from tests.queue_support import Blocker, listener, record_waits
 
 SIGNAL = Signal(name="tests.queue_expiry")
 
@@ -31,7 +31,8 @@ def one_worker(clock: Callable[[], float], **values: Any) -> ShortTermQueue:
     next waiter, which then ran).
     """
     values.setdefault("task_time_limit", 3600)
-    settings = QueueSettings(min_workers=1, max_workers=1, item_expiry=45, **values)
+    values.setdefault("item_expiry", 45)
+    settings = QueueSettings(min_workers=1, max_workers=1, **values)
     return ShortTermQueue(settings, clock=clock)
 
 
@@ -58,7 +59,13 @@ async def _async_fallback(sender: Any, **kwargs: Any) -> str:
 async def _expire_behind_a_blocker(**options: Any) -> tuple[Outcome, Quote, ShortTermQueue]:
     """Queue ``Quote`` behind a blocker, let 46 virtual seconds pass, free the worker."""
     clock = VirtualClock()
-    queue = one_worker(clock)
+    return await _expire_behind_a_blocker_on(clock, one_worker(clock), **options)
+
+
+async def _expire_behind_a_blocker_on(
+    clock: VirtualClock, queue: ShortTermQueue, wait: float = 46, **options: Any
+) -> tuple[Outcome, Quote, ShortTermQueue]:
+    """Queue ``Quote`` behind a blocker on ``queue``, let ``wait`` seconds pass, free the worker."""
     blocker = Blocker()
     quote = Quote()
     outcomes: list[Outcome] = []
@@ -71,7 +78,7 @@ async def _expire_behind_a_blocker(**options: Any) -> tuple[Outcome, Quote, Shor
         await anyio.wait_all_tasks_blocked()
         tg.start_soon(waiting_caller)
         await anyio.wait_all_tasks_blocked()
-        clock.advance(46)
+        clock.advance(wait)
         blocker.release()
     return outcomes[0], quote, queue
 
@@ -91,10 +98,13 @@ async def test_an_expired_item_is_answered_by_its_fallback(
     assert outcome.value == value
     assert isinstance(outcome.error, Expired)
     assert (outcome.error.waited, outcome.error.expiry) == (46, 45)
+    assert outcome.error.listener.endswith("Quote.run")
+    assert outcome.error.deadline is False
     [event] = [e for e in logs.entries if e["event"] == "queue_item_expired"]
     assert event["signal"] == "tests.queue_expiry"
     assert event["listener"].endswith("Quote.run")
     assert (event["waited_s"], event["expiry_s"]) == (46, 45)
+    assert (event["deadline"], event["shed"]) == (False, False)
     stats = queue.statistics()
     assert (stats.submitted, stats.completed, stats.expired) == (2, 1, 1)
 
@@ -207,16 +217,7 @@ async def test_the_head_of_a_line_that_cannot_grow_sleeps_until_it_is_at_risk(mo
     Regression: at MAX_WORKERS the head of the line still woke every
     TARGET_WAIT to see whether the pool could grow, for nothing.
     """
-    import patchboard._queue
-
-    waits: list[float] = []
-    real = anyio.move_on_after
-
-    def recorded(delay: float, *args: Any, **kwargs: Any) -> anyio.CancelScope:
-        waits.append(delay)
-        return real(delay, *args, **kwargs)
-
-    monkeypatch.setattr(patchboard._queue.anyio, "move_on_after", recorded)
+    waits = record_waits(monkeypatch)
     clock = VirtualClock()
     queue = one_worker(clock, target_wait=0.05, at_risk_fraction=0.5)
     blocker = Blocker()
@@ -227,6 +228,113 @@ async def test_the_head_of_a_line_that_cannot_grow_sleeps_until_it_is_at_risk(mo
         await anyio.wait_all_tasks_blocked()
         blocker.release()
     assert waits == [22.5]  # its at-risk age (AT_RISK_FRACTION x ITEM_EXPIRY), not TARGET_WAIT
+
+
+async def test_the_expired_event_reports_seconds_to_the_microsecond(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = one_worker(clock, item_expiry=10.5000004)
+    outcome, _, _ = await _expire_behind_a_blocker_on(clock, queue, 11.0000004, on_error="log")
+
+    assert isinstance(outcome.error, Expired)
+    assert (outcome.error.waited, outcome.error.expiry) == (11.0000004, 10.5000004)
+    [event] = [e for e in logs.entries if e["event"] == "queue_item_expired"]
+    assert (event["waited_s"], event["expiry_s"]) == (11.0, 10.5)
+
+
+async def test_a_deadline_as_long_as_the_expiry_is_not_the_limit(monkeypatch: Any) -> None:
+    """The expiry applies when the deadline leaves exactly as much: a deadline must be shorter."""
+    import patchboard._queue
+
+    monkeypatch.setattr(patchboard._queue._deadline, "remaining", lambda: 45.0)
+    clock = VirtualClock(0)
+    queue = one_worker(clock)
+    outcome, _, _ = await _expire_behind_a_blocker_on(clock, queue, on_error="log")
+    assert isinstance(outcome.error, Expired)
+    assert (outcome.error.expiry, outcome.error.deadline) == (45, False)
+
+
+async def test_a_waiter_already_at_risk_sleeps_until_its_expiry(monkeypatch: Any) -> None:
+    """Woken as the new head exactly at its at-risk age, it next wakes at its expiry."""
+    waits = record_waits(monkeypatch)
+    clock = VirtualClock(0)
+    queue = one_worker(clock, item_expiry=4500, at_risk_fraction=0.5)
+    first, second = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, Call(listener(first.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        for _ in range(2):
+            tg.start_soon(queue.run, Call(listener(second.run), SIGNAL, None, {}))
+            await anyio.wait_all_tasks_blocked()
+        clock.advance(2250)
+        first.release()  # the head runs; the next, at risk from now, becomes the head
+        await anyio.wait_all_tasks_blocked()
+        second.release()
+    assert waits == [2250, 2250, 2250]
+
+
+async def test_a_call_whose_deadline_passed_expires_at_once_and_grows_the_pool(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = ShortTermQueue(
+        QueueSettings(min_workers=1, max_workers=2, item_expiry=45, task_time_limit=3600),
+        clock=clock,
+    )
+    blocker = Blocker()
+    quote = Quote()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, Call(listener(blocker.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        with _deadline.budget(0):  # nothing left of the dispatch's budget
+            call = Call(listener(quote.run, on_error="log"), SIGNAL, None, {})
+            outcome = await queue.run(call)
+        blocker.release()
+
+    assert not quote.ran
+    assert isinstance(outcome.error, Expired)
+    assert (outcome.status, outcome.error.waited, outcome.error.deadline) == ("expired", 0, True)
+    [event] = [e for e in logs.entries if e["event"] == "queue_scaled_up"]
+    assert (event["reason"], event["workers"], event["oldest_wait_s"]) == ("expired", 2, 0)
+
+
+async def test_every_overdue_waiter_expires_behind_a_granted_ones_expiry(logs: Any) -> None:
+    """
+    A granted call's place in the expiry order is skipped, not a stop: the
+    overdue waiters behind it expire at the same event, and the pool grows
+    by the longest wait among them.
+    """
+    clock = VirtualClock(0)
+    settings = QueueSettings(
+        min_workers=1, max_workers=2, item_expiry=45, target_wait=3600, task_time_limit=3600
+    )
+    queue = ShortTermQueue(settings, clock=clock)
+    first, second = Blocker(), Blocker()
+    quotes = [Quote(), Quote()]
+    outcomes: list[Outcome] = []
+
+    async def waiting_caller(quote: Quote) -> None:
+        call = Call(listener(quote.run, on_error="log"), SIGNAL, None, {})
+        outcomes.append(await queue.run(call))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.run, Call(listener(first.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(queue.run, Call(listener(second.run), SIGNAL, None, {}))  # expires at 45
+        await anyio.wait_all_tasks_blocked()
+        for quote in quotes:  # expire at 46 and 47
+            clock.advance(1)
+            tg.start_soon(waiting_caller, quote)
+            await anyio.wait_all_tasks_blocked()
+        first.release()  # the call that expires first is granted
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(48)  # 50
+        newcomer = Quote()
+        tg.start_soon(queue.run, Call(listener(newcomer.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        second.release()
+
+    assert [(o.status, o.error.waited) for o in outcomes] == [("expired", 49), ("expired", 48)]
+    assert [q.ran for q in [*quotes, newcomer]] == [False, False, True]
+    [event] = [e for e in logs.entries if e["event"] == "queue_scaled_up"]
+    assert (event["reason"], event["workers"], event["oldest_wait_s"]) == ("expired", 2, 49)
 
 
 class SettableClock:

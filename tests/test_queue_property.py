@@ -23,6 +23,7 @@ from patchboard import Listener, ListenerOptions, Signal, _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._queue import ShortTermQueue
+from tests.queue_support import wait_until
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,6 @@ class Probe:
     def exit(self) -> None:
         with self.lock:
             self.current -= 1
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Whether ``condition()`` holds within ``timeout``: abandoned threads return on their own."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def make_listener(item: Item, probe: Probe) -> Listener:

@@ -157,6 +157,27 @@ async def test_the_pool_halves_after_idle_shrink_after_seconds(logs: Any) -> Non
     ]
 
 
+async def test_idleness_counts_from_the_last_halving(logs: Any) -> None:
+    """The next halving comes IDLE_SHRINK_AFTER after the last, a call running across it or not."""
+    clock = VirtualClock()
+    queue = make_queue(clock)
+    await _grow_to_eight(clock, queue)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        clock.advance(30.5000004)
+        await submit(tg, queue, blocker.run, 1)  # halves to 4 as it starts
+        assert queue.statistics().workers == 4
+        clock.advance(30)
+        blocker.release()  # 30 s later, as it ends: halves to 2
+    assert queue.statistics().workers == 2
+    assert [
+        (e["previous"], e["workers"], e["idle_s"]) for e in events(logs, "queue_scaled_down")
+    ] == [
+        (8, 4, 30.5),
+        (4, 2, 30),
+    ]
+
+
 async def test_a_long_idle_spell_shrinks_by_every_period_at_once(logs: Any) -> None:
     clock = VirtualClock()
     queue = make_queue(clock)
@@ -193,6 +214,9 @@ async def test_shrinking_never_drops_below_what_is_running() -> None:
         await submit(tg, queue, blocker.run, 1)
         assert queue.statistics().workers == 7
         blocker.release()
+    clock.advance(30)
+    await queue.run(Call(listener(_noop), SIGNAL, None, {}))
+    assert queue.statistics().workers == 3, "half of 7, rounded down"
 
 
 async def test_a_waiter_grows_the_pool_by_itself_at_the_at_risk_age(logs: Any) -> None:

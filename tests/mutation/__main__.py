@@ -84,6 +84,7 @@ TARGETS: dict[str, Target] = {
             "tests/test_queue.py",
             "tests/test_queue_expiry.py",
             "tests/test_queue_scaling.py",
+            "tests/test_queue_standing.py",
             "tests/test_queue_property.py",
         ),
         goal=95.0,

@@ -1,0 +1,291 @@
+"""
+Scaling on standing delay and shedding under overload: the pool doubles once
+the head of the line has waited ``TARGET_WAIT`` and the line has stood that
+long again, and after every further ``TARGET_WAIT`` it keeps standing; a call
+that could not start within its budget even with ``MAX_WORKERS`` expires at
+once, and a worker never goes to a call whose deadline would cut it short.
+
+Virtual time throughout, in units of hundreds of seconds: a waiter's own
+timer (real seconds) never fires while a test runs, so only the test's own
+events evaluate the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from patchboard import Expired, Signal
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._outcomes import Outcome
+from patchboard._queue import ShortTermQueue
+from patchboard.testing import VirtualClock
+from tests.queue_support import Blocker, listener, record_waits
+
+SIGNAL = Signal(name="tests.queue_standing")
+
+
+def make_queue(clock: VirtualClock, **values: Any) -> ShortTermQueue:
+    """1 to 8 workers, standing after 100 s; expiry, at-risk age and idleness out of reach."""
+    settings = {
+        "min_workers": 1,
+        "max_workers": 8,
+        "target_wait": 100,
+        "item_expiry": 100_000,
+        "at_risk_fraction": 0.9,
+        "idle_shrink_after": 100_000,
+        "task_time_limit": 3600,
+        **values,
+    }
+    return ShortTermQueue(QueueSettings(**settings), clock=clock)
+
+
+async def submit(tg: TaskGroup, queue: ShortTermQueue, func: Callable[..., Any]) -> None:
+    """Start one caller of ``func`` and wait until it is running or in line."""
+    tg.start_soon(queue.run, Call(listener(func), SIGNAL, None, {}))
+    await anyio.wait_all_tasks_blocked()
+
+
+def events(logs: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in logs.entries if e["event"] == name]
+
+
+async def _hold_for(clock: VirtualClock, queue: ShortTermQueue, seconds: float) -> None:
+    """Run one call that holds its worker for ``seconds`` of virtual time."""
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)
+        clock.advance(seconds)
+        blocker.release()
+
+
+# -- standing delay ------------------------------------------------------------------
+
+
+async def test_a_line_that_stands_doubles_the_pool_every_target_wait(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    blocker = Blocker()
+    workers = []
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head of the line, from 0
+        for step in (100, 50, 50, 99, 1):
+            clock.advance(step)
+            await submit(tg, queue, blocker.run)
+            workers.append(queue.statistics().workers)
+        blocker.release()
+
+    # At 100 the head has waited TARGET_WAIT: the line stands from then on. It
+    # has stood TARGET_WAIT at 200 (2 workers), and again at 300 (4).
+    assert workers == [1, 1, 2, 2, 4]
+    up = events(logs, "queue_scaled_up")
+    assert [(e["reason"], e["workers"], e["oldest_wait_s"], e["waiting"]) for e in up] == [
+        ("standing", 2, 200, 4),
+        ("standing", 4, 200, 5),
+    ]
+
+
+async def test_a_line_that_stopped_standing_starts_over(logs: Any) -> None:
+    """A head younger than TARGET_WAIT resets the standing time: it counts anew from then."""
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    first, second = Blocker(), Blocker()
+    workers = []
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, first.run)  # runs
+        await submit(tg, queue, second.run)  # the head, from 0
+        clock.advance(150)
+        await submit(tg, queue, second.run)  # from 150; the line stands from 150 ...
+        first.release()  # ... until it moves: the new head joined at 150
+        await anyio.wait_all_tasks_blocked()
+        for step in (99, 1, 99, 1):  # 249: not standing; 250: standing again, from 250
+            clock.advance(step)
+            await submit(tg, queue, second.run)
+            workers.append(queue.statistics().workers)
+        second.release()
+    assert workers == [1, 1, 1, 2]
+    [event] = events(logs, "queue_scaled_up")
+    assert (event["reason"], event["oldest_wait_s"]) == ("standing", 200)
+
+
+async def test_after_a_doubling_the_line_must_stand_another_target_wait(logs: Any) -> None:
+    """Even when the new head of the line is younger than TARGET_WAIT."""
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    blocker = Blocker()
+    leaving = anyio.CancelScope()
+
+    async def leaving_caller() -> None:
+        with leaving:
+            await queue.run(Call(listener(blocker.run), SIGNAL, None, {}))
+
+    workers = []
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head, from 0
+        tg.start_soon(leaving_caller)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(100)
+        leaving.cancel()  # an event: the line stands from 100
+        await anyio.wait_all_tasks_blocked()
+        for step in (50, 50, 50, 50):  # joins at 150 (the next head), 200, 250, 300
+            clock.advance(step)
+            await submit(tg, queue, blocker.run)
+            workers.append(queue.statistics().workers)
+        blocker.release()
+
+    assert workers == [1, 2, 2, 4]  # doubled at 200, and again at 300
+    assert [e["oldest_wait_s"] for e in events(logs, "queue_scaled_up")] == [200, 150]
+
+
+async def test_the_head_wakes_when_the_pool_is_due_to_grow(monkeypatch: Any) -> None:
+    """The head of the line sleeps until TARGET_WAIT, then until the line has stood that long."""
+    waits = record_waits(monkeypatch)
+    clock = VirtualClock(0)
+    queue = make_queue(clock, max_workers=2)
+    first, second = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, first.run)  # runs
+        await submit(tg, queue, second.run)  # the head, from 0: wakes at 100
+        clock.advance(20)
+        await submit(tg, queue, second.run)  # behind it, from 20: at risk at 90_020
+        clock.advance(130)  # 150: the line has stood since 100 (set by the next event)
+        await submit(tg, queue, second.run)  # from 150
+        first.release()  # the head runs; the next head wakes when the line has stood 100
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(99.25)
+        second.release()
+    # The head: until 100. The ones behind: until their at-risk age. Each new
+    # head (at 150, at 249.25): until the line, standing since 150, has stood 100.
+    assert waits == [100, 90_000, 90_000, 100, 0.75]
+
+
+async def test_a_pool_at_max_workers_does_not_grow_on_a_standing_line(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock, min_workers=2, max_workers=2)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            await submit(tg, queue, blocker.run)
+        for _ in range(3):
+            clock.advance(100)
+            await submit(tg, queue, blocker.run)
+        assert queue.statistics().workers == 2
+        blocker.release()
+    assert events(logs, "queue_scaled_up") == []
+
+
+# -- shedding ------------------------------------------------------------------------
+
+
+async def test_the_service_time_is_a_moving_average_of_how_long_a_call_held_a_worker() -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    assert queue.statistics().service_time == 0.0
+    await _hold_for(clock, queue, 40)
+    assert queue.statistics().service_time == 40
+    await _hold_for(clock, queue, 90)
+    assert queue.statistics().service_time == 50  # 40 + 0.2 x (90 - 40)
+
+
+async def test_a_call_that_could_not_start_in_time_is_shed_at_once(logs: Any) -> None:
+    """Its place in line / MAX_WORKERS x the service time exceeds its expiry: it expires."""
+    clock = VirtualClock(0)
+    queue = make_queue(clock, max_workers=2, item_expiry=300)
+    await _hold_for(clock, queue, 200)  # service time 200
+    blocker = Blocker()
+    late = Blocker()
+    outcomes: list[Outcome] = []
+
+    async def caller(func: Callable[..., Any]) -> None:
+        call = Call(listener(func, on_error="log", default="shed"), SIGNAL, None, {})
+        outcomes.append(await queue.run(call))
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        for _ in range(3):  # in line at 1, 2, 3: 100, 200, 300 s away, within 300 s
+            await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.running, stats.waiting, stats.shed) == (1, 3, 0)
+        for _ in range(2):  # 4th: 400 s away
+            tg.start_soon(caller, late.run)
+            await anyio.wait_all_tasks_blocked()
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed, stats.expired) == (3, 2, 2)
+        blocker.release()
+
+    outcome = outcomes[0]
+    assert [o.status for o in outcomes] == ["expired", "expired"]
+    assert (outcome.status, outcome.value) == ("expired", "shed")
+    assert isinstance(outcome.error, Expired)
+    assert (outcome.error.waited, outcome.error.expiry, outcome.error.deadline) == (0, 300, False)
+    assert late.started == 0
+    [event] = events(logs, "queue_item_expired")
+    assert (event["shed"], event["waited_s"], event["expiry_s"], event["deadline"]) == (
+        True,
+        0,
+        300,
+        False,
+    )
+
+
+async def test_a_worker_never_goes_to_a_call_its_deadline_would_cut_short(
+    logs: Any, monkeypatch: Any
+) -> None:
+    """
+    When its turn comes, a waiter whose deadline leaves it less than the
+    service time is shed, and the worker goes to the next; one left exactly
+    the service time is not.
+    """
+    import patchboard._queue
+
+    left = {"seconds": 0.0}  # what is left of each caller's deadline as it submits
+    monkeypatch.setattr(patchboard._queue._deadline, "remaining", lambda: left["seconds"])
+    clock = VirtualClock(0)
+    queue = make_queue(clock, max_workers=4)  # up to 4 workers: every caller fits in line
+    left["seconds"] = 3600
+    await _hold_for(clock, queue, 200)  # service time 200
+    blocker = Blocker()
+    short, exact = Blocker(), Blocker()
+    outcomes: dict[str, Outcome] = {}
+
+    async def caller(name: str, func: Callable[..., Any]) -> None:
+        call = Call(listener(func, on_error="log", default=name), SIGNAL, None, {})
+        outcomes[name] = await queue.run(call)
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        callers = (
+            ("short", short.run, 400),
+            ("shorter", short.run, 450),
+            ("exact", exact.run, 460),
+        )
+        for name, func, seconds in callers:
+            left["seconds"] = seconds
+            tg.start_soon(caller, name, func)
+            await anyio.wait_all_tasks_blocked()
+        assert queue.statistics().waiting == 3
+        clock.advance(250)
+        # The blocker held 250 s: service time 200 + 0.2 x 50 = 210. "short" has
+        # 150 s left, "shorter" 200, "exact" 210.
+        blocker.release()
+        await anyio.wait_all_tasks_blocked()
+        stats = queue.statistics()
+        assert (stats.running, stats.waiting, stats.shed, stats.expired) == (1, 0, 2, 2)
+        assert stats.service_time == 210
+        exact.release()
+
+    assert (short.started, exact.started) == (0, 1)
+    shed = outcomes["short"]
+    assert (shed.status, shed.value) == ("expired", "short")
+    assert isinstance(shed.error, Expired)
+    assert (shed.error.waited, shed.error.expiry, shed.error.deadline) == (250, 400, True)
+    [event] = events(logs, "queue_item_expired")
+    assert (event["shed"], event["deadline"], event["waited_s"]) == (True, True, 250)
+    assert outcomes["shorter"].status == "expired"
+    assert outcomes["exact"].status == "ok"
