@@ -99,7 +99,7 @@ def events(log: Path) -> list[dict[str, Any]]:
 
 
 def rq_pending(url: str) -> int:
-    """Jobs queued, scheduled or running in the RQ queue."""
+    """Jobs queued, scheduled, being taken or running in the RQ queue."""
     from redis import Redis
     from rq import Queue
     from rq.registry import ScheduledJobRegistry, StartedJobRegistry
@@ -109,6 +109,9 @@ def rq_pending(url: str) -> int:
         return (
             len(queue)
             + ScheduledJobRegistry(queue=queue).count
+            # A worker moves a job it takes from the queue to this list, then to the
+            # started registry: counted, or a job in between looks like nothing pending.
+            + connection.llen(queue.intermediate_queue_key)
             + StartedJobRegistry(queue=queue).count
         )
 
