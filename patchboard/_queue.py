@@ -474,12 +474,16 @@ class ShortTermQueue:
             if item.state != _GRANTED or item.abandoned:
                 return
             item.state = _FINISHED
-            self._running -= 1
-            now = self._clock()
-            self._measure(now - item.granted_at)
-            events = self._rebalance(now)
+            events = self._free_worker(item)
         if events:
             _emit(events)
+
+    def _free_worker(self, item: _Item) -> list[_LogEvent]:
+        """Under the lock: the worker ``item`` held is free; measure it, hand it on."""
+        self._running -= 1
+        now = self._clock()
+        self._measure(now - item.granted_at)
+        return self._rebalance(now)
 
     def _measure(self, held: float) -> None:
         # Under the lock: how long a call held its worker, into the moving average.
@@ -509,10 +513,7 @@ class ShortTermQueue:
         # An abandoned thread returned: the worker it kept is free at last.
         with self._lock:
             self._abandoned_running -= 1
-            self._running -= 1
-            now = self._clock()
-            self._measure(now - item.granted_at)
-            events = self._rebalance(now)
+            events = self._free_worker(item)
         if events:
             _emit(events)
 
