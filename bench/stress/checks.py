@@ -265,7 +265,8 @@ def disconnects_leave_nothing(observed: Observed) -> Check:
         "clients gone mid-request: calls cancelled, nothing left",
         observed.disconnected > 0 and cancelled > 0 and clean,
         f"{observed.disconnected} of {observed.config.disconnects} cut at "
-        f"{observed.config.disconnect_after:g} s, {cancelled} calls cancelled; after the run: "
+        f"{'-'.join(f'{s:g}' for s in observed.config.disconnect_after)} s, "
+        f"{cancelled} calls cancelled; after the run: "
         + ("nothing running, waiting or abandoned" if clean else f"left {left}"),
     )
 

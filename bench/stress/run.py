@@ -192,10 +192,12 @@ class StressRun:
 
     async def disconnect(self, stack: Stack) -> None:
         """Requests whose client goes away mid-request (a read timeout closes the connection)."""
-        timeout = httpx.Timeout(30.0, read=self.config.disconnect_after)
+        count = self.config.disconnects
+        first, last = self.config.disconnect_after
 
         async def one(cart: int) -> bool:
-            async with httpx.AsyncClient(timeout=timeout) as client:
+            cut = first + (last - first) * cart / max(1, count - 1)
+            async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=cut)) as client:
                 try:
                     await client.get(f"{stack.shop_url}/quotes", params={"cart": cart})
                 except httpx.ReadTimeout:
@@ -204,13 +206,13 @@ class StressRun:
 
         # One answered in time is no failure (its carriers all answered at once: circuit
         # open, or expired by the queue); only the ones cut count.
-        gone = await asyncio.gather(*(one(cart) for cart in range(self.config.disconnects)))
+        gone = await asyncio.gather(*(one(cart) for cart in range(count)))
         self.observed.disconnected = sum(gone)
         self.observed.answered_aside = len(gone) - sum(gone)
         if not any(gone):
             self.observed.problems.append(
                 f"none of {len(gone)} requests was still running after "
-                f"{self.config.disconnect_after:g} s: nothing was cut"
+                f"{first:g}-{last:g} s: nothing was cut"
             )
 
     async def set_up_carriers(self, stack: Stack) -> None:
