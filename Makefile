@@ -54,8 +54,8 @@ pytest: $(VENV)/.installed
 # httpx, no RQ).
 pytest-django52: $(VENV52)/.installed
 	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/test_example_e2e.py \
-	  --ignore=tests/test_example_stack.py --ignore=tests/test_bench_load.py \
-	  --ignore=tests/test_engines.py --ignore=tests/test_stress_checks.py
+	  --ignore=tests/test_bench_load.py --ignore=tests/test_engines.py \
+	  --ignore=tests/test_stress_checks.py
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
 django-suite: $(VENV)/.installed $(VENV52)/.installed

@@ -26,7 +26,8 @@ from collections import Counter
 from pathlib import Path
 from types import FrameType
 
-from examples.stack import ROOT, Stack, StackError
+from examples.processes import ROOT, StackError
+from examples.stack import Stack
 from examples.walkthrough import Step, Walkthrough, format_event
 
 TTY = sys.stdout.isatty()

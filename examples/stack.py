@@ -14,8 +14,6 @@ killed by the kernel (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import os
 import signal
@@ -31,7 +29,8 @@ from typing import IO, Any, Self
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from examples.processes import ROOT, StackError, start_process
+
 SHOP = ROOT / "examples" / "shop"
 READY_TIMEOUT = 30.0
 STAFF_USER = """
@@ -45,10 +44,6 @@ user.save()
 """
 STOP_TIMEOUT = 5.0
 CARRIERS_APP = "examples.carriers.app:app"
-
-
-class StackError(RuntimeError):
-    """A process of the stack failed to start or died; the message says which and why."""
 
 
 @dataclass(slots=True)
@@ -322,56 +317,6 @@ def listen(port: int, *, exact: bool = False) -> socket.socket:
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()
     return f"http://{host}:{port}"
-
-
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
-"""Looked up here: the child must not load libraries between fork and exec."""
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
-def start_process(
-    command: list[str],
-    *,
-    env: dict[str, str] | None = None,
-    output: IO[bytes] | int | None = None,
-    pass_fds: tuple[int, ...] = (),
-) -> subprocess.Popen[bytes]:
-    """
-    Start ``command`` in a process group of its own (stopped as a whole) that
-    dies with this process; ``output`` takes its stdout and stderr (None: ours).
-
-    Ctrl-C and SIGTERM are held back across the fork: with a ``preexec_fn``,
-    Python runs its at-fork callbacks around the fork, and an exception that a
-    signal handler raises inside one of them is printed and dropped ("Exception
-    ignored in: <function _afterFork>"), so a Ctrl-C that landed there was lost
-    and the stack went on starting. Held back, it is handled on the line after.
-    """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        return subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=None if output is None else subprocess.STDOUT,
-            pass_fds=pass_fds,
-            start_new_session=True,
-            preexec_fn=functools.partial(prepare_child, held),
-        )
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-def prepare_child(mask: set[int | signal.Signals]) -> None:
-    """
-    In the child, before exec: the kernel sends it SIGTERM when this process
-    dies, and it gets the signal mask it would have had (exec keeps the mask).
-    """
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def terminate_group(process: subprocess.Popen[bytes]) -> None:

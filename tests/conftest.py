@@ -44,12 +44,8 @@ def breaker_name(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A private, running Redis server the test may stop and start again; stopped afterwards."""
-    server = require_redis_server()
-    server.start()
-    try:
+    with require_redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

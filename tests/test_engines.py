@@ -129,12 +129,8 @@ def wait_for(
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    server = require_redis_server()
-    server.start()
-    try:
+    with require_redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def rq_project(server: RedisServer, workdir: Path) -> Project:

@@ -19,7 +19,7 @@ import django
 from bench.stress.checks import Check, judge
 from bench.stress.config import CI, DOWN, FULL, SLOW, SLOW_MS, Config
 from bench.stress.run import StressRun
-from examples.stack import ROOT, StackError
+from examples.processes import ROOT, StackError
 
 TTY = sys.stdout.isatty()
 COLOURS = ("\033[32m", "\033[33m", "\033[31m", "\033[1m", "\033[0m")

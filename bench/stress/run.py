@@ -21,9 +21,10 @@ import httpx
 
 from bench.stress import load
 from bench.stress.config import DOWN, SLOW, SLOW_MS, Config
-from bench.stress.services import RedisServer, cpu_seconds, proc_status, workers
+from bench.stress.services import cpu_seconds, proc_status, workers
 from bench.stress.shop import PID_HEADER, QUOTES_HEADER
-from examples.stack import ROOT, Stack, StackError
+from examples.processes import ROOT, RedisServer, StackError
+from examples.stack import Stack
 from examples.walkthrough import log_in
 
 Progress = Callable[[str], None]
@@ -95,10 +96,8 @@ class StressRun:
         Raises:
             StackError: a process did not start.
         """
-        redis = RedisServer()
         workdir = Path(tempfile.mkdtemp(prefix="patchboard-stress-"))
-        redis.start()
-        try:
+        with RedisServer() as redis:
             stack = Stack(
                 workdir,
                 shop_workers=self.config.shop_workers,
@@ -112,8 +111,6 @@ class StressRun:
             with stack:
                 asyncio.run(self.drive(stack, redis))
                 self.observed.events = stack.events()
-        finally:
-            redis.stop()
         return self.observed
 
     async def drive(self, stack: Stack, redis: RedisServer) -> None:

@@ -1,4 +1,4 @@
-"""The example stack's process handling (examples/stack.py), without the stack."""
+"""How the example, the stress run and the tests start processes (examples/processes.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import subprocess
 import sys
 import textwrap
 
-from examples.stack import ROOT
+from examples.processes import ROOT
 
 CTRL_C_WHILE_FORKING = textwrap.dedent(
     """
     import os, signal, sys
-    from examples.stack import start_process
+    from examples.processes import start_process
 
     # A Ctrl-C that lands while Python runs its at-fork callbacks in the parent,
     # as a user's did during make serve's start-up.
@@ -50,7 +50,7 @@ def test_a_started_process_gets_the_signals_it_would_have_had() -> None:
     script = textwrap.dedent(
         f"""
         import os, sys
-        from examples.stack import start_process
+        from examples.processes import start_process
 
         read, write = os.pipe()
         with os.fdopen(write, "wb") as output:
