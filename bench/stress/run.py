@@ -28,7 +28,8 @@ from examples.stack import Stack
 from examples.walkthrough import log_in
 
 Progress = Callable[[str], None]
-SNAPSHOT_TRIES = 60
+SNAPSHOT_WITHIN = 20.0
+"""Seconds to keep asking until every worker has answered its status page."""
 QUIET_TIMEOUT = 15.0
 WATCH_INTERVAL = 2.0
 """Seconds between two looks at the processes (each look is a few status pages)."""
@@ -235,7 +236,7 @@ class StressRun:
                         ProcSample(now, pid, status["VmRSS"], status["Threads"])
                     )
             try:
-                pages = await self.snapshots(stack, tries=8)
+                pages = await self.snapshots(stack, within=2.0)
             except (httpx.HTTPError, StackError):
                 pages = {}  # the page is one more client: never let it stop the watch
             self.observed.pages += pages.values()
@@ -262,18 +263,21 @@ class StressRun:
             await asyncio.sleep(0.1)
         return pids
 
-    async def snapshots(self, stack: Stack, tries: int = SNAPSHOT_TRIES) -> dict[int, Snapshot]:
+    async def snapshots(self, stack: Stack, within: float = SNAPSHOT_WITHIN) -> dict[int, Snapshot]:
         """
         The status page of every worker process. uvicorn's workers share the
         listening socket, so each new connection goes to one of them: ask on
-        fresh connections, a few at once, until every worker has answered.
+        fresh connections, a few at once, until every worker has answered
+        (``within`` seconds at most: bounded by time, not by tries, which a fast
+        worker's answers use up in a moment).
 
         Raises:
             StackError: some worker never answered.
         """
         wanted = set(self.observed.worker_pids)
         found: dict[int, Snapshot] = {}
-        for _ in range(tries):
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
             pages = await asyncio.gather(*(self.snapshot(stack) for _ in range(4)))
             found.update((page.pid, page) for page in pages)
             if wanted <= found.keys():
