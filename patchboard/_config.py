@@ -389,6 +389,14 @@ class BreakerOptions(TypedDict, total=False):
 FieldChecks: TypeAlias = dict[str, Callable[[object], object]]
 
 
+class _RuleBetween(ValueError):
+    """A rule between fields, each valid alone, is broken; ``fields`` names them."""
+
+    def __init__(self, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 def _check_fields(settings: object, checks: FieldChecks) -> None:
     for name, check in checks.items():
         check(getattr(settings, name))
@@ -459,8 +467,9 @@ class QueueSettings:
     def __post_init__(self) -> None:
         _check_fields(self, _QUEUE_FIELDS)
         if self.min_workers > self.max_workers:
-            raise ValueError(
-                f"MIN_WORKERS must be <= MAX_WORKERS, got {self.min_workers} > {self.max_workers}"
+            raise _RuleBetween(
+                f"MIN_WORKERS must be <= MAX_WORKERS, got {self.min_workers} > {self.max_workers}",
+                ("min_workers", "max_workers"),
             )
 
 
@@ -569,10 +578,33 @@ def _build(section: str, raw: object, path: str) -> tuple[Any, list[SettingError
         kwargs[name] = value
     try:
         return cls(**kwargs), errors
+    except _RuleBetween as exc:
+        errors.append(_rule_error(cls, exc, kwargs, prefix, path))
+        return cls(), errors
     except (TypeError, ValueError) as exc:
-        # A rule between fields (each field alone is valid): the message names them.
         errors.append(SettingError(path, str(exc)))
         return cls(), errors
+
+
+def _rule_error(
+    cls: type[Any], exc: _RuleBetween, given: Mapping[str, Any], prefix: str, path: str
+) -> SettingError:
+    """
+    The error for a broken rule between fields. When the project set only
+    one of them, that key is the culprit (``MAX_WORKERS: 2`` alone is below
+    the default ``MIN_WORKERS``): the error names it, and the default it
+    collides with. When it set several, the section and the rule are named.
+    """
+    written = [name for name in exc.fields if name in given]
+    if len(written) != 1:
+        return SettingError(path, str(exc))
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    unset = ", ".join(
+        f"{name.upper()} is not set: its default is {defaults[name]!r}"
+        for name in exc.fields
+        if name not in given
+    )
+    return SettingError(prefix + written[0].upper(), f"{exc} ({unset})")
 
 
 def parse(raw: object) -> tuple[Settings, list[SettingError]]:

@@ -30,7 +30,7 @@ from django.apps import apps
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from patchboard import CircuitBreaker, NotSerializable, Signal, receiver
@@ -107,6 +107,10 @@ def hostile_settings(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 
 @EXAMPLES
 @given(hostile_settings())
+# One key of a pair set alone, against the other's default: the error names the key written.
+@example(("SHORT_TERM_QUEUE.MAX_WORKERS", {"SHORT_TERM_QUEUE": {"MAX_WORKERS": 2}}))
+@example(("SHORT_TERM_QUEUE.MIN_WORKERS", {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 33}}))
+@example(("STORE", {"STORE": "redis://h:99999/0"}))
 def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str, Any]) -> None:
     path, raw = case
     with override_settings(PATCHBOARD=raw):
@@ -136,6 +140,10 @@ def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str,
             with pytest.raises(SettingError) as raised:
                 get_settings()
             assert raised.value.key in (path, section)
+        elif path == "STORE" and errors:
+            # A URL of the right scheme that redis-py cannot read: E010 (not a parse problem).
+            assert [m.id for m in errors] == [E010_ID], errors
+            assert 'PATCHBOARD["STORE"]' in errors[0].msg
         else:
             assert errors == []
             _sane(get_settings())
@@ -523,3 +531,10 @@ def test_a_forged_payload_cannot_start_a_log_line_with_any_line_break(
     assert line.startswith("background_refused ")
     assert line.splitlines() == [line]
     assert repr(line_break)[1:-1] in line
+
+
+def test_ci_draws_the_same_examples_every_run() -> None:
+    """The profile tests/conftest.py loads under CI=true: derandomized, no example database."""
+    ci = settings.get_profile("ci")
+    assert ci.derandomize is True
+    assert ci.database is None

@@ -38,6 +38,16 @@ def test_nested_values_become_frozen_dataclasses() -> None:
             'PATCHBOARD["SHORT_TERM_QUEUE"]: MIN_WORKERS must be <= MAX_WORKERS, got 9 > 2',
         ),
         (
+            {"SHORT_TERM_QUEUE": {"MAX_WORKERS": 2}},
+            'PATCHBOARD["SHORT_TERM_QUEUE.MAX_WORKERS"]: MIN_WORKERS must be <= MAX_WORKERS, '
+            "got 4 > 2 (MIN_WORKERS is not set: its default is 4)",
+        ),
+        (
+            {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 33}},
+            'PATCHBOARD["SHORT_TERM_QUEUE.MIN_WORKERS"]: MIN_WORKERS must be <= MAX_WORKERS, '
+            "got 33 > 32 (MAX_WORKERS is not set: its default is 32)",
+        ),
+        (
             {"SHORT_TERM_QUEUE": {"ITEM_EXPIRY": 0}},
             "ITEM_EXPIRY must be a finite number of seconds > 0, got 0",
         ),
