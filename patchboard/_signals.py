@@ -182,14 +182,24 @@ class Signal(DjangoSignal):
     def _order(self, key: Hashable, priority: int) -> None:
         with self.lock:
             self._priorities.setdefault(key, priority)
-            # A new list, not a sort in place: a dispatch resolving the old
-            # list meanwhile can never cache it as this one. Stable: equal
-            # priorities keep connect order.
-            self.receivers = sorted(
-                self.receivers, key=lambda entry: -self._priorities.get(entry[0], 0)
-            )
+            # Sorted into a new list on assignment (see __setattr__), not in
+            # place: a dispatch resolving the old list meanwhile can never
+            # cache it as this one.
+            self.receivers = self.receivers
             self._version += 1
             self.sender_receivers_cache.clear()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Whoever replaces the receivers list gets it back in priority order
+        # (stable: equal priorities keep their order): Django dropping dead
+        # entries, and factory_boy's mute_signals, which puts the list it
+        # saved in front of the listeners connected while muted. An
+        # assignment is rare; reading the list, what every send() does, costs
+        # nothing more.
+        if name == "receivers" and getattr(self, "_priorities", None):
+            priorities = self._priorities
+            value = sorted(value, key=lambda entry: -priorities.get(entry[0], 0))
+        super().__setattr__(name, value)
 
     def disconnect(
         self,

@@ -224,3 +224,33 @@ def test_the_sync_twin_runs_timed_listeners_of_an_ordered_signal_one_at_a_time()
 
     assert signal.collect(sender=None).values() == ["first", "second"]
     assert overlapped == [False]
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["plain", "ordered"])
+def test_priorities_hold_after_factory_boys_mute_signals(ordered) -> None:
+    """
+    Regression: a listener connected with a priority while the signal was
+    muted ran last once factory_boy put the saved receivers back in front.
+    """
+    mute_signals = pytest.importorskip("factory.django").mute_signals
+    signal = Signal(ordered=ordered, name="tests.ordered.muted")
+    calls: list[str] = []
+
+    def low(sender, **kwargs):
+        calls.append("low")
+
+    def high(sender, **kwargs):
+        calls.append("high")
+
+    signal.connect(low, weak=False)
+    with mute_signals(signal):
+        signal.connect(high, weak=False, priority=100)
+        signal.send(sender=None)
+        assert calls == ["high"]  # muted: only what was connected meanwhile
+
+    calls.clear()
+    signal.send(sender=None)
+    assert calls == ["high", "low"]
+    calls.clear()
+    signal.collect(sender=None)
+    assert calls == ["high", "low"]
