@@ -35,6 +35,7 @@ from patchboard._config import (
     Missing,
     Mode,
     OnError,
+    get_settings,
 )
 from patchboard._django import dead_receiver_flag, lookup_key, make_id
 from patchboard._features import features
@@ -60,6 +61,7 @@ class Listener:
 
     __slots__ = (
         "__weakref__",
+        "_bare",
         "_batchable",
         "_direct",
         "_func",
@@ -83,6 +85,9 @@ class Listener:
         # Nothing to apply but the error policy: _run_async (async) and
         # _run_sync (sync) call it directly.
         self._direct = options.plain
+        # No options at all: under ON_ERROR="raise", Django's verbs may call the
+        # function itself (see __call__ and Signal._in_order).
+        self._bare = options == DEFAULT_OPTIONS
         # Whether _run_sync() can run it in the calling thread: a background
         # listener (its enqueue must see the caller's transaction), or a sync
         # one with no timeout that accepts the thread-sensitive thread.
@@ -130,6 +135,12 @@ class Listener:
         Called by any signal's ``send()``/``asend()``: apply the options and
         return the response, or raise if the listener's policy is ``"raise"``.
         """
+        if self._bare and errors_raise():
+            # Nothing to apply: the function is called exactly as Django would
+            # call it connected bare (and, as then, the call is not counted).
+            func = self._func()
+            if func is not None:
+                return func(signal=signal, sender=sender, **kwargs)
         state.counts["submitted"] += 1
         if self.is_async:
             return _unwrap_async(self._run_async(signal, sender, kwargs))
@@ -176,6 +187,22 @@ class Listener:
             # In the calling thread: the enqueue sees the caller's transaction.
             return features.background.enqueue_sync(call)
         return call.run_sync()
+
+
+def errors_raise() -> bool:
+    """
+    Whether the errors of a listener that does not set ``on_error`` reach the
+    sender (``PATCHBOARD["ON_ERROR"]`` is ``"raise"``). One attribute read
+    once the settings are parsed: they are parsed again when they change.
+    """
+    settings = state.settings
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ImproperlyConfigured:
+            # Invalid: the full path runs, and a failure raises the error naming the key.
+            return False
+    return settings.on_error == "raise"  # type: ignore[no-any-return]
 
 
 def run_here(
@@ -456,11 +483,11 @@ def receiver(
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         made = make_options(func, signals, **options)
         for each in signals:
-            if made == DEFAULT_OPTIONS:
-                # Nothing to apply: connect the function itself, exactly as Django would.
-                each.connect(func, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
-            else:
-                connect(each, func, made, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+            # A wrapper even with no options: PATCHBOARD["ON_ERROR"] may say
+            # "log", now or after an override_settings, and Django's own
+            # send() must follow it. Under "raise" the wrapper calls the
+            # function at once (Listener.__call__).
+            connect(each, func, made, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
         return func
 
     return decorator

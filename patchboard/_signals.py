@@ -32,7 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
 
 from patchboard import _deadline, _dispatch
-from patchboard._config import DEFAULT_OPTIONS, get_settings, seconds
+from patchboard._config import get_settings, seconds
 from patchboard._django import (
     NONE_ID,
     clear_dead_receivers,
@@ -44,7 +44,15 @@ from patchboard._django import (
     under_djangos_name,
 )
 from patchboard._exceptions import SyncCallInEventLoop
-from patchboard._listeners import Listener, as_listener, connect, forget, make_options, run_here
+from patchboard._listeners import (
+    Listener,
+    as_listener,
+    connect,
+    errors_raise,
+    forget,
+    make_options,
+    run_here,
+)
 from patchboard._log import name_signal, signal_label
 from patchboard._outcomes import Collected, Outcome
 from patchboard._queue import ShortTermQueue, get_queue
@@ -512,9 +520,11 @@ class Signal(DjangoSignal):
 
     def _in_order(self, sender: Any) -> Iterator[tuple[Callable[..., Any], bool]]:
         # (what Django's verbs call, whether it is async): the wrapper of a
-        # listener with options, so they apply; the function itself otherwise.
+        # listener with options, or of any listener when ON_ERROR is "log",
+        # so they apply; the function itself otherwise.
+        bare = errors_raise()
         for listener in self._live(sender).listeners:
-            receiver = listener if listener.options is not DEFAULT_OPTIONS else listener.receiver
+            receiver = listener.receiver if bare and listener._bare else listener
             if receiver is not None:
                 yield receiver, listener.is_async
 

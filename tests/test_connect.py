@@ -155,13 +155,17 @@ def test_receiver_decorates_a_list_of_signals_and_returns_the_function() -> None
     assert [r for _, r in two.send(sender=None)] == ["hi"]
 
 
-def test_receiver_without_options_connects_the_function_itself() -> None:
-    signal = Signal()
+def test_a_receiver_without_options_is_wrapped_and_disconnected_by_its_function() -> None:
+    """Wrapped so that ``PATCHBOARD["ON_ERROR"]`` applies (tests/test_django_signals.py)."""
+    signal = DjangoSignal()
 
-    def listener(sender, **kwargs): ...
+    def listener(sender, **kwargs):
+        return "hi"
 
     receiver(signal)(listener)
-    assert signal.receivers[0][1]() is listener
+    assert [r for _, r in signal.send(sender=None)] == ["hi"]
+    assert signal.disconnect(listener)
+    assert not signal.has_listeners()
 
 
 class Cart:

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 from django.db.models.signals import post_save
 from django.dispatch import Signal as DjangoSignal
+from django.test import override_settings
 
-from patchboard import ListenerTimeout, receiver
+from patchboard import ListenerTimeout, Signal, receiver
 from tests.testapp.models import Order
 
 
@@ -44,6 +45,66 @@ def test_on_error_raise_on_post_save_propagates_like_django() -> None:
             Order.objects.create(reference="A-2")
     finally:
         post_save.disconnect(index_order, sender=Order)
+
+
+@pytest.mark.django_db
+def test_the_on_error_setting_applies_to_a_receiver_without_options_on_post_save(logs) -> None:
+    """Regression: connected bare, its error failed ``create()`` under ON_ERROR="log"."""
+
+    @receiver(post_save, sender=Order)
+    def index_order(sender, **kwargs):
+        raise ConnectionError("search backend down")
+
+    try:
+        with override_settings(PATCHBOARD={"ON_ERROR": "log"}):
+            Order.objects.create(reference="A-3")
+        with pytest.raises(ConnectionError):
+            Order.objects.create(reference="A-4")  # the setting is back to "raise"
+    finally:
+        post_save.disconnect(index_order, sender=Order)
+
+    [event] = [e for e in logs.entries if e["event"] == "listener_failed"]
+    assert event["listener"].endswith("index_order")
+    assert not post_save.has_listeners(Order)
+
+
+def _failing(is_async: bool):  # type: ignore[no-untyped-def]
+    if is_async:
+
+        async def fails(sender, **kwargs):
+            raise ConnectionError("down")
+
+        return fails
+
+    def fails_sync(sender, **kwargs):
+        raise ConnectionError("down")
+
+    return fails_sync
+
+
+VERBS = {  # each gives the responses
+    "send": lambda signal: [r for _, r in signal.send(sender=None)],
+    "send_robust": lambda signal: [r for _, r in signal.send_robust(sender=None)],
+    "asend": lambda signal: [r for _, r in asyncio.run(signal.asend(sender=None))],
+    "send_sync": lambda signal: signal.send_sync(sender=None).values(),
+    "collect": lambda signal: signal.collect(sender=None).values(),
+    "collect_async": lambda signal: asyncio.run(signal.collect_async(sender=None)).values(),
+}
+
+
+@pytest.mark.parametrize("verb", VERBS)
+@pytest.mark.parametrize("ordered", [False, True], ids=["plain", "ordered"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_the_on_error_setting_applies_to_a_receiver_without_options_under_every_verb(
+    verb, ordered, is_async
+) -> None:
+    signal = Signal(ordered=ordered, name="tests.django_signals.on_error")
+    fails = _failing(is_async)
+    receiver(signal)(fails)
+    with override_settings(PATCHBOARD={"ON_ERROR": "log"}):
+        assert VERBS[verb](signal) == [None]  # the default stands in
+    with pytest.raises(ConnectionError):
+        VERBS[verb.replace("_robust", "")](signal)
 
 
 def test_options_apply_under_send_robust_and_asend() -> None:
