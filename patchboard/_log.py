@@ -82,41 +82,128 @@ def _render(
     return (f"{event} {rest}" if rest else event,), {"exc_info": exc_info}
 
 
+Timer = Callable[[float, Callable[[], None]], Any]
+"""Calls a function after a delay in seconds; returns what has ``cancel()`` (or None)."""
+
+
+def start_timer(delay: float, function: Callable[[], None]) -> threading.Timer:
+    """The limiter's default :data:`Timer`: a daemon thread that waits, then calls."""
+    timer = threading.Timer(delay, function)
+    timer.name = "patchboard-log-summary"
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+class _Window:
+    """One (event, key)'s interval: when it began, how many were dropped, the last one dropped."""
+
+    __slots__ = ("dropped", "last", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.dropped = 0
+        self.last: tuple[str, dict[str, Any]] | None = None
+        """(level, fields) of the last event dropped, logged at the interval's end."""
+
+
 class Limiter:
     """
     At most one event per (event, key) per ``interval`` seconds.
 
     Under overload a per-item event (an expiry, a rejection, a timeout) would
     be logged once per item: thousands of lines a second. The limiter lets
-    the first through, drops the ones that follow within the interval, and
-    lets the next one after it through with ``suppressed=N``: how many were
-    dropped in between. The counters (``queue_stats()``, ``outcome_counts()``)
-    count every item; only the log is thinned.
+    the first through and drops the ones that follow within the interval.
+    The drops always surface: the next event let through carries
+    ``suppressed=N``, how many were dropped before it, and an interval that
+    ends with drops and no event after them lets its last dropped event
+    through at its end (on ``timer``, a thread that waits, one at a time),
+    carrying how many were dropped before that one. Lines plus ``suppressed``
+    add up to every event; the counters (``queue_stats()``,
+    ``outcome_counts()``) count every item anyway.
     """
 
-    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        timer: Timer = start_timer,
+    ) -> None:
         self.interval = interval
         self.clock = clock
+        self.timer = timer
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, Hashable], list[float]] = {}
-        """(event, key) -> [when one was last let through, how many were dropped since]."""
+        self._seen: dict[tuple[str, Hashable], _Window] = {}
+        self._pending: Any = None
+        """The timer that will log the ends of intervals, if one is waiting."""
+        self._closed = False
 
-    def allow(self, event: str, key: Hashable) -> int | None:
-        """None: drop this one; else let it through, with the count dropped before it."""
+    def allow(
+        self, event: str, key: Hashable, dropped: tuple[str, dict[str, Any]] | None = None
+    ) -> int | None:
+        """
+        None: drop this one; else let it through, with the count dropped
+        before it. ``dropped`` is (level, fields) to log for this event if it
+        is dropped and the last of its interval (None: it is only counted).
+        """
         now = self.clock()
         with self._lock:
-            seen = self._seen.get((event, key))
-            if seen is None:
+            window = self._seen.get((event, key))
+            if window is None:
                 if len(self._seen) >= 10_000:
                     self._seen.clear()  # keys come and go (listeners): stay bounded
-                self._seen[(event, key)] = [now, 0]
+                self._seen[(event, key)] = _Window(now)
                 return 0
-            if now - seen[0] < self.interval:
-                seen[1] += 1
+            if now - window.started < self.interval:
+                window.dropped += 1
+                window.last = dropped
+                if dropped is not None:
+                    self._schedule(window.started + self.interval - now)
                 return None
-            suppressed = int(seen[1])
-            seen[0], seen[1] = now, 0
+            suppressed = window.dropped
+            window.started, window.dropped, window.last = now, 0, None
             return suppressed
+
+    def _schedule(self, delay: float) -> None:
+        # Under the lock. One timer at a time: it serves every interval ended by then.
+        if self._pending is None and not self._closed:
+            self._pending = self.timer(max(delay, 0.0), self.flush)
+
+    def flush(self) -> None:
+        """
+        Log the last dropped event of every interval that has ended, with
+        how many were dropped before it (``suppressed``); what the timer calls.
+        """
+        now = self.clock()
+        due: list[tuple[str, str, dict[str, Any]]] = []
+        with self._lock:
+            self._pending = None
+            nearest: float | None = None
+            for (event, _), window in self._seen.items():
+                if window.last is None:
+                    continue
+                ends = window.started + self.interval
+                if now < ends:
+                    nearest = ends if nearest is None else min(nearest, ends)
+                    continue
+                level, fields = window.last
+                if window.dropped > 1:
+                    fields["suppressed"] = window.dropped - 1
+                due.append((level, event, fields))
+                # It is let through now: a new interval begins.
+                window.started, window.dropped, window.last = now, 0, None
+            if nearest is not None:
+                self._schedule(nearest - now)
+        for level, event, fields in due:
+            getattr(logger(), level)(event, **fields)
+
+    def close(self) -> None:
+        """Cancel the waiting timer: what was dropped and not yet logged stays untold."""
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
 
 
 def limiter() -> Limiter:
@@ -129,7 +216,7 @@ def limiter() -> Limiter:
 
 def log_limited(level: str, event: str, key: Hashable, **fields: Any) -> None:
     """Log a per-item event through the :class:`Limiter` (``key``: usually the listener)."""
-    suppressed = limiter().allow(event, key)
+    suppressed = limiter().allow(event, key, (level, fields))
     if suppressed is None:
         return
     if suppressed:

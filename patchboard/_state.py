@@ -88,6 +88,7 @@ class State:
         with self.lock:
             breakers = list(self.breakers.values())
             links = list(self.redis_links.values())
+            limiter = self.limiter
             self.breakers.clear()
             self.declared.clear()
             self.redis_links.clear()
@@ -103,6 +104,8 @@ class State:
             breaker._forget()
         for link in links:
             link.close()
+        if limiter is not None:
+            limiter.close()  # its timer would log a previous test's drops into the next
 
     def settings_changed(self) -> None:
         """``PATCHBOARD`` changed: drop what was built from it (calls in flight finish)."""

@@ -6,21 +6,24 @@ a failure that reaches the caller is not logged twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import pytest
 import structlog
+from django.test import override_settings
 
-from patchboard import CircuitBreaker, ShortTermQueue, Signal
+from patchboard import CircuitBreaker, ShortTermQueue, Signal, thread_stats
 from patchboard._call import Call
 from patchboard._config import QueueSettings
-from patchboard._log import Limiter
+from patchboard._log import Limiter, log_limited
 from patchboard._state import state
-from patchboard.testing import VirtualClock
+from patchboard.testing import VirtualClock, reset
 from tests.queue_support import Blocker, listener
 
 
@@ -34,6 +37,26 @@ def unconfigured() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+class Timers:
+    """A limiter's timer that waits for the test: it records what it is asked to call."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[float, Callable[[], None]]] = []
+        self.cancelled = 0
+
+    def __call__(self, delay: float, function: Callable[[], None]) -> Timers:
+        self.waiting.append((delay, function))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+    def fire(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for _, function in waiting:
+            function()
 
 
 def _failing_signal(**options: Any) -> Signal:
@@ -138,7 +161,7 @@ def test_an_error_that_reaches_the_caller_is_not_logged_too(logs) -> None:
 
 async def test_an_overloaded_queue_logs_a_summary_and_counts_every_rejection(logs) -> None:
     clock = VirtualClock()
-    state.limiter = Limiter(clock=clock)
+    state.limiter = Limiter(clock=clock, timer=Timers())
     queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1, max_pending=0))
     blocker = Blocker()
     signal = Signal(name="tests.logs.overload")
@@ -175,3 +198,106 @@ def test_the_limiter_keys_by_event_and_listener() -> None:
     clock.advance(0.5)
     assert limiter.allow("e", "a") == 2
     assert limiter.allow("e", "a") is None
+
+
+def test_drops_with_nothing_after_them_are_told_at_the_end_of_the_interval(logs) -> None:
+    """Regression: 40 events in a burst gave one line, and the 39 others were never told."""
+    clock, timers = VirtualClock(), Timers()
+    state.limiter = Limiter(interval=1.0, clock=clock, timer=timers)
+    for running in range(1, 41):
+        log_limited("warning", "listener_thread_abandoned", "l", listener="l", running=running)
+    assert [e["running"] for e in logs.entries] == [1]
+    assert [delay for delay, _ in timers.waiting] == [1.0]  # one timer, at the interval's end
+
+    clock.advance(0.5)
+    timers.fire()  # early (a timer may be): nothing told yet, and it waits again
+    assert len(logs.entries) == 1
+    assert [delay for delay, _ in timers.waiting] == [0.5]
+
+    clock.advance(0.5)
+    timers.fire()
+    first, last = logs.entries
+    assert "suppressed" not in first
+    # The last one dropped, told at the end, with how many were dropped before it.
+    assert (last["event"], last["running"], last["suppressed"]) == (
+        "listener_thread_abandoned",
+        40,
+        38,
+    )
+    assert timers.waiting == []  # nothing left to tell: no timer
+
+    log_limited("warning", "listener_thread_abandoned", "l", listener="l", running=41)
+    assert len(logs.entries) == 2, "the line told at the end opened a new interval"
+    clock.advance(1.0)
+    log_limited("warning", "listener_thread_abandoned", "l", listener="l", running=42)
+    assert [e.get("suppressed") for e in logs.entries[2:]] == [1]
+    timers.fire()
+    assert len(logs.entries) == 3, "the drop was told by the next event: the timer tells none"
+    total = len(logs.entries) + sum(e.get("suppressed", 0) for e in logs.entries)
+    assert total == 42  # every event: a line or a count
+
+
+async def test_abandoned_listener_threads_are_all_told(logs) -> None:
+    """Four threads abandoned at once: one line at once, one summary at the interval's end."""
+    clock, timers = VirtualClock(), Timers()
+    state.limiter = Limiter(clock=clock, timer=timers)
+    release = threading.Event()
+    signal = Signal(name="tests.logs.abandoned")
+
+    def stuck(sender: Any, **kwargs: Any) -> None:
+        release.wait(30)
+
+    signal.connect(stuck, weak=False, timeout=0.05, on_error="log")
+    with override_settings(PATCHBOARD={"MAX_THREADS": 4}):
+        try:
+            await asyncio.gather(*(signal.collect_async(None) for _ in range(4)))
+        finally:
+            release.set()
+        # Their return is logged too: let them return within this test.
+        returned = threading.Event()
+        for _ in range(1000):
+            if thread_stats().abandoned_running == 0:
+                break
+            await anyio.to_thread.run_sync(returned.wait, 0.01)
+        assert thread_stats().abandoned_running == 0
+    abandoned = [e for e in logs.entries if e["event"] == "listener_thread_abandoned"]
+    assert [e["abandoned_running"] for e in abandoned] == [1]
+
+    clock.advance(1.0)
+    timers.fire()
+    abandoned = [e for e in logs.entries if e["event"] == "listener_thread_abandoned"]
+    assert [(e["abandoned_running"], e.get("suppressed")) for e in abandoned] == [
+        (1, None),
+        (4, 2),
+    ]
+
+
+def test_the_default_timer_tells_the_drops_from_a_thread_of_its_own(logs) -> None:
+    told = threading.Event()
+
+    def watch(logger: Any, method: str, event: dict[str, Any]) -> Any:
+        try:
+            return logs(logger, method, event)  # captures it, then drops it
+        finally:
+            if event.get("n") == 3:
+                told.set()
+
+    structlog.configure(processors=[watch])
+    clock = VirtualClock()  # what is dropped does not depend on this machine's speed
+    state.limiter = Limiter(interval=0.01, clock=clock)
+    for n in (1, 2, 3):
+        log_limited("warning", "queue_item_expired", "l", n=n)
+    clock.advance(0.01)  # a timer that fired before waits again
+    assert told.wait(10)
+    assert [(e["n"], e.get("suppressed")) for e in logs.entries] == [(1, None), (3, 1)]
+
+
+def test_reset_cancels_the_limiters_timer() -> None:
+    """A test's drops are never told into the next test's logs."""
+    timers = Timers()
+    state.limiter = Limiter(clock=VirtualClock(), timer=timers)
+    log_limited("warning", "queue_item_expired", "l")
+    log_limited("warning", "queue_item_expired", "l")
+    assert len(timers.waiting) == 1
+    reset()
+    assert timers.cancelled == 1
