@@ -10,9 +10,9 @@ The dict in ``settings.PATCHBOARD`` is parsed into one :class:`Settings` on
 first use and again after it changes. Each key maps to the field of the same
 name in lower case; nested sections are dataclasses of their own. A bad
 value is reported by the system checks (``patchboard.E001``: every bad key,
-not only the first) and, where checks do not run (under uvicorn), logged once
-at start-up (``settings_invalid``); code that reads the settings anyway gets
-a :class:`SettingError` naming the key.
+not only the first) and, where checks do not run (under uvicorn), logged
+at start-up (``settings_invalid``, one event per key); code that reads the
+settings anyway gets a :class:`SettingError` naming the key.
 """
 
 from __future__ import annotations

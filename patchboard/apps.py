@@ -17,4 +17,4 @@ class PatchboardConfig(AppConfig):
         # what is wrong with PATCHBOARD (the first dispatch, or the first call
         # through a breaker on a malformed store URL, will raise).
         errors = [*_checks.check_settings(), *breaker_checks.check_breakers()]
-        _checks.log_invalid_settings([error.msg for error in errors])
+        _checks.log_invalid_settings(errors)

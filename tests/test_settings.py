@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Iterator
+
 import pytest
+import structlog
 from django.core.checks import run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from patchboard._checks import E001_ID
 from patchboard._config import QueueSettings, SettingError, Settings, get_settings, parse
+
+
+@pytest.fixture
+def unconfigured_logging() -> Iterator[None]:
+    """structlog as a project that never configured it leaves it: events go to logging."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def test_defaults() -> None:
@@ -149,9 +164,12 @@ def test_invalid_settings_are_logged_at_startup_and_stop_the_first_dispatch(logs
     with override_settings(PATCHBOARD={"ON_ERROR": "skip", "MAX_THREADS": 0}):
         apps.get_app_config("patchboard").ready()
         events = [e for e in logs.entries if e["event"] == "settings_invalid"]
-        assert len(events) == 1
-        assert len(events[0]["problems"]) == 2
-        assert 'PATCHBOARD["ON_ERROR"]' in events[0]["problems"][0]
+        # One event per key, each saying how many problems there are.
+        assert [(e["setting"], e["problems"]) for e in events] == [
+            ("ON_ERROR", 2),
+            ("MAX_THREADS", 2),
+        ]
+        assert events[0]["problem"] == "ON_ERROR must be 'raise' or 'log', got 'skip'"
         with pytest.raises(SettingError, match=r'PATCHBOARD\["(ON_ERROR|MAX_THREADS)"\]'):
             signal.send_sync(sender=None)
     assert signal.send_sync(sender=None).values() == ["ran"]
@@ -164,6 +182,39 @@ def test_a_malformed_store_url_is_logged_at_startup(logs) -> None:
     with override_settings(PATCHBOARD={"STORE": "redis://127.0.0.1:99999/0"}):
         apps.get_app_config("patchboard").ready()
     [event] = [e for e in logs.entries if e["event"] == "settings_invalid"]
-    [problem] = event["problems"]
-    assert problem.startswith('PATCHBOARD["STORE"]: store ')
-    assert "redis://127.0.0.1:99999/0" in problem
+    assert (event["setting"], event["problems"]) == ("STORE", 1)
+    assert event["problem"].startswith("store ")
+    assert "redis://127.0.0.1:99999/0" in event["problem"]
+
+
+def test_settings_invalid_reads_as_plain_key_values(unconfigured_logging, caplog) -> None:
+    """Regression: the problems were one Python list repr, its quotes escaped."""
+    from django.apps import apps
+
+    caplog.set_level(logging.ERROR, logger="patchboard")
+    raw = {"ON_ERROR": "skip", "BREAKERS": {"carrier-x": {"failure_threshold": 0}}}
+    with override_settings(PATCHBOARD=raw):
+        apps.get_app_config("patchboard").ready()
+    lines = [r.getMessage() for r in caplog.records if r.name == "patchboard"]
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        "settings_invalid setting=ON_ERROR "
+        "problem=\"ON_ERROR must be 'raise' or 'log', got 'skip'\" problems=2 "
+    )
+    assert lines[1].startswith("settings_invalid setting=BREAKERS.carrier-x problem=")
+    assert not any("\\" in line or "['" in line for line in lines)
+
+
+def test_manage_py_check_alone_reports_invalid_settings(logs, monkeypatch) -> None:
+    """
+    Regression: ``manage.py check`` printed the problems twice, once as
+    settings_invalid (logged when the app loaded) and once as the check's own.
+    """
+    from django.apps import apps
+
+    monkeypatch.setattr(sys, "argv", ["/srv/shop/manage.py", "check"])
+    with override_settings(PATCHBOARD={"ON_ERROR": "skip"}):
+        apps.get_app_config("patchboard").ready()  # what django.setup() runs first
+        with pytest.raises(SystemCheckError, match=r'PATCHBOARD\["ON_ERROR"\]'):
+            call_command("check")
+    assert [e for e in logs.entries if e["event"] == "settings_invalid"] == []
