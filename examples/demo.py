@@ -8,7 +8,9 @@ worker, on loopback ports.
                                       the status page, with a staff user, until Ctrl-C
 
 Whatever happens (a failed step, Ctrl-C, SIGTERM), every process started here
-is stopped before the command returns.
+is stopped before the command returns. ``--serve`` runs until it is stopped:
+Ctrl-C or SIGTERM, to it or to a process of the stack (a service manager
+stopping the whole tree), ends it with "stopped" and exit status 0.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from types import FrameType
 
-from examples.processes import ROOT, StackError
+from examples.processes import ROOT, STOP_SIGNALS, StackError
 from examples.stack import Stack
 from examples.walkthrough import Step, Walkthrough, format_event
 
@@ -45,21 +47,46 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=8000, help="--serve: the shop's port (carriers: port + 1)"
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
         return serve(args.port) if args.serve else demo()
     except KeyboardInterrupt:
-        print(f"\n{BOLD}interrupted{RESET}: everything it started is stopped", file=sys.stderr)
-        # Ctrl-C is how --serve is meant to end: not a failure (make would say "Error 130").
-        return 0 if args.serve else 130
+        stop: Stop = Stop(signal.SIGINT)
+    except Stop as raised:
+        stop = raised
     except StackError as exc:
         print(f"{RED}the stack did not start{RESET}: {exc}", file=sys.stderr)
         return 1
+    # A stop signal is how --serve is meant to end: not a failure (make would say
+    # "Error 143"). The walkthrough did not finish: 128 + the signal, as a shell says.
+    print(
+        f"\n{BOLD}{'stopped' if args.serve else 'interrupted'}{RESET} ({stop}): "
+        "everything it started is stopped",
+        file=sys.stderr,
+    )
+    return 0 if args.serve else 128 + stop.signum
 
 
-def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the stack's ``with``: it stops
+class Stop(SystemExit):
+    """
+    A stop signal arrived (``by``: the process of the stack it ended, if not
+    this one). A ``SystemExit`` (with 128 + the signal, should nothing catch
+    it): it unwinds through the stack's ``with``, which stops every process.
+    """
+
+    def __init__(self, signum: int, by: str | None = None) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.by = by
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return name if self.by is None else f"{self.by} got {name}"
+
+
+def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signum)
 
 
 def demo() -> int:
@@ -186,7 +213,17 @@ def serve(port: int) -> int:
             flush=True,
         )
         while True:
-            stack.check_alive()
+            for service in stack.services:
+                # A stop signal that reached a process of the stack: someone stops it all
+                # (a service manager signals the whole tree, and ours may come last).
+                code = service.process.poll()
+                if code is not None and -code in STOP_SIGNALS:
+                    raise Stop(-code, by=service.name)
+            try:
+                stack.check_alive()
+            except StackError as exc:
+                print(f"{RED}the stack stopped{RESET}: {exc}", file=sys.stderr)
+                return 1
             time.sleep(0.5)
 
 
