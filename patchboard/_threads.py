@@ -9,9 +9,10 @@ it goes through the short-term queue. Such a call runs in a worker thread.
 
 A worker thread treats Django's database connections the way Django's request
 cycle treats a request's thread (``close_old_connections()``, connected to
-``request_started`` and ``request_finished``): before and after each call,
-a connection past ``CONN_MAX_AGE`` or left unusable is closed, and
-``CONN_HEALTH_CHECKS`` checks a kept one again before its next query. So
+``request_started`` and ``request_finished``, and ``reset_queries()``):
+before and after each call, a connection past ``CONN_MAX_AGE`` or left
+unusable is closed, and ``CONN_HEALTH_CHECKS`` checks a kept one again
+before its next query. So
 with ``CONN_MAX_AGE=0`` (Django's default) each call closes what it opened;
 with more, a thread keeps one connection per database across calls, and a
 busy site holds at most ``MAX_THREADS`` of them instead of opening one per
@@ -47,7 +48,7 @@ from queue import Empty, SimpleQueue
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connections, reset_queries
 
 from patchboard._config import get_settings
 from patchboard._log import log_limited, sender_label, signal_label
@@ -60,14 +61,16 @@ IDLE_THREAD_TIMEOUT: Final = 30.0
 """Seconds a worker thread waits for another call before it exits."""
 
 
-def _closing_after(call: Callable[[], Any], job: Job) -> Callable[[], Any]:
+def _as_a_request(call: Callable[[], Any], job: Job) -> Callable[[], Any]:
     """
-    Wrap ``call`` in Django's request-cycle checks of this thread's database
-    connections (see the module docstring): before it, those gone stale
-    while the thread waited are closed; after it, see :func:`_call_ended`.
+    Wrap ``call`` in what Django's ``request_started`` does to this thread's
+    database connections (see the module docstring): the queries logged
+    under ``DEBUG`` are cleared, and the connections gone stale while the
+    thread waited are closed; after it, see :func:`_call_ended`.
     """
 
     def run() -> Any:
+        reset_queries()
         close_old_connections()
         try:
             return call()
@@ -82,20 +85,23 @@ def _closing_after(call: Callable[[], Any], job: Job) -> Callable[[], Any]:
 
 def _call_ended(*, abandoned: bool) -> None:
     """
-    After a call: keep this thread's connections for the next call, as the end
-    of a request does (closed if past ``CONN_MAX_AGE``, if the listener left
-    autocommit off, or if an error left them unusable), except:
+    After a call: what ``request_finished`` does (keep this thread's
+    connections for the next call unless past ``CONN_MAX_AGE``, left with
+    autocommit off, or made unusable by an error), except that:
 
     - a connection still inside an atomic block (the listener entered one and
-      never left it: an exception inside ``transaction.atomic()`` rolls back
+      never left it; an exception inside ``transaction.atomic()`` rolls back
       and leaves it) is closed, so the server rolls its transaction back, and
       its wrapper is dropped: the next call gets a fresh one, where this one
       would still think it is inside the block;
-    - an abandoned call's connections are closed. Its caller gave up, usually
-      because something under the listener (often the database itself) hung:
-      the connection may have been cut mid-query or be kept waiting on locks,
-      and nothing tells whether it is fit for another call. A rare path: one
-      reconnection is cheap, a poisoned connection is not.
+    - an abandoned call's connections are closed. Its caller gave up on it,
+      usually because what the listener waited for (often the database
+      itself: a lock, a slow statement) held it past its limit. Whatever it
+      left on the connection (session settings, locks, a statement its driver
+      timed out on while the server still runs it) is the least trustworthy
+      state to hand the thread's next caller, and closing it frees a backend
+      of a database that may be the one overloaded. Abandonment is rare: one
+      reconnection costs little.
     """
     for conn in connections.all(initialized_only=True):
         if conn.in_atomic_block:
@@ -298,7 +304,7 @@ class ListenerThreads:
 
     def _start(self, job: Job, fn: Callable[[], Any]) -> None:
         context = contextvars.copy_context()
-        run = _closing_after(fn, job)
+        run = _as_a_request(fn, job)
 
         def work() -> None:
             job.started = perf_counter()

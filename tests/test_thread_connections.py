@@ -376,3 +376,20 @@ async def test_a_kept_connection_the_server_closed_is_replaced_by_the_health_che
 
         assert after.thread is first.thread
         assert after.key != first.key
+
+
+@override_settings(DEBUG=True)
+async def test_each_call_starts_with_no_queries_logged(use_database: Callable[..., Any]) -> None:
+    """Under DEBUG, ``connection.queries`` holds one call's queries, as one request's."""
+    with use_database(conn_max_age=60, max_threads=1) as listeners:
+
+        def logged(sender: Any, **kwargs: Any) -> int:
+            listeners.record()
+            return len(connections[ALIAS].queries)
+
+        signal = Signal(name="tests.connections.queries")
+        signal.connect(logged, weak=False)
+        counts = [(await signal.collect_async(None, deadline=5))[0].value for _ in range(3)]
+
+    assert len({b.key for b in listeners.backends}) == 1
+    assert counts == [1, 1, 1]
