@@ -11,13 +11,12 @@ A worker thread treats Django's database connections the way Django's request
 cycle treats a request's thread (``close_old_connections()``, connected to
 ``request_started`` and ``request_finished``, and ``reset_queries()``):
 before and after each call, a connection past ``CONN_MAX_AGE`` or left
-unusable is closed, and ``CONN_HEALTH_CHECKS`` checks a kept one again
-before its next query. So
-with ``CONN_MAX_AGE=0`` (Django's default) each call closes what it opened;
-with more, a thread keeps one connection per database across calls, and a
-busy site holds at most ``MAX_THREADS`` of them instead of opening one per
-call. A connection left inside a transaction is dropped after the call. A
-thread closes its connections when it exits (idle for
+unusable is closed, and ``CONN_HEALTH_CHECKS`` checks a kept one again before
+its next query. So with ``CONN_MAX_AGE=0`` (Django's default) each call
+closes what it opened; with more, a thread keeps one connection per database
+across calls, and a busy site holds at most ``MAX_THREADS`` of them instead
+of opening one per call. A connection left inside a transaction is dropped
+after the call. A thread closes its connections when it exits (idle for
 ``IDLE_THREAD_TIMEOUT``), and an abandoned thread when it returns.
 
 Picture a rack of ``PATCHBOARD["MAX_THREADS"]`` hooks. A call takes a hook
