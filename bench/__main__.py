@@ -29,6 +29,8 @@ BENCHMARKS = {
     "queue": "bench.bench_queue",
     "budget": "bench.bench_budget",
     "breaker": "bench.bench_breaker",
+    "connections": "bench.bench_connections",
+    "deadline": "bench.bench_deadline",
     "e2e": "bench.bench_e2e",
 }
 """Name (for ``--only``): module, whose ``main(quick=..., [output=...])`` returns markdown."""

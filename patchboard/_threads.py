@@ -5,9 +5,19 @@ process-wide bound.
 A sync listener leaves the caller's thread when it has a ``timeout`` (a
 thread can be waited for with a limit; a running function cannot be
 interrupted), when it is connected with ``thread_sensitive=False``, and when
-it goes through the short-term queue. Such a call runs in a worker thread and
-closes the Django database connections it opened there, so a listener never
-leaks one.
+it goes through the short-term queue. Such a call runs in a worker thread.
+
+A worker thread treats Django's database connections the way Django's request
+cycle treats a request's thread (``close_old_connections()``, connected to
+``request_started`` and ``request_finished``, and ``reset_queries()``):
+before and after each call, a connection past ``CONN_MAX_AGE`` or left
+unusable is closed, and ``CONN_HEALTH_CHECKS`` checks a kept one again before
+its next query. So with ``CONN_MAX_AGE=0`` (Django's default) each call
+closes what it opened; with more, a thread keeps one connection per database
+across calls, and a busy site holds at most ``MAX_THREADS`` of them instead
+of opening one per call. A connection left inside a transaction is dropped
+after the call. A thread closes its connections when it exits (idle for
+``IDLE_THREAD_TIMEOUT``), and an abandoned thread when it returns.
 
 Picture a rack of ``PATCHBOARD["MAX_THREADS"]`` hooks. A call takes a hook
 before its thread starts (waiting, within its own time limit, if all are
@@ -37,7 +47,7 @@ from queue import Empty, SimpleQueue
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
-from django.db import connections
+from django.db import close_old_connections, connections, reset_queries
 
 from patchboard._config import get_settings
 from patchboard._log import log_limited, sender_label, signal_label
@@ -50,17 +60,56 @@ IDLE_THREAD_TIMEOUT: Final = 30.0
 """Seconds a worker thread waits for another call before it exits."""
 
 
-def closing_connections(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Wrap ``call`` so the Django DB connections its thread opened are closed after it."""
+def _as_a_request(call: Callable[[], Any], job: Job) -> Callable[[], Any]:
+    """
+    Wrap ``call`` in what Django's ``request_started`` does to this thread's
+    database connections (see the module docstring): the queries logged
+    under ``DEBUG`` are cleared, and the connections gone stale while the
+    thread waited are closed; after it, see :func:`_call_ended`.
+    """
 
     def run() -> Any:
+        reset_queries()
+        close_old_connections()
         try:
             return call()
         finally:
-            for conn in connections.all(initialized_only=True):
-                conn.close()
+            # Read without the lock: a caller that abandons the thread a moment
+            # later finds a call that returned normally, whose connections are
+            # what a call that returned in time leaves.
+            _call_ended(abandoned=job.abandoned)
 
     return run
+
+
+def _call_ended(*, abandoned: bool) -> None:
+    """
+    After a call: what ``request_finished`` does (keep this thread's
+    connections for the next call unless past ``CONN_MAX_AGE``, left with
+    autocommit off, or made unusable by an error), except that:
+
+    - a connection still inside an atomic block (the listener entered one and
+      never left it; an exception inside ``transaction.atomic()`` rolls back
+      and leaves it) is closed, so the server rolls its transaction back, and
+      its wrapper is dropped: the next call gets a fresh one, where this one
+      would still think it is inside the block;
+    - an abandoned call's connections are closed. Its caller gave up on it,
+      usually because what the listener waited for (often the database
+      itself: a lock, a slow statement) held it past its limit. Whatever it
+      left on the connection (session settings, locks, a statement its driver
+      timed out on while the server still runs it) is the least trustworthy
+      state to hand the thread's next caller, and closing it frees a backend
+      of a database that may be the one overloaded. Abandonment is rare: one
+      reconnection costs little.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block:
+            conn.close()
+            del connections[conn.alias]
+        elif abandoned:
+            conn.close()
+        else:
+            conn.close_if_unusable_or_obsolete()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +212,10 @@ def _nothing() -> None:
     pass
 
 
+_Inbox = SimpleQueue[tuple[Job, Callable[[], None]]]
+"""Where an idle worker thread waits for its next call."""
+
+
 class ListenerThreads:
     """The process's listener threads under their bound (see the module docstring)."""
 
@@ -173,7 +226,7 @@ class ListenerThreads:
         self._waiters: deque[_Waiter] = deque()
         self._abandoned = 0
         self._abandoned_running = 0
-        self._idle: list[SimpleQueue[Callable[[], None]]] = []
+        self._idle: list[_Inbox] = []
         self._started = 0
 
     def __repr__(self) -> str:
@@ -250,7 +303,7 @@ class ListenerThreads:
 
     def _start(self, job: Job, fn: Callable[[], Any]) -> None:
         context = contextvars.copy_context()
-        run = closing_connections(fn)
+        run = _as_a_request(fn, job)
 
         def work() -> None:
             job.started = perf_counter()
@@ -258,16 +311,21 @@ class ListenerThreads:
                 job.result = context.run(run)
             except BaseException as exc:
                 job.error = exc
-            self._returned(job)
 
-        self._submit(work)
+        self._submit(job, work)
 
-    def _returned(self, job: Job) -> None:
+    def _returned(self, job: Job, inbox: _Inbox) -> None:
         with self._lock:
             job.returned = True
             abandoned = job.abandoned
             if abandoned:
                 self._abandoned_running -= 1
+            # Idle before its place in the bound is free: the call that takes
+            # the place takes this thread too, rather than starting another
+            # one (with connections of its own) while this one is on its way
+            # back. So live threads, and their kept connections, stay within
+            # the bound.
+            self._idle.append(inbox)
             self._give_back()
         if not abandoned:
             job.done()
@@ -351,33 +409,34 @@ class ListenerThreads:
 
     # -- the OS threads --------------------------------------------------------------
 
-    def _submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` in an idle worker thread, or in a new one."""
+    def _submit(self, job: Job, work: Callable[[], None]) -> None:
+        """Run ``work`` (``job``'s call) in an idle worker thread, or in a new one."""
         with self._lock:
             if self._idle:
-                self._idle.pop().put(job)
+                self._idle.pop().put((job, work))
                 return
             self._started += 1
             number = self._started
-        inbox: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        inbox: _Inbox = SimpleQueue()
         threading.Thread(
-            target=self._work, args=(inbox, job), name=f"patchboard-{number}", daemon=True
+            target=self._work, args=(inbox, job, work), name=f"patchboard-{number}", daemon=True
         ).start()
 
-    def _work(self, inbox: SimpleQueue[Callable[[], None]], job: Callable[[], None]) -> None:
+    def _work(self, inbox: _Inbox, job: Job, work: Callable[[], None]) -> None:
         while True:
-            job()
-            with self._lock:
-                self._idle.append(inbox)
+            work()
+            self._returned(job, inbox)
             try:
-                job = inbox.get(timeout=IDLE_THREAD_TIMEOUT)
+                job, work = inbox.get(timeout=IDLE_THREAD_TIMEOUT)
             except Empty:
                 with self._lock:
                     if inbox in self._idle:
                         self._idle.remove(inbox)
-                        return
+                        break
                 # _submit() took this thread just before the timeout: its job is in.
-                job = inbox.get()
+                job, work = inbox.get()
+        # Idle too long: the connections it kept would outlive their use.
+        connections.close_all()
 
 
 def _result(job: Job) -> Any:

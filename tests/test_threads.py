@@ -208,3 +208,24 @@ def test_a_thread_waiting_for_a_place_takes_the_first_one_freed() -> None:
         thread.join(30)
     assert results == [["held"]] * (LIMIT + 1)
     assert thread_stats().abandoned == 0
+
+
+async def test_a_thread_is_idle_again_before_its_place_is_free() -> None:
+    """
+    The call that takes a returning thread's place takes the thread too: 20
+    callers, 400 calls, never more than ``MAX_THREADS`` threads started (nor,
+    with ``CONN_MAX_AGE``, database connections; see
+    tests/test_thread_connections.py).
+    """
+    signal = Signal(name="tests.threads.reuse")
+
+    def where(sender: Any, **kwargs: Any) -> str:
+        return threading.current_thread().name
+
+    signal.connect(where, weak=False, timeout=5)
+
+    async def caller() -> set[str]:
+        return {(await signal.collect_async(None))[0].value for _ in range(CALLERS)}
+
+    threads = set().union(*await asyncio.gather(*(caller() for _ in range(CALLERS))))
+    assert len(threads) <= LIMIT
