@@ -22,6 +22,7 @@ ordered signal (``Signal(ordered=True)``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -44,7 +45,15 @@ from patchboard._django import (
     under_djangos_name,
 )
 from patchboard._exceptions import SyncCallInEventLoop
-from patchboard._listeners import Listener, as_listener, connect, forget, make_options, run_here
+from patchboard._listeners import (
+    InOwnContext,
+    Listener,
+    as_listener,
+    connect,
+    forget,
+    make_options,
+    run_here,
+)
 from patchboard._log import name_signal, signal_label
 from patchboard._outcomes import Collected, Outcome
 from patchboard._queue import ShortTermQueue, get_queue
@@ -529,7 +538,9 @@ class Signal(DjangoSignal):
         for receiver, is_async in self._in_order(sender):
             call = async_to_sync(receiver) if is_async else receiver
             try:
-                response = call(signal=self, sender=sender, **named)
+                # In its own copy of the caller's context, as every patchboard verb calls.
+                run = contextvars.copy_context().run
+                response = run(call, signal=self, sender=sender, **named)
             except Exception as err:
                 response = self._failed(receiver, err, robust=robust)
             responses.append((receiver, response))
@@ -542,7 +553,7 @@ class Signal(DjangoSignal):
         for receiver, is_async in self._in_order(sender):
             call = receiver if is_async else sync_to_async(receiver, thread_sensitive=True)
             try:
-                response = await call(signal=self, sender=sender, **named)
+                response = await InOwnContext(call(signal=self, sender=sender, **named))
             except Exception as err:
                 response = self._failed(receiver, err, robust=robust)
             responses.append((receiver, response))
