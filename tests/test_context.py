@@ -146,6 +146,36 @@ async def test_djangos_verbs_on_an_ordered_signal_follow_the_rule(verb: str, kin
     assert after == "caller"
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+@pytest.mark.parametrize("verb", ["send", "asend"])
+async def test_djangos_verbs_run_listeners_with_options_by_the_rule(verb: str, kind: str) -> None:
+    """On a plain signal Django's verbs are Django's; a listener with options is ours."""
+    signal = Signal()
+    seen: dict[str, str] = {}
+    first, second = _setter_and_reader(kind, seen)
+    signal.connect(first, priority=1, on_error="log")
+    signal.connect(second, on_error="log")
+
+    after = await as_caller(signal, verb)
+
+    assert seen == {"first": "caller", "second": "caller"}
+    assert after == "caller"
+
+
+async def test_djangos_send_shares_the_callers_context_with_plain_receivers() -> None:
+    """Django's own rule, kept for receivers connected without options (the README says so)."""
+    signal = Signal()
+    seen: dict[str, str] = {}
+    first, second = _setter_and_reader("sync", seen)
+    signal.connect(first)
+    signal.connect(second)
+
+    after = await as_caller(signal, "send")
+
+    assert seen == {"first": "caller", "second": "first"}
+    assert after == "second"
+
+
 async def test_a_stream_listener_sees_the_callers_values_and_its_own_deadline() -> None:
     signal = Signal()
     seen: list[str] = []
@@ -296,38 +326,47 @@ async def test_half_open_admits_one_probe_of_two_concurrent_calls(verb: str, kin
     assert breaker.state == "closed"
 
 
-async def _two_dispatches_in_one_context(signal: Signal, verb: str) -> None:
+async def _two_dispatches_at_once(signal: Signal, verb: str) -> None:
     """
-    Two dispatches at once from tasks that share one context, as Django's
-    ``asend`` runs its async receivers (the calls must still be apart).
+    Two dispatches at once: of an async verb, from tasks that share one
+    context, as Django's ``asend`` runs its async receivers (the calls must
+    still be apart); of a sync one, from two threads.
     """
+    if verb in SYNC_VERBS or verb == "send":
+        await asyncio.gather(dispatch(signal, verb), dispatch(signal, verb))
+        return
     shared = contextvars.copy_context()
     async with asyncio.TaskGroup() as group:
         for _ in range(2):
             group.create_task(dispatch(signal, verb), context=shared)
 
 
-ORDERED_VERBS = ["collect_async", "send_async", "stream_async", "asend"]
+ORDERED_VERBS = [*VERBS, "send", "asend"]
+
+
+def _kind(verb: str) -> str:
+    # Sync verbs dispatch from threads: their (sync) listeners meet at a barrier.
+    return "sync" if verb in SYNC_VERBS or verb == "send" else "async"
 
 
 @pytest.mark.parametrize("verb", ORDERED_VERBS)
-async def test_ordered_dispatches_in_one_context_count_both_failures(verb: str) -> None:
+async def test_ordered_dispatches_at_once_count_both_failures(verb: str) -> None:
     signal = Signal(ordered=True)
     breaker = CircuitBreaker("context-ordered", failure_threshold=2, reset_timeout=30)
-    meeting = Meeting("async")
+    meeting = Meeting(_kind(verb))
     signal.connect(meeting.listener(fail=True), weak=False, breaker=breaker, on_error="log")
 
-    await _two_dispatches_in_one_context(signal, verb)
+    await _two_dispatches_at_once(signal, verb)
 
     assert breaker.statistics().failures_total == 2
     assert breaker.state == "open", "two concurrent failures counted as one"
 
 
 @pytest.mark.parametrize("verb", ORDERED_VERBS)
-async def test_ordered_dispatches_in_one_context_make_one_probe(verb: str) -> None:
+async def test_ordered_dispatches_at_once_make_one_probe(verb: str) -> None:
     signal = Signal(ordered=True)
     breaker, _clock = _half_open("context-ordered-probe")
-    meeting = Meeting("async")
+    meeting = Meeting(_kind(verb))
     refused: list[str] = []
 
     def fallback(sender: Any, **kwargs: Any) -> str:
@@ -336,7 +375,7 @@ async def test_ordered_dispatches_in_one_context_make_one_probe(verb: str) -> No
 
     signal.connect(meeting.probe(), weak=False, breaker=breaker, on_error="log", fallback=fallback)
 
-    await _two_dispatches_in_one_context(signal, verb)
+    await _two_dispatches_at_once(signal, verb)
 
     assert refused == ["refused"], "both calls went through as probes"
     assert breaker.state == "closed"
