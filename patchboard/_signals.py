@@ -16,7 +16,9 @@ come in pairs, async first:
 
 Both apply each listener's options (timeout, error policy, breaker, ...);
 both run listeners concurrently, or one at a time in priority order on an
-ordered signal (``Signal(ordered=True)``).
+ordered signal (``Signal(ordered=True)``). Every verb, Django's on an ordered
+signal included, runs each listener call in its own copy of the caller's
+context (see ``patchboard._listeners``).
 """
 
 from __future__ import annotations
