@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from asgiref.sync import sync_to_async
 
 from patchboard._call import Call
-from patchboard._listeners import Listener, run_here
+from patchboard._listeners import InOwnContext, Listener, run_here
 from patchboard._outcomes import Collected, Outcome
 from patchboard._queue import ShortTermQueue
 from patchboard._state import state
@@ -182,7 +182,8 @@ async def run_in_order(
     Run listeners one at a time, in the given (priority) order.
 
     Consecutive sync listeners share one hop to the thread-sensitive thread
-    (under a deadline, each runs as a call of its own). Stops after an
+    (under a deadline, each runs as a call of its own). Each call runs in
+    its own copy of the caller's context, as a concurrent one does in its task. Stops after an
     outcome that must propagate; the listeners after it, like those a
     cancellation keeps from starting, count as ``"cancelled"``.
     """
@@ -200,7 +201,8 @@ async def run_in_order(
                 outcomes.extend(await run(batch, signal, sender, kwargs))
             else:
                 index += 1  # a call that is cancelled counts itself
-                outcomes.append(await listeners[index - 1]._run_async(signal, sender, kwargs))
+                call = listeners[index - 1]._run_async(signal, sender, kwargs)
+                outcomes.append(await InOwnContext(call))
             if outcomes and outcomes[-1].propagate:
                 break
     finally:

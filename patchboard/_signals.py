@@ -16,12 +16,15 @@ come in pairs, async first:
 
 Both apply each listener's options (timeout, error policy, breaker, ...);
 both run listeners concurrently, or one at a time in priority order on an
-ordered signal (``Signal(ordered=True)``).
+ordered signal (``Signal(ordered=True)``). Every verb, Django's on an ordered
+signal included, runs each listener call in its own copy of the caller's
+context (see ``patchboard._listeners``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -45,6 +48,7 @@ from patchboard._django import (
 )
 from patchboard._exceptions import SyncCallInEventLoop
 from patchboard._listeners import (
+    InOwnContext,
     Listener,
     as_listener,
     connect,
@@ -549,7 +553,9 @@ class Signal(DjangoSignal):
         for receiver, is_async in self._in_order(sender):
             call = async_to_sync(receiver) if is_async else receiver
             try:
-                response = call(signal=self, sender=sender, **named)
+                # In its own copy of the caller's context, as every patchboard verb calls.
+                run = contextvars.copy_context().run
+                response = run(call, signal=self, sender=sender, **named)
             except Exception as err:
                 response = self._failed(receiver, err, robust=robust)
             responses.append((receiver, response))
@@ -562,7 +568,7 @@ class Signal(DjangoSignal):
         for receiver, is_async in self._in_order(sender):
             call = receiver if is_async else sync_to_async(receiver, thread_sensitive=True)
             try:
-                response = await call(signal=self, sender=sender, **named)
+                response = await InOwnContext(call(signal=self, sender=sender, **named))
             except Exception as err:
                 response = self._failed(receiver, err, robust=robust)
             responses.append((receiver, response))

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Self
 from patchboard import _deadline
 from patchboard._call import Call
 from patchboard._dispatch import wait_through_cancellation
-from patchboard._listeners import Listener
+from patchboard._listeners import InOwnContext, Listener
 from patchboard._outcomes import Outcome
 from patchboard._queue import ShortTermQueue
 from patchboard._state import state
@@ -162,7 +162,8 @@ class Stream:
         coros = [_in_order(calls, me)] if self._ordered else [call() for call in calls]
         ended = functools.partial(_ended, me)
         for coro in coros:
-            task = asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+            # A copy per task: listener calls share no context (see patchboard._listeners).
+            task = asyncio.Task(coro, loop=loop, context=context.copy(), eager_start=True)
             if task.done():
                 ended(task)
             else:
@@ -223,7 +224,7 @@ async def _in_order(
     try:
         for call in calls:
             done += 1  # a call that is cancelled counts itself
-            outcome = await call()
+            outcome = await InOwnContext(call())
             found = stream()
             if found is None:
                 break

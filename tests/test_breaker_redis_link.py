@@ -1,20 +1,24 @@
 """
 The Redis store's connections, on a private redis-server: bounded however many
-event loops come and go, and one quiet return to Redis after an outage.
+event loops come and go, one quiet return to Redis after an outage, and what
+the in-process fallback learned meanwhile kept (the more pessimistic state wins).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
-from patchboard import Signal
+from patchboard import CircuitOpen, Signal
 from patchboard.breaker import CircuitBreaker
-from patchboard.breaker.redis import RedisLink
+from patchboard.breaker.machine import FAILURE
+from patchboard.breaker.redis import RedisLink, RedisStore
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -103,4 +107,119 @@ async def test_an_outage_ends_with_one_quiet_return_to_redis(
             thread.join(timeout=30)
     assert events() == ["circuit_store_unavailable", "circuit_store_recovered"]
     assert b.statistics().fallback is False
+    await b.aclose()
+
+
+# -- what the fallback learned during an outage -------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+async def call(b: CircuitBreaker, guard: str, calls: list[str], *, fail: bool = False) -> None:
+    """One call through ``b``, with the async or the sync guard; it counts itself when it runs."""
+    if guard == "async":
+        async with b:
+            calls.append("ran")
+            if fail:
+                raise Boom()
+    else:
+        with b:
+            calls.append("ran")
+            if fail:
+                raise Boom()
+
+
+def shared_state(server: RedisServer, name: str) -> dict[bytes, bytes]:
+    with redis.Redis.from_url(server.url) as client:
+        return client.hgetall(f"patchboard:breaker:{{{name}}}")  # type: ignore[return-value]
+
+
+async def opened_in_an_outage(server: RedisServer, guard: str, calls: list[str]) -> CircuitBreaker:
+    """A breaker whose circuit opened in-process while ``server`` was down; it is up again."""
+    b = CircuitBreaker(
+        "carrier", failure_threshold=2, reset_timeout=60, sync_interval=0, store=server.url
+    )
+    await call(b, guard, calls)  # Redis holds the state: closed
+    server.stop()
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await call(b, guard, calls, fail=True)
+    assert (b.statistics().fallback, b.state) == (True, "open")
+    server.start()  # a restarted Redis: its state is gone (closed)
+    return b
+
+
+@pytest.mark.parametrize("guard", ["async", "sync"])
+async def test_a_circuit_opened_during_an_outage_is_written_back_on_recovery(
+    private_redis: RedisServer, logs, monkeypatch, guard: str
+) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 0.0)  # try Redis again on the next call
+    calls: list[str] = []
+    b = await opened_in_an_outage(private_redis, guard, calls)
+
+    for _ in range(20):
+        with pytest.raises(CircuitOpen):
+            await call(b, guard, calls)
+
+    assert len(calls) == 3, "a call reached the dead carrier after Redis came back"
+    stats = b.statistics()
+    assert (stats.fallback, stats.state) == (False, "open")
+    assert shared_state(private_redis, "carrier")[b"s"] == b"o", "every process must know"
+    # Open for what was left of the local circuit (60 s, less this test's seconds).
+    assert stats.retry_at is not None
+    left = stats.retry_at.timestamp() - time.time()
+    assert 30 < left <= 60
+    opened = [e for e in logs.entries if e["event"] == "circuit_opened"]
+    assert len(opened) == 1, "the circuit opened once, in the outage; recovery changes nothing"
+    await b.aclose()
+
+
+async def test_an_open_circuit_in_redis_wins_over_the_local_one(
+    private_redis: RedisServer, monkeypatch
+) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 0.0)
+    calls: list[str] = []
+    b = await opened_in_an_outage(private_redis, "async", calls)
+    # Meanwhile another process (a link of its own) opened the shared circuit, for 5 s.
+    other = RedisStore(
+        "carrier",
+        dataclasses.replace(b.config, reset_timeout=5),
+        f"{private_redis.url}?socket_timeout=1",
+    )
+    for _ in range(2):
+        other.record(other.acquire(), FAILURE)
+    theirs = shared_state(private_redis, "carrier")
+    assert theirs[b"s"] == b"o"
+
+    with pytest.raises(CircuitOpen):
+        await call(b, "async", calls)
+
+    assert shared_state(private_redis, "carrier")[b"ra"] == theirs[b"ra"], "Redis's stays"
+    stats = b.statistics()
+    assert stats.retry_at is not None
+    assert stats.retry_at.timestamp() * 1000 == pytest.approx(int(theirs[b"ra"]), abs=1)
+    other.link.close()
+    await b.aclose()
+
+
+async def test_a_fallback_that_stayed_closed_writes_nothing_back(
+    private_redis: RedisServer, monkeypatch
+) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 0.0)
+    b = CircuitBreaker(
+        "carrier", failure_threshold=3, reset_timeout=60, sync_interval=0, store=private_redis.url
+    )
+    calls: list[str] = []
+    private_redis.stop()
+    with pytest.raises(Boom):
+        await call(b, "async", calls, fail=True)
+    assert (b.statistics().fallback, b.state) == (True, "closed")
+    private_redis.start()
+
+    await call(b, "async", calls)
+
+    assert shared_state(private_redis, "carrier") == {}
+    assert (b.statistics().fallback, b.state) == (False, "closed")
     await b.aclose()

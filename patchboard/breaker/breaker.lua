@@ -3,7 +3,8 @@
 -- The same rules as patchboard/breaker/machine.py, on the Redis server:
 -- times are integer milliseconds, the state is one hash (KEYS[1]) and the
 -- probes' leases a sorted set (KEYS[2]). ARGV: operation, probe token, then
--- the breaker's configuration (see RedisStore), then an optional clock.
+-- the breaker's configuration (see RedisStore), then an optional clock and
+-- an optional write-back of the caller's open circuit (see below).
 -- Replies {decision, state, failures, opened_at, retry_at, now, old state or
 -- -1, forced, probes, rejected}; decision 0 admit, 1 probe, 2 reject, 3 none;
 -- retry_at is the circuit's (when it lets a probe through), rejected the
@@ -23,7 +24,7 @@ local lease_ms = tonumber(ARGV[13])
 local ttl_ms = tonumber(ARGV[14])
 
 -- The server's clock, unless the caller passes one (patchboard's tests drive
--- this script and the in-process store with one virtual clock).
+-- this script and the in-process store with one virtual clock; '' for none).
 local now = tonumber(ARGV[15])
 if now == nil then
   local t = redis.call('TIME')
@@ -39,7 +40,6 @@ local ra = tonumber(h[5]) or -1
 local rt = tonumber(h[6]) or reset_ms
 local ps = tonumber(h[7]) or 0
 local fo = h[8] or ''
-local old = s
 local decision = 3
 local rejected = -1
 local dirty = false
@@ -67,6 +67,19 @@ local function rate_call(bit)
   dirty = true
   if #w >= min_calls and f * 1000000 >= rate_ppm * #w then open_circuit(reset_ms) end
 end
+
+-- Back from an outage: a circuit the caller's process opened on its own
+-- meanwhile (ARGV[16]: the ms it has left, ARGV[17]: its reset timeout).
+-- The more pessimistic state wins: a closed circuit opens for what is left
+-- of the caller's; an open or half-open one stays as it is (the caller adopts
+-- it), and so does a forced one. Not reported as a transition: the caller's
+-- process reported it when its own circuit opened.
+local left = tonumber(ARGV[16])
+if left ~= nil and s == 'c' and fo == '' then
+  open_circuit(tonumber(ARGV[17]))
+  ra = now + left
+end
+local old = s
 
 if op == 'acquire' then
   if s == 'c' then

@@ -19,7 +19,14 @@ last view (an open circuit stays open), logs ``circuit_store_unavailable``,
 leaves Redis alone for ``retry_after`` seconds, then lets one call try it
 again; the first answer from Redis switches back, once per outage
 (``circuit_store_recovered``). Both events are logged at most once per
-``log_interval`` per Redis URL.
+``log_interval`` per Redis URL. What the fallback learned is not thrown
+away: the first commands a store sends after using its fallback carry the
+fallback's circuit if it is open (or half-open), and the script keeps the
+more pessimistic state: a closed circuit in Redis opens for what is left of
+the local one, an open one in Redis stays and this process adopts it. The
+normal path is unchanged (one round trip, no extra arguments); the
+write-back rides on the first reply after the outage. A fallback that
+stayed closed writes nothing back (its failures are not replayed).
 
 Sync and async callers share one implementation of every operation: each is
 a coroutine taking the function that runs the script. Async callers pass
@@ -456,6 +463,9 @@ class RedisStore:
         )
         self._view: _View | None = None
         self._seeded = False
+        """The fallback has been in use since the last reply: Redis has not heard of it yet."""
+        self._seeded_at = 0.0
+        """``time.monotonic()`` when it was."""
 
     # -- the operations: one implementation each, for both kinds of caller ---------
 
@@ -567,8 +577,8 @@ class RedisStore:
     def _local_decision(self) -> Ticket | None:
         """Admit or reject from a fresh view; ``None`` when Redis must decide."""
         view = self._view
-        if view is None:
-            return None
+        if view is None or self._seeded:
+            return None  # none, or older than what the fallback learned since
         now = time.monotonic()
         if now - view.fetched >= self._sync_interval:
             return None
@@ -613,7 +623,10 @@ class RedisStore:
             fetched=sent,
         )
         self._view = view
-        self._seeded = False
+        if sent >= self._seeded_at:
+            # Sent after the fallback took over, so it carried the write-back
+            # (a reply to an older command, late, does not end the fallback's say).
+            self._seeded = False
         if old >= 0:
             self.pending.append(
                 Transition(
@@ -635,6 +648,7 @@ class RedisStore:
         """The in-process fallback, started from the last view of the shared state."""
         if not self._seeded:
             self._seeded = True
+            self._seeded_at = time.monotonic()
             view = self._view
             if view is not None:
                 retry_in = None
@@ -656,7 +670,13 @@ class RedisStore:
     def _argv(self, op: str, token: str) -> list[str]:
         clock = self._server_clock
         now = [str(round(clock() * 1000))] if clock is not None else []
-        return [op, token, *self._args, *now]
+        opened = self.fallback.opened() if self._seeded else None
+        if opened is None:
+            return [op, token, *self._args, *now]
+        # Back from an outage in which the fallback opened: write it back (see
+        # the module docstring). Until a reply comes, every command carries it.
+        left, reset_timeout = opened
+        return [op, token, *self._args, *(now or [""]), str(left), str(reset_timeout)]
 
     # -- views -----------------------------------------------------------------
 
