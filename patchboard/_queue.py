@@ -45,6 +45,10 @@ doubles it too. The pool *halves* (never below ``MIN_WORKERS``, nor below
 the calls running; ``queue_scaled_down``) for every ``IDLE_SHRINK_AFTER``
 seconds during which it had a free worker and nobody in line.
 
+A call whose breaker is known to be open (``CircuitOpen`` without asking
+anyone, see ``Call.refusal``) takes neither a place in line nor a worker: it
+is settled as ``"circuit_open"`` at once.
+
 Shedding under overload. The queue keeps a moving average of how long a call
 holds a worker. A call that would have to wait longer than its budget (the
 expiry, or what is left of its deadline) even with every worker the pool
@@ -64,8 +68,9 @@ counted (``abandoned_running``). One listener failing never touches the
 calls of another collector.
 
 Every call is counted once, when its caller gets the outcome (or is
-cancelled), as exactly one of ``completed``, ``failed``, ``timed_out``,
-``expired``, ``rejected`` or ``cancelled`` (see :class:`QueueStatistics`).
+cancelled), as exactly one of ``completed``, ``failed``, ``circuit_open``,
+``timed_out``, ``expired``, ``rejected`` or ``cancelled`` (see
+:class:`QueueStatistics`).
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ _EXPIRED: Final = 2
 _REJECTED: Final = 3
 _WITHDRAWN: Final = 4
 _FINISHED: Final = 5
+_REFUSED: Final = 6
 
 _SERVICE_WEIGHT: Final = 0.2
 """Weight of the newest run in the moving average of how long a call holds a worker."""
@@ -126,10 +132,12 @@ class QueueStatistics:
     waits). ``service_time`` is the moving average of how long a call held a
     worker (0.0 before the first). The counters are totals since the queue
     was built. A call is counted when its caller gets the outcome, as exactly
-    one of ``completed``, ``failed`` (error or circuit open), ``timed_out``,
-    ``expired`` (``shed`` of them at once, under overload), ``rejected`` or
-    ``cancelled`` (its caller was cancelled before it had one), so these add
-    up to ``submitted`` whenever no call is in progress. ``abandoned``
+    one of ``completed``, ``failed`` (the listener raised), ``circuit_open``
+    (its breaker refused it: at once, without a place in line, when its
+    circuit was known to be open), ``timed_out``, ``expired`` (``shed`` of
+    them before their time, under overload), ``rejected`` or ``cancelled``
+    (its caller was cancelled before it had one), so these add up to
+    ``submitted`` whenever no call is in progress. ``abandoned``
     counts the sync calls whose thread outlived their time limit or their
     caller; ``abandoned_running``, those still running.
     """
@@ -142,6 +150,7 @@ class QueueStatistics:
     submitted: int
     completed: int
     failed: int
+    circuit_open: int
     timed_out: int
     expired: int
     shed: int
@@ -243,6 +252,7 @@ class ShortTermQueue:
         self._submitted = 0
         self._completed = 0
         self._failed = 0
+        self._circuit_open = 0
         self._timed_out = 0
         self._expired = 0
         self._shed = 0
@@ -270,6 +280,7 @@ class ShortTermQueue:
                 submitted=self._submitted,
                 completed=self._completed,
                 failed=self._failed,
+                circuit_open=self._circuit_open,
                 timed_out=self._timed_out,
                 expired=self._expired,
                 shed=self._shed,
@@ -299,6 +310,13 @@ class ShortTermQueue:
                 then leaves the line, or is cancelled if it was running.
         """
         item = _Item()
+        refused = call.refusal()
+        if refused is not None:
+            # Its circuit is open: neither a place in line nor a worker.
+            item.state = _REFUSED
+            with self._lock:
+                self._submitted += 1
+            return await self._settle(item, call, "circuit_open", refused)
         config = self.config
         left = _deadline.remaining()
         if left is not None and left < config.item_expiry:
@@ -436,6 +454,12 @@ class ShortTermQueue:
             sender=sender_label(call.sender),
             **fields,
         )
+        return await self._settle(item, call, status, error)
+
+    async def _settle(
+        self, item: _Item, call: Call, status: Status, error: BaseException
+    ) -> Outcome:
+        """Settle a call that never ran (its fallback may answer), and count it."""
         try:
             outcome = await call.settle_async(status, error)
         except BaseException:
@@ -469,6 +493,8 @@ class ShortTermQueue:
                 self._expired += 1
             elif status == "rejected":
                 self._rejected += 1
+            elif status == "circuit_open":
+                self._circuit_open += 1
             else:
                 self._failed += 1
             if item.state != _GRANTED or item.abandoned:
