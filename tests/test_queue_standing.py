@@ -1,7 +1,7 @@
 """
-Scaling on standing delay and shedding under overload: the pool doubles once
-the head of the line has waited ``TARGET_WAIT`` and the line has stood that
-long again, and after every further ``TARGET_WAIT`` it keeps standing; a call
+Scaling on standing delay and shedding under overload: once the head of the
+line has waited ``TARGET_WAIT``, the pool grows at once to a worker per call
+present (at least doubling, up to ``MAX_WORKERS``); a call
 that could not start within its budget even with ``MAX_WORKERS`` expires at
 once, and a worker never goes to a call whose deadline would cut it short.
 
@@ -66,85 +66,75 @@ async def _hold_for(clock: VirtualClock, queue: ShortTermQueue, seconds: float) 
 # -- standing delay ------------------------------------------------------------------
 
 
-async def test_a_line_that_stands_doubles_the_pool_every_target_wait(logs: Any) -> None:
+async def test_a_standing_line_grows_the_pool_at_once_to_a_worker_per_call_present(
+    logs: Any,
+) -> None:
+    """Once its head has waited TARGET_WAIT: no doubling step by step (a cold pool)."""
     clock = VirtualClock(0)
     queue = make_queue(clock)
     blocker = Blocker()
-    workers = []
     async with anyio.create_task_group() as tg:
-        await submit(tg, queue, blocker.run)  # runs
-        await submit(tg, queue, blocker.run)  # the head of the line, from 0
-        for step in (100, 50, 50, 99, 1):
-            clock.advance(step)
+        for _ in range(4):  # one runs, three wait from 0
             await submit(tg, queue, blocker.run)
-            workers.append(queue.statistics().workers)
+        clock.advance(99)
+        await submit(tg, queue, blocker.run)
+        assert queue.statistics().workers == 1
+        clock.advance(1)
+        await submit(tg, queue, blocker.run)  # the head has waited 100
+        stats = queue.statistics()
+        assert (stats.workers, stats.running, stats.waiting) == (6, 6, 0)
         blocker.release()
-
-    # At 100 the head has waited TARGET_WAIT: the line stands from then on. It
-    # has stood TARGET_WAIT at 200 (2 workers), and again at 300 (4).
-    assert workers == [1, 1, 2, 2, 4]
-    up = events(logs, "queue_scaled_up")
-    assert [(e["reason"], e["workers"], e["oldest_wait_s"], e["waiting"]) for e in up] == [
-        ("standing", 2, 200, 4),
-        ("standing", 4, 200, 5),
-    ]
-
-
-async def test_a_line_that_stopped_standing_starts_over(logs: Any) -> None:
-    """A head younger than TARGET_WAIT resets the standing time: it counts anew from then."""
-    clock = VirtualClock(0)
-    queue = make_queue(clock)
-    first, second = Blocker(), Blocker()
-    workers = []
-    async with anyio.create_task_group() as tg:
-        await submit(tg, queue, first.run)  # runs
-        await submit(tg, queue, second.run)  # the head, from 0
-        clock.advance(150)
-        await submit(tg, queue, second.run)  # from 150; the line stands from 150 ...
-        first.release()  # ... until it moves: the new head joined at 150
-        await anyio.wait_all_tasks_blocked()
-        for step in (99, 1, 99, 1):  # 249: not standing; 250: standing again, from 250
-            clock.advance(step)
-            await submit(tg, queue, second.run)
-            workers.append(queue.statistics().workers)
-        second.release()
-    assert workers == [1, 1, 1, 2]
     [event] = events(logs, "queue_scaled_up")
-    assert (event["reason"], event["oldest_wait_s"]) == ("standing", 200)
+    assert (event["reason"], event["workers"], event["oldest_wait_s"], event["waiting"]) == (
+        "standing",
+        6,
+        100,
+        5,
+    )
 
 
-async def test_after_a_doubling_the_line_must_stand_another_target_wait(logs: Any) -> None:
-    """Even when the new head of the line is younger than TARGET_WAIT."""
+async def test_a_standing_line_at_least_doubles_the_pool(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock, min_workers=3)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):  # three run, one waits from 0
+            await submit(tg, queue, blocker.run)
+        clock.advance(100)
+        await submit(tg, queue, blocker.run)  # 5 calls present, but 6 workers
+        assert queue.statistics().workers == 6
+        blocker.release()
+    assert [e["workers"] for e in events(logs, "queue_scaled_up")] == [6]
+
+
+async def test_the_pool_grows_again_whenever_a_head_has_waited_target_wait(logs: Any) -> None:
     clock = VirtualClock(0)
     queue = make_queue(clock)
     blocker = Blocker()
-    leaving = anyio.CancelScope()
-
-    async def leaving_caller() -> None:
-        with leaving:
-            await queue.run(Call(listener(blocker.run), SIGNAL, None, {}))
-
     workers = []
     async with anyio.create_task_group() as tg:
         await submit(tg, queue, blocker.run)  # runs
         await submit(tg, queue, blocker.run)  # the head, from 0
-        tg.start_soon(leaving_caller)
-        await anyio.wait_all_tasks_blocked()
         clock.advance(100)
-        leaving.cancel()  # an event: the line stands from 100
-        await anyio.wait_all_tasks_blocked()
-        for step in (50, 50, 50, 50):  # joins at 150 (the next head), 200, 250, 300
+        await submit(tg, queue, blocker.run)  # grows to 3: everyone runs
+        workers.append(queue.statistics().workers)
+        for _ in range(4):  # a new line, from 100
+            await submit(tg, queue, blocker.run)
+        for step in (50, 49, 1):  # the new head has waited 50, 99, 100
             clock.advance(step)
             await submit(tg, queue, blocker.run)
             workers.append(queue.statistics().workers)
         blocker.release()
-
-    assert workers == [1, 2, 2, 4]  # doubled at 200, and again at 300
-    assert [e["oldest_wait_s"] for e in events(logs, "queue_scaled_up")] == [200, 150]
+    assert workers == [3, 3, 3, 8]  # 3 running + 7 waiting, up to MAX_WORKERS
+    up = events(logs, "queue_scaled_up")
+    assert [(e["workers"], e["oldest_wait_s"], e["waiting"]) for e in up] == [
+        (3, 100, 2),
+        (8, 100, 7),
+    ]
 
 
 async def test_the_head_wakes_when_the_pool_is_due_to_grow(monkeypatch: Any) -> None:
-    """The head of the line sleeps until TARGET_WAIT, then until the line has stood that long."""
+    """The head of the line sleeps until it has waited TARGET_WAIT; the others until at risk."""
     waits = record_waits(monkeypatch)
     clock = VirtualClock(0)
     queue = make_queue(clock, max_workers=2)
@@ -154,15 +144,11 @@ async def test_the_head_wakes_when_the_pool_is_due_to_grow(monkeypatch: Any) -> 
         await submit(tg, queue, second.run)  # the head, from 0: wakes at 100
         clock.advance(20)
         await submit(tg, queue, second.run)  # behind it, from 20: at risk at 90_020
-        clock.advance(130)  # 150: the line has stood since 100 (set by the next event)
-        await submit(tg, queue, second.run)  # from 150
-        first.release()  # the head runs; the next head wakes when the line has stood 100
+        clock.advance(30)
+        first.release()  # at 50 the head runs; the new head wakes at 120
         await anyio.wait_all_tasks_blocked()
-        clock.advance(99.25)
         second.release()
-    # The head: until 100. The ones behind: until their at-risk age. Each new
-    # head (at 150, at 249.25): until the line, standing since 150, has stood 100.
-    assert waits == [100, 90_000, 90_000, 100, 0.75]
+    assert waits == [100, 90_000, 70]
 
 
 async def test_a_pool_at_max_workers_does_not_grow_on_a_standing_line(logs: Any) -> None:
