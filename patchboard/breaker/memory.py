@@ -81,10 +81,9 @@ class MemoryStore:
 
     def refusal(self) -> CircuitOpen | None:
         """The ``CircuitOpen`` :meth:`acquire` would raise now for an open circuit, or None."""
-        circuit = self._circuit
-        if circuit.state is not OPEN or self.state is not OPEN:
+        if self.state is not OPEN:
             return None  # closed, or half-open: a probe may go through
-        return CircuitOpen(self.name, to_datetime(to_seconds(circuit.retry_at)))
+        return CircuitOpen(self.name, to_datetime(to_seconds(self._circuit.retry_at)))
 
     def record(self, ticket: Ticket, result: Result) -> None:
         """Apply the result of the call ``ticket`` admitted."""
