@@ -303,10 +303,10 @@ class ShortTermQueue:
         self._service: float | None = None
         self._drain_gaps: deque[float] = deque(maxlen=_DRAIN_WINDOW)
         """Seconds the line stood non-empty before each of its latest grants."""
-        self._undrained = 0.0
-        """Seconds the line was non-empty since its last grant, in periods now over."""
         self._line_mark: float | None = None
-        """While the line is non-empty: since when (or since its last grant, if later)."""
+        """While the line is non-empty: since when, or since its last grant if later. A
+        period that ended without a grant (its waiters expired or left) is forgotten: it
+        shed them already, and would make the line look slow long after."""
         self._idle_since: float | None = None
         self._submitted = 0
         self._completed = 0
@@ -449,7 +449,7 @@ class ShortTermQueue:
         if not gaps:
             return None
         mark = self._line_mark
-        since = self._undrained + (0.0 if mark is None else now - mark)
+        since = 0.0 if mark is None else now - mark
         return (sum(gaps) + since) / len(gaps)
 
     # -- waiting -----------------------------------------------------------------------
@@ -692,19 +692,15 @@ class ShortTermQueue:
     def _drained(self, now: float) -> None:
         # Under the lock: the line moved up one place (a waiter got a worker).
         mark = self._line_mark
-        self._drain_gaps.append(self._undrained + (0.0 if mark is None else now - mark))
-        self._undrained = 0.0
+        self._drain_gaps.append(0.0 if mark is None else now - mark)
         self._line_mark = now
 
     def _mark_line(self, now: float) -> None:
         # Under the lock: open or close the line's current non-empty period.
-        mark = self._line_mark
-        if self._waiters:
-            if mark is None:
-                self._line_mark = now
-        elif mark is not None:
-            self._undrained += now - mark
+        if not self._waiters:
             self._line_mark = None
+        elif self._line_mark is None:
+            self._line_mark = now
 
     def _shed_hopeless(self, now: float) -> None:
         """

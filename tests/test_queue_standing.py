@@ -304,6 +304,27 @@ async def test_a_line_that_stops_moving_sheds_the_waiters_it_cannot_reach() -> N
     assert newcomer.started == 0
 
 
+async def test_a_line_that_emptied_without_moving_is_not_held_against_the_next() -> None:
+    """Its waiters expired (or were shed) already: the next line is judged on the grants."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)  # at 100: 100 s per place
+    hung, blocker = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, hung.run)
+        await submit(tg, queue, blocker.run)  # waits from 100, expires at 1100
+        clock.advance(1100)
+        hung.release()  # at 1200: the waiter expires, the line is empty
+        await anyio.wait_all_tasks_blocked()
+        assert queue.statistics().expired == 1
+        await submit(tg, queue, blocker.run)  # runs
+        for _ in range(3):  # places 1 to 3: 100 to 300 s away, within 500
+            await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (3, 0)
+        blocker.release()
+
+
 async def test_a_line_standing_at_max_workers_admits_two_target_waits_of_it() -> None:
     """CoDel's controlled delay: a longer line would add wait, not throughput."""
     clock = VirtualClock(0)
