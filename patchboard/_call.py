@@ -180,6 +180,22 @@ class Call:
             return await self.settle_async(status, exc)
         return self.ok(func, value)
 
+    def refusal(self) -> CircuitOpen | None:
+        """
+        The ``CircuitOpen`` the listener's breaker would raise if the call
+        started now, when it can tell without I/O (its circuit is open), or
+        None: the short-term queue settles such a call before it takes a
+        place in line or a worker.
+
+        Raises:
+            ImproperlyConfigured: the listener names no declared breaker.
+        """
+        breaker = self.listener.options.breaker
+        if breaker is None:
+            return None
+        breakers = features.breakers
+        return breakers.refusal(breakers.resolve(breaker))
+
     def _limit(self, time_limit: float | None = None) -> tuple[float | None, bool]:
         """
         The seconds this call may run from now, and whether the dispatch's

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.core.exceptions import ImproperlyConfigured
 
 from patchboard._config import Guard, ListenerOptions
+from patchboard._exceptions import CircuitOpen
 from patchboard._outcomes import Outcome
 
 if TYPE_CHECKING:
@@ -37,6 +38,14 @@ class BreakerFeature(Protocol):
 
         Raises:
             ImproperlyConfigured: no breaker has that name.
+        """
+        ...
+
+    def refusal(self, guard: Guard, /) -> CircuitOpen | None:
+        """
+        The ``CircuitOpen`` entering ``guard`` would raise now, when it can
+        tell without I/O (counted as a rejected call); None when the call may
+        go through, or ``guard`` is not one of patchboard's breakers.
         """
         ...
 

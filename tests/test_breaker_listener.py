@@ -9,7 +9,8 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from patchboard import CircuitBreaker, CircuitOpen, Signal, receiver
+from patchboard import CircuitBreaker, CircuitOpen, Listener, ListenerOptions, Signal, receiver
+from patchboard._call import Call
 from patchboard.breaker import get_breaker
 from patchboard.breaker.checks import E011_ID
 from patchboard.testing import VirtualClock
@@ -142,3 +143,26 @@ def test_unknown_breaker_name_is_a_check_error_and_a_loud_failure() -> None:
     assert errors[0].obj.endswith("ups")
     with pytest.raises(ImproperlyConfigured, match="no circuit breaker named 'nobody-declared-me'"):
         quote.send_sync(sender=None)
+
+
+def test_a_call_is_refused_before_it_starts_only_while_its_circuit_is_open(clock) -> None:
+    """What the short-term queue asks before a call takes a place in line (no probe taken)."""
+    breaker = CircuitBreaker("carrier-test", failure_threshold=1, reset_timeout=30, clock=clock)
+
+    def quote(sender, **kwargs):
+        raise RuntimeError("carrier down")
+
+    call = Call(Listener(quote, ListenerOptions(breaker=breaker), weak=False), Signal(), None, {})
+    assert call.refusal() is None  # closed
+    with pytest.raises(RuntimeError), breaker:
+        quote(None)
+    refused = call.refusal()
+    assert isinstance(refused, CircuitOpen)
+    assert (refused.breaker, refused.retry_at) == ("carrier-test", breaker.retry_at)
+    assert breaker.statistics().rejected == 1
+    clock.advance(30)
+    assert call.refusal() is None  # half-open: a probe may go through
+    assert breaker.statistics().probes == 0
+    breaker.force_open()
+    forced = call.refusal()
+    assert forced is not None and forced.retry_at is None

@@ -23,7 +23,8 @@ import redis.connection
 from django.core.management import call_command
 from django.test import override_settings
 
-from patchboard import Signal, _deadline
+from patchboard import Listener, ListenerOptions, Signal, _deadline
+from patchboard._call import Call
 from patchboard._exceptions import CircuitOpen
 from patchboard._state import state
 from patchboard.breaker import CircuitBreaker, get_breaker
@@ -159,7 +160,8 @@ import django
 django.setup()
 import redis.asyncio
 from patchboard.breaker import CircuitBreaker
-from patchboard import Signal, _deadline
+from patchboard import Listener, ListenerOptions, Signal, _deadline
+from patchboard._call import Call
 from patchboard._exceptions import CircuitOpen
 
 url, name, ident, callers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -588,6 +590,38 @@ async def test_a_view_is_trusted_for_sync_interval_or_until_the_next_failure(
     with pytest.raises(CircuitOpen):  # ... so the next call is refused
         async with lazy:
             pass
+    await client.delete(key(strict.name))
+    await client.aclose()
+
+
+async def test_a_call_is_refused_before_the_queue_only_on_what_needs_no_round_trip(
+    redis_url, name, round_trips
+) -> None:
+    """
+    The short-term queue asks ``Call.refusal()`` before a call takes a place
+    in line: a fresh open view answers without Redis (and counts as
+    rejected); a view too old to trust answers nothing: Redis decides later.
+    """
+    client = redis.asyncio.Redis.from_url(redis_url)
+    lazy = CircuitBreaker(
+        name, failure_threshold=1, reset_timeout=60, sync_interval=60, store=redis_url
+    )
+    strict = CircuitBreaker(f"{name}-strict", failure_threshold=3, sync_interval=0, store=redis_url)
+    await fail(lazy)
+    async with strict:
+        pass
+    await trip_elsewhere(client, strict.name)
+
+    def call(b: CircuitBreaker) -> Call:
+        return Call(Listener(Boom, ListenerOptions(breaker=b), weak=False), Signal(), None, {})
+
+    before = round_trips[0]
+    refused = call(lazy).refusal()
+    assert isinstance(refused, CircuitOpen)
+    assert refused.breaker == name
+    assert call(strict).refusal() is None
+    assert round_trips[0] == before
+    assert (lazy.statistics().rejected, strict.statistics().rejected) == (1, 0)
     await client.delete(key(strict.name))
     await client.aclose()
 

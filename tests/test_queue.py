@@ -25,7 +25,7 @@ from django.test import override_settings
 
 import patchboard
 import patchboard._threads
-from patchboard import ListenerTimeout, Rejected, Signal
+from patchboard import CircuitOpen, ListenerTimeout, Rejected, Signal
 from patchboard._call import Call
 from patchboard._config import QueueSettings, get_settings
 from patchboard._listeners import Listener
@@ -684,7 +684,10 @@ async def test_a_failing_listener_never_cancels_another_collectors_items() -> No
 
 
 async def test_queue_stats_counts_each_outcome_once() -> None:
+    """A call its circuit refused is ``circuit_open``, not ``failed``: a listener's error."""
     quote = Signal(name="quote")
+    down = patchboard.CircuitBreaker("tests.queue.down")
+    down.force_open()
 
     @patchboard.receiver(quote)
     async def ok(sender: Any, **kwargs: Any) -> int:
@@ -699,6 +702,10 @@ async def test_queue_stats_counts_each_outcome_once() -> None:
         await anyio.sleep_forever()
         return 0  # pragma: no cover
 
+    @patchboard.receiver(quote, breaker=down, on_error="log")
+    async def refused(sender: Any, **kwargs: Any) -> int:
+        return 0  # pragma: no cover
+
     with queue_settings(), anyio.fail_after(10):
         await quote.collect_async(None, queue=True)
         await quote.collect_async(None, queue=True)
@@ -710,9 +717,10 @@ async def test_queue_stats_counts_each_outcome_once() -> None:
         waiting=0,
         oldest_wait=0.0,
         service_time=stats.service_time,
-        submitted=6,
+        submitted=8,
         completed=2,
         failed=2,
+        circuit_open=2,
         timed_out=2,
         expired=0,
         shed=0,
@@ -721,6 +729,31 @@ async def test_queue_stats_counts_each_outcome_once() -> None:
         abandoned=0,
         abandoned_running=0,
     )
+
+
+class OwnGuard:
+    """A guard of the user's own that refuses every call: the queue cannot ask it beforehand."""
+
+    def __enter__(self) -> OwnGuard:
+        raise CircuitOpen("own", None)
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None  # pragma: no cover
+
+    async def __aenter__(self) -> OwnGuard:
+        raise CircuitOpen("own", None)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None  # pragma: no cover
+
+
+async def test_a_call_its_guard_refuses_on_a_worker_counts_as_circuit_open() -> None:
+    queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1))
+    guarded = listener(Blocker().run, breaker=OwnGuard(), on_error="log")
+    outcome = await queue.run(Call(guarded, SIGNAL, None, {}))
+    assert outcome.status == "circuit_open"
+    stats = queue.statistics()
+    assert (stats.submitted, stats.circuit_open, stats.failed) == (1, 1, 0)
 
 
 async def test_repr_shows_live_state() -> None:

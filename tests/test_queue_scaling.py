@@ -1,6 +1,7 @@
 """
-Scaling on the expiry: the pool doubles when the head of the line is at risk
-of expiring (or an item expired), never for the line's length alone, and
+Scaling on the expiry: the pool grows (to a worker per call present, at
+least doubling) when the head of the line is at risk of expiring (or an
+item expired), never for the line's length alone, and
 halves after ``IDLE_SHRINK_AFTER`` seconds of spare capacity; always between
 ``MIN_WORKERS`` and ``MAX_WORKERS``. ``TARGET_WAIT`` is set out of reach
 here, so that the standing-delay rule (tests/test_queue_standing.py) stays
@@ -106,6 +107,7 @@ async def test_an_expired_item_grows_the_pool(logs: Any) -> None:
 
 
 async def test_growth_stops_at_max_workers(logs: Any) -> None:
+    """23 calls present need 23 workers: the pool grows to 8, and no further."""
     clock = VirtualClock()
     queue = make_queue(clock)
     blocker = Blocker()
@@ -116,9 +118,9 @@ async def test_growth_stops_at_max_workers(logs: Any) -> None:
         for _ in range(4):  # the head is still at risk at each of these events
             await submit(tg, queue, blocker.run, 1)
             workers.append(queue.statistics().workers)
-        assert workers == [4, 8, 8, 8]
+        assert workers == [8, 8, 8, 8]
         blocker.release()
-    assert [e["workers"] for e in events(logs, "queue_scaled_up")] == [4, 8]
+    assert [e["workers"] for e in events(logs, "queue_scaled_up")] == [8]
 
 
 async def _grow_to_eight(clock: VirtualClock, queue: ShortTermQueue) -> None:

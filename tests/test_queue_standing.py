@@ -1,9 +1,11 @@
 """
-Scaling on standing delay and shedding under overload: the pool doubles once
-the head of the line has waited ``TARGET_WAIT`` and the line has stood that
-long again, and after every further ``TARGET_WAIT`` it keeps standing; a call
-that could not start within its budget even with ``MAX_WORKERS`` expires at
-once, and a worker never goes to a call whose deadline would cut it short.
+Scaling on standing delay and shedding under overload: once the head of the
+line has waited ``TARGET_WAIT``, the pool grows at once to a worker per call
+present (at least doubling, up to ``MAX_WORKERS``); a call the line is
+predicted not to reach within its budget (from how fast the line moves) is
+told at once, as it arrives or as soon as the line slows down; a call whose
+circuit is open never takes a place; and a worker never goes to a call whose
+deadline would cut it short.
 
 Virtual time throughout, in units of hundreds of seconds: a waiter's own
 timer (real seconds) never fires while a test runs, so only the test's own
@@ -18,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from patchboard import Expired, Signal
+from patchboard import CircuitBreaker, CircuitOpen, Expired, Signal
 from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._outcomes import Outcome
@@ -66,85 +68,75 @@ async def _hold_for(clock: VirtualClock, queue: ShortTermQueue, seconds: float) 
 # -- standing delay ------------------------------------------------------------------
 
 
-async def test_a_line_that_stands_doubles_the_pool_every_target_wait(logs: Any) -> None:
+async def test_a_standing_line_grows_the_pool_at_once_to_a_worker_per_call_present(
+    logs: Any,
+) -> None:
+    """Once its head has waited TARGET_WAIT: no doubling step by step (a cold pool)."""
     clock = VirtualClock(0)
     queue = make_queue(clock)
     blocker = Blocker()
-    workers = []
     async with anyio.create_task_group() as tg:
-        await submit(tg, queue, blocker.run)  # runs
-        await submit(tg, queue, blocker.run)  # the head of the line, from 0
-        for step in (100, 50, 50, 99, 1):
-            clock.advance(step)
+        for _ in range(4):  # one runs, three wait from 0
             await submit(tg, queue, blocker.run)
-            workers.append(queue.statistics().workers)
+        clock.advance(99)
+        await submit(tg, queue, blocker.run)
+        assert queue.statistics().workers == 1
+        clock.advance(1)
+        await submit(tg, queue, blocker.run)  # the head has waited 100
+        stats = queue.statistics()
+        assert (stats.workers, stats.running, stats.waiting) == (6, 6, 0)
         blocker.release()
-
-    # At 100 the head has waited TARGET_WAIT: the line stands from then on. It
-    # has stood TARGET_WAIT at 200 (2 workers), and again at 300 (4).
-    assert workers == [1, 1, 2, 2, 4]
-    up = events(logs, "queue_scaled_up")
-    assert [(e["reason"], e["workers"], e["oldest_wait_s"], e["waiting"]) for e in up] == [
-        ("standing", 2, 200, 4),
-        ("standing", 4, 200, 5),
-    ]
-
-
-async def test_a_line_that_stopped_standing_starts_over(logs: Any) -> None:
-    """A head younger than TARGET_WAIT resets the standing time: it counts anew from then."""
-    clock = VirtualClock(0)
-    queue = make_queue(clock)
-    first, second = Blocker(), Blocker()
-    workers = []
-    async with anyio.create_task_group() as tg:
-        await submit(tg, queue, first.run)  # runs
-        await submit(tg, queue, second.run)  # the head, from 0
-        clock.advance(150)
-        await submit(tg, queue, second.run)  # from 150; the line stands from 150 ...
-        first.release()  # ... until it moves: the new head joined at 150
-        await anyio.wait_all_tasks_blocked()
-        for step in (99, 1, 99, 1):  # 249: not standing; 250: standing again, from 250
-            clock.advance(step)
-            await submit(tg, queue, second.run)
-            workers.append(queue.statistics().workers)
-        second.release()
-    assert workers == [1, 1, 1, 2]
     [event] = events(logs, "queue_scaled_up")
-    assert (event["reason"], event["oldest_wait_s"]) == ("standing", 200)
+    assert (event["reason"], event["workers"], event["oldest_wait_s"], event["waiting"]) == (
+        "standing",
+        6,
+        100,
+        5,
+    )
 
 
-async def test_after_a_doubling_the_line_must_stand_another_target_wait(logs: Any) -> None:
-    """Even when the new head of the line is younger than TARGET_WAIT."""
+async def test_a_standing_line_at_least_doubles_the_pool(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock, min_workers=3)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):  # three run, one waits from 0
+            await submit(tg, queue, blocker.run)
+        clock.advance(100)
+        await submit(tg, queue, blocker.run)  # 5 calls present, but 6 workers
+        assert queue.statistics().workers == 6
+        blocker.release()
+    assert [e["workers"] for e in events(logs, "queue_scaled_up")] == [6]
+
+
+async def test_the_pool_grows_again_whenever_a_head_has_waited_target_wait(logs: Any) -> None:
     clock = VirtualClock(0)
     queue = make_queue(clock)
     blocker = Blocker()
-    leaving = anyio.CancelScope()
-
-    async def leaving_caller() -> None:
-        with leaving:
-            await queue.run(Call(listener(blocker.run), SIGNAL, None, {}))
-
     workers = []
     async with anyio.create_task_group() as tg:
         await submit(tg, queue, blocker.run)  # runs
         await submit(tg, queue, blocker.run)  # the head, from 0
-        tg.start_soon(leaving_caller)
-        await anyio.wait_all_tasks_blocked()
         clock.advance(100)
-        leaving.cancel()  # an event: the line stands from 100
-        await anyio.wait_all_tasks_blocked()
-        for step in (50, 50, 50, 50):  # joins at 150 (the next head), 200, 250, 300
+        await submit(tg, queue, blocker.run)  # grows to 3: everyone runs
+        workers.append(queue.statistics().workers)
+        for _ in range(4):  # a new line, from 100
+            await submit(tg, queue, blocker.run)
+        for step in (50, 49, 1):  # the new head has waited 50, 99, 100
             clock.advance(step)
             await submit(tg, queue, blocker.run)
             workers.append(queue.statistics().workers)
         blocker.release()
-
-    assert workers == [1, 2, 2, 4]  # doubled at 200, and again at 300
-    assert [e["oldest_wait_s"] for e in events(logs, "queue_scaled_up")] == [200, 150]
+    assert workers == [3, 3, 3, 8]  # 3 running + 7 waiting, up to MAX_WORKERS
+    up = events(logs, "queue_scaled_up")
+    assert [(e["workers"], e["oldest_wait_s"], e["waiting"]) for e in up] == [
+        (3, 100, 2),
+        (8, 100, 7),
+    ]
 
 
 async def test_the_head_wakes_when_the_pool_is_due_to_grow(monkeypatch: Any) -> None:
-    """The head of the line sleeps until TARGET_WAIT, then until the line has stood that long."""
+    """The head of the line sleeps until it has waited TARGET_WAIT; the others until at risk."""
     waits = record_waits(monkeypatch)
     clock = VirtualClock(0)
     queue = make_queue(clock, max_workers=2)
@@ -154,15 +146,11 @@ async def test_the_head_wakes_when_the_pool_is_due_to_grow(monkeypatch: Any) -> 
         await submit(tg, queue, second.run)  # the head, from 0: wakes at 100
         clock.advance(20)
         await submit(tg, queue, second.run)  # behind it, from 20: at risk at 90_020
-        clock.advance(130)  # 150: the line has stood since 100 (set by the next event)
-        await submit(tg, queue, second.run)  # from 150
-        first.release()  # the head runs; the next head wakes when the line has stood 100
+        clock.advance(30)
+        first.release()  # at 50 the head runs; the new head wakes at 120
         await anyio.wait_all_tasks_blocked()
-        clock.advance(99.25)
         second.release()
-    # The head: until 100. The ones behind: until their at-risk age. Each new
-    # head (at 150, at 249.25): until the line, standing since 150, has stood 100.
-    assert waits == [100, 90_000, 90_000, 100, 0.75]
+    assert waits == [100, 90_000, 70]
 
 
 async def test_a_pool_at_max_workers_does_not_grow_on_a_standing_line(logs: Any) -> None:
@@ -193,13 +181,45 @@ async def test_the_service_time_is_a_moving_average_of_how_long_a_call_held_a_wo
     assert queue.statistics().service_time == 50  # 40 + 0.2 x (90 - 40)
 
 
-async def test_a_call_that_could_not_start_in_time_is_shed_at_once(logs: Any) -> None:
-    """Its place in line / MAX_WORKERS x the service time exceeds its expiry: it expires."""
+async def _line_moved_after(clock: VirtualClock, queue: ShortTermQueue, seconds: float) -> None:
+    """A call waits behind another for ``seconds``, then runs: the line moved a place in that."""
+    first, second = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, first.run)
+        await submit(tg, queue, second.run)
+        clock.advance(seconds)
+        first.release()
+        await anyio.wait_all_tasks_blocked()
+        second.release()
+
+
+async def line_up(
+    tg: TaskGroup, queue: ShortTermQueue, blockers: list[Blocker], outcomes: dict[int, Outcome]
+) -> None:
+    """Start a caller of each blocker in turn (running or in line); its outcome at its index."""
+
+    async def caller(index: int) -> None:
+        call = Call(listener(blockers[index].run, on_error="log"), SIGNAL, None, {})
+        outcomes[index] = await queue.run(call)
+
+    for index in range(len(blockers)):
+        tg.start_soon(caller, index)
+        await anyio.wait_all_tasks_blocked()
+
+
+def shed_queue(clock: VirtualClock, **values: Any) -> ShortTermQueue:
+    """One worker (no growth to predict); a waiter is at risk at half its budget."""
+    return make_queue(clock, min_workers=1, max_workers=1, at_risk_fraction=0.5, **values)
+
+
+async def test_a_call_predicted_to_wait_past_the_at_risk_part_of_its_budget_is_shed(
+    logs: Any,
+) -> None:
+    """Predicted: its place in line x the time the line took per place (100 s here)."""
     clock = VirtualClock(0)
-    queue = make_queue(clock, max_workers=2, item_expiry=300)
-    await _hold_for(clock, queue, 200)  # service time 200
-    blocker = Blocker()
-    late = Blocker()
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)
+    blocker, late = Blocker(), Blocker()
     outcomes: list[Outcome] = []
 
     async def caller(func: Callable[..., Any]) -> None:
@@ -208,30 +228,157 @@ async def test_a_call_that_could_not_start_in_time_is_shed_at_once(logs: Any) ->
 
     async with anyio.create_task_group() as tg:
         await submit(tg, queue, blocker.run)  # runs
-        for _ in range(3):  # in line at 1, 2, 3: 100, 200, 300 s away, within 300 s
+        for _ in range(5):  # places 1 to 5: 100 to 500 s away, within half of 1000 s
             await submit(tg, queue, blocker.run)
         stats = queue.statistics()
-        assert (stats.running, stats.waiting, stats.shed) == (1, 3, 0)
-        for _ in range(2):  # 4th: 400 s away
-            tg.start_soon(caller, late.run)
-            await anyio.wait_all_tasks_blocked()
+        assert (stats.running, stats.waiting, stats.shed) == (1, 5, 0)
+        tg.start_soon(caller, late.run)  # place 6: 600 s away
+        await anyio.wait_all_tasks_blocked()
         stats = queue.statistics()
-        assert (stats.waiting, stats.shed, stats.expired) == (3, 2, 2)
+        assert (stats.waiting, stats.shed, stats.expired) == (5, 1, 1)
         blocker.release()
 
-    outcome = outcomes[0]
-    assert [o.status for o in outcomes] == ["expired", "expired"]
+    [outcome] = outcomes
     assert (outcome.status, outcome.value) == ("expired", "shed")
     assert isinstance(outcome.error, Expired)
-    assert (outcome.error.waited, outcome.error.expiry, outcome.error.deadline) == (0, 300, False)
+    assert (outcome.error.waited, outcome.error.expiry, outcome.error.deadline) == (0, 1000, False)
     assert late.started == 0
     [event] = events(logs, "queue_item_expired")
     assert (event["shed"], event["waited_s"], event["expiry_s"], event["deadline"]) == (
         True,
         0,
-        300,
+        1000,
         False,
     )
+
+
+async def test_mixed_service_times_never_keep_a_call_waiting_out_its_budget() -> None:
+    """
+    Calls that take no time (refused at once, say), then long ones: as soon
+    as the line has moved, the waiters it cannot reach in time are told, not
+    at their expiry. (Issue 15: a moving average of service time, dragged
+    down by the quick calls, let them wait out their budget.)
+    """
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=350)
+    for _ in range(5):
+        await _hold_for(clock, queue, 0)
+    blockers = [Blocker() for _ in range(7)]
+    outcomes: dict[int, Outcome] = {}
+    async with anyio.create_task_group() as tg:
+        await line_up(tg, queue, blockers, outcomes)  # the first runs, six wait from 0
+        for index in range(4):  # each holds its worker 100 s
+            clock.advance(100)
+            blockers[index].release()
+            await anyio.wait_all_tasks_blocked()
+
+    # At 100 the line has moved a place in 100 s: places 1 and 2 start by 300,
+    # within their budget (350); places 3 to 5 could not, and are told then.
+    assert [outcomes[i].status for i in range(7)] == ["ok"] * 4 + ["expired"] * 3
+    never_ran = [outcomes[i].error for i in range(4, 7)]
+    assert [(e.waited, e.expiry) for e in never_ran if isinstance(e, Expired)] == [(100, 350)] * 3
+    assert queue.statistics().shed == 3
+
+
+async def test_a_line_that_stops_moving_sheds_the_waiters_it_cannot_reach() -> None:
+    """The time since the line last moved counts: a worker that hangs slows the rate at once."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)  # at 100: 100 s per place
+    hung, newcomer = Blocker(), Blocker()
+    waiting = [Blocker() for _ in range(3)]
+    outcomes: dict[int, Outcome] = {}
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, hung.run)
+        await line_up(tg, queue, waiting, outcomes)  # places 1 to 3, 100 to 300 s away
+        clock.advance(300)  # at 400, the line has not moved for 300 s: 400 s per place
+        await submit(tg, queue, newcomer.run)  # place 4, 1600 s away: shed as it comes
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (1, 3)  # places 2 and 3: 800, 1200 > 700 left
+        hung.release()
+        await anyio.wait_all_tasks_blocked()
+        waiting[0].release()
+
+    assert [outcomes[i].status for i in range(3)] == ["ok", "expired", "expired"]
+    assert [outcomes[i].error.waited for i in (1, 2)] == [300, 300]  # type: ignore[union-attr]
+    assert newcomer.started == 0
+
+
+async def test_a_line_that_emptied_without_moving_is_not_held_against_the_next() -> None:
+    """Its waiters expired (or were shed) already: the next line is judged on the grants."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)  # at 100: 100 s per place
+    hung, blocker = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, hung.run)
+        await submit(tg, queue, blocker.run)  # waits from 100, expires at 1100
+        clock.advance(1100)
+        hung.release()  # at 1200: the waiter expires, the line is empty
+        await anyio.wait_all_tasks_blocked()
+        assert queue.statistics().expired == 1
+        await submit(tg, queue, blocker.run)  # runs
+        for _ in range(3):  # places 1 to 3: 100 to 300 s away, within 500
+            await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (3, 0)
+        blocker.release()
+
+
+async def test_a_line_standing_at_max_workers_admits_two_target_waits_of_it() -> None:
+    """CoDel's controlled delay: a longer line would add wait, not throughput."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock)  # TARGET_WAIT 100; half a budget: 50_000
+    await _line_moved_after(clock, queue, 10)  # at 10: 10 s per place
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head, from 10
+        clock.advance(99)  # 109 s per place: place 2 is 218 s away, and the line not standing
+        await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (2, 0)
+        clock.advance(1)  # the head has waited 100: place 3, 330 s away, is past 200
+        await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (2, 1)
+        blocker.release()
+
+
+async def test_a_call_whose_circuit_is_open_takes_no_place_in_line() -> None:
+    """It is settled at once (its fallback answers), counted as circuit_open and rejected."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock)
+    breaker = CircuitBreaker("tests.queue_standing.down", clock=clock)
+    breaker.force_open()
+    blocker = Blocker()
+    outcomes: list[Outcome] = []
+
+    async def down(sender: Any, **kwargs: Any) -> None:
+        raise AssertionError("its circuit is open")  # pragma: no cover
+
+    def cached(sender: Any, **kwargs: Any) -> str:
+        return "cached"
+
+    async def caller() -> None:
+        call = Call(listener(down, breaker=breaker, fallback=cached), SIGNAL, None, {})
+        outcomes.append(await queue.run(call))
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # waits
+        tg.start_soon(caller)
+        await anyio.wait_all_tasks_blocked()
+        assert len(outcomes) == 1  # without waiting for the worker
+        stats = queue.statistics()
+        assert (stats.running, stats.waiting, stats.submitted, stats.circuit_open) == (1, 1, 3, 1)
+        blocker.release()
+
+    [outcome] = outcomes
+    assert (outcome.status, outcome.value) == ("circuit_open", "cached")
+    assert isinstance(outcome.error, CircuitOpen)
+    assert breaker.statistics().rejected == 1
+    assert queue.statistics().failed == 0
 
 
 async def test_a_worker_never_goes_to_a_call_its_deadline_would_cut_short(

@@ -193,7 +193,8 @@ def test_the_html_page_shows_breakers_queue_and_outcomes(
     ]
     assert f"Per process (pid {os.getpid()})" in page
     queue = table(page, "queue")
-    assert (queue["submitted"], queue["completed"], queue["failed"]) == ("4", "2", "2")
+    assert (queue["submitted"], queue["completed"], queue["failed"]) == ("4", "2", "1")
+    assert queue["circuit_open"] == "1"
     assert queue["Workers"] == str(queue_stats().workers)
     outcomes = table(page, "outcomes")
     assert (outcomes["ok"], outcomes["error"], outcomes["circuit_open"]) == ("2", "1", "1")
@@ -253,7 +254,8 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "counters": {
             "submitted": 4,
             "completed": 2,
-            "failed": 2,
+            "failed": 1,
+            "circuit_open": 1,
             "timed_out": 0,
             "expired": 0,
             "shed": 0,

@@ -32,6 +32,7 @@ def page(outcomes: dict[str, int], cancelled: int = 0, busy: int = 0) -> dict[st
         "submitted": sum(v for k, v in outcomes.items() if k != "submitted") + cancelled,
         "completed": 0,
         "failed": 0,
+        "circuit_open": 0,
         "timed_out": 0,
         "expired": 0,
         "rejected": 0,

@@ -26,7 +26,15 @@ from bench.stress.run import Observed
 
 NEVER_RAN_OR_RAN = ("ok", "error", "timeout", "expired", "rejected", "circuit_open")
 """The outcome statuses of a listener call made in the request (``enqueued`` is not one)."""
-QUEUE_ENDINGS = ("completed", "failed", "timed_out", "expired", "rejected", "cancelled")
+QUEUE_ENDINGS = (
+    "completed",
+    "failed",
+    "circuit_open",
+    "timed_out",
+    "expired",
+    "rejected",
+    "cancelled",
+)
 RSS_GROWTH_LIMIT = 0.10
 CARRIERS = 6
 HEALTHY = sorted({*SHOP_SETTINGS["CARRIERS"]} - {DOWN})

@@ -513,6 +513,18 @@ class CircuitBreaker:
             raise self._refuse_late_caller()
         return ticket
 
+    def _refusal(self) -> CircuitOpen | None:
+        """
+        The ``CircuitOpen`` an entry would get now, when the store can tell
+        without I/O (the circuit is open), counted as a rejected call; None
+        when it may be admitted or only the store can tell. The short-term
+        queue asks before a call takes a place in line.
+        """
+        refused = self._store.refusal()
+        if refused is not None:
+            self._rejected.add()
+        return refused
+
     def _refuse_late_caller(self) -> CircuitOpen:
         """
         A late caller (see ``patchboard._deadline``) was made a half-open
@@ -830,6 +842,9 @@ class _Breakers:
 
     def resolve(self, breaker: str | Guard, /) -> Guard:
         return breaker if not isinstance(breaker, str) else get_breaker(breaker)
+
+    def refusal(self, guard: Guard, /) -> CircuitOpen | None:
+        return guard._refusal() if isinstance(guard, CircuitBreaker) else None
 
 
 features.plug_breakers(_Breakers())

@@ -79,6 +79,12 @@ class MemoryStore:
             return Ticket(self, token)
         raise CircuitOpen(self.name, to_datetime(to_seconds(admission.retry_at)))
 
+    def refusal(self) -> CircuitOpen | None:
+        """The ``CircuitOpen`` :meth:`acquire` would raise now for an open circuit, or None."""
+        if self.state is not OPEN:
+            return None  # closed, or half-open: a probe may go through
+        return CircuitOpen(self.name, to_datetime(to_seconds(self._circuit.retry_at)))
+
     def record(self, ticket: Ticket, result: Result) -> None:
         """Apply the result of the call ``ticket`` admitted."""
         if ticket.probe is None and result == SUCCESS and self.fast:

@@ -574,6 +574,22 @@ class RedisStore:
 
     # -- decisions without I/O -------------------------------------------------
 
+    def refusal(self) -> CircuitOpen | None:
+        """
+        The ``CircuitOpen`` :meth:`aacquire` would raise now without asking
+        Redis (from a fresh view, or from the fallback while Redis is down),
+        or None. None too once it is time to try Redis again: that caller
+        must get to try.
+        """
+        down_until = self.link.down_until
+        if down_until:
+            return None if time.monotonic() >= down_until else self._fallback().refusal()
+        try:
+            self._local_decision()
+        except CircuitOpen as refused:
+            return refused
+        return None
+
     def _local_decision(self) -> Ticket | None:
         """Admit or reject from a fresh view; ``None`` when Redis must decide."""
         view = self._view

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
+from patchboard._exceptions import CircuitOpen
 from patchboard.breaker.machine import Control, Forced, Result, State, Transition
 
 
@@ -57,7 +58,9 @@ class BreakerStore(Protocol):
     The interface between ``CircuitBreaker`` and a store.
 
     ``acquire()`` admits a call (returning its :class:`Ticket`) or raises
-    ``CircuitOpen``; ``record()`` reports the call's result. A store whose
+    ``CircuitOpen``; ``refusal()`` is the ``CircuitOpen`` it would raise now,
+    when the store can tell without I/O (else None); ``record()`` reports the
+    call's result. A store whose
     ``remote`` flag is true does I/O and has async twins (``aacquire``,
     ``arecord``, ``aforce``; a local store's are its sync methods). ``fast``
     may be read without a lock: when true, a success of a normal admission
@@ -78,6 +81,7 @@ class BreakerStore(Protocol):
     def state(self) -> State: ...
 
     def acquire(self) -> Ticket: ...
+    def refusal(self) -> CircuitOpen | None: ...
     def record(self, ticket: Ticket, result: Result) -> None: ...
     def force(self, action: Control) -> None: ...
     async def aacquire(self) -> Ticket: ...
@@ -110,6 +114,10 @@ class UnusableStore:
 
     def acquire(self) -> Ticket:
         raise ImproperlyConfigured(self.problem)
+
+    def refusal(self) -> CircuitOpen | None:
+        """None: the call goes on to :meth:`acquire`, which raises the problem."""
+        return None
 
     def record(self, ticket: Ticket, result: Result) -> None:
         """Nothing was admitted, so nothing is recorded."""
