@@ -384,6 +384,9 @@ def test_kwargs_values_are_never_logged_unless_log_kwargs(
     async def slow(sender: Any, **kwargs: Any) -> None:
         await asyncio.sleep(5)
 
+    async def slow_too(sender: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(5)
+
     def fallback_fails(sender: Any, **kwargs: Any) -> None:
         raise RuntimeError("no cache either")
 
@@ -402,7 +405,13 @@ def test_kwargs_values_are_never_logged_unless_log_kwargs(
                 "SHORT_TERM_QUEUE": {"MIN_WORKERS": 1, "MAX_WORKERS": 1, "MAX_PENDING": 1},
             }
         ):
-            signal.collect(sender=None, queue=True, secret=SECRET)  # rejected, expired
+            # One worker, one place in line: the second slow call is rejected (the
+            # guarded one's open circuit refuses it before it takes a place).
+            signal.connect(slow_too, weak=False, on_error="log", timeout=0.05)
+            try:
+                signal.collect(sender=None, queue=True, secret=SECRET)  # rejected, expired
+            finally:
+                signal.disconnect(slow_too)
         # Background listeners, run at once by the test settings' ImmediateBackend.
         background.connect(background_fails, weak=False, mode="background", on_error="log")
         background.connect(hostile_background, weak=False, mode="background")
