@@ -112,6 +112,7 @@ class Listener:
         "_batchable",
         "_direct",
         "_func",
+        "_hash",
         "_is_coroutine_marker",
         "_watched",
         "is_async",
@@ -142,6 +143,7 @@ class Listener:
             not self.is_async and options.timeout is None and options.thread_sensitive
         )
         self.label = dotted(func)
+        self._hash = hash(func)  # kept: the function may die, a hash may not change
         self._func: Callable[[], Callable[..., Any] | None]
         # Whether a signal may hold this wrapper strongly: it learns of the
         # function's death from ``on_death`` (or the function never dies).
@@ -166,6 +168,20 @@ class Listener:
     def receiver(self) -> Callable[..., Any] | None:
         """The connected function, or None once it has been garbage collected."""
         return self._func()
+
+    def __eq__(self, other: object) -> bool:
+        # Django's verbs pair each response with the receiver they called: this
+        # wrapper. It equals the function it wraps, so that
+        # ``dict(signal.send(...))[my_receiver]`` finds it, as with Django.
+        if other is self:
+            return True
+        if isinstance(other, Listener):
+            return False
+        func = self._func()
+        return func is not None and func == other
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __repr__(self) -> str:
         changed = ", ".join(

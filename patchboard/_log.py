@@ -22,6 +22,7 @@ inside the event string.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
@@ -137,6 +138,7 @@ class Limiter:
         self._pending: Any = None
         """The timer that will log the ends of intervals, if one is waiting."""
         self._closed = False
+        self._exit_hook = False
 
     def allow(
         self, event: str, key: Hashable, dropped: tuple[str, dict[str, Any]] | None = None
@@ -168,11 +170,21 @@ class Limiter:
         # Under the lock. One timer at a time: it serves every interval ended by then.
         if self._pending is None and not self._closed:
             self._pending = self.timer(max(delay, 0.0), self.flush)
+            if not self._exit_hook:
+                # The timer is a daemon thread: a command or script that exits
+                # within the interval would take its drops with it.
+                self._exit_hook = True
+                atexit.register(self._at_exit)
 
-    def flush(self) -> None:
+    def _at_exit(self) -> None:
+        if not self._closed:
+            self.flush(everything=True)
+
+    def flush(self, *, everything: bool = False) -> None:
         """
-        Log the last dropped event of every interval that has ended, with
-        how many were dropped before it (``suppressed``); what the timer calls.
+        Log the last dropped event of every interval that has ended (of every
+        interval, with ``everything``: the process is exiting), with how many
+        were dropped before it (``suppressed``); what the timer calls.
         """
         now = self.clock()
         due: list[tuple[str, str, dict[str, Any]]] = []
@@ -183,7 +195,7 @@ class Limiter:
                 if window.last is None:
                     continue
                 ends = window.started + self.interval
-                if now < ends:
+                if now < ends and not everything:
                     nearest = ends if nearest is None else min(nearest, ends)
                     continue
                 level, fields = window.last
@@ -204,6 +216,8 @@ class Limiter:
             pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
+        if self._exit_hook:
+            atexit.unregister(self._at_exit)
 
 
 def limiter() -> Limiter:

@@ -395,7 +395,6 @@ class ShortTermQueue:
             elif self._too_late(len(self._waiters) + 1, item.budget, now):
                 item.state = _EXPIRED
                 item.shed = True
-                self._shed += 1
             else:
                 item.prepare_wait(now)
                 self._waiters.append(item)
@@ -577,6 +576,9 @@ class ShortTermQueue:
                 self._timed_out += 1
             elif status == "expired":
                 self._expired += 1
+                # Counted with its outcome, not when shed: a caller cancelled
+                # meanwhile makes it "cancelled", and ``shed`` stays a part of ``expired``.
+                self._shed += item.shed
             elif status == "rejected":
                 self._rejected += 1
             elif status == "circuit_open":
@@ -733,7 +735,6 @@ class ShortTermQueue:
         item.state = _EXPIRED
         item.shed = True
         item.waited = now - item.enqueued
-        self._shed += 1
         item.wake()
 
     def _expire_overdue(self, now: float) -> float | None:

@@ -154,3 +154,26 @@ def test_a_receivers_warning_blames_the_line_that_sent_the_signal() -> None:
             line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
             verb(sender=None)
         assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+
+
+@pytest.mark.parametrize("options", [{}, {"priority": 1}, {"on_error": "log", "timeout": 5}])
+def test_djangos_responses_can_be_looked_up_by_the_receiver_function(options) -> None:
+    """
+    Django's verbs pair each response with the receiver they called, here
+    patchboard's wrapper: it equals the function, so the idioms of Django's
+    own docs work (``dict(signal.send(...))[receiver]``).
+    """
+    signal = DjangoSignal()
+
+    @receiver(signal, weak=False, **options)
+    def quote(sender, **kwargs):
+        return 42
+
+    [(called, response)] = signal.send(sender=None)
+    assert response == 42
+    assert called == quote and quote == called
+    assert dict(signal.send(sender=None))[quote] == 42
+    assert quote in [r for r, _ in signal.send_robust(sender=None)]
+    assert dict(asyncio.run(signal.asend(sender=None)))[quote] == 42
+    assert called != (lambda sender, **kwargs: 42)
+    signal.disconnect(quote)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -301,3 +304,36 @@ def test_reset_cancels_the_limiters_timer() -> None:
     assert len(timers.waiting) == 1
     reset()
     assert timers.cancelled == 1
+
+
+def test_drops_are_logged_when_the_process_exits_within_the_interval() -> None:
+    """
+    A command or script that exits within the limiter's second still tells
+    what it dropped: the timer is a daemon thread, so the limiter flushes at
+    exit. (A fresh user's ``manage.py shell``: three failing saves, one line.)
+    """
+    script = textwrap.dedent(
+        """
+        import django
+        from django.conf import settings
+
+        settings.configure(INSTALLED_APPS=["patchboard"], DATABASES={})
+        django.setup()
+        from patchboard import Signal
+
+        def fails(sender, **kwargs):
+            raise RuntimeError("carrier down")
+
+        signal = Signal(name="exits.fast")
+        signal.connect(fails, weak=False, on_error="log")
+        for _ in range(3):
+            signal.collect(sender=None)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [line for line in done.stderr.splitlines() if line.startswith("listener_failed")]
+    assert len(lines) == 2, done.stderr
+    assert "suppressed" not in lines[0]
+    assert "suppressed=1" in lines[1]
