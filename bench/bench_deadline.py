@@ -1,10 +1,14 @@
 """
 How late a deadline's answer arrives under load: the example shop's
 ``GET /quotes`` (``collect_async(..., deadline=QUOTES_BUDGET)``) at
-``CLIENTS`` concurrent clients, one carrier hanging, breakers on and off.
+``CLIENTS`` concurrent clients, one carrier hanging, breakers on and off;
+and the shop without breakers whose deadline (``TIGHT``) is shorter than the
+carrier timeout, so that the deadline cuts the hanging carrier's call in
+every request (with the shop's own 2 s, the carrier timeout and the queue's
+shedding answer first, and the deadline is seldom what ends a call).
 
-The stacks, the hanging carrier and the shop's URL are bench_e2e's
-(:func:`bench.bench_e2e.stacks`); :mod:`bench.load` drives each shop for
+The hanging carrier and the shop's URL are bench_e2e's; :mod:`bench.load`
+drives each shop for
 ``WARM_UP`` seconds, then ``DURATION`` seconds measured. Each answer carries
 the shop's own figures: ``deadline_hit`` (the deadline cut a call or kept one
 from starting) and ``elapsed_ms`` (the collect, timed in the view). The
@@ -23,6 +27,7 @@ import asyncio
 import math
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +37,25 @@ from typing import Any
 import httpx
 
 from bench import load
-from bench.bench_e2e import HANG_MS, HANGING, quotes_url, stacks
+from bench.bench_e2e import ENVIRONMENT, HANG_MS, HANGING, quotes_url
 from examples.stack import Stack
 from examples.walkthrough import SETTINGS
 
 DEADLINE: float = SETTINGS["QUOTES_BUDGET"]
 """Seconds: the deadline of the shop's quotes page."""
+CUT_SLACK = 0.002
+"""Seconds: the view times the collect to the millisecond."""
+TIGHT = 0.8
+"""Seconds: a deadline under the carrier timeout (1 s), which it cuts."""
+MODES: dict[str, tuple[dict[str, str], float]] = {
+    "breaker on": ({}, DEADLINE),
+    "breaker off": ({"SHOP_BREAKERS": "off"}, DEADLINE),
+    f"breaker off, {TIGHT:g} s deadline": (
+        {"SHOP_BREAKERS": "off", "SHOP_QUOTES_BUDGET": str(TIGHT)},
+        TIGHT,
+    ),
+}
+"""Each shop's environment (added to bench_e2e's) and its deadline."""
 CLIENTS = 50
 WARM_UP = 3.0
 DURATION = 10.0
@@ -64,16 +82,25 @@ class Answer:
 @dataclass(slots=True)
 class Mode:
     name: str
+    deadline: float
     answers: list[Answer] = field(default_factory=list)
     result: load.LoadResult | None = None
 
     def hit(self) -> list[Answer]:
         return [answer for answer in self.answers if answer.deadline_hit]
 
+    def cut(self) -> list[Answer]:
+        """
+        The answers the deadline's timer ended: their collect lasted the
+        deadline (to the view's millisecond). The others it hit were told
+        early: a call the queue knew could not finish in time expired at once.
+        """
+        return [a for a in self.hit() if a.collect >= self.deadline - CUT_SLACK]
+
     @property
     def late(self) -> int:
         """Answers of all that came after the deadline (at the client)."""
-        return sum(answer.latency > DEADLINE for answer in self.answers)
+        return sum(answer.latency > self.deadline for answer in self.answers)
 
 
 def recording(url: str, answers: list[Answer]) -> load.Request:
@@ -101,7 +128,7 @@ async def measure(running: dict[str, Stack], duration: float) -> list[Mode]:
             hang.raise_for_status()
     for name, stack in running.items():
         await load.run(quotes_url(stack), concurrency=CLIENTS, duration=WARM_UP)
-        mode = Mode(name)
+        mode = Mode(name, MODES[name][1])
         request = recording(quotes_url(stack), mode.answers)
         mode.result = await load.run(request, concurrency=CLIENTS, duration=duration)
         print(
@@ -134,27 +161,40 @@ def table(modes: list[Mode], duration: float) -> str:
         f"### `GET /quotes` at {CLIENTS} clients, {HANGING} hanging: how late the deadline's "
         "answer comes",
         "",
-        f"The shop's deadline is {DEADLINE:g} s (`QUOTES_BUDGET`); {CLIENTS} concurrent "
+        f"The shop's deadline is {DEADLINE:g} s (`QUOTES_BUDGET`), {TIGHT:g} s in the last "
+        f"shop (under the carrier timeout: it cuts {HANGING}'s call in every request); "
+        f"{CLIENTS} concurrent "
         f"clients (closed loop), {duration:g} s per shop after {WARM_UP:g} s of warm-up. "
-        "Overshoot: how long after the deadline an answer whose deadline was hit came, in "
+        "Overshoot: how long after the deadline an answer that the deadline cut came, in "
         "the view (the collect as it timed it: the library and the event loop) and at the "
-        "client (Django, uvicorn and the socket too).",
+        "client (Django, uvicorn and the socket too). Deadline hit: cut by it, or told "
+        "early (a call that could not finish in time expired at once).",
         "",
-        "| shop | requests/s | answers | deadline hit | overshoot in the view p50 / p99 / max "
+        "| shop | requests/s | answers | deadline hit: cut / told early "
+        "| overshoot in the view p50 / p99 / max "
         "ms | at the client p50 / p99 / max ms | answers after the deadline | outside the "
         "collect p50 / p99 / max ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in modes:
-        hit = mode.hit()
+        cut = mode.cut()
         assert mode.result is not None
         lines.append(
-            f"| {mode.name} | {mode.result.throughput:.1f} | {len(mode.answers)} | {len(hit)} "
-            f"| {spread([a.collect - DEADLINE for a in hit])} "
-            f"| {spread([a.latency - DEADLINE for a in hit])} | {mode.late} "
+            f"| {mode.name} | {mode.result.throughput:.1f} | {len(mode.answers)} "
+            f"| {len(cut)} / {len(mode.hit()) - len(cut)} "
+            f"| {spread([a.collect - mode.deadline for a in cut])} "
+            f"| {spread([a.latency - mode.deadline for a in cut])} | {mode.late} "
             f"| {spread([a.latency - a.collect for a in mode.answers])} |"
         )
     return "\n".join(lines)
+
+
+def stacks(workdir: Path, exits: ExitStack) -> Iterator[tuple[str, Stack]]:
+    """Start one stack per mode (stopped when ``exits`` closes)."""
+    for name, (environment, _) in MODES.items():
+        folder = workdir / name.replace(" ", "-").replace(",", "")
+        stack = Stack(folder, environment={**ENVIRONMENT, **environment})
+        yield name, exits.enter_context(stack)
 
 
 # -- in one process ---------------------------------------------------------------------------

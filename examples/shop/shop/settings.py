@@ -80,7 +80,7 @@ CARRIERS_URL = os.environ.get("SHOP_CARRIERS_URL", "http://127.0.0.1:8001")
 CARRIERS = ["ups", "fedex", "dhl", "usps", "dpd", "gls"]
 CARRIER_TIMEOUT = 1.0
 """Seconds a quote may take; the checkout page does not wait longer for any carrier."""
-QUOTES_BUDGET = 2.0
+QUOTES_BUDGET = float(os.environ.get("SHOP_QUOTES_BUDGET", "2.0"))
 """Seconds the quotes page has in all (its deadline): whatever the carriers do, it answers."""
 CARRIER_BREAKERS = os.environ.get("SHOP_BREAKERS", "on") != "off"
 """Whether each carrier listener calls through its breaker (``carrier-<name>`` below)."""
