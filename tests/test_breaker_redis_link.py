@@ -166,7 +166,9 @@ async def test_a_circuit_opened_during_an_outage_is_written_back_on_recovery(
     assert len(calls) == 3, "a call reached the dead carrier after Redis came back"
     stats = b.statistics()
     assert (stats.fallback, stats.state) == (False, "open")
-    assert shared_state(private_redis, "carrier")[b"s"] == b"o", "every process must know"
+    shared = shared_state(private_redis, "carrier")
+    assert shared[b"s"] == b"o", "every process must know"
+    assert (shared[b"f"], stats.failures) == (b"2", 2), "and why: the failures that opened it"
     # Open for what was left of the local circuit (60 s, less this test's seconds).
     assert stats.retry_at is not None
     left = stats.retry_at.timestamp() - time.time()

@@ -69,7 +69,8 @@ local function rate_call(bit)
 end
 
 -- Back from an outage: a circuit the caller's process opened on its own
--- meanwhile (ARGV[16]: the ms it has left, ARGV[17]: its reset timeout).
+-- meanwhile (ARGV[16]: the ms it has left, ARGV[17]: its reset timeout,
+-- ARGV[18]: the failures that opened it, kept so that the state tells why).
 -- The more pessimistic state wins: a closed circuit opens for what is left
 -- of the caller's; an open or half-open one stays as it is (the caller adopts
 -- it), and so does a forced one. Not reported as a transition: the caller's
@@ -78,6 +79,7 @@ local left = tonumber(ARGV[16])
 if left ~= nil and s == 'c' and fo == '' then
   open_circuit(tonumber(ARGV[17]))
   ra = now + left
+  f = math.max(f, tonumber(ARGV[18]) or 0)
 end
 local old = s
 

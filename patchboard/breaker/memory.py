@@ -135,12 +135,12 @@ class MemoryStore:
                 circuit.failures = failures
             self.fast = self.machine.fast(circuit)
 
-    def opened(self) -> tuple[int, int] | None:
+    def opened(self) -> tuple[int, int, int] | None:
         """
-        What the circuit has left to stay open (ms, 0 once due for a probe)
-        and its reset timeout, when it is open or half-open on its own
-        (not forced); None otherwise. What the Redis store writes back
-        after an outage.
+        What the circuit has left to stay open (ms, 0 once due for a probe),
+        its reset timeout and its failures, when it is open or half-open on
+        its own (not forced); None otherwise. What the Redis store writes
+        back after an outage.
         """
         with self._lock:
             circuit = self._circuit
@@ -148,7 +148,7 @@ class MemoryStore:
                 return None
             due = circuit.retry_at
             left = 0 if due is None else max(0, due - clock_ms(self.clock))
-            return left, circuit.reset_timeout
+            return left, circuit.reset_timeout, circuit.failures
 
     def forget(self) -> None:
         """Back to a fresh closed state, reporting no transition (for tests)."""

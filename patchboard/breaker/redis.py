@@ -691,8 +691,16 @@ class RedisStore:
             return [op, token, *self._args, *now]
         # Back from an outage in which the fallback opened: write it back (see
         # the module docstring). Until a reply comes, every command carries it.
-        left, reset_timeout = opened
-        return [op, token, *self._args, *(now or [""]), str(left), str(reset_timeout)]
+        left, reset_timeout, failures = opened
+        return [
+            op,
+            token,
+            *self._args,
+            *(now or [""]),
+            str(left),
+            str(reset_timeout),
+            str(failures),
+        ]
 
     # -- views -----------------------------------------------------------------
 
