@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import sys
 import threading
 import time
@@ -76,9 +77,13 @@ def _render(
     exc_info = event_dict.pop("exc_info", None)
     event = str(event_dict.pop("event", ""))
     # logfmt renders None as nothing (``sender=``); say it, as structlog's own renderers do.
+    # A float in positional notation: ``elapsed_s=0.000037`` beside ``elapsed_s=0.073588``,
+    # not ``3.7e-05`` (the durations are rounded to the microsecond already).
     for key, value in event_dict.items():
         if value is None:
             event_dict[key] = "None"
+        elif type(value) is float and math.isfinite(value):
+            event_dict[key] = f"{value:f}".rstrip("0").rstrip(".") or "0"
     rest = _LOGFMT(logger, method, event_dict).translate(_LINE_BREAKS)
     return (f"{event} {rest}" if rest else event,), {"exc_info": exc_info}
 

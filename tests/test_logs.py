@@ -107,6 +107,22 @@ def test_every_logfmt_key_has_a_value(unconfigured, caplog) -> None:
     assert "forced=true" in messages["circuit_opened"].split()
 
 
+def test_floats_are_written_in_positional_notation(unconfigured, caplog) -> None:
+    """A fresh user's stumble: ``elapsed_s=3.7e-05`` beside ``elapsed_s=0.073588``."""
+    caplog.set_level(logging.INFO, logger="patchboard")
+    signal = Signal(name="tests.logs.floats")
+
+    def fails(sender: Any, **kwargs: Any) -> None:
+        raise Boom
+
+    signal.connect(fails, weak=False, on_error="log")
+    signal.collect(sender=None)  # a sync listener failing at once: microseconds
+
+    [message] = [r.getMessage() for r in caplog.records if r.name == "patchboard"]
+    [elapsed] = [field for field in message.split() if field.startswith("elapsed_s=")]
+    assert re.fullmatch(r"elapsed_s=0(\.[0-9]{1,6})?", elapsed), elapsed
+
+
 def test_a_value_cannot_forge_a_log_line(unconfigured, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="patchboard")
     breaker = CircuitBreaker("tests.logs.forge", store="memory", failure_threshold=1)
