@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import secrets
 import shutil
 import signal
@@ -178,6 +179,7 @@ def serve(port: int) -> int:
         password = secrets.token_urlsafe(9)
         stack.create_staff_user("staff", password)
         shop, carriers = stack.shop_url, stack.carriers_url
+        breakers = os.environ.get("SHOP_BREAKERS", "on") != "off"
         commands = [
             (f"curl '{shop}/quotes?cart=3'", ""),
             (f"curl '{shop}/quotes/first?cart=3'", "the first quote wins"),
@@ -187,7 +189,7 @@ def serve(port: int) -> int:
             ),
             (
                 f"curl -X POST {carriers}/control/fedex -d '{{\"fail_rate\": 1}}'",
-                "down: its breaker opens",
+                "down: its breaker opens" if breakers else "down: every call errs (breakers off)",
             ),
             (f"curl -X POST {carriers}/reset", "every carrier healthy"),
             (f"curl {carriers}/stats", ""),
@@ -207,6 +209,7 @@ def serve(port: int) -> int:
   status page   {shop}/patchboard/
   carriers      {carriers}
   database      {stack.database or stack.workdir / "shop.sqlite3"}
+  breakers      {"on" if breakers else "off (SHOP_BREAKERS=off)"}
 
 {examples}
 """,
