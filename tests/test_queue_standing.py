@@ -384,6 +384,37 @@ async def test_a_line_standing_at_max_workers_admits_two_target_waits_of_it() ->
         blocker.release()
 
 
+async def test_a_standing_line_still_admits_a_call_predicted_within_two_target_waits() -> None:
+    """The standing limit is 2 x TARGET_WAIT (200 s here), not anything shorter."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock)
+    for _ in range(2):  # the line moved a place a second
+        await _line_moved_after(clock, queue, 1)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head
+        clock.advance(100)  # standing, at MAX_WORKERS: (1 + 1 + 100) / 2 s a place
+        await submit(tg, queue, blocker.run)  # place 2: 102 s away, within 200
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (2, 0)
+        blocker.release()
+
+
+async def test_a_line_that_always_moved_at_once_predicts_no_wait() -> None:
+    """An empty line adds nothing to the prediction: a call at place 1 waits."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1)  # shed past 0.5 s of predicted wait
+    await _line_moved_after(clock, queue, 0)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs; the line is empty
+        await submit(tg, queue, blocker.run)  # place 1: 0 s away
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (1, 0)
+        blocker.release()
+
+
 async def test_a_call_whose_circuit_is_open_takes_no_place_in_line() -> None:
     """It is settled at once (its fallback answers), counted as circuit_open and rejected."""
     clock = VirtualClock(0)
