@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from patchboard import CircuitBreaker, CircuitOpen, Expired, Signal
+from patchboard import CircuitBreaker, CircuitOpen, Expired, Signal, _deadline, _queue
 from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._outcomes import Outcome
@@ -410,6 +410,27 @@ async def test_a_line_that_always_moved_at_once_predicts_no_wait() -> None:
     async with anyio.create_task_group() as tg:
         await submit(tg, queue, blocker.run)  # runs; the line is empty
         await submit(tg, queue, blocker.run)  # place 1: 0 s away
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (1, 0)
+        blocker.release()
+
+
+async def test_the_drain_rate_forgets_grants_older_than_its_window(monkeypatch) -> None:
+    """
+    Measured over the line's latest grants only (64; 4 here, to keep the test
+    short): an old slow grant no longer slows the prediction down.
+    """
+    monkeypatch.setattr(_queue, "_DRAIN_WINDOW", 4)
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=10_000)  # shed past 5,000 s of predicted wait
+    await _line_moved_after(clock, queue, 4_000)  # one place in 4,000 s
+    for _ in range(4):  # then four at once: the slow one is out of the window
+        await _line_moved_after(clock, queue, 0)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        with _deadline.budget(60):  # 60 s (real) to go: shed past 30 s of predicted wait
+            await submit(tg, queue, blocker.run)  # place 1: 0 s away (800 s with the old grant)
         stats = queue.statistics()
         assert (stats.waiting, stats.shed) == (1, 0)
         blocker.release()
