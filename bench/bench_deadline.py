@@ -7,7 +7,7 @@ carrier timeout, so that the deadline cuts the hanging carrier's call in
 every request (with the shop's own 2 s, the carrier timeout and the queue's
 shedding answer first, and the deadline is seldom what ends a call).
 
-The hanging carrier and the shop's URL are bench_e2e's; :mod:`bench.load`
+The stacks, the hanging carrier and the shop's URL are bench_e2e's; :mod:`bench.load`
 drives each shop for
 ``WARM_UP`` seconds, then ``DURATION`` seconds measured. Each answer carries
 the shop's own figures: ``deadline_hit`` (the deadline cut a call or kept one
@@ -27,7 +27,6 @@ import asyncio
 import math
 import sys
 import tempfile
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 import httpx
 
 from bench import load
-from bench.bench_e2e import ENVIRONMENT, HANG_MS, HANGING, quotes_url
+from bench.bench_e2e import HANG_MS, HANGING, quotes_url, stacks
 from examples.stack import Stack
 from examples.walkthrough import SETTINGS
 
@@ -189,14 +188,6 @@ def table(modes: list[Mode], duration: float) -> str:
     return "\n".join(lines)
 
 
-def stacks(workdir: Path, exits: ExitStack) -> Iterator[tuple[str, Stack]]:
-    """Start one stack per mode (stopped when ``exits`` closes)."""
-    for name, (environment, _) in MODES.items():
-        folder = workdir / name.replace(" ", "-").replace(",", "")
-        stack = Stack(folder, environment={**ENVIRONMENT, **environment})
-        yield name, exits.enter_context(stack)
-
-
 # -- in one process ---------------------------------------------------------------------------
 
 
@@ -270,7 +261,8 @@ def main(*, quick: bool = False) -> str:
     """Start the stacks, measure, stop them; print and return the markdown."""
     duration = QUICK_DURATION if quick else DURATION
     with tempfile.TemporaryDirectory(prefix="patchboard-bench-") as workdir, ExitStack() as exits:
-        running = dict(stacks(Path(workdir), exits))
+        environments = {name: environment for name, (environment, _) in MODES.items()}
+        running = dict(stacks(Path(workdir), exits, environments))
         modes = asyncio.run(measure(running, duration))
     from bench.bench_dispatch import setup_django
 

@@ -31,7 +31,7 @@ import asyncio
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +147,13 @@ def plans(*, quick: bool) -> list[Plan]:
 # -- running ------------------------------------------------------------------------------
 
 
-def stacks(workdir: Path, exits: ExitStack) -> Iterator[tuple[str, Stack]]:
-    """Start one stack per mode (stopped when ``exits`` closes)."""
-    for name, environment in MODES.items():
-        folder = workdir / name.replace(" ", "-")
+def stacks(
+    workdir: Path, exits: ExitStack, modes: Mapping[str, dict[str, str]] = MODES
+) -> Iterator[tuple[str, Stack]]:
+    """Start one stack per mode, its environment added to ``ENVIRONMENT`` (stopped
+    when ``exits`` closes)."""
+    for name, environment in modes.items():
+        folder = workdir / name.replace(" ", "-").replace(",", "")
         stack = Stack(folder, environment={**ENVIRONMENT, **environment})
         yield name, exits.enter_context(stack)
 

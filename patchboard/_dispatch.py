@@ -183,9 +183,10 @@ async def run_in_order(
 
     Consecutive sync listeners share one hop to the thread-sensitive thread
     (under a deadline, each runs as a call of its own). Each call runs in
-    its own copy of the caller's context, as a concurrent one does in its task. Stops after an
-    outcome that must propagate; the listeners after it, like those a
-    cancellation keeps from starting, count as ``"cancelled"``.
+    its own copy of the caller's context, as a concurrent one does in its
+    task. Stops after an outcome that must propagate; the listeners after
+    it, like those a cancellation keeps from starting, count as
+    ``"cancelled"``.
     """
     outcomes: list[Outcome] = []
     index, count = 0, len(listeners)
