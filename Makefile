@@ -53,9 +53,9 @@ pytest: $(VENV)/.installed
 # harness's run once, on Django 6 (this venv has no `demo` or `stress` group, so no
 # httpx, no RQ).
 pytest-django52: $(VENV52)/.installed
-	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/test_example_e2e.py \
-	  --ignore=tests/test_bench_load.py --ignore=tests/test_engines.py \
-	  --ignore=tests/test_stress_checks.py
+	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/harness/test_example_e2e.py \
+	  --ignore=tests/harness/test_bench_load.py --ignore=tests/background/test_engines.py \
+	  --ignore=tests/harness/test_stress_checks.py
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
 django-suite: $(VENV)/.installed $(VENV52)/.installed

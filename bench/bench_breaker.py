@@ -134,7 +134,7 @@ def _async_cases() -> dict[str, tuple[str, Callable[[], Awaitable[Any]]]]:
     import circuitbreaker
     import purgatory
 
-    from patchboard.breaker import CircuitBreaker
+    from patchboard import CircuitBreaker
 
     tag = uuid.uuid4().hex[:8]
     pb = CircuitBreaker(f"bench-async-{tag}", store="memory")
@@ -172,7 +172,7 @@ def _sync_cases() -> dict[str, tuple[str, Callable[[], Any]]]:
     import purgatory
     import pybreaker
 
-    from patchboard.breaker import CircuitBreaker
+    from patchboard import CircuitBreaker
 
     tag = uuid.uuid4().hex[:8]
     pb = CircuitBreaker(f"bench-sync-{tag}", store="memory")
@@ -362,7 +362,7 @@ def _scenarios(
 
 
 async def _patchboard_scenarios(tag: str, sync_interval: float) -> dict[str, Scenario]:
-    from patchboard.breaker import CircuitBreaker
+    from patchboard import CircuitBreaker
 
     b = CircuitBreaker(
         f"bench-{tag}-{sync_interval:g}",

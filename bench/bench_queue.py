@@ -18,7 +18,7 @@ for unbounded concurrency:
   other, see the dispatch benchmark).
 
 Overhead (microseconds per item, no-op listeners, a loop of calls):
-``queue.run`` against ``Call.run_async`` with the same time limit (what
+``queue._run`` against ``Call.run_async`` with the same time limit (what
 the queue adds: its slot accounting) and without one.
 
 Each fan-out case is warmed up, then timed ``REPEAT`` times, the cases
@@ -340,7 +340,7 @@ def overhead(repeat: int) -> list[Row]:
 
     async def via_queue() -> None:
         for _ in range(NOOP_ITEMS):
-            await queue.run(Call(listener, signal, None, {}))
+            await queue._run(Call(listener, signal, None, {}))
 
     async def with_limit() -> None:
         for _ in range(NOOP_ITEMS):
@@ -353,7 +353,7 @@ def overhead(repeat: int) -> list[Row]:
     case = "a no-op async listener, per item"
     rows = []
     for name, make in (
-        ("queue.run", via_queue),
+        ("queue._run", via_queue),
         ("run_async, same time limit", with_limit),
         ("run_async, no time limit", bare),
     ):
@@ -363,7 +363,7 @@ def overhead(repeat: int) -> list[Row]:
     rows.append(
         Row(
             case,
-            "queue overhead (queue.run - run_async, same limit)",
+            "queue overhead (queue._run - run_async, same limit)",
             queue_row.best - limit_row.best,
             queue_row.median - limit_row.median,
             "µs",

@@ -3,7 +3,7 @@ The example's processes, started and stopped together: the carriers service
 and the shop under uvicorn, and django-tasks-db's ``db_worker``.
 
 ``make demo`` and ``make serve`` (:mod:`examples.demo`) and
-``tests/test_example_e2e.py`` start the same :class:`Stack`. Each server
+``tests/harness/test_example_e2e.py`` start the same :class:`Stack`. Each server
 listens on a loopback socket this process opened and handed over (``uvicorn
 --fd``), so there is no race for a free port. Each process runs in a process
 group of its own and is stopped with its group (SIGTERM, then SIGKILL) however

@@ -1,5 +1,5 @@
 """
-The walkthrough that ``make demo`` prints and ``tests/test_example_e2e.py``
+The walkthrough that ``make demo`` prints and ``tests/harness/test_example_e2e.py``
 asserts. Each step drives the running :class:`~examples.stack.Stack` over
 HTTP, then checks what happened three ways: in the shop's responses, in the
 carriers' request counts (did a call reach the carrier at all?) and in the

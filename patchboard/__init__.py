@@ -5,9 +5,22 @@ The public API, re-exported here (with ``patchboard.testing`` for test
 suites); every other module is an implementation detail.
 """
 
-import patchboard.background  # noqa: F401  (plugs background listeners into the listener call)
+import patchboard._background._feature  # noqa: F401  (plugs background listeners into the listener call)
+from patchboard._breaker import BreakerStatistics as BreakerStatistics
+from patchboard._breaker import CircuitBreaker as CircuitBreaker
+from patchboard._breaker import circuit_state_changed as circuit_state_changed
+from patchboard._breaker import get_breaker as get_breaker
+from patchboard._breaker._machine import CircuitState as CircuitState
 from patchboard._config import BreakerConfig as BreakerConfig
+from patchboard._config import BreakerOptions as BreakerOptions
+from patchboard._config import ExcludeRule as ExcludeRule
+from patchboard._config import Guard as Guard
 from patchboard._config import ListenerOptions as ListenerOptions
+from patchboard._config import Missing as Missing
+from patchboard._config import Mode as Mode
+from patchboard._config import OnError as OnError
+from patchboard._config import QueueSettings as QueueSettings
+from patchboard._config import TripRule as TripRule
 from patchboard._exceptions import CircuitOpen as CircuitOpen
 from patchboard._exceptions import Expired as Expired
 from patchboard._exceptions import ListenerTimeout as ListenerTimeout
@@ -23,29 +36,36 @@ from patchboard._outcomes import Status as Status
 from patchboard._queue import QueueStatistics as QueueStatistics
 from patchboard._queue import ShortTermQueue as ShortTermQueue
 from patchboard._queue import queue_stats as queue_stats
+from patchboard._signals import QueueChoice as QueueChoice
 from patchboard._signals import Signal as Signal
+from patchboard._signals import Unset as Unset
 from patchboard._state import outcome_counts as outcome_counts
 from patchboard._stream import Stream as Stream
 from patchboard._threads import ThreadStatistics as ThreadStatistics
 from patchboard._threads import thread_stats as thread_stats
-from patchboard.breaker import BreakerStatistics as BreakerStatistics
-from patchboard.breaker import CircuitBreaker as CircuitBreaker
-from patchboard.breaker import circuit_state_changed as circuit_state_changed
-from patchboard.breaker import get_breaker as get_breaker
 
 __all__ = [
     "BreakerConfig",
+    "BreakerOptions",
     "BreakerStatistics",
     "CircuitBreaker",
     "CircuitOpen",
+    "CircuitState",
     "Collected",
+    "ExcludeRule",
     "Expired",
+    "Guard",
     "Listener",
     "ListenerOptions",
     "ListenerTimeout",
+    "Missing",
+    "Mode",
     "NotSerializable",
+    "OnError",
     "Outcome",
     "PatchboardError",
+    "QueueChoice",
+    "QueueSettings",
     "QueueStatistics",
     "Rejected",
     "ShortTermQueue",
@@ -54,6 +74,8 @@ __all__ = [
     "Stream",
     "SyncCallInEventLoop",
     "ThreadStatistics",
+    "TripRule",
+    "Unset",
     "circuit_state_changed",
     "get_breaker",
     "outcome_counts",

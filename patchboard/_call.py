@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import anyio
 from asgiref.sync import async_to_sync, sync_to_async
 
-from patchboard import _deadline
+from patchboard import _breaker, _deadline
 from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout
-from patchboard._features import features
 from patchboard._log import log_limited, logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
 from patchboard._state import state
@@ -158,7 +157,7 @@ class Call:
             return await self.settle_async("expired", self._out_of_budget(0.0))
         # Resolved outside the try: an unknown breaker name is a configuration
         # error for the caller, not this listener's failure.
-        guard = None if options.breaker is None else features.breakers.resolve(options.breaker)
+        guard = None if options.breaker is None else _breaker.resolve(options.breaker)
         cut: Cut = "timeout"
         if by_deadline:
             assert limit is not None
@@ -193,8 +192,7 @@ class Call:
         breaker = self.listener.options.breaker
         if breaker is None:
             return None
-        breakers = features.breakers
-        return breakers.refusal(breakers.resolve(breaker))
+        return _breaker.refusal(_breaker.resolve(breaker))
 
     def _limit(self, time_limit: float | None = None) -> tuple[float | None, bool]:
         """
@@ -303,7 +301,7 @@ class Call:
         if func is None:
             return self.gone()
         breaker = self.listener.options.breaker
-        guard = None if breaker is None else features.breakers.resolve(breaker)
+        guard = None if breaker is None else _breaker.resolve(breaker)
         try:
             if guard is None:
                 value = func(signal=self.signal, sender=self.sender, **self.kwargs)

@@ -146,7 +146,7 @@ async def run_concurrently(
             continue
         order.append(index)
         if queue is not None:
-            coros.append(queue.run(Call(listener, signal, sender, kwargs)))
+            coros.append(queue._run(Call(listener, signal, sender, kwargs)))
         else:
             coros.append(listener._run_async(signal, sender, kwargs))
     if batch:

@@ -1,19 +1,16 @@
 """
-The seam where features plug into a listener call.
+The seam where the background feature plugs into a listener call.
 
-The core (the listener call, dispatch, the queue, ``Signal``) knows two
-features only by what they do for a call, never by their modules:
+The core (the listener call, dispatch, the queue, ``Signal``) knows the
+background runner only by what it does for a call, never by its modules:
+:class:`BackgroundFeature` checks a listener at connect time, records it for
+the worker, and enqueues one call instead of running it. Its package sits
+above the core (it runs listeners through the core's own call) and registers
+itself here when ``patchboard._background._feature`` is imported
+(``patchboard/__init__.py`` imports it), so every import points down.
 
-* a **circuit breaker** guards a call: :class:`BreakerFeature` turns a
-  listener's ``breaker=`` option (a name or a breaker) into a
-  :class:`~patchboard._config.Guard`, an (async) context manager;
-* a **background runner** enqueues a call instead of running it:
-  :class:`BackgroundFeature` checks a listener at connect time, records it
-  for the worker, and enqueues one call.
-
-Each feature's package registers itself here when it is imported
-(``patchboard/__init__.py`` imports both), so every import points down: the
-features import the core, the core imports this seam.
+(Circuit breakers need no seam: ``patchboard._breaker`` sits under the
+listener call, which imports it.)
 """
 
 from __future__ import annotations
@@ -23,31 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
-from patchboard._config import Guard, ListenerOptions
-from patchboard._exceptions import CircuitOpen
+from patchboard._config import ListenerOptions
 from patchboard._outcomes import Outcome
 
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
-
-
-class BreakerFeature(Protocol):
-    def resolve(self, breaker: str | Guard, /) -> Guard:
-        """
-        The breaker a listener's ``breaker=`` option names.
-
-        Raises:
-            ImproperlyConfigured: no breaker has that name.
-        """
-        ...
-
-    def refusal(self, guard: Guard, /) -> CircuitOpen | None:
-        """
-        The ``CircuitOpen`` entering ``guard`` would raise now, when it can
-        tell without I/O (counted as a rejected call); None when the call may
-        go through, or ``guard`` is not one of patchboard's breakers.
-        """
-        ...
 
 
 class BackgroundFeature(Protocol):
@@ -79,23 +56,13 @@ class BackgroundFeature(Protocol):
 class Features:
     """The features plugged in; each is set once, when its package is imported."""
 
-    __slots__ = ("_background", "_breakers")
+    __slots__ = ("_background",)
 
     def __init__(self) -> None:
-        self._breakers: BreakerFeature | None = None
         self._background: BackgroundFeature | None = None
-
-    def plug_breakers(self, feature: BreakerFeature) -> None:
-        self._breakers = feature
 
     def plug_background(self, feature: BackgroundFeature) -> None:
         self._background = feature
-
-    @property
-    def breakers(self) -> BreakerFeature:
-        if self._breakers is None:
-            raise ImproperlyConfigured("patchboard's circuit breakers are not loaded")
-        return self._breakers
 
     @property
     def background(self) -> BackgroundFeature:
@@ -105,4 +72,4 @@ class Features:
 
 
 features = Features()
-"""The seam itself: ``features.breakers`` and ``features.background``."""
+"""The seam itself: ``features.background``."""

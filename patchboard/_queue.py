@@ -354,7 +354,7 @@ class ShortTermQueue:
 
     # -- the engine's hook -------------------------------------------------------------
 
-    async def run(self, call: Call) -> Outcome:
+    async def _run(self, call: Call) -> Outcome:
         """
         Run ``call`` through the queue and return its outcome.
 

@@ -66,11 +66,13 @@ from patchboard._stream import Stream
 QueueChoice: TypeAlias = Literal["auto"] | bool
 
 
-class _Unset(enum.Enum):
+class Unset(enum.Enum):
+    """The type of ``UNSET``: a deadline left to ``PATCHBOARD["DEFAULT_DEADLINE"]``."""
+
     UNSET = "UNSET"
 
 
-UNSET: Final = _Unset.UNSET
+UNSET: Final = Unset.UNSET
 """A collect's ``deadline`` not given: ``PATCHBOARD["DEFAULT_DEADLINE"]`` applies
 (None already means "no deadline")."""
 
@@ -79,7 +81,7 @@ def _seconds(deadline: float | None) -> float | None:
     return None if deadline is None else seconds("deadline", deadline)
 
 
-def _collect_deadline(deadline: float | _Unset | None) -> float | None:
+def _collect_deadline(deadline: float | Unset | None) -> float | None:
     if deadline is UNSET:
         return get_settings().default_deadline
     return _seconds(deadline)
@@ -316,7 +318,7 @@ class Signal(DjangoSignal):
         sender: Any,
         *,
         queue: QueueChoice = "auto",
-        deadline: float | _Unset | None = UNSET,
+        deadline: float | Unset | None = UNSET,
         **named: Any,
     ) -> Collected:
         """
@@ -352,7 +354,7 @@ class Signal(DjangoSignal):
         sender: Any,
         *,
         queue: QueueChoice = False,
-        deadline: float | _Unset | None = UNSET,
+        deadline: float | Unset | None = UNSET,
         **named: Any,
     ) -> Stream:
         """
@@ -410,7 +412,7 @@ class Signal(DjangoSignal):
         sender: Any,
         *,
         queue: QueueChoice = "auto",
-        deadline: float | _Unset | None = UNSET,
+        deadline: float | Unset | None = UNSET,
         **named: Any,
     ) -> Collected:
         """

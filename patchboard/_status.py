@@ -59,15 +59,15 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from patchboard._config import get_settings
-from patchboard._queue import QueueStatistics, queue_stats
-from patchboard._state import outcome_counts
-from patchboard._threads import ThreadStatistics, thread_stats
-from patchboard.breaker import (
+from patchboard._breaker import (
     BreakerStatistics,
     all_breakers,
     get_breaker,
 )
+from patchboard._config import get_settings
+from patchboard._queue import QueueStatistics, queue_stats
+from patchboard._state import outcome_counts
+from patchboard._threads import ThreadStatistics, thread_stats
 
 TITLE: Final = "patchboard status"
 ADMIN_BASE: Final = "admin/base_site.html"

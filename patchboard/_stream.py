@@ -205,7 +205,7 @@ def _call(
     queue: ShortTermQueue | None,
 ) -> Coroutine[Any, Any, Outcome]:
     if queue is not None and listener.options.mode != "background":
-        return queue.run(Call(listener, signal, sender, kwargs))
+        return queue._run(Call(listener, signal, sender, kwargs))
     return listener._run_async(signal, sender, kwargs)
 
 

@@ -4,8 +4,8 @@ from django.apps import AppConfig
 
 # Importing the check modules registers patchboard's system checks (patchboard.E001 and on).
 from patchboard import _checks
-from patchboard.background import checks as background_checks  # noqa: F401
-from patchboard.breaker import checks as breaker_checks
+from patchboard._background import _checks as background_checks  # noqa: F401
+from patchboard._breaker import _checks as breaker_checks
 
 
 class PatchboardConfig(AppConfig):

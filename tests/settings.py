@@ -14,7 +14,7 @@ INSTALLED_APPS = [
     "patchboard",
     "tests.testapp",
 ]
-# The status page (tests/test_status_page.py) is served like the admin: sessions,
+# The status page (tests/project/test_status_page.py) is served like the admin: sessions,
 # CSRF, authentication and messages, with the admin mounted beside it.
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

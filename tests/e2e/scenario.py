@@ -28,8 +28,8 @@ class Rollback(Exception):
 def send() -> dict[str, Any]:
     from django.db import transaction
 
-    from patchboard.background.payload import TAG, Job, encode, encode_kwargs
-    from patchboard.background.tasks import run_listener
+    from patchboard._background._payload import TAG, Job, encode, encode_kwargs
+    from patchboard._background._tasks import run_listener
     from tests.e2e.listeners import order_paid, payment_requested
     from tests.testapp.models import Order
 
@@ -158,7 +158,7 @@ def rq_tasks() -> list[dict[str, Any]]:
         StartedJobRegistry,
     )
 
-    from patchboard.background.framework import api
+    from patchboard._background._framework import api
 
     queue = django_rq.get_queue("default")
     ids = list(queue.get_job_ids())

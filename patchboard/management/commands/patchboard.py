@@ -22,8 +22,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from patchboard._breaker import BreakerStatistics, CircuitBreaker, all_breakers, get_breaker
 from patchboard._config import get_settings
-from patchboard.breaker import BreakerStatistics, CircuitBreaker, all_breakers, get_breaker
 
 COLUMNS = (
     "name",

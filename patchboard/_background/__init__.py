@@ -1,0 +1,30 @@
+"""
+Background listeners: listeners that run in a task worker, through Django's
+Tasks framework (``django.tasks``, or the ``django-tasks`` backport on
+Django 5.2).
+
+The package: :mod:`._enqueue` posts one task per call; :mod:`._tasks` is the
+task a worker runs (``patchboard._background._tasks.run_listener``), which
+checks that the listener a payload names is connected as a background
+listener in its own process (:mod:`._registry`), re-fetches the model
+instances it refers to (:mod:`._payload`, the JSON codec: no pickles) and
+calls the listener through the same machinery as an inline call, so its
+``timeout``, ``on_error`` and ``breaker`` apply there; :mod:`._checks` holds
+the system checks.
+
+Open circuits. When the listener's circuit is open in the worker, the task
+does not fail: it enqueues its next attempt to run at the circuit's
+``retry_at`` (``Task.using(run_after=...)``) and finishes. After
+``PATCHBOARD["BACKGROUND"]["MAX_RESCHEDULES"]`` reschedules, or once
+``GIVE_UP_AFTER`` seconds have passed since the first enqueue, or when the
+backend cannot defer tasks, it gives up instead.
+
+Logs (``patchboard`` logger): ``background_enqueued``, ``background_started``,
+``background_finished`` (``elapsed_s``), ``background_failed``,
+``background_rescheduled``, ``background_gave_up``, ``background_refused``,
+``background_instance_missing``. Argument values are never logged.
+
+Importing :mod:`._feature` (``patchboard/__init__.py`` does) plugs it into
+the feature seam (``patchboard._features``); Django's Tasks framework itself is imported
+only when a background listener connects (:mod:`._framework`).
+"""

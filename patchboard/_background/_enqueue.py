@@ -1,0 +1,190 @@
+"""
+Enqueueing a background listener's call: one ``django.tasks`` task per call.
+
+A background listener is a letter, not a phone call. Sending the signal
+writes one letter per background listener (a task of
+``patchboard._background._tasks.run_listener``) and drops it into the
+configured Tasks backend; the send returns at once and the listener's
+outcome is ``"enqueued"``, with the task's id.
+
+Timing. Inside ``transaction.atomic()`` the letter is posted when the
+transaction commits (``transaction.on_commit``), so the worker sees the
+committed rows and a rolled-back transaction posts nothing; the outcome's
+``task_id`` is then None, the task does not exist yet. ``on_commit=False``
+posts at once. Async code is never inside ``atomic()``: :func:`enqueue_async`
+posts at once, through the backend's ``aenqueue``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from datetime import UTC, datetime
+from functools import partial
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from patchboard._background import _framework
+from patchboard._background import _tasks as task_module
+from patchboard._background._payload import Job, encode, encode_kwargs
+from patchboard._background._registry import signal_key
+from patchboard._call import Call, gone_receiver
+from patchboard._config import ListenerOptions, get_settings
+from patchboard._log import dotted, logger
+from patchboard._outcomes import Outcome
+from patchboard._state import state
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def check_listener(func: Callable[..., Any], options: ListenerOptions) -> None:
+    """
+    Validate a listener connected with ``mode="background"``, at connect time.
+
+    Raises:
+        ImproperlyConfigured: Django's Tasks framework is not installed.
+        TypeError: ``func`` cannot be found by its dotted path in a worker
+            (a lambda, a nested function, a bound method, a callable object).
+        ValueError: ``priority`` is outside ``django.tasks``' range, or a
+            ``fallback`` is set (nothing fails at send time, and an open
+            circuit reschedules the task instead).
+    """
+    api = _framework.api()
+    label = dotted(func)
+    if not inspect.isfunction(func) or "<" in func.__qualname__:
+        raise TypeError(
+            f"background listener {label} must be a function defined at module level, so "
+            f"a worker can find it by its dotted path; lambdas, nested functions, bound "
+            f"methods and callable objects cannot be background listeners"
+        )
+    if not api.TASK_MIN_PRIORITY <= options.priority <= api.TASK_MAX_PRIORITY:
+        raise ValueError(
+            f"receiver {label}: priority of a background listener becomes its task's "
+            f"priority and must be between {api.TASK_MIN_PRIORITY} and "
+            f"{api.TASK_MAX_PRIORITY}, got {options.priority!r}"
+        )
+    if options.fallback is not None:
+        raise ValueError(
+            f"receiver {label}: fallback does not apply to a background listener "
+            f"(enqueueing never leaves it unanswered, and an open circuit in the "
+            f"worker reschedules the task), got {options.fallback!r}"
+        )
+
+
+def enqueue_sync(call: Call) -> Outcome:
+    """
+    Enqueue one call of a background listener, from sync code.
+
+    Inside ``transaction.atomic()`` on the signal's database (its ``using``
+    argument, else the default database) the task is enqueued when the
+    transaction commits, unless the listener has ``on_commit=False``; the
+    outcome's ``task_id`` is then None. A failing backend, or one that
+    ``PATCHBOARD["BACKGROUND"]["BACKEND"]`` names but ``TASKS`` lacks
+    (:class:`~patchboard._background._framework.UnusableBackend`), is the
+    listener's error: logged and collected, or raised, as its ``on_error`` says.
+
+    Raises:
+        NotSerializable: an argument cannot cross the process boundary.
+    """
+    job = _job(call)
+    options = call.listener.options
+    if options.on_commit:
+        using = _database(call.kwargs)
+        if transaction.get_connection(using).in_atomic_block:
+            transaction.on_commit(partial(_enqueue_on_commit, options, job), using=using)
+            return _enqueued(call, None)
+    try:
+        result = _task(options).enqueue(job.to_json())
+    except Exception as exc:
+        return call.settle_sync("error", exc)
+    _log_enqueued(job, result, on_commit=False)
+    return _enqueued(call, result.id)
+
+
+async def enqueue_async(call: Call) -> Outcome:
+    """
+    Enqueue one call of a background listener, from async code, through the
+    backend's ``aenqueue``. Unlike :func:`enqueue_sync`, never waits for a
+    commit: async code is never inside ``atomic()``.
+
+    Raises:
+        NotSerializable: an argument cannot cross the process boundary.
+    """
+    job = _job(call)
+    try:
+        result = await _task(call.listener.options).aenqueue(job.to_json())
+    except Exception as exc:
+        return await call.settle_async("error", exc)
+    _log_enqueued(job, result, on_commit=False)
+    return _enqueued(call, result.id)
+
+
+def _job(call: Call) -> Job:
+    label = call.listener.label
+    return Job(
+        listener=label,
+        signal=signal_key(call.signal),
+        sender=encode(call.sender, listener=label, argument="sender"),
+        # Leaves ``signal`` out: the worker passes the listener its own signal.
+        kwargs=encode_kwargs(call.kwargs, listener=label),
+        attempt=1,
+        first_enqueued_at=datetime.now(UTC),
+    )
+
+
+def _task(options: ListenerOptions) -> Any:
+    alias = get_settings().background.backend
+    _framework.backend(alias)  # A missing alias is named as the user wrote it.
+    return task_module.task().using(
+        backend=alias,
+        priority=options.priority,
+        queue_name=options.queue_name,
+    )
+
+
+def _database(kwargs: dict[str, Any]) -> str:
+    using = kwargs.get("using")
+    if isinstance(using, str) and using in connections.settings:
+        return using
+    return DEFAULT_DB_ALIAS
+
+
+def _enqueue_on_commit(options: ListenerOptions, job: Job) -> None:
+    try:
+        result = _task(options).enqueue(job.to_json())
+    except Exception as exc:
+        logger().error(
+            "background_failed",
+            exc_info=exc,
+            phase="enqueue_on_commit",
+            listener=job.listener,
+            signal=job.signal,
+        )
+        if (options.on_error or get_settings().on_error) == "raise":
+            raise
+        return
+    _log_enqueued(job, result, on_commit=True)
+
+
+def _enqueued(call: Call, task_id: str | None) -> Outcome:
+    state.counts["enqueued"] += 1
+    return Outcome(
+        receiver=call.listener.receiver or gone_receiver,
+        status="enqueued",
+        task_id=task_id,
+        elapsed=perf_counter() - call.started,
+    )
+
+
+def _log_enqueued(job: Job, result: Any, *, on_commit: bool) -> None:
+    logger().info(
+        "background_enqueued",
+        listener=job.listener,
+        signal=job.signal,
+        task_id=result.id,
+        backend=result.backend,
+        queue_name=result.task.queue_name,
+        on_commit=on_commit,
+    )

@@ -1,0 +1,811 @@
+"""
+A circuit breaker: the guard itself, its statistics and its registry (see
+the package docstring for what it does). Every guard form goes through one
+pair of thin shells (``__enter__``/``__exit__`` and their async twins) around
+shared bookkeeping; only the store's I/O differs between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, overload
+
+from django.core.exceptions import ImproperlyConfigured
+from django.dispatch import Signal as DjangoSignal
+
+from patchboard import _deadline
+from patchboard._breaker._machine import (
+    CLOSED,
+    FAILURE,
+    HALF_OPEN,
+    OPEN,
+    RELEASE,
+    SUCCESS,
+    CircuitState,
+    Control,
+    Result,
+    Transition,
+    to_datetime,
+)
+from patchboard._breaker._memory import MemoryStore
+from patchboard._breaker._redis import RedisStore, mask_url
+from patchboard._breaker._store import Ticket, UnusableStore
+from patchboard._config import (
+    BreakerConfig,
+    BreakerOptions,
+    Guard,
+    get_settings,
+    raw_setting,
+    store_url,
+)
+from patchboard._exceptions import CircuitOpen
+from patchboard._log import logger, name_signal
+from patchboard._state import state
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+circuit_state_changed = DjangoSignal()
+"""
+Sent on every state change, with ``sender=CircuitBreaker`` and the keyword
+arguments ``breaker`` (the :class:`CircuitBreaker`), ``old_state`` and
+``new_state`` (``"closed"``, ``"open"`` or ``"half_open"``). Sent robustly: a
+receiver that raises is logged and never disturbs the breaker. Under the Redis
+store, the process whose call made the transition sends it. (A plain Django
+signal: ``patchboard.receiver`` and its options work on it as on any signal.)
+"""
+name_signal(circuit_state_changed, "patchboard.circuit_state_changed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStatistics:
+    """A snapshot of one breaker, from :meth:`CircuitBreaker.statistics`."""
+
+    name: str
+    state: CircuitState
+    failures: int
+    """Consecutive failures (``trip_rule="count"``), or failures in the window."""
+    opened_at: datetime | None
+    retry_at: datetime | None
+    """When an open circuit lets a probe through; ``None`` when closed or forced open."""
+    rejected: int
+    """Calls this process refused with ``CircuitOpen`` (lifetime of the instance)."""
+    successes: int
+    """Guarded calls in this process that returned."""
+    failures_total: int
+    """Guarded calls in this process that counted as failures."""
+    store: str
+    """``"memory"`` or the Redis URL (password masked)."""
+    forced: Literal["open", "closed"] | None
+    """Set by :meth:`CircuitBreaker.force_open` / :meth:`~CircuitBreaker.force_closed`."""
+    probes: int
+    """Probes in flight (half-open)."""
+    fallback: bool
+    """The Redis store is unreachable: this process runs on in-process state."""
+
+
+class _Tally:
+    """A counter that threads can bump without a lock (``itertools.count`` is atomic)."""
+
+    __slots__ = ("_count", "_lock", "_reads", "add")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self.add = self._count.__next__
+        self._reads = 0
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        # Every read takes one number too; subtract the reads made so far.
+        with self._lock:
+            value = next(self._count) - self._reads
+            self._reads += 1
+            return value
+
+
+ExcType: TypeAlias = type[BaseException] | None
+Tb: TypeAlias = TracebackType | None
+_Entry: TypeAlias = tuple[Ticket | None, Any]
+"""One ``with``/``async with`` entry: its ticket (None: nested), and the entry it is in."""
+
+
+def default_store() -> str:
+    """
+    ``PATCHBOARD["STORE"]``, validated on its own: building a breaker never
+    depends on the rest of the setting being valid.
+
+    Raises:
+        ImproperlyConfigured: ``STORE`` is not ``"memory"`` or a Redis URL.
+    """
+    raw = raw_setting()
+    store = raw.get("STORE", "memory") if isinstance(raw, dict) else "memory"
+    try:
+        store_url("STORE", store)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f'PATCHBOARD["STORE"]: {exc}') from None
+    return store
+
+
+class CircuitBreaker:
+    """
+    A named circuit breaker (see the module docstring for the rules).
+
+    ``CircuitBreaker(name, **options)`` takes the fields of
+    :class:`~patchboard.BreakerConfig` as keyword arguments (or a ready
+    ``config=``) and registers the instance under ``name`` for
+    :func:`get_breaker`. The state lives in ``store`` (``"memory"``, in this
+    process; or a ``redis://`` URL, shared by every process using it), by
+    default ``PATCHBOARD["STORE"]``.
+
+    Raises:
+        TypeError, ValueError: an invalid option (the message names it).
+        ValueError: a breaker named ``name`` already exists; share it with
+            :func:`get_breaker`.
+
+    A store that cannot be used (a Redis URL that is malformed, or without
+    the ``redis`` package; an invalid ``PATCHBOARD["STORE"]``) does not stop
+    the breaker from being built, at import: ``manage.py check`` reports it
+    (``patchboard.E010``, ``E001``), and every guarded call raises
+    ``ImproperlyConfigured`` (naming the breaker and the URL, its password
+    masked).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_entries",
+        "_excluded_predicates",
+        "_excluded_types",
+        "_failed",
+        "_fast_entry",
+        "_ok",
+        "_ok_add",
+        "_rejected",
+        "_remote",
+        "_store",
+        "config",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: BreakerConfig | None = None,
+        **options: Unpack[BreakerOptions],
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if config is None:
+            config = BreakerConfig.from_options(options)
+        elif options:
+            raise TypeError(
+                f"pass either config or keyword options, not both (got {sorted(options)})"
+            )
+        self.name = name
+        self.config = config
+        self._store: MemoryStore | RedisStore | UnusableStore
+        try:
+            url = config.store or default_store()
+            self._store = (
+                MemoryStore(name, config) if url == "memory" else RedisStore(name, config, url)
+            )
+        except ImproperlyConfigured as problem:
+            # Reported by manage.py check; raised by every guarded call.
+            label = mask_url(config.store) if config.store else 'PATCHBOARD["STORE"]'
+            self._store = UnusableStore(label, problem)
+        self._remote = self._store if isinstance(self._store, RedisStore) else None
+        self._excluded_types = config.excluded_types
+        self._excluded_predicates = config.excluded_predicates
+        self._entries: ContextVar[_Entry | None] = ContextVar(
+            f"patchboard._breaker.{name}", default=None
+        )
+        self._fast_entry: _Entry = (self._store.admitted, None)
+        self._new_tallies()
+        _register(self)
+
+    # -- guards --------------------------------------------------------------
+    #
+    # Every guard form is a ``with``/``async with`` entry: ``call()``,
+    # ``call_sync()`` and decorated functions enter the breaker as a block.
+    # Entering admits (or refuses) the call; leaving counts its result and
+    # reports it to the store when the store needs it. While the store is
+    # ``fast`` (closed, no failures recorded), admission and a success are
+    # attribute checks, with no lock and no call into the store.
+    #
+    # Each entry's ticket is kept on a stack per context (task, thread), in
+    # ``self._entries``, so that concurrent entries never share one. An entry
+    # made inside another entry of the same breaker (a guarded function passed
+    # to ``call()``, a decorated function called in a ``with`` block) pushes
+    # no ticket: it is neither admitted nor counted, and the outer entry
+    # decides, so re-entry can neither refuse a call already admitted nor
+    # count one call twice.
+
+    async def __aenter__(self) -> Self:
+        """
+        Admit this entry or refuse it.
+
+        Raises:
+            CircuitOpen: the circuit is open (or half-open with every probe
+                slot taken); the block does not run.
+        """
+        if self._needs_store():
+            self._push(await self._aacquire())
+        return self
+
+    async def __aexit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
+        report = self._leave(exc)
+        if report is not None:
+            await self._arecord(*report)
+
+    def __enter__(self) -> Self:
+        """
+        The sync twin of ``async with``: for sync code (WSGI views, threads).
+
+        Raises:
+            CircuitOpen: the circuit is open; the block does not run.
+        """
+        if self._needs_store():
+            self._push(self._acquire())
+        return self
+
+    def __exit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
+        report = self._leave(exc)
+        if report is not None:
+            self._record(*report)
+
+    async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """
+        Await ``fn(*args, **kwargs)`` through the breaker and return its result.
+
+        Unlike :meth:`call_sync`, ``fn`` must return an awaitable.
+
+        Raises:
+            CircuitOpen: the circuit is open; ``fn`` was not called.
+            TypeError: ``fn`` returned something that cannot be awaited (use
+                :meth:`call_sync`); neither success nor failure is counted.
+            Exception: whatever ``fn`` raised, unchanged (and counted).
+        """
+        return await self._run_async(fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """
+        Call ``fn(*args, **kwargs)`` through the breaker and return its result.
+
+        With a Redis store this does blocking I/O: call it from sync code,
+        not from an event loop (use :meth:`call` there).
+
+        Raises:
+            CircuitOpen: the circuit is open; ``fn`` was not called.
+            TypeError: ``fn`` is an async function, or returned an awaitable
+                (use :meth:`call`); neither success nor failure is counted.
+            Exception: whatever ``fn`` raised, unchanged (and counted).
+        """
+        return self._run_sync(fn, args, kwargs)  # type: ignore[no-any-return]
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """
+        Decorate ``fn`` so every call goes through the breaker: an ``async def``
+        as by :meth:`call`, a plain function as by :meth:`call_sync`.
+
+        Raises:
+            TypeError: ``fn`` is a generator or async generator function
+                (the breaker could only guard the creation of the generator).
+        """
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"a circuit breaker cannot guard the generator function {fn.__qualname__}"
+            )
+        run = self._run_async if inspect.iscoroutinefunction(fn) else self._run_sync
+
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return run(fn, args, kwargs)
+
+        if run == self._run_async:
+            inspect.markcoroutinefunction(guarded)  # it returns _run_async's coroutine
+        return guarded
+
+    # The call forms are ``with self`` / ``async with self`` around the call,
+    # spelled out: the context-manager protocol and the helpers cost more than
+    # the rest of an entry on the fast path (closed, not nested), which is
+    # therefore inline here; its steps are _needs_store's and _leave's.
+
+    def _run_sync(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        fast = self._enter_fast()
+        if not fast and self._needs_store():
+            self._push(self._acquire())
+        try:
+            result = fn(*args, **kwargs)
+            if hasattr(result, "__await__"):  # an async function (its body has not run)
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: no "was never awaited" warning
+                raise _Misuse(
+                    f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
+                    f"returned a {type(result).__qualname__}; use await breaker.call(...)"
+                )
+        except BaseException as exc:
+            self.__exit__(None, exc, None)
+            raise
+        if fast and self._store.fast:
+            self._entries.set(None)
+            self._ok_add()
+        else:
+            self.__exit__(None, None, None)
+        return result
+
+    async def _run_async(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        fast = self._enter_fast()
+        if not fast and self._needs_store():
+            self._push(await self._aacquire())
+        try:
+            awaitable = fn(*args, **kwargs)
+            if not hasattr(awaitable, "__await__"):
+                raise _Misuse(
+                    f"breaker.call() awaits what {_name(fn)} returns, but it returned "
+                    f"{type(awaitable).__qualname__}: use breaker.call_sync() for a sync function"
+                )
+            result = await awaitable
+        except BaseException as exc:
+            await self.__aexit__(None, exc, None)
+            raise
+        if fast and self._store.fast:
+            self._entries.set(None)
+            self._ok_add()
+        else:
+            await self.__aexit__(None, None, None)
+        return result
+
+    # -- the bookkeeping shared by every form ----------------------------------
+
+    def _enter_fast(self) -> bool:
+        """Enter on the fast path, if this entry is on it (closed, not nested)."""
+        entries = self._entries
+        if entries.get() is None and self._store.fast:
+            entries.set(self._fast_entry)  # built once: no allocation per call
+            return True
+        return False
+
+    def _needs_store(self) -> bool:
+        """
+        Enter without the store where possible: a nested entry (no ticket), or
+        the fast path (the shared ticket). False when the store must admit.
+        """
+        entries = self._entries
+        stack = entries.get()
+        if stack is not None:
+            entries.set((None, stack))  # inside this breaker already: the outer entry decides
+            return False
+        if not self._store.fast:
+            return True
+        entries.set(self._fast_entry)  # built once: no allocation per call
+        return False
+
+    def _push(self, ticket: Ticket) -> None:
+        self._entries.set((ticket, None))
+
+    def _leave(self, exc: BaseException | None) -> tuple[Ticket, Result] | None:
+        """
+        Pop this entry and count its result; the ticket and the result to
+        report to the store, or None when there is nothing to report (a
+        success on the fast path; a nested entry, which counts nothing).
+        """
+        entries = self._entries
+        stack = entries.get()
+        if stack is None:  # __exit__ without __enter__: count nothing
+            return None
+        ticket, outer = stack
+        entries.set(outer)
+        if ticket is None:
+            return None
+        if exc is not None:
+            return ticket, self._classify(exc)
+        self._ok_add()
+        if stack is self._fast_entry and self._store.fast:
+            return None
+        return ticket, SUCCESS
+
+    def _classify(self, exc: BaseException) -> Result:
+        if not isinstance(exc, Exception) or type(exc) is _Misuse:
+            # Cancellation, KeyboardInterrupt, a misuse of the breaker: not the service's doing.
+            return RELEASE
+        if self._excluded_types and isinstance(exc, self._excluded_types):
+            return RELEASE
+        for predicate in self._excluded_predicates:
+            try:
+                if predicate(exc):
+                    return RELEASE
+            except Exception as error:
+                logger().error(
+                    "circuit_exclude_failed",
+                    breaker=self.name,
+                    predicate=repr(predicate),
+                    error=repr(error),
+                )
+        self._failed.add()
+        return FAILURE
+
+    # -- the store's I/O: the only difference between the sync and async forms --
+
+    def _acquire(self) -> Ticket:
+        try:
+            ticket = self._store.acquire()
+        except CircuitOpen:
+            self._rejected.add()
+            raise
+        finally:
+            self._emit()
+        if ticket.probe is not None and _deadline.is_late():
+            self._record(ticket, RELEASE)
+            raise self._refuse_late_caller()
+        return ticket
+
+    async def _aacquire(self) -> Ticket:
+        try:
+            ticket = await self._store.aacquire()
+        except CircuitOpen:
+            self._rejected.add()
+            raise
+        finally:
+            await self._aemit()
+        if ticket.probe is not None and _deadline.is_late():
+            await self._arecord(ticket, RELEASE)
+            raise self._refuse_late_caller()
+        return ticket
+
+    def _refusal(self) -> CircuitOpen | None:
+        """
+        The ``CircuitOpen`` an entry would get now, when the store can tell
+        without I/O (the circuit is open), counted as a rejected call; None
+        when it may be admitted or only the store can tell. The short-term
+        queue asks before a call takes a place in line.
+        """
+        refused = self._store.refusal()
+        if refused is not None:
+            self._rejected.add()
+        return refused
+
+    def _refuse_late_caller(self) -> CircuitOpen:
+        """
+        A late caller (see ``patchboard._deadline``) was made a half-open
+        probe: it would likely be cut short and tell nothing, so its slot
+        has been given back for a caller with time to wait for the answer.
+        Decided on the store's fresh answer, never on this process's view.
+        """
+        self._rejected.add()
+        return CircuitOpen(self.name, self.retry_at)
+
+    def _record(self, ticket: Ticket, result: Result) -> None:
+        self._store.record(ticket, result)
+        self._emit()
+
+    async def _arecord(self, ticket: Ticket, result: Result) -> None:
+        await self._store.arecord(ticket, result)
+        await self._aemit()
+
+    def _emit(self) -> None:
+        """Log and signal the store's pending transitions (``send_robust``)."""
+        if not self._store.pending:
+            return
+        responses: list[tuple[Any, Any]]
+        for transition in self._drain():
+            try:
+                responses = circuit_state_changed.send_robust(
+                    sender=CircuitBreaker, breaker=self, **_states(transition)
+                )
+            except Exception as exc:  # e.g. an async receiver reached from a running loop
+                responses = [(circuit_state_changed, exc)]
+            self._log_receiver_errors(responses)
+
+    async def _aemit(self) -> None:
+        """The async twin of :meth:`_emit` (``asend_robust``)."""
+        if not self._store.pending:
+            return
+        responses: list[tuple[Any, Any]]
+        for transition in self._drain():
+            try:
+                responses = await circuit_state_changed.asend_robust(
+                    sender=CircuitBreaker, breaker=self, **_states(transition)
+                )
+            except Exception as exc:
+                responses = [(circuit_state_changed, exc)]
+            self._log_receiver_errors(responses)
+
+    def _drain(self) -> Iterable[Transition]:
+        """The store's pending transitions, each logged as it is taken."""
+        pending = self._store.pending
+        while pending:
+            try:
+                transition = pending.popleft()
+            except IndexError:  # another thread took it
+                return
+            self._log(transition)
+            yield transition
+
+    def _log(self, transition: Transition) -> None:
+        event, level = _TRANSITION_EVENTS[transition.new]
+        retry_at = to_datetime(transition.retry_at)
+        getattr(logger(), level)(
+            event,
+            breaker=self.name,
+            failures=transition.failures,
+            retry_at=retry_at.isoformat() if retry_at is not None else None,
+            old_state=transition.old,
+            forced=transition.forced,
+        )
+
+    def _log_receiver_errors(self, responses: Iterable[tuple[Any, Any]]) -> None:
+        for receiver, response in responses:
+            if isinstance(response, BaseException):
+                logger().error(
+                    "circuit_signal_receiver_failed",
+                    breaker=self.name,
+                    receiver=repr(receiver),
+                    error=repr(response),
+                )
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """
+        ``"closed"``, ``"open"`` or ``"half_open"``, as this process knows it.
+
+        An open circuit past its ``retry_at`` reads ``"half_open"``: the next
+        call is a probe (the transition is logged and signalled when it is
+        admitted). With a Redis store this is the last view (see
+        ``sync_interval``); ``await get_state()`` asks Redis.
+        """
+        return self._store.state
+
+    @property
+    def retry_at(self) -> datetime | None:
+        """When an open circuit lets a probe through (UTC); ``None`` when closed
+        or forced open."""
+        view = self._store.view()
+        return None if view.state == CLOSED else to_datetime(view.retry_at)
+
+    async def get_state(self) -> CircuitState:
+        """
+        The state, asking the store first (one round trip with Redis; if Redis
+        is unreachable, the in-process fallback's state).
+        """
+        await self._acontrol("read", quiet=True)
+        return self._store.state
+
+    def get_state_sync(self) -> CircuitState:
+        """The sync twin of :meth:`get_state` (blocking I/O with Redis)."""
+        self._control("read", quiet=True)
+        return self._store.state
+
+    def statistics(self) -> BreakerStatistics:
+        """The breaker's state as this process knows it, and its counters."""
+        view = self._store.view()
+        return BreakerStatistics(
+            name=self.name,
+            state=view.state,
+            failures=view.failures,
+            opened_at=to_datetime(view.opened_at) if view.state != CLOSED else None,
+            retry_at=to_datetime(view.retry_at) if view.state != CLOSED else None,
+            rejected=self._rejected.value,
+            successes=self._ok.value,
+            failures_total=self._failed.value,
+            store=self._store.label,
+            forced=view.forced,
+            probes=view.probes,
+            fallback=view.fallback,
+        )
+
+    def __repr__(self) -> str:
+        view = self._store.view()
+        parts = [f"<CircuitBreaker {self.name!r} {view.state}"]
+        if view.forced is not None:
+            parts.append(f"forced={view.forced}")
+        parts.append(f"failures={view.failures}")
+        if view.state != CLOSED:
+            retry_at = to_datetime(view.retry_at)
+            parts.append(f"retry_at={retry_at.isoformat() if retry_at else None}")
+        if view.probes:
+            parts.append(f"probes={view.probes}")
+        if self._remote is not None:
+            parts.append(f"store={self._store.label}")
+            if view.fallback:
+                parts.append("fallback")
+        return " ".join(parts) + ">"
+
+    # -- control -------------------------------------------------------------
+    #
+    # Each control has a sync form (usable anywhere; with Redis it blocks on
+    # one round trip) and an async twin for event loops.
+
+    def force_open(self) -> None:
+        """
+        Open the circuit until :meth:`force_closed` or :meth:`reset`: every call
+        fails with ``CircuitOpen(retry_at=None)``; no probes.
+
+        Raises:
+            redis.RedisError: the Redis store is unreachable (this process's
+                fallback state has changed anyway).
+        """
+        self._control("force_open")
+
+    def force_closed(self) -> None:
+        """
+        Close the circuit and keep it closed: failures are not counted until
+        :meth:`reset`.
+
+        Raises:
+            redis.RedisError: the Redis store is unreachable.
+        """
+        self._control("force_closed")
+
+    def reset(self) -> None:
+        """
+        Back to closed with no failures recorded, lifting any forced state
+        (the counters of :meth:`statistics` are lifetime counters and stay).
+
+        Raises:
+            redis.RedisError: the Redis store is unreachable.
+        """
+        self._control("reset")
+
+    async def aforce_open(self) -> None:
+        """The async twin of :meth:`force_open`."""
+        await self._acontrol("force_open")
+
+    async def aforce_closed(self) -> None:
+        """The async twin of :meth:`force_closed`."""
+        await self._acontrol("force_closed")
+
+    async def areset(self) -> None:
+        """The async twin of :meth:`reset`."""
+        await self._acontrol("reset")
+
+    def _control(self, action: Control, *, quiet: bool = False) -> None:
+        # quiet: a read that fails leaves the fallback's state to answer (logged by the store).
+        try:
+            with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+                self._store.force(action)
+        finally:
+            self._emit()
+
+    async def _acontrol(self, action: Control, *, quiet: bool = False) -> None:
+        try:
+            with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+                await self._store.aforce(action)
+        finally:
+            await self._aemit()
+
+    async def aclose(self) -> None:
+        """Close the Redis store's async connections of the running event loop."""
+        if self._remote is not None:
+            await self._remote.link.aclose()
+
+    def _forget(self) -> None:
+        """A fresh closed state and zeroed counters, reporting nothing (``testing.reset``)."""
+        self._store.forget()
+        self._store.pending.clear()
+        self._new_tallies()
+
+    def _new_tallies(self) -> None:
+        self._ok = _Tally()
+        self._ok_add = self._ok.add
+        self._failed = _Tally()
+        self._rejected = _Tally()
+
+
+class _Misuse(TypeError):
+    """The breaker was used the wrong way (it counts as neither success nor failure)."""
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+_TRANSITION_EVENTS: dict[CircuitState, tuple[str, str]] = {
+    OPEN: ("circuit_opened", "warning"),
+    HALF_OPEN: ("circuit_half_opened", "info"),
+    CLOSED: ("circuit_closed", "info"),
+}
+
+
+def _states(transition: Transition) -> dict[str, CircuitState]:
+    return {"old_state": transition.old, "new_state": transition.new}
+
+
+# -- the registry --------------------------------------------------------------------
+
+
+def _register(breaker: CircuitBreaker) -> None:
+    with state.lock:
+        if breaker.name in state.breakers:
+            raise ValueError(
+                f"a circuit breaker named {breaker.name!r} already exists; share it with "
+                f"get_breaker({breaker.name!r})"
+            )
+        state.breakers[breaker.name] = breaker
+
+
+def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
+    """
+    The one breaker named ``name_or_instance`` (an instance is returned as is).
+
+    A name not yet in use is looked up in ``PATCHBOARD["BREAKERS"]`` and the
+    breaker built from it on first use.
+
+    Raises:
+        ImproperlyConfigured: no breaker has that name and none is declared
+            (the message lists the known names), or its declaration is invalid.
+        TypeError: ``name_or_instance`` is neither a string nor a breaker.
+    """
+    if isinstance(name_or_instance, CircuitBreaker):
+        return name_or_instance
+    breaker = state.breakers.get(name_or_instance)
+    if breaker is not None:
+        return breaker  # type: ignore[no-any-return]
+    if not isinstance(name_or_instance, str):
+        raise TypeError(
+            f"get_breaker() takes a breaker name or a CircuitBreaker, got {name_or_instance!r}"
+        )
+    name = name_or_instance
+    with state.lock:
+        breaker = state.breakers.get(name)
+        if breaker is not None:
+            return breaker  # type: ignore[no-any-return]
+        declared = get_settings().breakers
+        if name not in declared:
+            known = sorted({*declared, *state.breakers})
+            raise ImproperlyConfigured(
+                f"no circuit breaker named {name!r}: declare it in "
+                f'PATCHBOARD["BREAKERS"] or create CircuitBreaker({name!r}, ...); '
+                f"known: {', '.join(map(repr, known)) or 'none'}"
+            )
+        try:
+            breaker = CircuitBreaker(name, config=BreakerConfig.from_options(declared[name]))
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f'PATCHBOARD["BREAKERS"][{name!r}]: {exc}') from exc
+        state.declared.add(name)
+        return breaker
+
+
+def all_breakers() -> list[CircuitBreaker]:
+    """Every registered breaker, by name (declared ones appear once used)."""
+    with state.lock:
+        return [state.breakers[name] for name in sorted(state.breakers)]
+
+
+# -- what the listener call asks -------------------------------------------------------
+
+
+def resolve(breaker: str | Guard, /) -> Guard:
+    """
+    The guard a listener's ``breaker=`` option names: a breaker by name, or the guard itself.
+
+    Raises:
+        ImproperlyConfigured: no breaker has that name.
+    """
+    return breaker if not isinstance(breaker, str) else get_breaker(breaker)
+
+
+def refusal(guard: Guard, /) -> CircuitOpen | None:
+    """
+    The ``CircuitOpen`` entering ``guard`` would raise now, when it can tell
+    without I/O (counted as a rejected call); None when the call may go
+    through, or ``guard`` is not one of patchboard's breakers.
+    """
+    return guard._refusal() if isinstance(guard, CircuitBreaker) else None

@@ -1,0 +1,529 @@
+"""
+Scaling on standing delay and shedding under overload: once the head of the
+line has waited ``TARGET_WAIT``, the pool grows at once to a worker per call
+present (at least doubling, up to ``MAX_WORKERS``); a call the line is
+predicted not to reach within its budget (from how fast the line moves) is
+told at once, as it arrives or as soon as the line slows down; a call whose
+circuit is open never takes a place; and a worker never goes to a call whose
+deadline would cut it short.
+
+Virtual time throughout, in units of hundreds of seconds: a waiter's own
+timer (real seconds) never fires while a test runs, so only the test's own
+events evaluate the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from patchboard import CircuitBreaker, CircuitOpen, Expired, Signal, _deadline, _queue
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._outcomes import Outcome
+from patchboard._queue import ShortTermQueue
+from patchboard.testing import VirtualClock
+from tests.queue.support import Blocker, listener, record_waits
+
+SIGNAL = Signal(name="tests.queue_standing")
+
+
+def make_queue(clock: VirtualClock, **values: Any) -> ShortTermQueue:
+    """1 to 8 workers, standing after 100 s; expiry, at-risk age and idleness out of reach."""
+    settings = {
+        "min_workers": 1,
+        "max_workers": 8,
+        "target_wait": 100,
+        "item_expiry": 100_000,
+        "at_risk_fraction": 0.9,
+        "idle_shrink_after": 100_000,
+        "task_time_limit": 3600,
+        **values,
+    }
+    return ShortTermQueue(QueueSettings(**settings), clock=clock)
+
+
+async def submit(tg: TaskGroup, queue: ShortTermQueue, func: Callable[..., Any]) -> None:
+    """Start one caller of ``func`` and wait until it is running or in line."""
+    tg.start_soon(queue._run, Call(listener(func), SIGNAL, None, {}))
+    await anyio.wait_all_tasks_blocked()
+
+
+def events(logs: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in logs.entries if e["event"] == name]
+
+
+async def _hold_for(clock: VirtualClock, queue: ShortTermQueue, seconds: float) -> None:
+    """Run one call that holds its worker for ``seconds`` of virtual time."""
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)
+        clock.advance(seconds)
+        blocker.release()
+
+
+# -- standing delay ------------------------------------------------------------------
+
+
+async def test_a_standing_line_grows_the_pool_at_once_to_a_worker_per_call_present(
+    logs: Any,
+) -> None:
+    """Once its head has waited TARGET_WAIT: no doubling step by step (a cold pool)."""
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):  # one runs, three wait from 0
+            await submit(tg, queue, blocker.run)
+        clock.advance(99)
+        await submit(tg, queue, blocker.run)
+        assert queue.statistics().workers == 1
+        clock.advance(1)
+        await submit(tg, queue, blocker.run)  # the head has waited 100
+        stats = queue.statistics()
+        assert (stats.workers, stats.running, stats.waiting) == (6, 6, 0)
+        blocker.release()
+    [event] = events(logs, "queue_scaled_up")
+    assert (event["reason"], event["workers"], event["oldest_wait_s"], event["waiting"]) == (
+        "standing",
+        6,
+        100,
+        5,
+    )
+
+
+async def test_a_standing_line_at_least_doubles_the_pool(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock, min_workers=3)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):  # three run, one waits from 0
+            await submit(tg, queue, blocker.run)
+        clock.advance(100)
+        await submit(tg, queue, blocker.run)  # 5 calls present, but 6 workers
+        assert queue.statistics().workers == 6
+        blocker.release()
+    assert [e["workers"] for e in events(logs, "queue_scaled_up")] == [6]
+
+
+async def test_the_pool_grows_again_whenever_a_head_has_waited_target_wait(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    blocker = Blocker()
+    workers = []
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head, from 0
+        clock.advance(100)
+        await submit(tg, queue, blocker.run)  # grows to 3: everyone runs
+        workers.append(queue.statistics().workers)
+        for _ in range(4):  # a new line, from 100
+            await submit(tg, queue, blocker.run)
+        for step in (50, 49, 1):  # the new head has waited 50, 99, 100
+            clock.advance(step)
+            await submit(tg, queue, blocker.run)
+            workers.append(queue.statistics().workers)
+        blocker.release()
+    assert workers == [3, 3, 3, 8]  # 3 running + 7 waiting, up to MAX_WORKERS
+    up = events(logs, "queue_scaled_up")
+    assert [(e["workers"], e["oldest_wait_s"], e["waiting"]) for e in up] == [
+        (3, 100, 2),
+        (8, 100, 7),
+    ]
+
+
+async def test_the_head_wakes_when_the_pool_is_due_to_grow(monkeypatch: Any) -> None:
+    """The head of the line sleeps until it has waited TARGET_WAIT; the others until at risk."""
+    waits = record_waits(monkeypatch)
+    clock = VirtualClock(0)
+    queue = make_queue(clock, max_workers=2)
+    first, second = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, first.run)  # runs
+        await submit(tg, queue, second.run)  # the head, from 0: wakes at 100
+        clock.advance(20)
+        await submit(tg, queue, second.run)  # behind it, from 20: at risk at 90_020
+        clock.advance(30)
+        first.release()  # at 50 the head runs; the new head wakes at 120
+        await anyio.wait_all_tasks_blocked()
+        second.release()
+    assert waits == [100, 90_000, 70]
+
+
+async def test_a_pool_at_max_workers_does_not_grow_on_a_standing_line(logs: Any) -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock, min_workers=2, max_workers=2)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            await submit(tg, queue, blocker.run)
+        for _ in range(3):
+            clock.advance(100)
+            await submit(tg, queue, blocker.run)
+        assert queue.statistics().workers == 2
+        blocker.release()
+    assert events(logs, "queue_scaled_up") == []
+
+
+# -- shedding ------------------------------------------------------------------------
+
+
+async def test_the_service_time_is_a_moving_average_of_how_long_a_call_held_a_worker() -> None:
+    clock = VirtualClock(0)
+    queue = make_queue(clock)
+    assert queue.statistics().service_time == 0.0
+    await _hold_for(clock, queue, 40)
+    assert queue.statistics().service_time == 40
+    await _hold_for(clock, queue, 90)
+    assert queue.statistics().service_time == 50  # 40 + 0.2 x (90 - 40)
+
+
+async def _line_moved_after(clock: VirtualClock, queue: ShortTermQueue, seconds: float) -> None:
+    """A call waits behind another for ``seconds``, then runs: the line moved a place in that."""
+    first, second = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, first.run)
+        await submit(tg, queue, second.run)
+        clock.advance(seconds)
+        first.release()
+        await anyio.wait_all_tasks_blocked()
+        second.release()
+
+
+async def line_up(
+    tg: TaskGroup, queue: ShortTermQueue, blockers: list[Blocker], outcomes: dict[int, Outcome]
+) -> None:
+    """Start a caller of each blocker in turn (running or in line); its outcome at its index."""
+
+    async def caller(index: int) -> None:
+        call = Call(listener(blockers[index].run, on_error="log"), SIGNAL, None, {})
+        outcomes[index] = await queue._run(call)
+
+    for index in range(len(blockers)):
+        tg.start_soon(caller, index)
+        await anyio.wait_all_tasks_blocked()
+
+
+def shed_queue(clock: VirtualClock, **values: Any) -> ShortTermQueue:
+    """One worker (no growth to predict); a waiter is at risk at half its budget."""
+    return make_queue(clock, min_workers=1, max_workers=1, at_risk_fraction=0.5, **values)
+
+
+async def test_a_call_predicted_to_wait_past_the_at_risk_part_of_its_budget_is_shed(
+    logs: Any,
+) -> None:
+    """Predicted: its place in line x the time the line took per place (100 s here)."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)
+    blocker, late = Blocker(), Blocker()
+    outcomes: list[Outcome] = []
+
+    async def caller(func: Callable[..., Any]) -> None:
+        call = Call(listener(func, on_error="log", default="shed"), SIGNAL, None, {})
+        outcomes.append(await queue._run(call))
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        for _ in range(5):  # places 1 to 5: 100 to 500 s away, within half of 1000 s
+            await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.running, stats.waiting, stats.shed) == (1, 5, 0)
+        tg.start_soon(caller, late.run)  # place 6: 600 s away
+        await anyio.wait_all_tasks_blocked()
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed, stats.expired) == (5, 1, 1)
+        blocker.release()
+
+    [outcome] = outcomes
+    assert (outcome.status, outcome.value) == ("expired", "shed")
+    assert isinstance(outcome.error, Expired)
+    assert (outcome.error.waited, outcome.error.expiry, outcome.error.deadline) == (0, 1000, False)
+    assert late.started == 0
+    [event] = events(logs, "queue_item_expired")
+    assert (event["shed"], event["waited_s"], event["expiry_s"], event["deadline"]) == (
+        True,
+        0,
+        1000,
+        False,
+    )
+
+
+async def test_a_shed_call_whose_caller_is_cancelled_counts_cancelled_not_shed() -> None:
+    """
+    ``shed`` is a part of ``expired``: a shed call is counted when its caller
+    gets the outcome, and one cancelled meanwhile (here, while its fallback
+    runs) is ``cancelled`` only. (A fresh user saw ``shed`` 23,272 above
+    ``expired`` 23,243 after a load run with clients going away.)
+    """
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)
+    blocker = Blocker()
+    in_fallback = anyio.Event()
+
+    async def fallback(sender: Any, **kwargs: Any) -> str:
+        in_fallback.set()
+        await anyio.sleep_forever()
+        return "never"
+
+    async def late(sender: Any, **kwargs: Any) -> None:
+        raise AssertionError("a shed call never runs")
+
+    async def caller() -> None:
+        await queue._run(Call(listener(late, fallback=fallback), SIGNAL, None, {}))
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        for _ in range(5):  # places 1 to 5: within half of the budget
+            await submit(tg, queue, blocker.run)
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(caller)  # place 6: shed as it arrives, its fallback waits
+            await in_fallback.wait()
+            inner.cancel_scope.cancel()
+        blocker.release()
+
+    stats = queue.statistics()
+    assert (stats.shed, stats.expired, stats.cancelled) == (0, 0, 1)
+    assert stats.submitted == stats.completed + stats.cancelled
+
+
+async def test_mixed_service_times_never_keep_a_call_waiting_out_its_budget() -> None:
+    """
+    Calls that take no time (refused at once, say), then long ones: as soon
+    as the line has moved, the waiters it cannot reach in time are told, not
+    at their expiry. (Issue 15: a moving average of service time, dragged
+    down by the quick calls, let them wait out their budget.)
+    """
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=350)
+    for _ in range(5):
+        await _hold_for(clock, queue, 0)
+    blockers = [Blocker() for _ in range(7)]
+    outcomes: dict[int, Outcome] = {}
+    async with anyio.create_task_group() as tg:
+        await line_up(tg, queue, blockers, outcomes)  # the first runs, six wait from 0
+        for index in range(4):  # each holds its worker 100 s
+            clock.advance(100)
+            blockers[index].release()
+            await anyio.wait_all_tasks_blocked()
+
+    # At 100 the line has moved a place in 100 s: places 1 and 2 start by 300,
+    # within their budget (350); places 3 to 5 could not, and are told then.
+    assert [outcomes[i].status for i in range(7)] == ["ok"] * 4 + ["expired"] * 3
+    never_ran = [outcomes[i].error for i in range(4, 7)]
+    assert [(e.waited, e.expiry) for e in never_ran if isinstance(e, Expired)] == [(100, 350)] * 3
+    assert queue.statistics().shed == 3
+
+
+async def test_a_line_that_stops_moving_sheds_the_waiters_it_cannot_reach() -> None:
+    """The time since the line last moved counts: a worker that hangs slows the rate at once."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)  # at 100: 100 s per place
+    hung, newcomer = Blocker(), Blocker()
+    waiting = [Blocker() for _ in range(3)]
+    outcomes: dict[int, Outcome] = {}
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, hung.run)
+        await line_up(tg, queue, waiting, outcomes)  # places 1 to 3, 100 to 300 s away
+        clock.advance(300)  # at 400, the line has not moved for 300 s: 400 s per place
+        await submit(tg, queue, newcomer.run)  # place 4, 1600 s away: shed as it comes
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (1, 3)  # places 2 and 3: 800, 1200 > 700 left
+        hung.release()
+        await anyio.wait_all_tasks_blocked()
+        waiting[0].release()
+
+    assert [outcomes[i].status for i in range(3)] == ["ok", "expired", "expired"]
+    assert [outcomes[i].error.waited for i in (1, 2)] == [300, 300]  # type: ignore[union-attr]
+    assert newcomer.started == 0
+
+
+async def test_a_line_that_emptied_without_moving_is_not_held_against_the_next() -> None:
+    """Its waiters expired (or were shed) already: the next line is judged on the grants."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1000)
+    await _line_moved_after(clock, queue, 100)  # at 100: 100 s per place
+    hung, blocker = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, hung.run)
+        await submit(tg, queue, blocker.run)  # waits from 100, expires at 1100
+        clock.advance(1100)
+        hung.release()  # at 1200: the waiter expires, the line is empty
+        await anyio.wait_all_tasks_blocked()
+        assert queue.statistics().expired == 1
+        await submit(tg, queue, blocker.run)  # runs
+        for _ in range(3):  # places 1 to 3: 100 to 300 s away, within 500
+            await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (3, 0)
+        blocker.release()
+
+
+async def test_a_line_standing_at_max_workers_admits_two_target_waits_of_it() -> None:
+    """CoDel's controlled delay: a longer line would add wait, not throughput."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock)  # TARGET_WAIT 100; half a budget: 50_000
+    await _line_moved_after(clock, queue, 10)  # at 10: 10 s per place
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head, from 10
+        clock.advance(99)  # 109 s per place: place 2 is 218 s away, and the line not standing
+        await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (2, 0)
+        clock.advance(1)  # the head has waited 100: place 3, 330 s away, is past 200
+        await submit(tg, queue, blocker.run)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (2, 1)
+        blocker.release()
+
+
+async def test_a_standing_line_still_admits_a_call_predicted_within_two_target_waits() -> None:
+    """The standing limit is 2 x TARGET_WAIT (200 s here), not anything shorter."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock)
+    for _ in range(2):  # the line moved a place a second
+        await _line_moved_after(clock, queue, 1)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # the head
+        clock.advance(100)  # standing, at MAX_WORKERS: (1 + 1 + 100) / 2 s a place
+        await submit(tg, queue, blocker.run)  # place 2: 102 s away, within 200
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (2, 0)
+        blocker.release()
+
+
+async def test_a_line_that_always_moved_at_once_predicts_no_wait() -> None:
+    """An empty line adds nothing to the prediction: a call at place 1 waits."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=1)  # shed past 0.5 s of predicted wait
+    await _line_moved_after(clock, queue, 0)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs; the line is empty
+        await submit(tg, queue, blocker.run)  # place 1: 0 s away
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (1, 0)
+        blocker.release()
+
+
+async def test_the_drain_rate_forgets_grants_older_than_its_window(monkeypatch) -> None:
+    """
+    Measured over the line's latest grants only (64; 4 here, to keep the test
+    short): an old slow grant no longer slows the prediction down.
+    """
+    monkeypatch.setattr(_queue, "_DRAIN_WINDOW", 4)
+    clock = VirtualClock(0)
+    queue = shed_queue(clock, item_expiry=10_000)  # shed past 5,000 s of predicted wait
+    await _line_moved_after(clock, queue, 4_000)  # one place in 4,000 s
+    for _ in range(4):  # then four at once: the slow one is out of the window
+        await _line_moved_after(clock, queue, 0)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        with _deadline.budget(60):  # 60 s (real) to go: shed past 30 s of predicted wait
+            await submit(tg, queue, blocker.run)  # place 1: 0 s away (800 s with the old grant)
+        stats = queue.statistics()
+        assert (stats.waiting, stats.shed) == (1, 0)
+        blocker.release()
+
+
+async def test_a_call_whose_circuit_is_open_takes_no_place_in_line() -> None:
+    """It is settled at once (its fallback answers), counted as circuit_open and rejected."""
+    clock = VirtualClock(0)
+    queue = shed_queue(clock)
+    breaker = CircuitBreaker("tests.queue_standing.down", clock=clock)
+    breaker.force_open()
+    blocker = Blocker()
+    outcomes: list[Outcome] = []
+
+    async def down(sender: Any, **kwargs: Any) -> None:
+        raise AssertionError("its circuit is open")  # pragma: no cover
+
+    def cached(sender: Any, **kwargs: Any) -> str:
+        return "cached"
+
+    async def caller() -> None:
+        call = Call(listener(down, breaker=breaker, fallback=cached), SIGNAL, None, {})
+        outcomes.append(await queue._run(call))
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        await submit(tg, queue, blocker.run)  # waits
+        tg.start_soon(caller)
+        await anyio.wait_all_tasks_blocked()
+        assert len(outcomes) == 1  # without waiting for the worker
+        stats = queue.statistics()
+        assert (stats.running, stats.waiting, stats.submitted, stats.circuit_open) == (1, 1, 3, 1)
+        blocker.release()
+
+    [outcome] = outcomes
+    assert (outcome.status, outcome.value) == ("circuit_open", "cached")
+    assert isinstance(outcome.error, CircuitOpen)
+    assert breaker.statistics().rejected == 1
+    assert queue.statistics().failed == 0
+
+
+async def test_a_worker_never_goes_to_a_call_its_deadline_would_cut_short(
+    logs: Any, monkeypatch: Any
+) -> None:
+    """
+    When its turn comes, a waiter whose deadline leaves it less than the
+    service time is shed, and the worker goes to the next; one left exactly
+    the service time is not.
+    """
+    import patchboard._queue
+
+    left = {"seconds": 0.0}  # what is left of each caller's deadline as it submits
+    monkeypatch.setattr(patchboard._queue._deadline, "remaining", lambda: left["seconds"])
+    clock = VirtualClock(0)
+    queue = make_queue(clock, max_workers=4)  # up to 4 workers: every caller fits in line
+    left["seconds"] = 3600
+    await _hold_for(clock, queue, 200)  # service time 200
+    blocker = Blocker()
+    short, exact = Blocker(), Blocker()
+    outcomes: dict[str, Outcome] = {}
+
+    async def caller(name: str, func: Callable[..., Any]) -> None:
+        call = Call(listener(func, on_error="log", default=name), SIGNAL, None, {})
+        outcomes[name] = await queue._run(call)
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run)  # runs
+        callers = (
+            ("short", short.run, 400),
+            ("shorter", short.run, 450),
+            ("exact", exact.run, 460),
+        )
+        for name, func, seconds in callers:
+            left["seconds"] = seconds
+            tg.start_soon(caller, name, func)
+            await anyio.wait_all_tasks_blocked()
+        assert queue.statistics().waiting == 3
+        clock.advance(250)
+        # The blocker held 250 s: service time 200 + 0.2 x 50 = 210. "short" has
+        # 150 s left, "shorter" 200, "exact" 210.
+        blocker.release()
+        await anyio.wait_all_tasks_blocked()
+        stats = queue.statistics()
+        assert (stats.running, stats.waiting, stats.shed, stats.expired) == (1, 0, 2, 2)
+        assert stats.service_time == 210
+        exact.release()
+
+    assert (short.started, exact.started) == (0, 1)
+    shed = outcomes["short"]
+    assert (shed.status, shed.value) == ("expired", "short")
+    assert isinstance(shed.error, Expired)
+    assert (shed.error.waited, shed.error.expiry, shed.error.deadline) == (250, 400, True)
+    [event] = events(logs, "queue_item_expired")
+    assert (event["shed"], event["deadline"], event["waited_s"]) == (True, True, 250)
+    assert outcomes["shorter"].status == "expired"
+    assert outcomes["exact"].status == "ok"

@@ -1,0 +1,62 @@
+"""The README is a contract: what it names exists, and every log event is in its table."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import patchboard
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+EVENT = re.compile(r"^(listener|queue|circuit|background|settings)_[a-z_]+$")
+
+
+def _emitted_events() -> set[str]:
+    """The event names the library logs: the string literals shaped like one."""
+    found: set[str] = set()
+    for path in (ROOT / "patchboard").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and EVENT.match(node.value)
+            ):
+                found.add(node.value)
+    # Names shaped like events that are not: a status, a signal, functions.
+    return found - {"circuit_open", "circuit_state_changed", "queue_stats"}
+
+
+def _documented_events() -> set[str]:
+    table = README[README.index("| event | level | keys |") :]
+    table = table[: table.index("\n\n")]
+    return set(
+        re.findall(r"`([a-z_]+)`", "\n".join(line.split("|")[1] for line in table.splitlines()[2:]))
+    )
+
+
+def test_every_event_the_library_logs_is_in_the_readme() -> None:
+    emitted = _emitted_events()
+    assert emitted - _documented_events() == set()
+    assert len(emitted) > 20
+
+
+def test_every_public_name_the_readme_uses_exists() -> None:
+    used = set(re.findall(r"patchboard\.([A-Za-z_]+)\b", README))
+    modules = {"testing", "urls", "Signal", "receiver"}
+    missing = {
+        name
+        for name in used - modules
+        if not hasattr(patchboard, name) and not (ROOT / "patchboard" / f"{name}.py").exists()
+    }
+    assert missing == set()
+
+
+def test_the_readmes_python_blocks_are_python() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+    assert len(blocks) > 10
+    for block in blocks:
+        if "..." in block and "async def" in block and block.count("\n") < 6:
+            continue  # a signature sketch
+        compile(block, "<README>", "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
