@@ -81,11 +81,11 @@ TARGETS: dict[str, Target] = {
     "queue": Target(
         modules=("patchboard/_queue.py",),
         tests=(
-            "tests/queue/test_queue.py",
-            "tests/queue/test_expiry.py",
-            "tests/queue/test_scaling.py",
-            "tests/queue/test_standing.py",
-            "tests/queue/test_property.py",
+            "tests/short_term_queue/test_queue.py",
+            "tests/short_term_queue/test_expiry.py",
+            "tests/short_term_queue/test_scaling.py",
+            "tests/short_term_queue/test_standing.py",
+            "tests/short_term_queue/test_property.py",
         ),
         goal=95.0,
     ),

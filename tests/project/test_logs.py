@@ -27,7 +27,7 @@ from patchboard._config import QueueSettings
 from patchboard._log import Limiter, log_limited
 from patchboard._state import state
 from patchboard.testing import VirtualClock, reset
-from tests.queue.support import Blocker, listener
+from tests.short_term_queue.support import Blocker, listener
 
 
 class Boom(Exception):

@@ -26,7 +26,7 @@ from patchboard._config import QueueSettings
 from patchboard._outcomes import Outcome
 from patchboard._queue import ShortTermQueue
 from patchboard.testing import VirtualClock
-from tests.queue.support import Blocker, listener, record_waits
+from tests.short_term_queue.support import Blocker, listener, record_waits
 
 SIGNAL = Signal(name="tests.queue_standing")
 

@@ -4,7 +4,7 @@ least doubling) when the head of the line is at risk of expiring (or an
 item expired), never for the line's length alone, and
 halves after ``IDLE_SHRINK_AFTER`` seconds of spare capacity; always between
 ``MIN_WORKERS`` and ``MAX_WORKERS``. ``TARGET_WAIT`` is set out of reach
-here, so that the standing-delay rule (tests/queue/test_standing.py) stays
+here, so that the standing-delay rule (tests/short_term_queue/test_standing.py) stays
 out of the way. Virtual time throughout, but one test.
 """
 
@@ -21,7 +21,7 @@ from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._queue import ShortTermQueue
 from patchboard.testing import VirtualClock
-from tests.queue.support import Blocker, listener
+from tests.short_term_queue.support import Blocker, listener
 
 SIGNAL = Signal(name="tests.queue_scaling")
 

@@ -23,7 +23,7 @@ from patchboard import Listener, ListenerOptions, Signal, _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings
 from patchboard._queue import ShortTermQueue
-from tests.queue.support import wait_until
+from tests.short_term_queue.support import wait_until
 
 
 @dataclass(frozen=True)

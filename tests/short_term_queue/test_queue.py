@@ -37,7 +37,7 @@ from patchboard._queue import (
 )
 from patchboard._state import state
 from patchboard.testing import VirtualClock, reset
-from tests.queue.support import Blocker, listener, wait_until
+from tests.short_term_queue.support import Blocker, listener, wait_until
 
 # -- helpers -------------------------------------------------------------------------
 
@@ -342,7 +342,7 @@ async def test_past_max_pending_an_item_is_rejected_at_once(logs: Any, fallback:
     [event] = [e for e in logs.entries if e["event"] == "queue_item_rejected"]
     assert event["listener"].endswith("extra")
     assert event["signal"] == "tests.queue"
-    assert event["sender"] == "tests.queue.test_queue.Gauge"
+    assert event["sender"] == "tests.short_term_queue.test_queue.Gauge"
     assert event["max_pending"] == 2
     stats = queue.statistics()
     assert (stats.submitted, stats.completed, stats.rejected) == (4, 3, 1)
@@ -686,7 +686,7 @@ async def test_a_failing_listener_never_cancels_another_collectors_items() -> No
 async def test_queue_stats_counts_each_outcome_once() -> None:
     """A call its circuit refused is ``circuit_open``, not ``failed``: a listener's error."""
     quote = Signal(name="quote")
-    down = patchboard.CircuitBreaker("tests.queue.down")
+    down = patchboard.CircuitBreaker("tests.short_term_queue.down")
     down.force_open()
 
     @patchboard.receiver(quote)
