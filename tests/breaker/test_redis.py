@@ -166,7 +166,7 @@ from patchboard._exceptions import CircuitOpen
 url, name, ident, callers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 async def main():
-    control = redis.asyncio.Redis.from_url(url)
+    control = redis.asyncio.Redis.from_url(url, socket_timeout=None)  # BLPOP waits up to 120 s
     b = CircuitBreaker(name, failure_threshold=1, reset_timeout=0.001, probe_timeout=120,
                        store=url)
     release = asyncio.Event()
@@ -201,7 +201,9 @@ asyncio.run(main())
 
 
 async def test_exactly_one_probe_across_4_processes_x_50_callers(redis_url, name) -> None:
-    control = redis.asyncio.Redis.from_url(redis_url)
+    # BLPOP waits up to 120 s for the children: redis-py's default 5 s socket
+    # timeout would end it while four interpreters start on a loaded machine.
+    control = redis.asyncio.Redis.from_url(redis_url, socket_timeout=None)
     b = CircuitBreaker(
         name, failure_threshold=1, reset_timeout=0.001, probe_timeout=120, store=redis_url
     )
