@@ -792,7 +792,7 @@ def get_queue() -> ShortTermQueue:
             if state.queue is None or state.queue.config is not config:
                 state.queue = ShortTermQueue(config)
             queue = state.queue
-    return queue  # type: ignore[no-any-return]
+    return queue
 
 
 def queue_stats() -> QueueStatistics:

@@ -393,7 +393,7 @@ def listener_threads() -> ListenerThreads:
             if state.threads is None:
                 state.threads = ListenerThreads(limit)
             threads = state.threads
-    return threads  # type: ignore[no-any-return]
+    return threads
 
 
 def thread_stats() -> ThreadStatistics:
