@@ -73,3 +73,15 @@ def logs() -> Iterator[LogCapture]:
         yield capture
     finally:
         structlog.reset_defaults()
+
+
+# -- logging as a project that never configured structlog leaves it ---------------------------
+
+
+@pytest.fixture
+def unconfigured() -> Iterator[None]:
+    """structlog unconfigured, as a project that never configured it leaves it:
+    patchboard's events go through logging, rendered as logfmt."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

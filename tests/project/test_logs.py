@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -32,14 +32,6 @@ from tests.queue.support import Blocker, listener
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-def unconfigured() -> Iterator[None]:
-    """structlog as a project that never configured it leaves it."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 class Timers:
