@@ -1,4 +1,9 @@
-"""The PATCHBOARD setting: validated once, reported by system checks."""
+"""
+The PATCHBOARD setting: validated once, reported by system checks.
+
+Internals on purpose: the setting's parser (``_config.parse``,
+``get_settings``, ``Settings``) and the check id ``E001_ID``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+from patchboard import QueueSettings
 from patchboard._checks import E001_ID
-from patchboard._config import QueueSettings, SettingError, Settings, get_settings, parse
+from patchboard._config import SettingError, Settings, get_settings, parse
 
 
 def test_defaults() -> None:

@@ -3,6 +3,9 @@ Every ``PATCHBOARD`` key, fed hostile values (part of ``make stress``): each
 value works or is refused at check time with an error naming the key, never
 a traceback from deep inside; a duration too long to wait for is refused by
 name wherever it can be written.
+
+Internals on purpose: the setting's parser and dataclasses (``_config``),
+read for the keys to throw values at, and the check ids.
 """
 
 from __future__ import annotations
