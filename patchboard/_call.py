@@ -49,6 +49,9 @@ deadline, for a call that started with a fair share of the budget or late
 FALLBACK_GRACE = 0.05
 """Seconds past the deadline an async fallback may still take to answer."""
 
+THREAD_EVENTS = ("listener_thread_abandoned", "listener_thread_returned")
+"""The log events of a listener call's thread: abandoned by its caller, returned after that."""
+
 NEVER_RAN: frozenset[Status] = frozenset({"expired", "rejected", "circuit_open"})
 """Outcomes of calls that never started: the listener's ``fallback`` answers for them."""
 
@@ -241,7 +244,17 @@ class Call:
         return Expired(self.listener.label, waited, 0.0, deadline=True)
 
     async def _in_thread(self, sync_call: Callable[[], Any]) -> Any:
-        return await listener_threads().run(sync_call, Job(self))
+        return await listener_threads().run(sync_call, self.thread_job())
+
+    def thread_job(self, events: tuple[str, str] = THREAD_EVENTS) -> Job:
+        """This call as a listener thread's job, its thread logged under ``events``."""
+        label = self.listener.label
+        fields = {
+            "signal": signal_label(self.signal),
+            "listener": label,
+            "sender": sender_label(self.sender),
+        }
+        return Job(label, fields, events)
 
     def start_in_thread(self) -> Job | Outcome:
         """
@@ -260,7 +273,7 @@ class Call:
         self.limit = limit
         self.ends = None if limit is None else perf_counter() + limit
         self.by_deadline = by_deadline
-        job = Job(self)
+        job = self.thread_job()
         sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
         if listener_threads().start(sync_call, job, self._time_left()):
             return job

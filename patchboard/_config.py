@@ -632,4 +632,4 @@ def get_settings() -> Settings:
         if errors:
             raise errors[0]
         settings = state.settings = parsed
-    return settings  # type: ignore[no-any-return]
+    return settings

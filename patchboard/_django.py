@@ -25,6 +25,8 @@ from asgiref.sync import AsyncToSync
 from django.dispatch import Signal as DjangoSignal
 from django.dispatch import dispatcher
 
+# Each ``type: ignore[attr-defined]`` here reads a private member of Django's
+# that django-stubs does not declare (no type can say it exists).
 make_id: Callable[[object], Hashable] = dispatcher._make_id  # type: ignore[attr-defined]
 """Django's receiver and sender key: patchboard must compute exactly the same keys."""
 

@@ -375,7 +375,7 @@ def as_listener(receiver: Callable[..., Any]) -> Listener:
         return receiver
     plain = state.plain_listeners
     try:
-        return plain[receiver]  # type: ignore[no-any-return]
+        return plain[receiver]
     except KeyError:
         listener = plain[receiver] = Listener(receiver, DEFAULT_OPTIONS, weak=True)
         return listener
@@ -486,7 +486,7 @@ def forget(signal: DjangoSignal, func: Callable[..., Any] | None, key: Hashable)
     owner_ids = list(kept) if func is None else [id(_owner(func))]
     for owner_id in owner_ids:
         entry = kept.get(owner_id)
-        if entry is not None and entry[1].pop((id(signal), key), None) and not entry[1]:
+        if entry is not None and entry[1].pop((id(signal), key), None) is not None and not entry[1]:
             entry[0].detach()
             kept.pop(owner_id, None)
 

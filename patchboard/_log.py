@@ -230,7 +230,7 @@ def limiter() -> Limiter:
     found = state.limiter
     if found is None:
         found = state.limiter = Limiter()
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def log_limited(level: str, event: str, key: Hashable, **fields: Any) -> None:

@@ -126,7 +126,6 @@ cancelled), as exactly one of ``completed``, ``failed``, ``circuit_open``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import heapq
 import itertools
@@ -146,7 +145,8 @@ from patchboard._exceptions import Expired, Rejected
 from patchboard._log import log_limited, logger, sender_label, signal_label
 from patchboard._outcomes import Outcome, Status
 from patchboard._state import state
-from patchboard._threads import Job, listener_threads
+from patchboard._threads import listener_threads
+from patchboard._waiter import Waiter
 
 # An item's state; it changes only under the queue's lock.
 _WAITING: Final = 0
@@ -227,26 +227,22 @@ class _Item:
         "by_deadline",
         "enqueued",
         "expires",
-        "future",
         "granted_at",
-        "loop",
         "shed",
         "state",
-        "thread",
         "waited",
+        "waiter",
     )
 
     # Set by ``run()`` (``state``, ``budget``), on joining the line (``enqueued``,
-    # ``expires``, ``loop``, ``thread``, ``future``) or on being granted a worker
-    # (``granted_at``), before anything reads them.
+    # ``expires``, ``waiter``) or on being granted a worker (``granted_at``),
+    # before anything reads them.
     state: int
     budget: float
     enqueued: float
     expires: float
     granted_at: float
-    future: asyncio.Future[None]
-    loop: asyncio.AbstractEventLoop
-    thread: int
+    waiter: Waiter
 
     def __init__(self) -> None:
         self.by_deadline = False
@@ -259,23 +255,11 @@ class _Item:
         self.state = _WAITING
         self.enqueued = now
         self.expires = now + self.budget
-        self.loop = asyncio.get_running_loop()
-        self.thread = threading.get_ident()
-        self.future = self.loop.create_future()
+        self.waiter = Waiter(asyncio.get_running_loop())
 
     def wake(self) -> None:
         """Wake the waiter on its own loop, from any thread."""
-        if threading.get_ident() == self.thread:
-            _resolve(self.future)
-            return
-        # RuntimeError: its loop is closed; the waiter was cancelled and withdrew already.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(_resolve, self.future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        self.waiter.wake()
 
 
 class ShortTermQueue:
@@ -471,19 +455,19 @@ class ShortTermQueue:
                 if waiters and waiters[0] is item and self._workers < config.max_workers:
                     due = min(due, item.enqueued + config.target_wait)
                 with anyio.move_on_after(max(0.0, due - now)) as timer:
-                    await item.future
+                    await item.waiter.wait()
                 if item.state != _WAITING:
                     break
                 if not timer.cancelled_caught:
                     # Woken to become the head of the line: only its due time changes.
-                    item.future = item.loop.create_future()
+                    item.waiter.rearm()
                     continue
                 with self._lock:
                     if item.state != _WAITING:
                         return  # granted or expired meanwhile
                     events = self._rebalance(self._clock())
                     if item.state == _WAITING:
-                        item.future = item.loop.create_future()
+                        item.waiter.rearm()
                 if events:
                     _emit(events)
         except BaseException:
@@ -612,7 +596,7 @@ class ShortTermQueue:
         thread returns, the thread is abandoned and keeps the call's worker
         until it returns: the bound counts threads, not waiting callers.
         """
-        job = Job(call, _THREAD_EVENTS)
+        job = call.thread_job(_THREAD_EVENTS)
         job.on_abandon = functools.partial(self._abandoned_thread, item)
         job.on_return = functools.partial(self._returned_thread, item)
         return await listener_threads().run(sync_call, job)
@@ -808,7 +792,7 @@ def get_queue() -> ShortTermQueue:
             if state.queue is None or state.queue.config is not config:
                 state.queue = ShortTermQueue(config)
             queue = state.queue
-    return queue  # type: ignore[no-any-return]
+    return queue
 
 
 def queue_stats() -> QueueStatistics:

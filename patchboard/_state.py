@@ -17,21 +17,35 @@ and disconnecting change it; ``reset()`` leaves it alone, because clearing it
 would silently disconnect the listeners a project connected in
 ``AppConfig.ready()``.
 
-This module sits at the bottom of the package: it imports nothing of
-patchboard but the outcome statuses, and holds the upper layers' objects
-(queues, breakers, links) without knowing their types beyond what reset needs
-(``forget()``, ``close()``).
+This module sits at the bottom of the package: at run time it imports
+nothing of patchboard but the outcome statuses, and holds the upper layers'
+objects (queues, breakers, links) calling nothing of them but what reset
+needs (``_forget()``, ``close()``). Their types are imported for the type
+checker only.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 
-from patchboard._outcomes import STATUSES
+from patchboard._outcomes import STATUSES, Outcome
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal as DjangoSignal
+
+    from patchboard._background._registry import Registration
+    from patchboard._breaker._circuit import CircuitBreaker
+    from patchboard._breaker._redis import RedisLink
+    from patchboard._config import Settings
+    from patchboard._listeners import Listener
+    from patchboard._log import Limiter
+    from patchboard._queue import ShortTermQueue
+    from patchboard._threads import ListenerThreads
 
 
 class State:
@@ -42,40 +56,45 @@ class State:
         """Guards the lazily built members (settings, queue, threads, breakers, links)."""
 
         # -- runtime state (reset) --------------------------------------------------
-        self.settings: Any = None
+        self.settings: Settings | None = None
         """The parsed ``PATCHBOARD`` setting, or None until first read."""
         self.counts: dict[str, int] = dict.fromkeys(("submitted", *STATUSES), 0)
         """Listener calls submitted, and ended with each status (``outcome_counts()``)."""
-        self.logger: Any = None
-        """The ``patchboard`` logger, chosen on first use (see ``_log``)."""
-        self.queue: Any = None
+        self.logger: tuple[bool, Any] | None = None
+        """The ``patchboard`` logger, chosen on first use (see ``_log``): (whether
+        structlog was configured then, the logger: structlog's or logging's)."""
+        self.queue: ShortTermQueue | None = None
         """The process's ``ShortTermQueue``, built on first use."""
-        self.threads: Any = None
+        self.threads: ListenerThreads | None = None
         """The process's bounded listener threads (``_threads``), built on first use."""
-        self.breakers: dict[str, Any] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
         """Circuit breakers by name."""
         self.declared: set[str] = set()
         """Names of the breakers built from ``PATCHBOARD["BREAKERS"]``."""
-        self.redis_links: dict[str, Any] = {}
+        self.redis_links: dict[str, RedisLink] = {}
         """The Redis clients of each store URL."""
-        self.observers: list[Any] = []
+        self.observers: list[Callable[[DjangoSignal, Any, list[Outcome]], None]] = []
         """Called with (signal, sender, outcomes) after every dispatch (``patchboard.testing``)."""
-        self.limiter: Any = None
+        self.limiter: Limiter | None = None
         """The rate limiter of per-item log events (see ``_log``)."""
 
         # -- connection state (kept by reset) -----------------------------------------
-        self.signal_names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.signal_names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         """The names logs and task payloads use for signals."""
-        self.plain_listeners: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self.plain_listeners: weakref.WeakKeyDictionary[Callable[..., Any], Listener] = (
+            weakref.WeakKeyDictionary()
+        )
         """Receivers connected without options, wrapped once with the default options."""
-        self.keepalive: dict[int, tuple[weakref.finalize[Any, Any], dict[Any, Any]]] = {}
+        self.keepalive: dict[
+            int, tuple[weakref.finalize[Any, Any], dict[tuple[int, Hashable], Listener]]
+        ] = {}
         """Weakly connected listeners, kept as long as their function (or its bound
         instance), by its id: (the finalizer that drops the entry, the listeners)."""
-        self.named_breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.named_breakers: weakref.WeakSet[Listener] = weakref.WeakSet()
         """Listeners that name their breaker (``patchboard.E011`` checks the names)."""
-        self.background: dict[str, list[Any]] = {}
+        self.background: dict[str, list[Registration]] = {}
         """Background listeners connected in this process, by dotted path."""
-        self.signal_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.signal_keys: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         """How task payloads name signals that have no name (found once per signal)."""
 
     def reset(self) -> None:

@@ -24,37 +24,39 @@ before its thread starts (waiting, within its own time limit, if all are
 taken) and the *thread* hangs it back when it returns — not the caller when it
 stops waiting. A caller that stops waiting (its ``timeout``, its
 cancellation) *abandons* the thread: the thread runs to its end and keeps its
-hook meanwhile, and is counted and logged (``listener_thread_abandoned``,
-``listener_thread_returned``). So live listener threads, abandoned ones
-included, never outnumber the hooks, however long a listener blocks.
+hook meanwhile, and is counted and logged (under the events its caller
+names: ``listener_thread_abandoned``, ``listener_thread_returned`` for a
+listener's call, ``queue_thread_*`` for the short-term queue's). So live
+listener threads, abandoned ones included, never outnumber the hooks,
+however long a listener blocks.
 
 The hooks are shared by every event loop of the process (the ASGI server's,
 and the short-lived ones of ``async_to_sync``) and by plain threads (the sync
 twins wait without a loop), so they are counted under a ``threading.Lock``
-and each waiter is woken in its own way: on its loop, or by an event.
+and each waiter is woken where it waits (``patchboard._waiter``).
+
+This module knows nothing of signals, listeners or calls: it runs functions,
+and a :class:`Job` carries what its logs say of whom it runs them for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from django.db import close_old_connections, connections, reset_queries
 
 from patchboard._config import get_settings
-from patchboard._log import log_limited, sender_label, signal_label
+from patchboard._log import log_limited
 from patchboard._state import state
-
-if TYPE_CHECKING:
-    from patchboard._call import Call
+from patchboard._waiter import Waiter
 
 IDLE_THREAD_TIMEOUT: Final = 30.0
 """Seconds a worker thread waits for another call before it exits."""
@@ -131,59 +133,22 @@ class ThreadStatistics:
     abandoned_running: int
 
 
-class _Waiter:
-    """A call waiting for a thread: woken on its event loop, or by a threading event."""
-
-    __slots__ = ("_event", "_future", "_loop", "granted")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.granted = False
-        self._loop = loop
-        self._future: asyncio.Future[None] | None = None
-        self._event: threading.Event | None = None
-        if loop is None:
-            self._event = threading.Event()
-        else:
-            self._future = loop.create_future()
-
-    def wake(self) -> None:
-        """Called under the lock, from any thread."""
-        self.granted = True
-        if self._event is not None:
-            self._event.set()
-        elif self._loop is not None and self._future is not None:
-            # RuntimeError: its loop is closed; the waiter was cancelled and withdrew already.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(_resolve, self._future)
-
-    async def wait_async(self) -> None:
-        assert self._future is not None
-        await self._future
-
-    def wait_sync(self, timeout: float | None) -> bool:
-        assert self._event is not None
-        return self._event.wait(timeout)
-
-
-def _resolve(future: asyncio.Future[Any], result: Any = None) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-LISTENER_EVENTS: Final = ("listener_thread_abandoned", "listener_thread_returned")
-"""The log events of a listener's thread: abandoned by its caller, returned after that."""
-
-
 class Job:
-    """One sync call running (or about to run) in a worker thread."""
+    """
+    One sync call running (or about to run) in a worker thread, for a caller
+    the threads know only by what their logs say of it: ``key``, the log
+    limiter's key (a burst of one caller's abandoned threads is logged once),
+    ``fields``, the key/values its log events carry, and ``events``, the
+    names of those events (abandoned by its caller, returned after that).
+    """
 
     __slots__ = (
         "abandoned",
-        "call",
-        "done",
         "error",
         "events",
+        "fields",
         "finished",
+        "key",
         "on_abandon",
         "on_return",
         "result",
@@ -191,13 +156,12 @@ class Job:
         "started",
     )
 
-    def __init__(self, call: Call, events: tuple[str, str] = LISTENER_EVENTS) -> None:
-        self.call = call
+    def __init__(self, key: Hashable, fields: dict[str, Any], events: tuple[str, str]) -> None:
+        self.key = key
+        self.fields = fields
         self.events = events
-        """The log events of this job's thread: (abandoned, returned)."""
-        self.done: Callable[[], None] = _nothing
-        """Tells the waiting caller the thread returned (not called once abandoned)."""
-        self.finished: threading.Event | None = None
+        self.finished: Waiter | None = None
+        """Woken when the thread returns (not once its caller abandoned it)."""
         self.on_abandon: Callable[[], None] = _nothing
         self.on_return: Callable[[], None] = _nothing
         """Called when an abandoned thread returns."""
@@ -223,7 +187,7 @@ class ListenerThreads:
         self.limit = limit
         self._lock = threading.Lock()
         self._busy = 0
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._abandoned = 0
         self._abandoned_running = 0
         self._idle: list[_Inbox] = []
@@ -260,17 +224,10 @@ class ListenerThreads:
         """
         loop = asyncio.get_running_loop()
         await self._take_async(loop)
-        future: asyncio.Future[None] = loop.create_future()
-
-        def done() -> None:
-            # RuntimeError: the caller's loop is gone, and so is the caller.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, future)
-
-        job.done = done
+        finished = job.finished = Waiter(loop)
         self._start(job, fn)
         try:
-            await future
+            await finished.wait()
         except BaseException:
             self._abandon(job)
             raise
@@ -283,8 +240,7 @@ class ListenerThreads:
         """
         if not self._take_sync(timeout):
             return False
-        job.finished = threading.Event()
-        job.done = job.finished.set
+        job.finished = Waiter(None)
         self._start(job, fn)
         return True
 
@@ -297,7 +253,7 @@ class ListenerThreads:
             BaseException: whatever the job's function raised.
         """
         assert job.finished is not None
-        if job.finished.wait(timeout) or not self._abandon(job):
+        if job.finished.wait_blocking(timeout) or not self._abandon(job):
             return True, _result(job)
         return False, None
 
@@ -328,19 +284,12 @@ class ListenerThreads:
             self._idle.append(inbox)
             self._give_back()
         if not abandoned:
-            job.done()
+            assert job.finished is not None
+            job.finished.wake()
             return
         job.on_return()
-        call = job.call
-        label = call.listener.label
-        log_limited(
-            "debug",
-            job.events[1],
-            label,
-            signal=signal_label(call.signal),
-            listener=label,
-            ran_s=round(perf_counter() - job.started, 6),
-        )
+        ran = round(perf_counter() - job.started, 6)
+        log_limited("debug", job.events[1], job.key, **job.fields, ran_s=ran)
 
     def _abandon(self, job: Job) -> bool:
         """The caller stopped waiting: abandon the thread, unless it returned already (False)."""
@@ -352,17 +301,7 @@ class ListenerThreads:
             self._abandoned_running += 1
             running = self._abandoned_running
         job.on_abandon()
-        call = job.call
-        label = call.listener.label
-        log_limited(
-            "warning",
-            job.events[0],
-            label,
-            signal=signal_label(call.signal),
-            listener=label,
-            sender=sender_label(call.sender),
-            abandoned_running=running,
-        )
+        log_limited("warning", job.events[0], job.key, **job.fields, abandoned_running=running)
         return True
 
     # -- the bound ----------------------------------------------------------------
@@ -372,10 +311,10 @@ class ListenerThreads:
             if self._busy < self.limit and not self._waiters:
                 self._busy += 1
                 return
-            waiter = _Waiter(loop)
+            waiter = Waiter(loop)
             self._waiters.append(waiter)
         try:
-            await waiter.wait_async()
+            await waiter.wait()
         except BaseException:
             self._withdraw(waiter)
             raise
@@ -385,17 +324,17 @@ class ListenerThreads:
             if self._busy < self.limit and not self._waiters:
                 self._busy += 1
                 return True
-            waiter = _Waiter(None)
+            waiter = Waiter(None)
             self._waiters.append(waiter)
-        if waiter.wait_sync(timeout):
+        if waiter.wait_blocking(timeout):
             return True
         self._withdraw(waiter)
         return False
 
-    def _withdraw(self, waiter: _Waiter) -> None:
+    def _withdraw(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the line, or hand on the thread it was given meanwhile."""
         with self._lock:
-            if waiter.granted:
+            if waiter.woken:  # woken only to be given a thread
                 self._give_back()
             else:
                 self._waiters.remove(waiter)
@@ -454,7 +393,7 @@ def listener_threads() -> ListenerThreads:
             if state.threads is None:
                 state.threads = ListenerThreads(limit)
             threads = state.threads
-    return threads  # type: ignore[no-any-return]
+    return threads
 
 
 def thread_stats() -> ThreadStatistics:

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis
 import structlog
+from django.test import override_settings
 from hypothesis import settings
 from structlog.testing import LogCapture
 
+from patchboard import Signal
 from patchboard.testing import reset
 from tests.services import RedisServer, require_postgres, require_redis, require_redis_server
 
@@ -73,3 +77,45 @@ def logs() -> Iterator[LogCapture]:
         yield capture
     finally:
         structlog.reset_defaults()
+
+
+# -- logging as a project that never configured structlog leaves it ---------------------------
+
+
+@pytest.fixture
+def unconfigured() -> Iterator[None]:
+    """structlog unconfigured, as a project that never configured it leaves it:
+    patchboard's events go through logging, rendered as logfmt."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+# -- a short-term queue with no room -----------------------------------------------------------
+
+
+@pytest.fixture
+async def full_queue() -> AsyncIterator[None]:
+    """
+    The process's short-term queue with one worker, held by a listener until
+    the test ends, and no place in line (``MAX_PENDING`` 0): a call that
+    needs a place is "rejected" at once; one answered before it takes a
+    place (its circuit open) is not.
+    """
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def holds_the_worker(sender: Any, **kwargs: Any) -> None:
+        held.set()
+        await release.wait()
+
+    signal = Signal(name="tests.full_queue")
+    signal.connect(holds_the_worker, weak=False)
+    one_worker = {"MIN_WORKERS": 1, "MAX_WORKERS": 1, "MAX_PENDING": 0}
+    with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": one_worker}):
+        holding = asyncio.create_task(signal.collect_async(sender=None, queue=True))
+        try:
+            await asyncio.wait_for(held.wait(), timeout=10)
+            yield
+        finally:
+            release.set()
+            await holding

@@ -54,7 +54,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import connections
 
 from patchboard._background._registry import sender_class
@@ -422,7 +422,7 @@ class _Decoder:
         queryset = manager.all() if db is None else manager.using(db)
         try:
             return queryset.get(pk=pk)
-        except model.DoesNotExist:  # type: ignore[attr-defined]
+        except ObjectDoesNotExist:  # the model's own DoesNotExist, which Model does not declare
             if self.missing == "none":
                 return None
             raise InstanceMissing(argument, model._meta.label) from None

@@ -275,7 +275,7 @@ class CircuitBreaker:
                 :meth:`call_sync`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
-        return await self._run_async(fn, args, kwargs)  # type: ignore[no-any-return]
+        return await self._run_async(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """
@@ -290,7 +290,7 @@ class CircuitBreaker:
                 (use :meth:`call`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
-        return self._run_sync(fn, args, kwargs)  # type: ignore[no-any-return]
+        return self._run_sync(fn, args, kwargs)
 
     @overload
     def __call__(
@@ -326,7 +326,7 @@ class CircuitBreaker:
     # the rest of an entry on the fast path (closed, not nested), which is
     # therefore inline here; its steps are _needs_store's and _leave's.
 
-    def _run_sync(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def _run_sync(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         fast = self._enter_fast()
         if not fast and self._needs_store():
             self._push(self._acquire())
@@ -349,7 +349,9 @@ class CircuitBreaker:
             self.__exit__(None, None, None)
         return result
 
-    async def _run_async(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
         fast = self._enter_fast()
         if not fast and self._needs_store():
             self._push(await self._aacquire())
@@ -757,7 +759,7 @@ def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
         return name_or_instance
     breaker = state.breakers.get(name_or_instance)
     if breaker is not None:
-        return breaker  # type: ignore[no-any-return]
+        return breaker
     if not isinstance(name_or_instance, str):
         raise TypeError(
             f"get_breaker() takes a breaker name or a CircuitBreaker, got {name_or_instance!r}"
@@ -766,7 +768,7 @@ def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
     with state.lock:
         breaker = state.breakers.get(name)
         if breaker is not None:
-            return breaker  # type: ignore[no-any-return]
+            return breaker
         declared = get_settings().breakers
         if name not in declared:
             known = sorted({*declared, *state.breakers})

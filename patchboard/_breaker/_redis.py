@@ -112,7 +112,7 @@ def run_blocking[T](operation: Coroutine[Any, Any, T]) -> T:
     try:
         operation.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any
     operation.close()
     raise RuntimeError("a blocking Redis store operation suspended")
 
@@ -157,7 +157,7 @@ def check_url(url: str) -> None:
     from redis.connection import parse_url
 
     try:
-        options = parse_url(url)  # type: ignore[no-untyped-call]
+        options = parse_url(url)  # type: ignore[no-untyped-call]  # redis leaves it untyped
         pool = redis.BlockingConnectionPool.from_url(url)
         pool.connection_class(**pool.connection_kwargs)  # an unknown query parameter fails here
         problem = _misread(url, options)
@@ -291,6 +291,7 @@ class RedisLink:
                     client = redis.Redis(connection_pool=pool)
                     self._sync = (client, client.register_script(SCRIPT))
                 script = self._sync
+        # redis types a script's reply as Any; breaker.lua returns a list of integers.
         return script[1](keys=keys, args=args)  # type: ignore[no-any-return]
 
     async def arun(self, keys: Sequence[str], args: list[str]) -> Reply:
@@ -312,6 +313,7 @@ class RedisLink:
             pool = redis.asyncio.BlockingConnectionPool.from_url(self.url, **self._options(Retry))
             client = redis.asyncio.Redis(connection_pool=pool)
             pair = self._async[loop] = (client, client.register_script(SCRIPT))
+        # As in run(): the reply is typed Any.
         return await pair[1](keys=keys, args=args)  # type: ignore[no-any-return]
 
     def available(self) -> bool:
@@ -389,7 +391,7 @@ def redis_link(url: str) -> RedisLink:
     if link is None:
         with state.lock:
             link = state.redis_links.setdefault(url, RedisLink(url))
-    return link  # type: ignore[no-any-return]
+    return link
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:

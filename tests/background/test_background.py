@@ -3,6 +3,10 @@ Background listeners with the in-memory Tasks backends: ``default`` is the
 ImmediateBackend (the task runs inside ``enqueue``), ``dummy`` the
 DummyBackend (tasks wait in memory until :func:`run_pending` runs them, as a
 worker would).
+
+Internals on purpose: the worker's entry (``_tasks.run``, ``run_listener``),
+the payload encoder, the registry and the background checks: a worker and
+a forged payload reach them without the public API.
 """
 
 from __future__ import annotations

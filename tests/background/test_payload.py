@@ -1,4 +1,9 @@
-"""What crosses the process boundary to a background worker, and what is refused."""
+"""
+What crosses the process boundary to a background worker, and what is refused.
+
+Internals on purpose: the payload's encoder and decoder (``_payload``): what
+a worker receives is their contract, not the public API's.
+"""
 
 from __future__ import annotations
 

@@ -10,11 +10,18 @@ whose fields are randomly swapped for random JSON; and real payloads, encoded
 from real values, with one tag tampered (a value of the wrong type, a
 spelling the sender never writes, a primary key of the wrong type, a database
 or class this process lacks, nesting past the bound, a huge int).
+
+And the sender's side: kwargs holding a value that cannot cross, however
+deeply nested, are refused at send time, naming the path to it.
+
+The worker's entry and the encoder are internals, tested here on purpose:
+a forged payload can only reach the worker, never the public API.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import math
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,11 +30,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from django.test import override_settings
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from patchboard import Signal, receiver
+from patchboard import NotSerializable, Signal, receiver
 from patchboard._background._payload import MAX_DEPTH, RESERVED, TAG, Job, encode, encode_kwargs
 from patchboard._background._tasks import run
 from tests.testapp.models import Order
@@ -319,3 +327,61 @@ def test_envelope_numbers_of_the_wrong_kind_are_refused(field: str, value: Any) 
 @given(name=st.sampled_from(sorted(RESERVED)), value=json_values)
 def test_arguments_named_sender_or_signal_are_refused(name: str, value: Any) -> None:
     assert_refused({**VALID, "kwargs": {"n": 1, name: value}})
+
+
+# -- the sender's side: what cannot cross is refused at send time ---------------------
+
+
+class Colour(enum.Enum):
+    RED = 1
+
+
+UNENCODABLE = st.sampled_from(
+    [b"bytes", bytearray(b"x"), Colour.RED, object(), complex(1, 2), range(3), Exception("x")]
+)
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.decimals()),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@st.composite
+def with_unencodable(draw: st.DrawFn) -> tuple[Any, str]:
+    """A JSON-like value with one value that cannot cross, and the path to it."""
+    leaf = draw(UNENCODABLE)
+    depth = draw(st.integers(min_value=0, max_value=3))
+    value, path = leaf, ""
+    for _ in range(depth):
+        if draw(st.booleans()):
+            siblings = draw(st.lists(JSONISH, max_size=2))
+            value, path = [*siblings, value], f"[{len(siblings)}]{path}"
+        else:
+            key = draw(st.text(alphabet="abcxyz", min_size=1, max_size=4))
+            value, path = {key: value}, f"[{key!r}]{path}"
+    return value, path
+
+
+hostile = Signal(name="tests.payload_property.hostile")
+
+
+def hostile_background(sender: Any, **kwargs: Any) -> None:
+    pass
+
+
+@HYPOTHESIS
+@given(case=with_unencodable())
+def test_kwargs_that_cannot_cross_are_refused_at_send_time_by_path(case: tuple[Any, str]) -> None:
+    value, path = case
+    hostile.connect(hostile_background, weak=False, mode="background")
+    try:
+        with (
+            override_settings(PATCHBOARD={"BACKGROUND": {"BACKEND": "dummy"}}),
+            pytest.raises(NotSerializable) as raised,
+        ):
+            hostile.send_sync(sender=None, cart=value)
+    finally:
+        hostile.disconnect(hostile_background)
+    message = str(raised.value)
+    assert f"kwargs['cart']{path}" in message, message
+    assert "hostile_background" in message

@@ -1,4 +1,10 @@
-"""Circuit breaker rules with the in-process store, on a virtual clock."""
+"""
+Circuit breaker rules with the in-process store, on a virtual clock.
+
+Internals on purpose: the registry (``all_breakers()``) and the breaker
+checks (``check_breakers``, ``breaker_error``, ``E010_ID``), compared as the
+checks framework reports them.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +28,13 @@ from patchboard import (
     BreakerConfig,
     BreakerStatistics,
     CircuitBreaker,
+    CircuitOpen,
+    ListenerTimeout,
     circuit_state_changed,
     get_breaker,
 )
 from patchboard._breaker import all_breakers
 from patchboard._breaker._checks import E010_ID, breaker_error, check_breakers
-from patchboard._exceptions import CircuitOpen, ListenerTimeout
 from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
 
 START = 1_700_000_000.0

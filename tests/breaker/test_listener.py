@@ -1,4 +1,9 @@
-"""Listeners with a circuit breaker: "circuit_open" outcomes, fallbacks, what counts."""
+"""
+Listeners with a circuit breaker: "circuit_open" outcomes, fallbacks, what counts.
+
+Internal on purpose: ``E011_ID``, the check's id, compared as Django's own
+tests compare check messages.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,11 @@ from django.test import override_settings
 from patchboard import (
     CircuitBreaker,
     CircuitOpen,
-    Listener,
-    ListenerOptions,
     Signal,
     get_breaker,
     receiver,
 )
 from patchboard._breaker._checks import E011_ID
-from patchboard._call import Call
 from patchboard.testing import VirtualClock
 
 
@@ -152,24 +154,39 @@ def test_unknown_breaker_name_is_a_check_error_and_a_loud_failure() -> None:
         quote.send_sync(sender=None)
 
 
-def test_a_call_is_refused_before_it_starts_only_while_its_circuit_is_open(clock) -> None:
-    """What the short-term queue asks before a call takes a place in line (no probe taken)."""
+async def test_a_queued_call_is_refused_before_it_takes_a_place_only_while_its_circuit_is_open(
+    clock, full_queue
+) -> None:
+    """
+    The short-term queue asks a call's breaker before the call takes a place
+    in line. With the line full, a call whose circuit is open is answered
+    "circuit_open" (not "rejected"); a closed or half-open circuit answers
+    nothing (taking no probe): the call needs a place, and is "rejected".
+    """
     breaker = CircuitBreaker("carrier-test", failure_threshold=1, reset_timeout=30, clock=clock)
+    quote = Signal()
 
-    def quote(sender, **kwargs):
+    def carrier(sender, **kwargs):
         raise RuntimeError("carrier down")
 
-    call = Call(Listener(quote, ListenerOptions(breaker=breaker), weak=False), Signal(), None, {})
-    assert call.refusal() is None  # closed
+    quote.connect(carrier, weak=False, breaker=breaker, on_error="log")
+
+    async def queued():
+        [outcome] = await quote.collect_async(sender=None, queue=True)
+        return outcome
+
+    assert (await queued()).status == "rejected"  # closed
     with pytest.raises(RuntimeError), breaker:
-        quote(None)
-    refused = call.refusal()
-    assert isinstance(refused, CircuitOpen)
-    assert (refused.breaker, refused.retry_at) == ("carrier-test", breaker.retry_at)
+        carrier(None)
+    refused = await queued()
+    assert refused.status == "circuit_open"
+    assert isinstance(refused.error, CircuitOpen)
+    assert (refused.error.breaker, refused.error.retry_at) == ("carrier-test", breaker.retry_at)
     assert breaker.statistics().rejected == 1
     clock.advance(30)
-    assert call.refusal() is None  # half-open: a probe may go through
+    assert (await queued()).status == "rejected"  # half-open: a probe may go through
     assert breaker.statistics().probes == 0
     breaker.force_open()
-    forced = call.refusal()
-    assert forced is not None and forced.retry_at is None
+    forced = await queued()
+    assert forced.status == "circuit_open"
+    assert isinstance(forced.error, CircuitOpen) and forced.error.retry_at is None

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from patchboard import CircuitBreaker, CircuitOpen, circuit_state_changed
+from patchboard import BreakerConfig, CircuitBreaker, CircuitOpen, circuit_state_changed
 from patchboard._breaker._machine import (
     ADMIT,
     CLOSED,
@@ -33,7 +33,6 @@ from patchboard._breaker._machine import (
     Transition,
 )
 from patchboard._breaker._memory import MemoryStore
-from patchboard._config import BreakerConfig
 from patchboard.testing import VirtualClock
 
 START = 1_700_000_000.0

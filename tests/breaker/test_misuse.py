@@ -106,3 +106,35 @@ async def test_an_inner_refusal_never_reopens_the_circuit(breaker) -> None:
         breaker.force_open()
         await breaker.call(probe_me)
     assert breaker.statistics().rejected == 1
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_huge_backoff_without_a_cap_grows_to_the_longest_wait_not_to_overflow(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """Found by the properties: ``backoff_factor=1e300`` made the second opening overflow."""
+    from patchboard.testing import VirtualClock
+
+    clock = VirtualClock(1_700_000_000.0)
+    options: dict[str, Any] = {"clock": clock}
+    if store == "redis":
+        options = {"store": request.getfixturevalue("redis_url"), "sync_interval": 0}
+    name = f"tests.hostile.backoff.{store}.{id(clock)}"
+    breaker = CircuitBreaker(
+        name, failure_threshold=1, reset_timeout=0.01, backoff_factor=1e300, **options
+    )
+
+    class Down(Exception):
+        pass
+
+    with pytest.raises(Down), breaker:
+        raise Down
+    clock.advance(1)
+    if store == "redis":
+        import time
+
+        time.sleep(0.05)  # the Redis store runs on the server's clock
+    with pytest.raises(Down), breaker:  # the probe fails: the reset timeout grows
+        raise Down
+    assert breaker.state == "open"
+    assert breaker.retry_at is not None and breaker.retry_at.year > 2200

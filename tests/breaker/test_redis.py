@@ -1,4 +1,10 @@
-"""The Redis store: state shared across processes, atomic probes, round trips, outages."""
+"""
+The Redis store: state shared across processes, atomic probes, round trips, outages.
+
+Internals on purpose: ``RedisLink``'s back-off intervals are shortened
+(monkeypatched) so an outage test need not wait them out, and the links in
+``state`` are closed on the test's own loop.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +29,8 @@ import redis.connection
 from django.core.management import call_command
 from django.test import override_settings
 
-from patchboard import CircuitBreaker, Listener, ListenerOptions, Signal, _deadline, get_breaker
+from patchboard import CircuitBreaker, CircuitOpen, Signal, _deadline, get_breaker
 from patchboard._breaker._redis import RedisLink
-from patchboard._call import Call
-from patchboard._exceptions import CircuitOpen
 from patchboard._state import state
 from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
 from patchboard.testing import reset
@@ -158,10 +162,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
 import django
 django.setup()
 import redis.asyncio
-from patchboard import CircuitBreaker
-from patchboard import Listener, ListenerOptions, Signal, _deadline
-from patchboard._call import Call
-from patchboard._exceptions import CircuitOpen
+from patchboard import CircuitBreaker, CircuitOpen
 
 url, name, ident, callers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
@@ -596,12 +597,13 @@ async def test_a_view_is_trusted_for_sync_interval_or_until_the_next_failure(
 
 
 async def test_a_call_is_refused_before_the_queue_only_on_what_needs_no_round_trip(
-    redis_url, name, round_trips
+    redis_url, name, round_trips, full_queue
 ) -> None:
     """
-    The short-term queue asks ``Call.refusal()`` before a call takes a place
-    in line: a fresh open view answers without Redis (and counts as
-    rejected); a view too old to trust answers nothing: Redis decides later.
+    The short-term queue asks a call's breaker before the call takes a place
+    in line (here the line is full): a fresh open view answers without Redis
+    ("circuit_open", counted as rejected); a view too old to trust answers
+    nothing (Redis would decide once the call runs): the call needs a place.
     """
     client = redis.asyncio.Redis.from_url(redis_url)
     lazy = CircuitBreaker(
@@ -613,14 +615,18 @@ async def test_a_call_is_refused_before_the_queue_only_on_what_needs_no_round_tr
         pass
     await trip_elsewhere(client, strict.name)
 
-    def call(b: CircuitBreaker) -> Call:
-        return Call(Listener(Boom, ListenerOptions(breaker=b), weak=False), Signal(), None, {})
+    async def queued(b: CircuitBreaker) -> Any:
+        signal = Signal()
+        signal.connect(Boom, weak=False, breaker=b, on_error="log")
+        [outcome] = await signal.collect_async(sender=None, queue=True)
+        return outcome
 
     before = round_trips[0]
-    refused = call(lazy).refusal()
-    assert isinstance(refused, CircuitOpen)
-    assert refused.breaker == name
-    assert call(strict).refusal() is None
+    refused = await queued(lazy)
+    assert refused.status == "circuit_open"
+    assert isinstance(refused.error, CircuitOpen)
+    assert refused.error.breaker == name
+    assert (await queued(strict)).status == "rejected"
     assert round_trips[0] == before
     assert (lazy.statistics().rejected, strict.statistics().rejected) == (1, 0)
     await client.delete(key(strict.name))

@@ -2,6 +2,9 @@
 The Redis store's connections, on a private redis-server: bounded however many
 event loops come and go, one quiet return to Redis after an outage, and what
 the in-process fallback learned meanwhile kept (the more pessimistic state wins).
+
+Internals on purpose: ``RedisLink`` and ``RedisStore``, driven directly to watch
+the connections and the fallback that ``CircuitBreaker`` hides.
 """
 
 from __future__ import annotations

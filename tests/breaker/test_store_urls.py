@@ -1,4 +1,9 @@
-"""Redis store URLs: a malformed one is reported by the checks and refused by every call."""
+"""
+Redis store URLs: a malformed one is reported by the checks and refused by every call.
+
+Internals on purpose: ``mask_url`` (what every message shows of a URL) and
+the breaker checks with their id.
+"""
 
 from __future__ import annotations
 

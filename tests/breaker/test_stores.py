@@ -9,6 +9,9 @@ decisions, views and transitions from both. A stateful test then drives the
 two stores and a small reference model of the rules, written here from the
 README rather than taken from ``machine.py``, through random calls, reports,
 clock jumps and controls: after every step all three must agree.
+
+Internals on purpose: the two stores (``_breaker._memory``, ``_breaker._redis``)
+and the machine's results are driven directly, below ``CircuitBreaker``.
 """
 
 from __future__ import annotations
@@ -33,12 +36,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from patchboard import BreakerConfig, CircuitOpen
 from patchboard._breaker._machine import FAILURE, RELEASE, SUCCESS, Result
 from patchboard._breaker._memory import MemoryStore
 from patchboard._breaker._redis import RedisStore
 from patchboard._breaker._store import StoreView, Ticket
-from patchboard._config import BreakerConfig
-from patchboard._exceptions import CircuitOpen
 from patchboard.testing import VirtualClock
 
 START_MS = 1_700_000_000_000

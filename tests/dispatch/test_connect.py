@@ -1,4 +1,9 @@
-"""Connecting: Django's arguments keep their meaning; bad input fails at connect."""
+"""
+Connecting: Django's arguments keep their meaning; bad input fails at connect.
+
+Internal on purpose: ``state.keepalive``, to show a disconnected listener
+leaves nothing behind.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ an ordered signal, the sync twins with and without an event loop, Django's own
 verbs, a background task), so each is pinned here: a path that passed
 ``sender=None``, dropped a keyword argument or handed a listener another
 signal would fail below. Listeners are sync and async where both apply.
+
+Internal on purpose: ``Call``, run by hand, for the path only the short-term
+queue and the breaker take (the verbs batch plain listeners instead).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ each check fails when its promise is broken.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -21,9 +21,11 @@ from bench.stress.checks import (
 from bench.stress.config import CI
 from bench.stress.load import Sample
 from bench.stress.run import Observed, ProcSample, Snapshot
-from patchboard._outcomes import STATUSES
+from patchboard import Status
 
 pytestmark = pytest.mark.stress
+
+STATUSES = get_args(Status)
 
 
 def page(outcomes: dict[str, int], cancelled: int = 0, busy: int = 0) -> dict[str, Any]:

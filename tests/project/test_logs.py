@@ -2,6 +2,10 @@
 Where patchboard's events go, and how much of them: Django's LOGGING applies
 unless the project configured structlog; overload is summarised, not flooded;
 a failure that reaches the caller is not logged twice.
+
+Internals on purpose: the log limiter (``_log.Limiter``, ``log_limited``),
+installed in ``state`` with a virtual clock and timer so its interval passes
+without waiting.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -21,25 +25,14 @@ import pytest
 import structlog
 from django.test import override_settings
 
-from patchboard import CircuitBreaker, ShortTermQueue, Signal, thread_stats
-from patchboard._call import Call
-from patchboard._config import QueueSettings
+from patchboard import CircuitBreaker, Signal, queue_stats, thread_stats
 from patchboard._log import Limiter, log_limited
 from patchboard._state import state
 from patchboard.testing import VirtualClock, reset
-from tests.short_term_queue.support import Blocker, listener
 
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-def unconfigured() -> Iterator[None]:
-    """structlog as a project that never configured it leaves it."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 class Timers:
@@ -178,26 +171,23 @@ def test_an_error_that_reaches_the_caller_is_not_logged_too(logs) -> None:
     assert [e["event"] for e in logs.entries] == []
 
 
-async def test_an_overloaded_queue_logs_a_summary_and_counts_every_rejection(logs) -> None:
+async def test_an_overloaded_queue_logs_a_summary_and_counts_every_rejection(
+    logs, full_queue
+) -> None:
     clock = VirtualClock()
     state.limiter = Limiter(clock=clock, timer=Timers())
-    queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=1, max_pending=0))
-    blocker = Blocker()
     signal = Signal(name="tests.logs.overload")
 
     async def extra(sender: Any, **kwargs: Any) -> str:
         return "never"
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(queue._run, Call(listener(blocker.run), signal, None, {}))
-        await anyio.wait_all_tasks_blocked()
-        for _ in range(2000):
-            await queue._run(Call(listener(extra, on_error="log"), signal, None, {}))
-        clock.advance(1.0)
-        await queue._run(Call(listener(extra, on_error="log"), signal, None, {}))
-        blocker.release()
+    signal.connect(extra, weak=False, on_error="log")
+    for _ in range(2000):
+        await signal.collect_async(sender=None, queue=True)
+    clock.advance(1.0)
+    await signal.collect_async(sender=None, queue=True)
 
-    assert queue.statistics().rejected == 2001  # every item counted
+    assert queue_stats().rejected == 2001  # every item counted
     rejected = [e for e in logs.entries if e["event"] == "queue_item_rejected"]
     assert len(rejected) == 2  # the first, then one summary after the interval
     assert "suppressed" not in rejected[0]

@@ -1,28 +1,24 @@
-"""The PATCHBOARD setting: validated once, reported by system checks."""
+"""
+The PATCHBOARD setting: validated once, reported by system checks.
+
+Internals on purpose: the setting's parser (``_config.parse``,
+``get_settings``, ``Settings``) and the check id ``E001_ID``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 
 import pytest
-import structlog
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+from patchboard import QueueSettings
 from patchboard._checks import E001_ID
-from patchboard._config import QueueSettings, SettingError, Settings, get_settings, parse
-
-
-@pytest.fixture
-def unconfigured_logging() -> Iterator[None]:
-    """structlog as a project that never configured it leaves it: events go to logging."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+from patchboard._config import SettingError, Settings, get_settings, parse
 
 
 def test_defaults() -> None:
@@ -187,7 +183,7 @@ def test_a_malformed_store_url_is_logged_at_startup(logs) -> None:
     assert "redis://127.0.0.1:99999/0" in event["problem"]
 
 
-def test_settings_invalid_reads_as_plain_key_values(unconfigured_logging, caplog) -> None:
+def test_settings_invalid_reads_as_plain_key_values(unconfigured, caplog) -> None:
     """Regression: the problems were one Python list repr, its quotes escaped."""
     from django.apps import apps
 

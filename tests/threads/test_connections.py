@@ -8,6 +8,9 @@ returns, and never left inside a transaction.
 Each test gives the listeners a database alias of its own (``ALIAS``, a
 fresh PostgreSQL database of this module) and identifies a backend by its
 ``pid`` and ``backend_start``: a pid alone can be reused by the server.
+
+Internal on purpose: ``_threads.IDLE_THREAD_TIMEOUT`` is shortened so an idle
+thread exits within the test.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """
-Defects in the dispatch core that ``make stress`` found, each pinned by a
-regression test (each failed before its fix).
+A listener's fallback at the edges of a call: after the dispatch's deadline
+expired the call (it answers what it has at once, and cannot hold the
+collect past the deadline), and when the caller goes away while it runs
+(the call is counted cancelled). ``make stress`` found each of these defects;
+each test failed before its fix.
 """
 
 from __future__ import annotations
@@ -12,37 +15,47 @@ import anyio
 import pytest
 from django.test import override_settings
 
-from patchboard import Signal
-
-pytestmark = pytest.mark.stress
+from patchboard import CircuitBreaker, Signal, outcome_counts
 
 GUARD_S = 5.0
 """The test's own limit: a hundred times the deadline under test."""
 
+ONE_WORKER = {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 1, "MAX_WORKERS": 1}}
 
-@override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": {"MIN_WORKERS": 1, "MAX_WORKERS": 1}})
-async def test_a_slow_fallback_cannot_keep_a_collect_past_its_deadline() -> None:
+
+def queued_behind_a_held_worker(signal: Signal, fallback: Any) -> None:
     """
-    Seen under load: the shop's quotes page answered up to 35 ms past its
-    2 s deadline, the time its fallbacks (a cache read each) took once the
-    deadline had expired the queued calls. Here the fallback never answers.
+    Connect a listener that holds the queue's only worker for good, then one
+    with ``fallback`` that waits in line behind it (with ``ONE_WORKER``).
     """
-    signal = Signal(name="tests.found.fallback_after_deadline")
     never = asyncio.Event()
 
     async def holds_the_worker(sender: Any, **kwargs: Any) -> str:
         await never.wait()
         return "never"
 
-    async def slow_fallback(sender: Any, **kwargs: Any) -> str:
-        await never.wait()  # a cache that hangs
-        return "cached"
-
     async def queued(sender: Any, **kwargs: Any) -> str:
         return "quote"
 
     signal.connect(holds_the_worker, weak=False, on_error="log")
-    signal.connect(queued, weak=False, on_error="log", fallback=slow_fallback)
+    signal.connect(queued, weak=False, on_error="log", fallback=fallback)
+
+
+@override_settings(PATCHBOARD=ONE_WORKER)
+async def test_a_slow_fallback_cannot_keep_a_collect_past_its_deadline() -> None:
+    """
+    Seen under load: the shop's quotes page answered up to 35 ms past its
+    2 s deadline, the time its fallbacks (a cache read each) took once the
+    deadline had expired the queued calls. Here the fallback never answers.
+    """
+    signal = Signal(name="tests.fallback.fallback_after_deadline")
+    never = asyncio.Event()
+
+    async def slow_fallback(sender: Any, **kwargs: Any) -> str:
+        await never.wait()  # a cache that hangs
+        return "cached"
+
+    queued_behind_a_held_worker(signal, slow_fallback)
     with anyio.fail_after(GUARD_S):  # without the defect: back at the deadline, 0.05 s
         collected = await signal.collect_async(sender=None, queue=True, deadline=0.05)
     assert collected.deadline_hit
@@ -58,10 +71,8 @@ async def test_a_call_cancelled_in_its_fallback_is_counted_cancelled(queue: bool
     Seen under load: after clients went away mid-request, a shop process had
     counted one call more as submitted than as ended (``outcome_counts()``).
     """
-    from patchboard import CircuitBreaker, outcome_counts
-
-    signal = Signal(name="tests.found.cancelled_in_fallback")
-    breaker = CircuitBreaker("tests.found.cancelled_in_fallback")
+    signal = Signal(name="tests.fallback.cancelled_in_fallback")
+    breaker = CircuitBreaker("tests.fallback.cancelled_in_fallback")
     await breaker.aforce_open()
     in_fallback, never = asyncio.Event(), asyncio.Event()
 
@@ -89,23 +100,14 @@ async def test_a_call_cancelled_in_its_fallback_is_counted_cancelled(queue: bool
 
 async def test_after_the_deadline_a_fallback_still_answers_what_it_has() -> None:
     """A call the deadline expired gets its fallback's answer, if it comes at once."""
-    signal = Signal(name="tests.found.fallback_in_time")
-    never = asyncio.Event()
-
-    async def holds_the_worker(sender: Any, **kwargs: Any) -> str:
-        await never.wait()
-        return "never"
+    signal = Signal(name="tests.fallback.fallback_in_time")
 
     async def cached(sender: Any, **kwargs: Any) -> str:
         await asyncio.sleep(0)  # one turn of the loop, like a cache read
         return "cached"
 
-    async def queued(sender: Any, **kwargs: Any) -> str:
-        return "quote"
-
-    signal.connect(holds_the_worker, weak=False, on_error="log")
-    signal.connect(queued, weak=False, on_error="log", fallback=cached)
-    with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": {"MIN_WORKERS": 1, "MAX_WORKERS": 1}}):
+    queued_behind_a_held_worker(signal, cached)
+    with override_settings(PATCHBOARD=ONE_WORKER):
         with anyio.fail_after(GUARD_S):
             collected = await signal.collect_async(sender=None, queue=True, deadline=0.05)
     assert [(o.status, o.value) for o in collected] == [("timeout", None), ("expired", "cached")]
