@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
@@ -10,7 +10,7 @@ import structlog
 from hypothesis import settings
 from structlog.testing import LogCapture
 
-from patchboard.testing import reset
+from patchboard.testing import VirtualClock, reset
 from tests.services import RedisServer, require_postgres, require_redis, require_redis_server
 
 # CI draws the same examples on every run (derandomized, no example database):
@@ -28,6 +28,21 @@ def _fresh_patchboard() -> Iterator[None]:
     reset()
     yield
     reset()
+
+
+CLOCK_WALL_START = 1_700_000_000.0
+"""Where the ``clock`` fixture's wall reading starts: 2023-11-14T22:13:20+00:00."""
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[VirtualClock]:
+    """
+    A ``VirtualClock`` installed for the test (autojump): patchboard's clock
+    and the test's event loop read it. Its wall reading (the in-process
+    breakers') starts at ``CLOCK_WALL_START``.
+    """
+    with VirtualClock(wall_start=CLOCK_WALL_START) as clock:
+        yield clock
 
 
 @pytest.fixture
