@@ -167,7 +167,7 @@ async def test_a_sync_listener_in_a_thread_is_waited_for_not_jumped_over(
     [outcome] = await signal.collect_async(sender=None)
     assert (outcome.status, outcome.value) == ("ok", "done")
     assert started.is_set()
-    assert 0.05 <= clock() - before < 3600
+    assert 0 < clock() - before < 3600  # the real time the loop waited, not the limit
 
 
 def test_installing_two_clocks_at_once_is_refused() -> None:
