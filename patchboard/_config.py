@@ -22,7 +22,6 @@ import functools
 import math
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import TracebackType
@@ -280,9 +279,11 @@ class BreakerConfig:
     state before asking Redis again (0: ask on every call). A process learns
     of the circuit opening elsewhere within this time, or at its own next
     failure, whichever comes first."""
-    clock: Callable[[], float] = time.time
-    """Wall-clock seconds (POSIX); inject a virtual clock in tests. The Redis
-    store's shared state runs on the Redis server's clock instead."""
+    clock: Callable[[], float] | None = None
+    """Wall-clock seconds (POSIX) the in-process store decides on; ``None``:
+    patchboard's clock (``time.time()``, or the ``VirtualClock`` a test
+    installed). The Redis store's shared state runs on the Redis server's
+    clock instead."""
 
     excluded_types: tuple[type[BaseException], ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -330,7 +331,7 @@ class BreakerConfig:
         if self.store is not None:
             store_url("store", self.store)
         seconds("sync_interval", self.sync_interval, allow_zero=True)
-        if not callable(self.clock):
+        if self.clock is not None and not callable(self.clock):
             raise TypeError(f"clock must be a callable returning seconds, got {self.clock!r}")
 
     @classmethod
@@ -378,7 +379,7 @@ class BreakerOptions(TypedDict, total=False):
     exclude: tuple[ExcludeRule, ...] | list[ExcludeRule]
     store: str | None
     sync_interval: float
-    clock: Callable[[], float]
+    clock: Callable[[], float] | None
 
 
 # -- the PATCHBOARD setting --------------------------------------------------------------

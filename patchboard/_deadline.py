@@ -3,7 +3,7 @@ The request's time budget: one deadline per dispatch, inherited by
 everything under it.
 
 A dispatch with ``deadline=`` (seconds from now) sets an absolute deadline on
-the ``time.monotonic()`` clock (asyncio's loop clock) in a contextvar, for
+patchboard's clock (``_clock.now()``, asyncio's loop clock) in a contextvar, for
 as long as it runs. Everything under it reads the same contextvar: a listener
 call's time limit is cut to what is left, a queued call never waits past it,
 and a listener that dispatches another signal hands its own dispatch the
@@ -24,11 +24,12 @@ Background listeners are not bound by it: they leave the request.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import NamedTuple
+
+from patchboard import _clock
 
 LATE = 0.5
 """A call that starts with less than this fraction of its dispatch's budget left is late."""
@@ -36,7 +37,7 @@ LATE = 0.5
 
 class _Budget(NamedTuple):
     deadline: float
-    """Absolute, on the ``time.monotonic()`` clock."""
+    """Absolute, on patchboard's clock (``_clock.now()``)."""
     seconds: float
     """The budget the deadline was set with (what a call that starts at once has)."""
 
@@ -57,7 +58,7 @@ def current() -> float | None:
 def remaining() -> float | None:
     """Seconds left before the deadline in force here (never negative), or None."""
     budget = _budget.get()
-    return None if budget is None else max(0.0, budget.deadline - time.monotonic())
+    return None if budget is None else max(0.0, budget.deadline - _clock.now())
 
 
 def started_late(left: float) -> bool:
@@ -103,7 +104,7 @@ def enter(seconds: float | None) -> float | None:
 def _earliest(seconds: float) -> _Budget:
     # The inherited budget, whole, if its deadline comes first: a nested
     # dispatch's calls are late or not by the request's budget, not its own.
-    deadline = time.monotonic() + seconds
+    deadline = _clock.now() + seconds
     inherited = _budget.get()
     if inherited is not None and inherited.deadline < deadline:
         return inherited

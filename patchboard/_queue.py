@@ -130,7 +130,6 @@ import functools
 import heapq
 import itertools
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,7 +137,7 @@ from typing import Any, Final, TypeAlias
 
 import anyio
 
-from patchboard import _deadline
+from patchboard import _clock, _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings, get_settings
 from patchboard._exceptions import Expired, Rejected
@@ -267,19 +266,21 @@ class ShortTermQueue:
     A per-process pool of workers running listener calls within the request.
 
     :func:`get_queue` gives the process's queue, built from
-    ``PATCHBOARD["SHORT_TERM_QUEUE"]``; build one yourself to test with a
-    virtual ``clock`` (any function returning seconds; waits, expiry,
-    scaling and idleness are measured with it).
+    ``PATCHBOARD["SHORT_TERM_QUEUE"]``. Waits, expiry, scaling and idleness
+    are measured on ``clock`` (any function returning seconds); ``None``, the
+    default, is patchboard's clock, which a ``patchboard.testing.VirtualClock``
+    drives. The waits themselves are timers on the event loop: give a clock of
+    your own only with a loop that follows it, or expect real waits.
     """
 
     def __init__(
         self,
         settings: QueueSettings | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = settings if settings is not None else QueueSettings()
-        self._clock = clock
+        self._clock = _clock.monotonic if clock is None else clock
         self._lock = threading.Lock()
         self._workers = self.config.min_workers
         self._running = 0

@@ -14,7 +14,7 @@ from hypothesis import settings
 from structlog.testing import LogCapture
 
 from patchboard import Signal
-from patchboard.testing import reset
+from patchboard.testing import VirtualClock, reset
 from tests.services import RedisServer, require_postgres, require_redis, require_redis_server
 
 # CI draws the same examples on every run (derandomized, no example database):
@@ -32,6 +32,21 @@ def _fresh_patchboard() -> Iterator[None]:
     reset()
     yield
     reset()
+
+
+CLOCK_WALL_START = 1_700_000_000.0
+"""Where the ``clock`` fixture's wall reading starts: 2023-11-14T22:13:20+00:00."""
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[VirtualClock]:
+    """
+    A ``VirtualClock`` installed for the test (autojump): patchboard's clock
+    and the test's event loop read it. Its wall reading (the in-process
+    breakers') starts at ``CLOCK_WALL_START``.
+    """
+    with VirtualClock(wall_start=CLOCK_WALL_START) as clock:
+        yield clock
 
 
 @pytest.fixture

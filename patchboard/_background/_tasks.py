@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
-from time import perf_counter
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from patchboard import _deadline
+from patchboard import _clock, _deadline
 from patchboard._background import _framework
 from patchboard._background._payload import (
     InstanceMissing,
@@ -87,7 +86,7 @@ def task() -> Any:
 
 def run(payload: object, task_result: Any) -> str:
     """Run the call ``payload`` describes, in the worker; see ``run_listener``."""
-    started = perf_counter()
+    started = _clock.now()
     log = logger()
     task_id = task_result.id
     try:
@@ -125,7 +124,7 @@ def run(payload: object, task_result: Any) -> str:
             outcome = listener._run_sync(signal, sender, kwargs)
         else:
             outcome = async_to_sync(listener._run_async)(signal, sender, kwargs)
-    elapsed = round(perf_counter() - started, 6)
+    elapsed = round(_clock.now() - started, 6)
     if outcome.status == "ok":
         log.info("background_finished", elapsed_s=elapsed, **context)
         return "ok"

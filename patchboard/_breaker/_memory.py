@@ -1,6 +1,8 @@
 """
 The in-process store: a breaker's :class:`~.machine.Circuit` in this
-process, changed by the :class:`~.machine.Machine` under a lock.
+process, changed by the :class:`~.machine.Machine` under a lock, on the
+breaker's ``clock`` (by default patchboard's wall clock, ``_clock.wall()``,
+which a ``patchboard.testing.VirtualClock`` drives).
 
 Thread-safe: every change happens under a ``threading.Lock`` held only for
 the decision itself, never around the guarded call. Admission while closed,
@@ -16,6 +18,7 @@ import threading
 from collections import deque
 from typing import Final
 
+from patchboard import _clock
 from patchboard._breaker._machine import (
     ADMIT,
     CLOSED,
@@ -47,7 +50,7 @@ class MemoryStore:
         self, name: str, config: BreakerConfig, *, pending: deque[Transition] | None = None
     ) -> None:
         self.name = name
-        self.clock = config.clock
+        self.clock = _clock.posix if config.clock is None else config.clock
         self.machine = Machine(config)
         self.pending: deque[Transition] = deque() if pending is None else pending
         self.admitted = Ticket(self, None)

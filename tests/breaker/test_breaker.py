@@ -36,21 +36,11 @@ from patchboard import (
 from patchboard._breaker import all_breakers
 from patchboard._breaker._checks import E010_ID, breaker_error, check_breakers
 from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
+from patchboard.testing import VirtualClock
+from tests.conftest import CLOCK_WALL_START
 
-START = 1_700_000_000.0
-
-
-class VirtualClock:
-    """Wall-clock seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+START = CLOCK_WALL_START
+"""The breakers' clock when a test starts (the ``clock`` fixture's wall reading)."""
 
 
 class Boom(Exception):
@@ -61,13 +51,9 @@ class NotFound(Exception):
     pass
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
 def breaker(clock: VirtualClock, name: str = "ups", **options) -> CircuitBreaker:
-    return CircuitBreaker(name, clock=clock, store="memory", **options)
+    """A memory breaker on patchboard's clock (``clock``, installed)."""
+    return CircuitBreaker(name, store="memory", **options)
 
 
 async def fail(b: CircuitBreaker, exc: BaseException | None = None) -> None:
@@ -238,22 +224,22 @@ async def test_a_failed_probe_reopens_with_backoff_up_to_the_cap(clock) -> None:
     await trip(b, clock)
     await fail(b)  # the probe
     assert b.state == "open"
-    assert b.retry_at == at(clock.now + 20)
+    assert b.retry_at == at(clock.wall() + 20)
     clock.advance(19.9)
     with pytest.raises(CircuitOpen):
         await succeed(b)
     clock.advance(0.1)
     await fail(b)
-    assert b.retry_at == at(clock.now + 30)  # 40, capped
+    assert b.retry_at == at(clock.wall() + 30)  # 40, capped
     clock.advance(30)
     await fail(b)
-    assert b.retry_at == at(clock.now + 30)
+    assert b.retry_at == at(clock.wall() + 30)
     clock.advance(30)
     await succeed(b)
     assert b.state == "closed"
     # Closing forgets the growth: the next trip waits reset_timeout again.
     await fail(b)
-    assert b.retry_at == at(clock.now + 10)
+    assert b.retry_at == at(clock.wall() + 10)
 
 
 async def test_a_probe_that_never_reports_loses_its_slot_after_probe_timeout(clock) -> None:

@@ -21,12 +21,13 @@ from django.urls import include, path
 
 from patchboard import CircuitBreaker, Signal, get_breaker, outcome_counts, queue_stats
 from patchboard.testing import VirtualClock, reset
+from tests.conftest import CLOCK_WALL_START
 
 pytestmark = pytest.mark.django_db
 
 URL = "/patchboard/"
-START = 1_700_000_000.0
-"""The virtual clock's start: 2023-11-14T22:13:20+00:00."""
+START = CLOCK_WALL_START
+"""The breakers' clock when a test starts (the ``clock`` fixture's wall reading)."""
 
 urlpatterns = [path("patchboard/", include("patchboard.urls"))]
 """A project without the admin's URLs (``ROOT_URLCONF=__name__``)."""
@@ -53,11 +54,6 @@ def csrf_client(staff: User) -> Client:
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff)
     return client
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(START)
 
 
 def trip(breaker: CircuitBreaker) -> None:
@@ -91,15 +87,18 @@ def csrf_token(page: str) -> str:
     return token.group(1)
 
 
-def dispatch_quotes() -> None:
+def dispatch_quotes(clock: VirtualClock | None = None) -> None:
     """
     Two real collections through the short-term queue: a flat-rate listener
-    answers both times; the carrier fails the first time, which opens its
-    breaker ("carrier-ups", threshold 1), and is refused the second time.
+    answers both times (taking a virtual second on ``clock``, if given); the
+    carrier fails the first time, which opens its breaker ("carrier-ups",
+    threshold 1), and is refused the second time.
     """
     quote = Signal(name="status_page_quote")
 
     def flat_rate(sender: object, **kwargs: object) -> float:
+        if clock is not None:
+            clock.advance(1)
         return 9.9
 
     def ups_quote(sender: object, **kwargs: object) -> float:
@@ -136,7 +135,7 @@ def test_without_the_admin_mounted_anonymous_users_go_to_login_url(client: Clien
 
 
 def test_anonymous_posts_change_nothing(client: Client, clock: VirtualClock) -> None:
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     response = client.post(URL, {"breaker": "carrier-ups", "action": "open"})
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
@@ -144,7 +143,7 @@ def test_anonymous_posts_change_nothing(client: Client, clock: VirtualClock) -> 
 
 
 def test_users_who_are_not_staff_get_403(client: Client, clock: VirtualClock) -> None:
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     client.force_login(User.objects.create_user("shopper"))
     assert client.get(URL).status_code == 403
     assert client.get(URL, {"format": "json"}).status_code == 403
@@ -168,7 +167,7 @@ def test_inactive_staff_get_403(client: Client) -> None:
 def test_the_html_page_shows_breakers_queue_and_outcomes(
     staff_client: Client, clock: VirtualClock
 ) -> None:
-    CircuitBreaker("carrier-ups", failure_threshold=1, reset_timeout=30, clock=clock)
+    CircuitBreaker("carrier-ups", failure_threshold=1, reset_timeout=30)
     dispatch_quotes()
 
     response = staff_client.get(URL)
@@ -210,11 +209,11 @@ def test_declared_breakers_are_listed_before_first_use(staff_client: Client) -> 
 def test_json_has_stable_keys_and_reflects_real_state(
     staff_client: Client, clock: VirtualClock
 ) -> None:
-    CircuitBreaker("carrier-ups", failure_threshold=1, reset_timeout=30, clock=clock)
-    healthy = CircuitBreaker("carrier-fedex", failure_threshold=3, clock=clock)
+    CircuitBreaker("carrier-ups", failure_threshold=1, reset_timeout=30)
+    healthy = CircuitBreaker("carrier-fedex", failure_threshold=3)
     with healthy:
         pass
-    dispatch_quotes()
+    dispatch_quotes(clock)
 
     response = staff_client.get(URL, {"format": "json"})
 
@@ -231,8 +230,8 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "state": "open",
         "forced": None,
         "failures": 1,
-        "opened_at": "2023-11-14T22:13:20+00:00",
-        "retry_at": "2023-11-14T22:13:50+00:00",
+        "opened_at": "2023-11-14T22:13:21+00:00",  # the flat rate took its second first
+        "retry_at": "2023-11-14T22:13:51+00:00",
         "probes": 0,
         "store": "memory",
         "shared": False,
@@ -306,7 +305,7 @@ def test_an_unknown_format_is_a_clear_400(staff_client: Client) -> None:
 def test_without_the_admin_mounted_the_page_stands_alone(
     staff_client: Client, clock: VirtualClock
 ) -> None:
-    CircuitBreaker("carrier-ups", clock=clock)
+    CircuitBreaker("carrier-ups")
     response = staff_client.get(URL)
     assert response.status_code == 200
     names = [t.name for t in response.templates]
@@ -325,7 +324,7 @@ def test_without_the_admin_installed_the_page_stands_alone(staff_client: Client)
 
 
 def test_get_changes_nothing(staff_client: Client, clock: VirtualClock) -> None:
-    breaker = CircuitBreaker("carrier-ups", failure_threshold=1, clock=clock)
+    breaker = CircuitBreaker("carrier-ups", failure_threshold=1)
     dispatch_quotes()
     before = (breaker.statistics(), queue_stats(), outcome_counts())
 
@@ -338,7 +337,7 @@ def test_get_changes_nothing(staff_client: Client, clock: VirtualClock) -> None:
 
 
 def test_other_methods_are_refused(staff_client: Client, clock: VirtualClock) -> None:
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     response = staff_client.put(URL, "breaker=carrier-ups&action=open")
     assert response.status_code == 405
     assert breaker.statistics().forced is None
@@ -350,7 +349,7 @@ def test_other_methods_are_refused(staff_client: Client, clock: VirtualClock) ->
 def test_post_forces_open_then_closed_then_resets(
     staff_client: Client, clock: VirtualClock
 ) -> None:
-    breaker = CircuitBreaker("carrier-ups", failure_threshold=2, clock=clock)
+    breaker = CircuitBreaker("carrier-ups", failure_threshold=2)
     trip(breaker)
     assert breaker.statistics().failures == 1
 
@@ -379,7 +378,7 @@ def test_post_builds_a_declared_breaker_to_control_it(staff_client: Client) -> N
 
 
 def test_an_unknown_breaker_is_a_404_naming_it(staff_client: Client, clock: VirtualClock) -> None:
-    CircuitBreaker("carrier-ups", clock=clock)
+    CircuitBreaker("carrier-ups")
     response = staff_client.post(URL, {"breaker": "carrier-upz", "action": "open"})
     assert response.status_code == 404
     message = response.content.decode()
@@ -388,7 +387,7 @@ def test_an_unknown_breaker_is_a_404_naming_it(staff_client: Client, clock: Virt
 
 
 def test_an_unknown_action_is_a_400_naming_it(staff_client: Client, clock: VirtualClock) -> None:
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     response = staff_client.post(URL, {"breaker": "carrier-ups", "action": "explode"})
     assert response.status_code == 400
     assert response.content.decode() == (
@@ -400,7 +399,7 @@ def test_an_unknown_action_is_a_400_naming_it(staff_client: Client, clock: Virtu
 def test_a_post_without_the_csrf_token_is_rejected(
     csrf_client: Client, clock: VirtualClock
 ) -> None:
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     response = csrf_client.post(URL, {"breaker": "carrier-ups", "action": "open"})
     assert response.status_code == 403
     assert breaker.statistics().forced is None
@@ -409,7 +408,7 @@ def test_a_post_without_the_csrf_token_is_rejected(
 def test_a_post_with_the_pages_csrf_token_is_accepted(
     csrf_client: Client, clock: VirtualClock
 ) -> None:
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     token = csrf_token(csrf_client.get(URL).content.decode())
     response = csrf_client.post(
         URL, {"breaker": "carrier-ups", "action": "open", "csrfmiddlewaretoken": token}
@@ -503,7 +502,7 @@ async def test_the_page_and_its_controls_work_on_an_event_loop(
     async_client: AsyncClient, clock: VirtualClock
 ) -> None:
     """Served as under ASGI: the view runs on the caller's event loop."""
-    breaker = CircuitBreaker("carrier-ups", clock=clock)
+    breaker = CircuitBreaker("carrier-ups")
     await async_client.aforce_login(await User.objects.acreate(username="ops", is_staff=True))
 
     response = await async_client.post(URL, {"breaker": "carrier-ups", "action": "open"})
