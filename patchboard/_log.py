@@ -27,13 +27,13 @@ import logging
 import math
 import sys
 import threading
-import time
 from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any
 
 import structlog
 from django.dispatch import Signal as DjangoSignal
 
+from patchboard import _clock
 from patchboard._state import state
 
 
@@ -132,7 +132,7 @@ class Limiter:
     def __init__(
         self,
         interval: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = _clock.monotonic,
         timer: Timer = start_timer,
     ) -> None:
         self.interval = interval
