@@ -282,14 +282,19 @@ class ListenerThreads:
             # back. So live threads, and their kept connections, stay within
             # the bound.
             self._idle.append(inbox)
-            self._give_back()
-        if not abandoned:
+        # The caller is woken before the place is free: whoever sees no busy
+        # thread (a VirtualClock about to jump to its next timer) finds the
+        # wake-up already on the caller's loop.
+        if abandoned:
+            job.on_return()
+        else:
             assert job.finished is not None
             job.finished.wake()
-            return
-        job.on_return()
-        ran = round(perf_counter() - job.started, 6)
-        log_limited("debug", job.events[1], job.key, **job.fields, ran_s=ran)
+        with self._lock:
+            self._give_back()
+        if abandoned:
+            ran = round(perf_counter() - job.started, 6)
+            log_limited("debug", job.events[1], job.key, **job.fields, ran_s=ran)
 
     def _abandon(self, job: Job) -> bool:
         """The caller stopped waiting: abandon the thread, unless it returned already (False)."""

@@ -155,7 +155,6 @@ class VirtualClock:
         "_loop",
         "_now",
         "_offset",
-        "_saw_threads",
         "_thread",
     )
 
@@ -170,7 +169,6 @@ class VirtualClock:
         self._lock = threading.Lock()
         self._installed: _Installed | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._saw_threads = False
         self._thread = 0
 
     def __call__(self) -> float:
@@ -274,16 +272,14 @@ class VirtualClock:
         if _threads_running():
             # A listener thread may wake the loop at any moment: time passes at
             # real speed while the loop waits for it.
-            self._saw_threads = True
             started = time.monotonic()
             events = real_select(timeout)
             with self._lock:
                 self._now += min(timeout, time.monotonic() - started)
             return events
-        # A thread that just returned may have its caller's wake-up on the way.
-        settle = min(timeout, _SETTLE) if self._saw_threads else 0
-        self._saw_threads = False
-        events = real_select(settle)
+        # A listener thread wakes its caller before it counts as idle
+        # (patchboard._threads): no wake-up can still be on its way here.
+        events = real_select(0)
         if not events:
             with self._lock:
                 self._now += timeout
@@ -292,10 +288,6 @@ class VirtualClock:
 
 _LOOP_RANGE: float = 2**22
 """An installed clock reads less than this: a float then still steps finer than 1 ns."""
-
-_SETTLE = 0.01
-"""Seconds a driven loop waits for real, after a listener thread ran, before it
-jumps to a timer: the thread's wake-up for its caller may be on its way."""
 
 
 @dataclass(frozen=True, slots=True)
