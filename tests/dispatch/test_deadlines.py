@@ -201,7 +201,9 @@ def test_a_call_is_late_with_less_than_half_of_its_dispatchs_budget_left() -> No
             assert _deadline.started_late(4.9)
 
 
-async def test_a_deadline_cut_counts_against_the_breaker_unless_the_call_started_late() -> None:
+async def test_a_deadline_cut_counts_against_the_breaker_unless_the_call_started_late(
+    clock: VirtualClock,
+) -> None:
     """
     Regression: a hung service never opened a circuit whose callers' deadlines
     were shorter than its listener's timeout (each cut counted as nothing).
@@ -214,7 +216,7 @@ async def test_a_deadline_cut_counts_against_the_breaker_unless_the_call_started
     # Late: the request spent most of its budget before this dispatch (waiting in
     # line, or on slower work): the caller ran out of time, not the service.
     with _deadline.budget(1.0):
-        await asyncio.sleep(0.6)
+        clock.advance(0.6)
         with anyio.fail_after(5):
             late = await signal.collect_async(sender=None)
     assert late[0].status == "timeout" and late.deadline_hit
@@ -256,7 +258,7 @@ async def test_a_caller_with_a_deadline_shorter_than_the_timeout_probes() -> Non
     assert collected[0].status == "ok" and breaker.state == "closed"
 
 
-async def test_no_probe_for_a_late_caller() -> None:
+async def test_no_probe_for_a_late_caller(clock: VirtualClock) -> None:
     breaker = _half_open("tests.deadlines.probe")
     signal = Signal(name="tests.deadlines.probe")
     calls = []
@@ -268,7 +270,7 @@ async def test_no_probe_for_a_late_caller() -> None:
     signal.connect(probe, weak=False, breaker=breaker, timeout=5, on_error="log")
 
     with _deadline.budget(1.0):
-        await asyncio.sleep(0.6)
+        clock.advance(0.6)
         late = await signal.collect_async(sender=None)
     assert late[0].status == "circuit_open" and calls == []
     stats = breaker.statistics()

@@ -2,9 +2,13 @@
 The short-term queue: one bound per process, time limits, rejection,
 cancellation, abandoned threads and the statistics that account for them.
 
-Expiry is in ``test_queue_expiry.py``, scaling in ``test_queue_scaling.py`` and
-``test_queue_standing.py`` (standing delay, shedding),
-the accounting property in ``test_queue_property.py``.
+Expiry is in ``test_expiry.py``, scaling in ``test_scaling.py`` and
+``test_standing.py`` (standing delay, shedding), the accounting property in
+``test_property.py``.
+
+Most tests here still run a ``ShortTermQueue`` of their own through its
+engine hook ``_run`` (an internal); those that dispatch with
+``collect_async(queue=True)`` go through the process's queue.
 """
 
 from __future__ import annotations
