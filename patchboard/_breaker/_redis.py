@@ -46,7 +46,6 @@ import itertools
 import math
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -58,6 +57,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import anyio
 from django.core.exceptions import ImproperlyConfigured
 
+from patchboard import _clock
 from patchboard._breaker._machine import (
     ADMIT,
     CLOSED,
@@ -191,7 +191,7 @@ class _View(NamedTuple):
     forced: Forced
     probes: int
     fetched: float
-    """``time.monotonic()`` when the request was sent (so ages are never underestimated)."""
+    """``_clock.now()`` when the request was sent (so ages are never underestimated)."""
 
     def server_now_ms(self, now: float) -> float:
         """An upper bound on the server's clock at monotonic time ``now``: the
@@ -250,7 +250,7 @@ class RedisLink:
         self.url = url
         self.label = mask_url(url)
         self.down_until = 0.0
-        """``time.monotonic()`` until which Redis is left alone; 0 while it is up."""
+        """``_clock.now()`` until which Redis is left alone; 0 while it is up."""
         self.down_since = 0.0
         self.up_since = 0.0
         self._logged = dict.fromkeys((_UNAVAILABLE, _RECOVERED), -math.inf)
@@ -321,7 +321,7 @@ class RedisLink:
         down_until = self.down_until
         if not down_until:
             return True
-        now = time.monotonic()
+        now = _clock.now()
         if now < down_until:
             return False
         with self._lock:  # never overwrite a recovery another thread just made
@@ -332,9 +332,9 @@ class RedisLink:
             return True
 
     def failed(self, error: BaseException, breaker: str, sent: float) -> None:
-        """A command sent at ``sent`` (``time.monotonic()``) failed with ``error``."""
+        """A command sent at ``sent`` (``_clock.now()``) failed with ``error``."""
         with self._lock:
-            now = time.monotonic()
+            now = _clock.now()
             if self.down_until:
                 self.down_until = now + self.retry_after
                 return
@@ -347,13 +347,13 @@ class RedisLink:
             )
 
     def succeeded(self, breaker: str, sent: float) -> None:
-        """A command sent at ``sent`` (``time.monotonic()``) got its answer."""
+        """A command sent at ``sent`` (``_clock.now()``) got its answer."""
         if not self.down_until:
             return
         with self._lock:
             if not self.down_until or sent < self.down_since:
                 return  # sent before Redis went away: it says nothing about Redis now
-            now = time.monotonic()
+            now = _clock.now()
             self.down_until = 0.0
             self.up_since = now
             self._log(_RECOVERED, now, breaker=breaker, down_s=round(now - self.down_since, 3))
@@ -467,7 +467,7 @@ class RedisStore:
         self._seeded = False
         """The fallback has been in use since the last reply: Redis has not heard of it yet."""
         self._seeded_at = 0.0
-        """``time.monotonic()`` when it was."""
+        """``_clock.now()`` when it was."""
 
     # -- the operations: one implementation each, for both kinds of caller ---------
 
@@ -524,7 +524,7 @@ class RedisStore:
         if ticket is not None:
             return ticket
         token = _new_token()
-        sent = time.monotonic()
+        sent = _clock.now()
         try:
             reply = await execute(self._argv("acquire", token))
         except self._errors as exc:
@@ -541,7 +541,7 @@ class RedisStore:
             return None
         link = self.link
         if link.available():
-            sent = time.monotonic()
+            sent = _clock.now()
             try:
                 reply = await execute(self._argv(op, ticket.probe or ""))
             except self._errors as exc:
@@ -556,7 +556,7 @@ class RedisStore:
         return None
 
     async def _force(self, action: Control, execute: Execute) -> None:
-        sent = time.monotonic()
+        sent = _clock.now()
         try:
             reply = await execute(self._argv(action, ""))
         except self._errors as exc:
@@ -585,7 +585,7 @@ class RedisStore:
         """
         down_until = self.link.down_until
         if down_until:
-            return None if time.monotonic() >= down_until else self._fallback().refusal()
+            return None if _clock.now() >= down_until else self._fallback().refusal()
         try:
             self._local_decision()
         except CircuitOpen as refused:
@@ -597,7 +597,7 @@ class RedisStore:
         view = self._view
         if view is None or self._seeded:
             return None  # none, or older than what the fallback learned since
-        now = time.monotonic()
+        now = _clock.now()
         if now - view.fetched >= self._sync_interval:
             return None
         if view.state is CLOSED:
@@ -617,7 +617,7 @@ class RedisStore:
         view = self._view
         if view is not None:
             if view.state is not CLOSED:
-                if time.monotonic() - view.fetched < self._sync_interval:
+                if _clock.now() - view.fetched < self._sync_interval:
                     return None  # the script ignores a normal call's result unless closed
             elif view.forced == "closed" or (
                 result == SUCCESS and self._count_rule and view.failures == 0
@@ -666,7 +666,7 @@ class RedisStore:
         """The in-process fallback, started from the last view of the shared state."""
         if not self._seeded:
             self._seeded = True
-            self._seeded_at = time.monotonic()
+            self._seeded_at = _clock.now()
             view = self._view
             if view is not None:
                 retry_in = None
@@ -683,7 +683,7 @@ class RedisStore:
         clock = self._server_clock
         if clock is not None:
             return round(clock() * 1000)
-        return view.server_now_ms(time.monotonic())
+        return view.server_now_ms(_clock.now())
 
     def _argv(self, op: str, token: str) -> list[str]:
         clock = self._server_clock
