@@ -18,9 +18,9 @@ would silently disconnect the listeners a project connected in
 ``AppConfig.ready()``.
 
 This module sits at the bottom of the package: it imports nothing of
-patchboard but the outcome statuses, and holds the upper layers' objects
+patchboard, and holds the upper layers' objects
 (queues, breakers, links) without knowing their types beyond what reset needs
-(``forget()``, ``close()``).
+(``forget()``, ``close()``, ``reset()``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ import weakref
 from typing import Any
 
 from django.core.signals import setting_changed
-
-from patchboard._outcomes import STATUSES
 
 
 class State:
@@ -44,8 +42,8 @@ class State:
         # -- runtime state (reset) --------------------------------------------------
         self.settings: Any = None
         """The parsed ``PATCHBOARD`` setting, or None until first read."""
-        self.counts: dict[str, int] = dict.fromkeys(("submitted", *STATUSES), 0)
-        """Listener calls submitted, and ended with each status (``outcome_counts()``)."""
+        self.ledger: Any = None
+        """The outcome ledger (``_ledger``): the counts, zeroed here, and their observers."""
         self.logger: Any = None
         """The ``patchboard`` logger, chosen on first use (see ``_log``)."""
         self.queue: Any = None
@@ -98,8 +96,8 @@ class State:
             self.logger = None
             self.limiter = None
             self.observers.clear()
-            for status in self.counts:
-                self.counts[status] = 0
+            if self.ledger is not None:
+                self.ledger.reset()
         for breaker in breakers:
             breaker._forget()
         for link in links:
@@ -128,15 +126,3 @@ def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="patchboard.state.settings_changed")
-
-
-def outcome_counts() -> dict[str, int]:
-    """
-    How many listener calls were ``"submitted"`` in this process, and how many
-    ended with each status (``"ok"``, ``"error"``, ..., ``"cancelled"``),
-    since start-up (or the last :func:`patchboard.testing.reset`). Every call
-    is counted once when submitted and once when it ends, whichever verb
-    dispatched it: with no call in flight, ``submitted`` is the sum of the
-    others.
-    """
-    return dict(state.counts)

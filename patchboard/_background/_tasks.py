@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
-from time import perf_counter
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from patchboard import _deadline
+from patchboard import _clock, _deadline
 from patchboard._background import _framework
 from patchboard._background._payload import (
     InstanceMissing,
@@ -36,6 +35,7 @@ from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
 from patchboard._outcomes import Outcome
+from patchboard._run import HERE, Dispatch, run_async, run_sync
 
 
 def run_listener(context: Any, payload: dict[str, Any]) -> str:
@@ -87,7 +87,7 @@ def task() -> Any:
 
 def run(payload: object, task_result: Any) -> str:
     """Run the call ``payload`` describes, in the worker; see ``run_listener``."""
-    started = perf_counter()
+    started = _clock.now()
     log = logger()
     task_id = task_result.id
     try:
@@ -121,11 +121,12 @@ def run(payload: object, task_result: Any) -> str:
     # A task is not bound by the deadline of the request that enqueued it
     # (an immediate backend runs it inside that request).
     with _deadline.none():
-        if listener._batchable:
-            outcome = listener._run_sync(signal, sender, kwargs)
+        dispatch = Dispatch(signal, sender, kwargs, (listener,))
+        if listener.places[False] in HERE:
+            outcome = run_sync(listener, dispatch)
         else:
-            outcome = async_to_sync(listener._run_async)(signal, sender, kwargs)
-    elapsed = round(perf_counter() - started, 6)
+            outcome = async_to_sync(run_async)(listener, dispatch)
+    elapsed = round(_clock.now() - started, 6)
     if outcome.status == "ok":
         log.info("background_finished", elapsed_s=elapsed, **context)
         return "ok"
