@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Literal, TypeAlias
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 
-from patchboard import _deadline
+from patchboard import _clock, _deadline
+from patchboard._call import failure_status
 from patchboard._config import get_settings
 from patchboard._django import log_robust_failure
 from patchboard._exceptions import SyncCallInEventLoop
 from patchboard._ledger import ledger
 from patchboard._listeners import Listener, errors_raise
-from patchboard._outcomes import Collected, Outcome
+from patchboard._outcomes import Collected, Outcome, Status, new_outcome
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._run import (
     HERE,
@@ -220,6 +222,10 @@ async def run_concurrently(dispatch: Dispatch) -> list[Outcome]:
     listeners, budgeted, queue = dispatch.listeners, dispatch.budgeted, dispatch.queue
     if queue is None:
         batch = dispatch.resolved.batch[budgeted]
+        if not batch and not budgeted and dispatch.resolved.own_tasks:
+            funcs = [listener.ref() for listener in listeners]
+            if None not in funcs:  # else one was collected: the path below reports it
+                return await run_plain(dispatch, funcs)
         if not batch:  # no batch: the common case, kept lean
             results = await supervise([run_async(listener, dispatch) for listener in listeners])
             return [outcome for outcome in results if outcome is not None]
@@ -252,6 +258,167 @@ async def run_concurrently(dispatch: Dispatch) -> list[Outcome]:
         for index, outcome in zip(batch, batch_outcomes, strict=False):
             outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
+
+
+class _PlainRun:
+    """The state of one :func:`run_plain`: each call's start and outcome, and its waiter."""
+
+    __slots__ = (
+        "dispatch",
+        "ended",
+        "failure",
+        "funcs",
+        "outcomes",
+        "pending",
+        "started",
+        "stop",
+        "waiter",
+    )
+
+    def __init__(self, dispatch: Dispatch, funcs: list[Any]) -> None:
+        self.dispatch = dispatch
+        self.funcs = funcs
+        self.outcomes: list[Outcome | None] = [None] * len(funcs)
+        self.started = [0.0] * len(funcs)
+        self.ended = [False] * len(funcs)
+        """Whether each call was settled (once: by the task's callback or by ``_end_all``)."""
+        self.pending = 0
+        self.stop = False
+        self.failure: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def end(self, index: int, task: asyncio.Task[Any]) -> None:
+        """The call ``index`` ended as ``task`` did: settle it (it counts itself)."""
+        if self.ended[index]:
+            return
+        self.ended[index] = True
+        dispatch = self.dispatch
+        listener = dispatch.listeners[index]
+        started = self.started[index]
+        if task.cancelled():
+            if task.cancelling():  # cancelled by this dispatch, or with its caller
+                dispatch.call(listener, started).ended("cancelled", None)
+                return
+            try:  # it raised CancelledError on its own: its error (see failure_status)
+                task.result()
+            except asyncio.CancelledError as own:
+                self.failed(index, own, "error")
+        else:
+            exc = task.exception()
+            if exc is None:
+                elapsed = _clock.now() - started
+                func = self.funcs[index]
+                value = task.result()
+                if ledger.observers:
+                    ledger.ended("ok", listener.label, dispatch.signal, dispatch.sender, elapsed)
+                else:
+                    ledger.ok_one()
+                # ok_outcome(func, value, elapsed), inlined: the hot path.
+                self.outcomes[index] = new_outcome(
+                    Outcome, (func, "ok", value, None, elapsed, None, False)
+                )
+                return
+            status = failure_status(exc) if isinstance(exc, Exception) else None
+            if status is None:  # KeyboardInterrupt and the like: they stop the dispatch
+                dispatch.call(listener, started).ended("cancelled", None)
+                self.failure, self.stop = exc, True
+                return
+            self.failed(index, exc, status)
+
+    def failed(self, index: int, error: BaseException, status: Status) -> None:
+        """The call ``index`` raised ``error``: settle it (no fallback to await)."""
+        dispatch = self.dispatch
+        call = dispatch.call(dispatch.listeners[index], self.started[index])
+        outcome = self.outcomes[index] = call.settle_sync(status, error)
+        if outcome.propagate:
+            self.stop = True
+
+    def on_done(self, index: int, task: asyncio.Task[Any]) -> None:
+        self.end(index, task)
+        self.pending -= 1
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and (self.stop or not self.pending):
+            waiter.set_result(None)
+
+
+async def run_plain(dispatch: Dispatch, funcs: list[Any]) -> list[Outcome]:
+    """
+    Run plain async listeners (``Resolved.own_tasks``: nothing to apply but
+    their error policy) at once, without a deadline or a queue; return their
+    outcomes in listener order.
+
+    What :func:`run_concurrently` does, with each listener's own coroutine as
+    its eagerly started task instead of a coroutine of ours around it (the
+    hot path: a coroutine less per listener). Each call is settled and
+    counted as its task ends: at once if it never suspended, else in the
+    task's done callback. As in :func:`supervise`, an error that must
+    propagate cancels the calls still running, and no task outlives the call.
+
+    Raises:
+        BaseException: a listener's own ``BaseException`` (``KeyboardInterrupt``...),
+            or the call's cancellation.
+    """
+    loop = asyncio.get_running_loop()
+    run = _PlainRun(dispatch, funcs)
+    arguments, now, started = dispatch.arguments, _clock.now, run.started
+    outcomes, ended, observed = run.outcomes, run.ended, bool(ledger.observers)
+    ok_one, new_task = ledger.ok_one, asyncio.Task
+    tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]] = []
+    try:
+        for index, func in enumerate(funcs):
+            begun = started[index] = now()
+            try:
+                coro = func(**arguments)
+            except Exception as exc:  # it failed before it became a coroutine
+                run.failed(index, exc, "error")
+                continue
+            task = new_task(coro, loop=loop, eager_start=True)
+            if task.done():
+                if observed or task.cancelled() or task.exception() is not None:
+                    run.end(index, task)
+                    continue
+                # Returned without suspending (the common case): settled right here.
+                ended[index] = True
+                ok_one()
+                # ok_outcome(func, value, elapsed), inlined: the hot path.
+                ok = (func, "ok", task.result(), None, now() - begun, None, False)
+                outcomes[index] = new_outcome(Outcome, ok)
+            else:
+                on_done = functools.partial(run.on_done, index)
+                tasks.append((index, task, on_done))
+                run.pending += 1
+                task.add_done_callback(on_done)
+        if run.pending and not run.stop:
+            run.waiter = loop.create_future()
+            await run.waiter
+    except BaseException:
+        # The call is cancelled (or calling a listener raised KeyboardInterrupt):
+        # take every task with it.
+        await _end_all(run, tasks)
+        raise
+    await _end_all(run, tasks)
+    if run.failure is not None:
+        raise run.failure
+    return [outcome for outcome in run.outcomes if outcome is not None]
+
+
+async def _end_all(
+    run: _PlainRun,
+    tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]],
+) -> None:
+    """Cancel the tasks still running, wait for them, and settle every one not settled yet."""
+    leftover = [task for _, task, _ in tasks if not task.done()]
+    for task in leftover:
+        task.cancel()
+    try:
+        await wait_through_cancellation(leftover)
+    finally:
+        for index, task, on_done in tasks:
+            # A task can be done with its callback still to come (a cancellation
+            # delivered again ends the wait early): settle it here, not after the call.
+            if task.done():
+                task.remove_done_callback(on_done)
+                run.end(index, task)
 
 
 async def run_in_order(dispatch: Dispatch) -> list[Outcome]:

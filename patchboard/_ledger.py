@@ -64,36 +64,6 @@ Observer = Callable[[Ended], None]
 """Called with every ended call (see the module docstring)."""
 
 
-class _Tally:
-    """
-    A counter many threads may bump at once without losing a count:
-    ``one()`` is ``itertools.count.__next__`` (atomic, without a lock),
-    ``add(n)`` takes a lock.
-    """
-
-    __slots__ = ("_count", "_extra", "_lock", "_reads", "one")
-
-    def __init__(self) -> None:
-        self._count = itertools.count()
-        self.one: Callable[[], int] = self._count.__next__
-        self._lock = threading.Lock()
-        self._reads = 0
-        self._extra = 0
-
-    def add(self, n: int) -> None:
-        if n:
-            with self._lock:
-                self._extra += n
-
-    @property
-    def value(self) -> int:
-        # Every read takes one number too; subtract the reads made so far.
-        with self._lock:
-            value = next(self._count) - self._reads + self._extra
-            self._reads += 1
-            return value
-
-
 _EVENTS: Final[dict[Status, tuple[str, str]]] = {
     "error": ("error", "listener_failed"),
     "timeout": ("warning", "listener_timeout"),
@@ -111,12 +81,23 @@ _QUEUE_STATUSES: Final = frozenset({"expired", "rejected"})
 class Ledger:
     """The process's outcome counts and settled-call logs (see the module docstring)."""
 
-    __slots__ = ("_tallies", "observers")
+    __slots__ = ("_added", "_counts", "_lock", "_one", "_reads", "observers", "ok_one")
+
+    # The counts, atomic: one call at a time through ``itertools.count.__next__``
+    # (one C call: no thread comes between reading and bumping, and no lock is
+    # taken), many at once under ``_lock``, into ``_added``.
+    _counts: dict[str, itertools.count[int]]
+    _one: dict[str, Callable[[], int]]
+    _added: dict[str, int]
+    _reads: int
+    ok_one: Callable[[], int]
+    """Count one call that returned, while nobody observes (the async hot path)."""
+    observers: tuple[Observer, ...]
+    """Called with an :class:`Ended` for every call that ends (empty: nothing is built)."""
 
     def __init__(self) -> None:
-        self._tallies: dict[str, _Tally] = {name: _Tally() for name in ("submitted", *STATUSES)}
-        self.observers: tuple[Observer, ...] = ()
-        """Called with an :class:`Ended` for every call that ends (empty: nothing is built)."""
+        self._lock = threading.Lock()
+        self.reset()
 
     def __repr__(self) -> str:
         counts = self.counts()
@@ -124,7 +105,13 @@ class Ledger:
 
     def reset(self) -> None:
         """Zero the counts and drop the observers (``state.reset()``)."""
-        self._tallies = {name: _Tally() for name in self._tallies}
+        names = ("submitted", *STATUSES)
+        with self._lock:
+            self._counts = {name: itertools.count() for name in names}
+            self._one = {name: count.__next__ for name, count in self._counts.items()}
+            self._added = dict.fromkeys(names, 0)
+            self._reads = 0
+            self.ok_one = self._one["ok"]
         self.observers = ()
 
     def observe(self, observer: Observer) -> None:
@@ -137,17 +124,19 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         """``"submitted"`` and each status: the calls counted so far."""
-        return {name: tally.value for name, tally in self._tallies.items()}
+        with self._lock:
+            # Reading a count takes one number too: subtract the reads made so far.
+            reads = self._reads
+            self._reads += 1
+            added = self._added
+            return {name: next(count) - reads + added[name] for name, count in self._counts.items()}
 
     # -- counting ----------------------------------------------------------------------
 
     def submitted(self, n: int = 1) -> None:
         """``n`` listener calls were submitted."""
-        tallies = self._tallies
-        if n == 1:
-            tallies["submitted"].one()
-        else:
-            tallies["submitted"].add(n)
+        with self._lock:
+            self._added["submitted"] += n
 
     def ended(
         self,
@@ -159,7 +148,7 @@ class Ledger:
         error: BaseException | None = None,
     ) -> None:
         """One call ended with ``status`` (and nothing to log: see :meth:`settled`)."""
-        self._tallies[status].one()
+        self._one[status]()
         if self.observers:
             self._notify(Ended(status, listener, signal, sender, elapsed, error))
 
@@ -168,7 +157,8 @@ class Ledger:
         ``n`` calls returned, counted at once (the sync hot path); only while
         nobody observes: observed calls end through :meth:`ended`.
         """
-        self._tallies["ok"].add(n)
+        with self._lock:
+            self._added["ok"] += n
 
     def cancelled(self, listeners: Iterable[Any], signal: Any, sender: Any) -> None:
         """The calls of ``listeners`` (each with a ``label``) were cancelled before they ended."""
@@ -176,11 +166,9 @@ class Ledger:
             for listener in listeners:
                 self.ended("cancelled", listener.label, signal, sender, None)
         else:
-            self._tallies["cancelled"].add(sum(1 for _ in listeners))
-
-    def cancelled_count(self, n: int) -> None:
-        """``n`` calls were cancelled before they ended, none of them observed."""
-        self._tallies["cancelled"].add(n)
+            n = sum(1 for _ in listeners)
+            with self._lock:
+                self._added["cancelled"] += n
 
     # -- settling ----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
 
+from patchboard import _deadline
 from patchboard._config import (
     DEFAULT_OPTIONS,
     Guard,
@@ -165,6 +166,7 @@ class Listener:
                 if func is not None:
                     return func(signal=signal, sender=sender, **kwargs)
         dispatch = Dispatch(signal, sender, kwargs, (self,))
+        dispatch.budgeted = _deadline.current() is not None
         ledger.submitted()
         # In its own copy of the caller's context (see patchboard._run):
         # Django's asend() runs its async receivers in one shared context.

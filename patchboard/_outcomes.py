@@ -88,7 +88,9 @@ class Outcome(NamedTuple):
         )
 
 
-_new_tuple = tuple.__new__
+new_outcome = tuple.__new__
+"""``new_outcome(Outcome, fields)``: an Outcome from its fields in order, without the
+named tuple's Python-level ``__new__`` (the hot paths' way, see :func:`ok_outcome`)."""
 
 
 def ok_outcome(receiver: Callable[..., Any], value: Any, elapsed: float) -> Outcome:
@@ -99,7 +101,7 @@ def ok_outcome(receiver: Callable[..., Any], value: Any, elapsed: float) -> Outc
     order, so it lives here, next to the fields; ``test_outcomes`` checks that
     both constructions agree.
     """
-    return _new_tuple(Outcome, (receiver, "ok", value, None, elapsed, None, False))
+    return new_outcome(Outcome, (receiver, "ok", value, None, elapsed, None, False))
 
 
 class Collected:

@@ -46,6 +46,7 @@ from patchboard._listeners import Listener, as_listener, connect, forget, make_o
 from patchboard._log import name_signal, signal_label
 from patchboard._outcomes import Collected
 from patchboard._run import Dispatch, Resolved
+from patchboard._state import state
 from patchboard._stream import Stream
 
 
@@ -387,22 +388,15 @@ class Signal(DjangoSignal):
             SettingError: ``PATCHBOARD`` is invalid.
             ImproperlyConfigured, ValueError: a bad ``queue`` (see ``queue_for``).
         """
-        check_settings()
+        if state.settings is None:
+            check_settings()
         resolved = self._live(sender)
         listeners = resolved.listeners
         short_term = None
         if listeners or stream:
             short_term = queue_for(queue, len(listeners), ordered=self.ordered)
-        return Dispatch(
-            self,
-            sender,
-            named,
-            listeners,
-            resolved=resolved,
-            deadline=deadline,
-            queue=short_term,
-            ordered=self.ordered,
-        )
+        ordered = self.ordered
+        return Dispatch(self, sender, named, listeners, resolved, deadline, short_term, ordered)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------
 

@@ -151,6 +151,7 @@ class Stream:
         context = contextvars.copy_context()
         dispatch = self._dispatch
         context.run(_deadline.enter, dispatch.deadline)
+        dispatch.budgeted = context.run(_deadline.current) is not None
         ledger.submitted(len(dispatch.listeners))
         me = weakref.ref(self)
         coros: list[Coroutine[Any, Any, Any]]
