@@ -120,7 +120,8 @@ class Ledger:
 
     def unobserve(self, observer: Observer) -> None:
         """Stop calling ``observer`` (nothing happens if it was not observing)."""
-        self.observers = tuple(each for each in self.observers if each is not observer)
+        # Equality, not identity: a bound method is a new object at every access.
+        self.observers = tuple(each for each in self.observers if each != observer)
 
     def counts(self) -> dict[str, int]:
         """``"submitted"`` and each status: the calls counted so far."""
