@@ -71,14 +71,14 @@ async def test_plain_async_listeners_are_observed_also_when_they_suspend(
     signal = Signal(name="tests.ledger.suspend")
     go = anyio.Event()
 
-    async def waits(sender: Any, **kwargs: Any) -> str:
-        await go.wait()
-        return "late"
-
-    async def releases(sender: Any, **kwargs: Any) -> None:
+    async def releases(**kwargs: Any) -> None:
         go.set()
 
-    signal.connect(waits, weak=False)
+    async def waits(**kwargs: Any) -> str:
+        await go.wait()  # suspends: settled in its task's done callback
+        return "late"
+
+    signal.connect(waits, weak=False)  # first: it suspends before releases runs
     signal.connect(releases, weak=False)
     await signal.collect_async(sender=None)
     assert sorted(e.listener.rsplit(".", 1)[-1] for e in ended) == ["releases", "waits"]
