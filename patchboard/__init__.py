@@ -21,6 +21,7 @@ from patchboard._config import Mode as Mode
 from patchboard._config import OnError as OnError
 from patchboard._config import QueueSettings as QueueSettings
 from patchboard._config import TripRule as TripRule
+from patchboard._dispatch import QueueChoice as QueueChoice
 from patchboard._exceptions import CircuitOpen as CircuitOpen
 from patchboard._exceptions import Expired as Expired
 from patchboard._exceptions import ListenerTimeout as ListenerTimeout
@@ -28,6 +29,7 @@ from patchboard._exceptions import NotSerializable as NotSerializable
 from patchboard._exceptions import PatchboardError as PatchboardError
 from patchboard._exceptions import Rejected as Rejected
 from patchboard._exceptions import SyncCallInEventLoop as SyncCallInEventLoop
+from patchboard._ledger import outcome_counts as outcome_counts
 from patchboard._listeners import Listener as Listener
 from patchboard._listeners import receiver as receiver
 from patchboard._outcomes import Collected as Collected
@@ -36,10 +38,8 @@ from patchboard._outcomes import Status as Status
 from patchboard._queue import QueueStatistics as QueueStatistics
 from patchboard._queue import ShortTermQueue as ShortTermQueue
 from patchboard._queue import queue_stats as queue_stats
-from patchboard._signals import QueueChoice as QueueChoice
 from patchboard._signals import Signal as Signal
 from patchboard._signals import Unset as Unset
-from patchboard._state import outcome_counts as outcome_counts
 from patchboard._stream import Stream as Stream
 from patchboard._threads import ThreadStatistics as ThreadStatistics
 from patchboard._threads import thread_stats as thread_stats

@@ -8,10 +8,12 @@ circuit breaker, the background path) or that failed, and handed along; the
 fast path of a plain listener that returns builds none.
 
 A call that produced no value goes through one door, :meth:`Call.settle_async`
-(or its sync twin): it logs the event, counts the status, lets the
-listener's ``fallback`` answer if the call never ran (``"expired"``,
-``"rejected"``, ``"circuit_open"``), and otherwise applies ``on_error``:
-``"raise"`` marks the outcome to propagate, ``"log"`` lets ``default`` stand in.
+(or its sync twin), whoever ends it (the call itself, the short-term queue):
+it lets the listener's ``fallback`` answer if the call never ran
+(``"expired"``, ``"rejected"``, ``"circuit_open"``), otherwise applies
+``on_error`` (``"raise"`` marks the outcome to propagate, ``"log"`` lets
+``default`` stand in), and hands the result to the ledger
+(``patchboard._ledger``), which logs and counts it.
 """
 
 from __future__ import annotations
@@ -20,18 +22,17 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import anyio
 from asgiref.sync import async_to_sync, sync_to_async
 
-from patchboard import _breaker, _deadline
+from patchboard import _breaker, _clock, _deadline
 from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout
-from patchboard._log import log_limited, logger, sender_label, signal_label
+from patchboard._ledger import ledger
+from patchboard._log import sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
-from patchboard._state import state
 from patchboard._threads import Job, listener_threads
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ class Call:
     """
     One call of one listener (see the module docstring).
 
-    ``started`` is a ``time.perf_counter()`` reading: outcomes report the
-    time from it to their end as ``elapsed``.
+    ``started`` is a ``_clock.now()`` reading: outcomes report the time from
+    it to their end as ``elapsed``.
     """
 
     __slots__ = (
@@ -125,11 +126,11 @@ class Call:
         self.signal = signal
         self.sender = sender
         self.kwargs = kwargs
-        self.started = perf_counter() if started is None else started
+        self.started = _clock.now() if started is None else started
         self.ends: float | None = None
+        """When a call started in a thread from sync code must end (``_clock.now()``)."""
         self.limit: float | None = None
         """The time limit ``ends`` was set with (what a ``ListenerTimeout`` reports)."""
-        """When a call started in a thread from sync code must end (``perf_counter``)."""
         self.by_deadline = False
 
     def __repr__(self) -> str:
@@ -175,11 +176,7 @@ class Call:
         except _OutOfBudget as cut_short:
             return await self.settle_async("timeout", cut_short.error)
         except BaseException as exc:
-            status = failure_status(exc)
-            if status is None:
-                state.counts["cancelled"] += 1
-                raise
-            return await self.settle_async(status, exc)
+            return await self.failed_async(exc)
         return self.ok(func, value)
 
     def refusal(self) -> CircuitOpen | None:
@@ -225,12 +222,12 @@ class Call:
             call = functools.partial(thread_runner or self._in_thread, call)
         if limit is None:
             return await call()
-        started = perf_counter()
+        started = _clock.now()
         with anyio.CancelScope(deadline=anyio.current_time() + limit):
             return await call()
         # Only reached when the deadline cancelled the call (a sync call's
         # thread is abandoned: it cannot be stopped).
-        elapsed = perf_counter() - started
+        elapsed = _clock.now() - started
         if cut == "late":
             # Not an Exception: a circuit breaker counts a late caller running
             # out of time as nothing, not as the service's failure.
@@ -271,7 +268,7 @@ class Call:
         if by_deadline and limit is not None and limit <= 0:
             return self.settle_sync("expired", self._out_of_budget(0.0))
         self.limit = limit
-        self.ends = None if limit is None else perf_counter() + limit
+        self.ends = None if limit is None else _clock.now() + limit
         self.by_deadline = by_deadline
         job = self.thread_job()
         sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
@@ -287,22 +284,18 @@ class Call:
         try:
             returned, value = listener_threads().wait(job, self._time_left())
         except BaseException as exc:
-            status = failure_status(exc)
-            if status is None:
-                state.counts["cancelled"] += 1
-                raise
-            return self.settle_sync(status, exc)
+            return self.failed_sync(exc)
         if not returned:
             return self.settle_sync("timeout", self._timed_out())
         return self.ok(self.listener.receiver or gone_receiver, value)
 
     def _time_left(self) -> float | None:
         ends = self.ends
-        return None if ends is None else max(0.0, ends - perf_counter())
+        return None if ends is None else max(0.0, ends - _clock.now())
 
     def _timed_out(self) -> ListenerTimeout:
         assert self.limit is not None
-        elapsed = perf_counter() - self.started
+        elapsed = _clock.now() - self.started
         return self._out_of_time(self.limit, elapsed, deadline=self.by_deadline)
 
     def run_sync(self) -> Outcome:
@@ -322,53 +315,84 @@ class Call:
                 with guard:
                     value = func(signal=self.signal, sender=self.sender, **self.kwargs)
         except BaseException as exc:
-            status = failure_status(exc)
-            if status is None:
-                state.counts["cancelled"] += 1
-                raise
-            return self.settle_sync(status, exc)
+            return self.failed_sync(exc)
         return self.ok(func, value)
 
     # -- outcomes --------------------------------------------------------------
 
     def ok(self, func: Callable[..., Any], value: Any) -> Outcome:
         """The call returned ``value``: count it and make its outcome."""
-        state.counts["ok"] += 1
-        return ok_outcome(func, value, perf_counter() - self.started)
+        elapsed = _clock.now() - self.started
+        self.ended("ok", elapsed)
+        return ok_outcome(func, value, elapsed)
+
+    def ended(
+        self, status: Status, elapsed: float | None, error: BaseException | None = None
+    ) -> None:
+        """Count the call as ended with ``status`` (one that has nothing to log)."""
+        ledger.ended(status, self.listener.label, self.signal, self.sender, elapsed, error)
 
     def gone(self) -> Outcome:
         """
         The function was collected between the signal resolving its weak
         reference and this call: nothing ran, and nothing is left to blame.
         """
-        state.counts["error"] += 1
         label = self.listener.label
-        logger().warning("listener_gone", listener=label)
-        return Outcome(
-            receiver=gone_receiver,
-            status="error",
-            error=ReferenceError(f"listener {label} was garbage collected"),
-            elapsed=perf_counter() - self.started,
-        )
+        error = ReferenceError(f"listener {label} was garbage collected")
+        elapsed = _clock.now() - self.started
+        ledger.gone(label, self.signal, self.sender, error, elapsed)
+        return Outcome(receiver=gone_receiver, status="error", error=error, elapsed=elapsed)
 
-    async def settle_async(self, status: Status, error: BaseException) -> Outcome:
+    def _status_of(self, exc: BaseException) -> Status:
+        """
+        The status of a call that raised ``exc`` (see :func:`failure_status`).
+
+        Raises:
+            BaseException: ``exc`` itself when it must propagate, the call
+                counted as cancelled.
+        """
+        status = failure_status(exc)
+        if status is None:
+            self.ended("cancelled", None)
+            raise exc
+        return status
+
+    async def failed_async(self, exc: BaseException) -> Outcome:
+        """
+        The outcome of a call that raised ``exc`` (settled, see :meth:`settle_async`).
+
+        Raises:
+            BaseException: ``exc`` itself when it must propagate (a
+                cancellation, ``KeyboardInterrupt``...), counted as cancelled.
+        """
+        return await self.settle_async(self._status_of(exc), exc)
+
+    def failed_sync(self, exc: BaseException) -> Outcome:
+        """The sync twin of :meth:`failed_async`."""
+        return self.settle_sync(self._status_of(exc), exc)
+
+    async def settle_async(
+        self, status: Status, error: BaseException, fields: dict[str, Any] | None = None
+    ) -> Outcome:
         """
         The outcome of a call that produced no value (the one door, see the
-        module docstring); an async ``fallback`` is awaited.
+        module docstring); an async ``fallback`` is awaited. ``fields`` are
+        the short-term queue's numbers of a call that never left its line,
+        logged with it.
         """
         fallback = self._fallback(status)
         if fallback is None:
-            return self._failed(status, error)
+            return self._failed(status, error, fields)
         try:
             value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
             if inspect.isawaitable(value):
                 value = await self._fallback_within_budget(value)
         except Exception as exc:
-            return self._fallback_failed(status, error, exc)
+            return self._fallback_failed(status, error, exc, fields)
         except BaseException:
-            state.counts["cancelled"] += 1  # the caller went away while the fallback ran
+            self.ended("cancelled", None)  # the caller went away while the fallback ran
             raise
-        return self._fell_back(status, error, value)
+        return self._fell_back(status, error, value, fields)
 
     async def _fallback_within_budget(self, answer: Awaitable[Any]) -> Any:
         """
@@ -390,26 +414,29 @@ class Call:
             f"(+{FALLBACK_GRACE}s)"
         )
 
-    def settle_sync(self, status: Status, error: BaseException) -> Outcome:
+    def settle_sync(
+        self, status: Status, error: BaseException, fields: dict[str, Any] | None = None
+    ) -> Outcome:
         """The sync twin of :meth:`settle_async`: an async ``fallback`` runs through asgiref."""
         fallback = self._fallback(status)
         if fallback is None:
-            return self._failed(status, error)
+            return self._failed(status, error, fields)
         if inspect.iscoroutinefunction(fallback):
             fallback = async_to_sync(fallback)
         try:
             value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
         except Exception as exc:
-            return self._fallback_failed(status, error, exc)
-        return self._fell_back(status, error, value)
+            return self._fallback_failed(status, error, exc, fields)
+        return self._fell_back(status, error, value, fields)
 
     def _fallback(self, status: Status) -> Callable[..., Any] | None:
         return self.listener.options.fallback if status in NEVER_RAN else None
 
-    def _fell_back(self, status: Status, error: BaseException, value: Any) -> Outcome:
-        elapsed = perf_counter() - self.started
-        self._log(status, error, elapsed, fallback=True)
-        state.counts[status] += 1
+    def _fell_back(
+        self, status: Status, error: BaseException, value: Any, fields: dict[str, Any] | None
+    ) -> Outcome:
+        elapsed = _clock.now() - self.started
+        self._settled(status, error, elapsed, fields, fallback=True)
         return Outcome(
             receiver=self.listener.receiver or gone_receiver,
             status=status,
@@ -418,26 +445,24 @@ class Call:
             elapsed=elapsed,
         )
 
-    def _fallback_failed(self, status: Status, error: BaseException, exc: Exception) -> Outcome:
-        logger().error(
-            "listener_fallback_failed",
-            exc_info=exc,
-            signal=signal_label(self.signal),
-            listener=self.listener.label,
-            sender=sender_label(self.sender),
-        )
-        return self._failed(status, error)
+    def _fallback_failed(
+        self,
+        status: Status,
+        error: BaseException,
+        exc: Exception,
+        fields: dict[str, Any] | None,
+    ) -> Outcome:
+        label = self.listener.label
+        ledger.fallback_failed(exc, listener=label, signal=self.signal, sender=self.sender)
+        return self._failed(status, error, fields)
 
-    def _failed(self, status: Status, error: BaseException) -> Outcome:
-        elapsed = perf_counter() - self.started
+    def _failed(
+        self, status: Status, error: BaseException, fields: dict[str, Any] | None
+    ) -> Outcome:
+        elapsed = _clock.now() - self.started
         options = self.listener.options
         propagate = (options.on_error or get_settings().on_error) == "raise"
-        if not propagate:
-            # A propagating error reaches the caller, whose own handling (or
-            # Django's) reports it: logging it here too would print its
-            # traceback twice.
-            self._log(status, error, elapsed, fallback=False)
-        state.counts[status] += 1
+        self._settled(status, error, elapsed, fields, propagate=propagate)
         return Outcome(
             receiver=self.listener.receiver or gone_receiver,
             status=status,
@@ -447,36 +472,25 @@ class Call:
             propagate=propagate,
         )
 
-    def _log(self, status: Status, error: BaseException, elapsed: float, *, fallback: bool) -> None:
-        """Log a call that produced no value (through the limiter: under overload, one
-        line per listener and second, with ``suppressed=N``)."""
-        event = _EVENTS.get(status)
-        if event is None:
-            return  # expired and rejected: the short-term queue logs them, with its numbers
-        context: dict[str, Any] = {
-            "signal": signal_label(self.signal),
-            "sender": sender_label(self.sender),
-            "elapsed_s": round(elapsed, 6),
-        }
-        if fallback:
-            context["fallback"] = True
-        if get_settings().log_kwargs:
-            context["kwargs"] = self.kwargs
-        if status == "error":
-            context["exc_info"] = error
-        elif status == "timeout":
-            limit = getattr(error, "limit", None)
-            context["limit_s"] = None if limit is None else round(limit, 6)
-        else:
-            context["breaker"] = getattr(error, "breaker", None)
-        label = self.listener.label
-        log_limited(event[0], event[1], label, listener=label, **context)
-
-
-_EVENTS: dict[Status, tuple[str, str]] = {
-    "error": ("error", "listener_failed"),
-    "timeout": ("warning", "listener_timeout"),
-    # Rejections are counted by the breaker; at debug level, an open circuit is no news.
-    "circuit_open": ("debug", "listener_circuit_open"),
-}
-"""(level, event) of each status a listener call logs itself."""
+    def _settled(
+        self,
+        status: Status,
+        error: BaseException,
+        elapsed: float,
+        fields: dict[str, Any] | None,
+        *,
+        fallback: bool = False,
+        propagate: bool = False,
+    ) -> None:
+        ledger.settled(
+            status,
+            error,
+            elapsed,
+            listener=self.listener.label,
+            signal=self.signal,
+            sender=self.sender,
+            kwargs=self.kwargs,
+            fallback=fallback,
+            propagate=propagate,
+            fields=fields,
+        )

@@ -1,5 +1,12 @@
 """
-Running the listeners of one dispatch: concurrently, in order, or inline.
+The dispatch engine: running the listeners of one :class:`~patchboard._run.Dispatch`.
+
+A verb of ``patchboard.Signal`` builds its dispatch and hands it here, to
+:func:`dispatch_async` or :func:`dispatch_sync` (Django's verbs on an ordered
+signal: :func:`send_in_order`, :func:`asend_in_order`); control goes down,
+through the runners below to the listener calls, and comes back only as the
+result. Each listener's place (``patchboard._run.placement``) says how its
+call runs: concurrently, in order, or inline.
 
 Concurrent dispatch starts every listener as an *eagerly started* task owned
 by the call. A listener that finishes without suspending (a cache hit, a
@@ -14,63 +21,159 @@ ten no-op listeners in an anyio task group, 6 us as eager tasks: ``make bench``)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+import contextvars
+import functools
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Literal, TypeAlias
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 
-from patchboard._call import Call
-from patchboard._listeners import InOwnContext, Listener, run_here
-from patchboard._outcomes import Collected, Outcome
-from patchboard._queue import ShortTermQueue
+from patchboard import _clock, _deadline
+from patchboard._call import failure_status
+from patchboard._config import get_settings
+from patchboard._django import log_robust_failure
+from patchboard._exceptions import SyncCallInEventLoop
+from patchboard._ledger import ledger
+from patchboard._listeners import Listener, errors_raise
+from patchboard._outcomes import Collected, Outcome, Status, new_outcome
+from patchboard._queue import ShortTermQueue, get_queue
+from patchboard._run import (
+    HERE,
+    QUEUE,
+    Dispatch,
+    InOwnContext,
+    placement,
+    run_async,
+    run_here,
+)
 from patchboard._state import state
 
-if TYPE_CHECKING:
-    from django.dispatch import Signal as DjangoSignal
+QueueChoice: TypeAlias = Literal["auto"] | bool
+Responses: TypeAlias = list[tuple[Callable[..., Any], Any]]
 
 
-def in_caller(listener: Listener, budgeted: bool) -> bool:
+def check_settings() -> None:
     """
-    Whether ``listener`` runs in the dispatching thread (a sync caller's, or
-    the thread-sensitive one for an async caller), rather than as a call of
-    its own: a background listener (its enqueue sees the caller's
-    transaction), or a plain sync one — unless the dispatch has a deadline,
-    which a thread that cannot be interrupted could not keep.
+    Raises:
+        SettingError: ``PATCHBOARD`` is invalid (the first dispatch stops, naming the key).
     """
-    return listener._batchable and (not budgeted or listener.options.mode == "background")
+    if state.settings is None:
+        get_settings()
 
 
-def run_without_loop(
-    listeners: Sequence[Listener],
-    signal: DjangoSignal,
-    sender: Any,
-    kwargs: dict[str, Any],
-    *,
-    budgeted: bool = False,
-    ordered: bool = False,
-) -> list[Outcome]:
+def check_no_loop(method: str) -> None:
+    """
+    Raises:
+        SyncCallInEventLoop: a sync verb was called from a thread running an event loop.
+    """
+    if asyncio._get_running_loop() is not None:
+        raise SyncCallInEventLoop(method)
+
+
+def queue_for(choice: QueueChoice, count: int, *, ordered: bool) -> ShortTermQueue | None:
+    """
+    The short-term queue a dispatch to ``count`` listeners uses for ``choice``, or None.
+
+    Raises:
+        ImproperlyConfigured: ``queue=True`` on an ordered signal.
+        ValueError: ``choice`` is not ``"auto"``, True or False.
+    """
+    if choice is True:
+        if ordered:
+            raise ImproperlyConfigured(
+                "queue=True: an ordered signal runs its listeners one at a time, "
+                "in priority order, never through the short-term queue"
+            )
+    elif choice == "auto":
+        if ordered or count <= get_settings().collect_queue_threshold:
+            return None
+    elif choice is False:
+        return None
+    else:
+        raise ValueError(f"queue must be 'auto', True or False, got {choice!r}")
+    return get_queue()
+
+
+# -- the verbs' engine ---------------------------------------------------------------
+
+
+async def dispatch_async(dispatch: Dispatch) -> Collected:
+    """
+    Run an async verb's dispatch: every listener, concurrently (one at a
+    time on an ordered signal), under its deadline; its result (see :func:`finish`).
+    """
+    if not dispatch.listeners:
+        return Collected([])
+    ledger.submitted(len(dispatch.listeners))
+    if dispatch.deadline is None:  # the inherited deadline, if any: no context to set
+        outcomes = await _outcomes_async(dispatch)
+    else:
+        with _deadline.budget(dispatch.deadline):
+            outcomes = await _outcomes_async(dispatch)
+    return finish(dispatch, outcomes)
+
+
+async def _outcomes_async(dispatch: Dispatch) -> list[Outcome]:
+    dispatch.budgeted = _deadline.current() is not None
+    if dispatch.ordered:
+        return await run_in_order(dispatch)
+    return await run_concurrently(dispatch)
+
+
+def dispatch_sync(dispatch: Dispatch) -> Collected:
+    """
+    Run a sync verb's dispatch: without an event loop when every listener's
+    place allows it and no queue is used, else through asgiref's
+    ``async_to_sync`` (see ``Signal.send_sync``); its result.
+    """
+    if not dispatch.listeners:
+        return Collected([])
+    if dispatch.deadline is None:  # the inherited deadline, if any: no context to set
+        return _dispatch_sync(dispatch)
+    with _deadline.budget(dispatch.deadline):
+        return _dispatch_sync(dispatch)
+
+
+def _dispatch_sync(dispatch: Dispatch) -> Collected:
+    budgeted = dispatch.budgeted = _deadline.current() is not None
+    resolved = dispatch.resolved
+    if dispatch.queue is None and resolved.loopless[budgeted]:
+        ledger.submitted(len(dispatch.listeners))
+        if resolved.here and not budgeted:
+            outcomes = run_here(dispatch.listeners, dispatch)
+        else:
+            outcomes = run_without_loop(dispatch)
+        return finish(dispatch, outcomes)
+    # The loop inherits this context, and with it the deadline entered here.
+    dispatch.deadline = None
+    return async_to_sync(dispatch_async)(dispatch)
+
+
+def run_without_loop(dispatch: Dispatch) -> list[Outcome]:
     """
     Run sync listeners from a sync caller without an event loop; their
     outcomes, in listener order.
 
-    The listeners that leave the caller's thread (a ``timeout``,
-    ``thread_sensitive=False``, a deadline) start first, each in a listener
-    thread; the others run here meanwhile, in order (see ``run_here``: they
-    stop after an error that must propagate); then each threaded call is
-    waited for until its time limit, and past it abandoned (a ``"timeout"``).
-    On an ``ordered`` signal they run one at a time instead, each waited for
-    before the next starts.
+    The listeners placed ``THREAD`` start first, each in a listener thread;
+    the others run here meanwhile, in order (see ``run_here``: they stop
+    after an error that must propagate); then each threaded call is waited
+    for until its time limit, and past it abandoned (a ``"timeout"``). On an
+    ordered signal they run one at a time instead, each waited for before
+    the next starts.
     """
-    if ordered:
-        return _one_at_a_time(listeners, signal, sender, kwargs, budgeted=budgeted)
-    threaded = {
-        index: Call(listener, signal, sender, kwargs)
-        for index, listener in enumerate(listeners)
-        if not in_caller(listener, budgeted)
-    }
+    if dispatch.ordered:
+        return _one_at_a_time(dispatch)
+    listeners, budgeted = dispatch.listeners, dispatch.budgeted
+    here_listeners: list[Listener] = []
+    threaded = {}
+    for index, listener in enumerate(listeners):
+        if listener.places[budgeted] in HERE:
+            here_listeners.append(listener)
+        else:
+            threaded[index] = dispatch.call(listener)
     started = {index: call.start_in_thread() for index, call in threaded.items()}
-    here_listeners = [lsn for lsn in listeners if in_caller(lsn, budgeted)]
-    here = iter(run_here(here_listeners, signal, sender, kwargs))
+    here = iter(run_here(here_listeners, dispatch))
     outcomes: list[Outcome] = []
     for index in range(len(listeners)):
         job = started.get(index)
@@ -84,60 +187,52 @@ def run_without_loop(
     return outcomes
 
 
-def _one_at_a_time(
-    listeners: Sequence[Listener],
-    signal: DjangoSignal,
-    sender: Any,
-    kwargs: dict[str, Any],
-    *,
-    budgeted: bool,
-) -> list[Outcome]:
+def _one_at_a_time(dispatch: Dispatch) -> list[Outcome]:
+    listeners, budgeted = dispatch.listeners, dispatch.budgeted
     outcomes: list[Outcome] = []
     index = 0
     try:
         for listener in listeners:
             index += 1  # a call that is cancelled counts itself
-            if in_caller(listener, budgeted):
-                outcome = run_here((listener,), signal, sender, kwargs)[0]
+            if listener.places[budgeted] in HERE:
+                outcome = run_here((listener,), dispatch)[0]
             else:
-                call = Call(listener, signal, sender, kwargs)
+                call = dispatch.call(listener)
                 job = call.start_in_thread()
                 outcome = job if isinstance(job, Outcome) else call.finish_in_thread(job)
             outcomes.append(outcome)
             if outcome.propagate:
                 break
     finally:
-        state.counts["cancelled"] += len(listeners) - index
+        dispatch.cancelled(listeners[index:])
     return outcomes
 
 
-async def run_concurrently(
-    listeners: Sequence[Listener],
-    signal: DjangoSignal,
-    sender: Any,
-    kwargs: dict[str, Any],
-    queue: ShortTermQueue | None,
-    *,
-    budgeted: bool = False,
-) -> list[Outcome]:
+async def run_concurrently(dispatch: Dispatch) -> list[Outcome]:
     """
     Run every listener at once; return their outcomes in listener order.
 
-    Sync listeners that run on the thread-sensitive thread go there together,
-    in one hop and in priority order, concurrently with the async listeners
-    (Django's ``asend`` runs them *before* the async ones). With ``queue``,
-    inline listeners go through the short-term queue instead; under a
-    deadline (``budgeted``), each sync listener runs in a listener thread of
-    its own, so the deadline can abandon it.
+    The listeners placed in the caller (sync ones, background enqueues) go to
+    the thread-sensitive thread together, in one hop and in priority order,
+    concurrently with the others (Django's ``asend`` runs them *before* the
+    async ones). With a queue, every other listener goes through it; under
+    a deadline, each sync listener runs in a listener thread of its own, so
+    the deadline can abandon it.
     """
+    listeners, budgeted, queue = dispatch.listeners, dispatch.budgeted, dispatch.queue
     if queue is None:
-        for listener in listeners:
-            if listener._batchable:
-                break
-        else:  # all async: the common case, kept lean
-            results = await supervise([lsn._run_async(signal, sender, kwargs) for lsn in listeners])
+        batch = dispatch.resolved.batch[budgeted]
+        if not batch and not budgeted and dispatch.resolved.own_tasks:
+            funcs = [listener.ref() for listener in listeners]
+            if None not in funcs:  # else one was collected: the path below reports it
+                return await run_plain(dispatch, funcs)
+        if not batch:  # no batch: the common case, kept lean
+            results = await supervise([run_async(listener, dispatch) for listener in listeners])
             return [outcome for outcome in results if outcome is not None]
-    batch = [i for i, listener in enumerate(listeners) if _in_batch(listener, queue, budgeted)]
+    else:
+        batch = tuple(
+            i for i, lsn in enumerate(listeners) if placement(lsn, budgeted, True) is not QUEUE
+        )
     batched = set(batch)
     coros: list[Coroutine[Any, Any, Any]] = []
     order: list[int] = []
@@ -146,78 +241,226 @@ async def run_concurrently(
             continue
         order.append(index)
         if queue is not None:
-            coros.append(queue._run(Call(listener, signal, sender, kwargs)))
+            coros.append(queue._run(dispatch.call(listener)))
         else:
-            coros.append(listener._run_async(signal, sender, kwargs))
+            coros.append(run_async(listener, dispatch))
     if batch:
         in_thread = [listeners[i] for i in batch]
-        coros.append(
-            sync_to_async(run_here, thread_sensitive=True)(in_thread, signal, sender, kwargs)
-        )
+        coros.append(sync_to_async(run_here, thread_sensitive=True)(in_thread, dispatch))
     results = await supervise(coros)
+    # The batch's result comes last; None if it was cancelled (its thread may
+    # still be running it: its calls count themselves there).
+    batch_outcomes = results.pop() if batch else None
     outcomes: list[Outcome | None] = [None] * len(listeners)
-    for index, result in zip(order, results, strict=False):
+    for index, result in zip(order, results, strict=True):
         outcomes[index] = result
-    if batch and results[-1] is not None:
-        for index, outcome in zip(batch, results[-1], strict=False):
+    if batch_outcomes is not None:
+        for index, outcome in zip(batch, batch_outcomes, strict=False):
             outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
 
 
-def _in_batch(listener: Listener, queue: ShortTermQueue | None, budgeted: bool) -> bool:
-    if queue is not None:
-        return listener.options.mode == "background"
-    return in_caller(listener, budgeted)
+class _PlainRun:
+    """The state of one :func:`run_plain`: each call's start and outcome, and its waiter."""
+
+    __slots__ = (
+        "dispatch",
+        "ended",
+        "failure",
+        "funcs",
+        "outcomes",
+        "pending",
+        "started",
+        "stop",
+        "waiter",
+    )
+
+    def __init__(self, dispatch: Dispatch, funcs: list[Any]) -> None:
+        self.dispatch = dispatch
+        self.funcs = funcs
+        self.outcomes: list[Outcome | None] = [None] * len(funcs)
+        self.started = [0.0] * len(funcs)
+        self.ended = [False] * len(funcs)
+        """Whether each call was settled (once: by the task's callback or by ``_end_all``)."""
+        self.pending = 0
+        self.stop = False
+        self.failure: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def end(self, index: int, task: asyncio.Task[Any]) -> None:
+        """The call ``index`` ended as ``task`` did: settle it (it counts itself)."""
+        if self.ended[index]:
+            return
+        self.ended[index] = True
+        dispatch = self.dispatch
+        listener = dispatch.listeners[index]
+        started = self.started[index]
+        if task.cancelled():
+            if task.cancelling():  # cancelled by this dispatch, or with its caller
+                dispatch.call(listener, started).ended("cancelled", None)
+                return
+            try:  # it raised CancelledError on its own: its error (see failure_status)
+                task.result()
+            except asyncio.CancelledError as own:
+                self.failed(index, own, "error")
+        else:
+            exc = task.exception()
+            if exc is None:
+                elapsed = _clock.now() - started
+                func = self.funcs[index]
+                value = task.result()
+                if ledger.observers:
+                    ledger.ended("ok", listener.label, dispatch.signal, dispatch.sender, elapsed)
+                else:
+                    ledger.ok_one()
+                # ok_outcome(func, value, elapsed), inlined: the hot path.
+                self.outcomes[index] = new_outcome(
+                    Outcome, (func, "ok", value, None, elapsed, None, False)
+                )
+                return
+            status = failure_status(exc) if isinstance(exc, Exception) else None
+            if status is None:  # KeyboardInterrupt and the like: they stop the dispatch
+                dispatch.call(listener, started).ended("cancelled", None)
+                self.failure, self.stop = exc, True
+                return
+            self.failed(index, exc, status)
+
+    def failed(self, index: int, error: BaseException, status: Status) -> None:
+        """The call ``index`` raised ``error``: settle it (no fallback to await)."""
+        dispatch = self.dispatch
+        call = dispatch.call(dispatch.listeners[index], self.started[index])
+        outcome = self.outcomes[index] = call.settle_sync(status, error)
+        if outcome.propagate:
+            self.stop = True
+
+    def on_done(self, index: int, task: asyncio.Task[Any]) -> None:
+        self.end(index, task)
+        self.pending -= 1
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and (self.stop or not self.pending):
+            waiter.set_result(None)
 
 
-async def run_in_order(
-    listeners: Sequence[Listener],
-    signal: DjangoSignal,
-    sender: Any,
-    kwargs: dict[str, Any],
-    *,
-    budgeted: bool = False,
-) -> list[Outcome]:
+async def run_plain(dispatch: Dispatch, funcs: list[Any]) -> list[Outcome]:
+    """
+    Run plain async listeners (``Resolved.own_tasks``: nothing to apply but
+    their error policy) at once, without a deadline or a queue; return their
+    outcomes in listener order.
+
+    What :func:`run_concurrently` does, with each listener's own coroutine as
+    its eagerly started task instead of a coroutine of ours around it (the
+    hot path: a coroutine less per listener). Each call is settled and
+    counted as its task ends: at once if it never suspended, else in the
+    task's done callback. As in :func:`supervise`, an error that must
+    propagate cancels the calls still running, and no task outlives the call.
+
+    Raises:
+        BaseException: a listener's own ``BaseException`` (``KeyboardInterrupt``...),
+            or the call's cancellation.
+    """
+    loop = asyncio.get_running_loop()
+    run = _PlainRun(dispatch, funcs)
+    arguments, now, started = dispatch.arguments, _clock.now, run.started
+    outcomes, ended, observed = run.outcomes, run.ended, bool(ledger.observers)
+    ok_one, new_task = ledger.ok_one, asyncio.Task
+    tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]] = []
+    try:
+        for index, func in enumerate(funcs):
+            begun = started[index] = now()
+            try:
+                coro = func(**arguments)
+            except Exception as exc:  # it failed before it became a coroutine
+                run.failed(index, exc, "error")
+                continue
+            task = new_task(coro, loop=loop, eager_start=True)
+            if task.done():
+                if observed or task.cancelled() or task.exception() is not None:
+                    run.end(index, task)
+                    continue
+                # Returned without suspending (the common case): settled right here.
+                ended[index] = True
+                ok_one()
+                # ok_outcome(func, value, elapsed), inlined: the hot path.
+                ok = (func, "ok", task.result(), None, now() - begun, None, False)
+                outcomes[index] = new_outcome(Outcome, ok)
+            else:
+                on_done = functools.partial(run.on_done, index)
+                tasks.append((index, task, on_done))
+                run.pending += 1
+                task.add_done_callback(on_done)
+        if run.pending and not run.stop:
+            run.waiter = loop.create_future()
+            await run.waiter
+    except BaseException:
+        # The call is cancelled (or calling a listener raised KeyboardInterrupt):
+        # take every task with it.
+        await _end_all(run, tasks)
+        raise
+    await _end_all(run, tasks)
+    if run.failure is not None:
+        raise run.failure
+    return [outcome for outcome in run.outcomes if outcome is not None]
+
+
+async def _end_all(
+    run: _PlainRun,
+    tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]],
+) -> None:
+    """Cancel the tasks still running, wait for them, and settle every one not settled yet."""
+    leftover = [task for _, task, _ in tasks if not task.done()]
+    for task in leftover:
+        task.cancel()
+    try:
+        await wait_through_cancellation(leftover)
+    finally:
+        for index, task, on_done in tasks:
+            # A task can be done with its callback still to come (a cancellation
+            # delivered again ends the wait early): settle it here, not after the call.
+            if task.done():
+                task.remove_done_callback(on_done)
+                run.end(index, task)
+
+
+async def run_in_order(dispatch: Dispatch) -> list[Outcome]:
     """
     Run listeners one at a time, in the given (priority) order.
 
-    Consecutive sync listeners share one hop to the thread-sensitive thread
-    (under a deadline, each runs as a call of its own). Each call runs in
-    its own copy of the caller's context, as a concurrent one does in its
-    task. Stops after an outcome that must propagate; the listeners after
-    it, like those a cancellation keeps from starting, count as
-    ``"cancelled"``.
+    Consecutive listeners placed in the caller share one hop to the
+    thread-sensitive thread (under a deadline, a sync listener runs as a
+    call of its own). Each call runs in its own copy of the caller's
+    context, as a concurrent one does in its task. Stops after an outcome
+    that must propagate; the listeners after it, like those a cancellation
+    keeps from starting, count as ``"cancelled"``.
     """
+    listeners, budgeted = dispatch.listeners, dispatch.budgeted
     outcomes: list[Outcome] = []
     index, count = 0, len(listeners)
     try:
         while index < count:
             end = index
-            while end < count and in_caller(listeners[end], budgeted):
+            while end < count and listeners[end].places[budgeted] in HERE:
                 end += 1
             if end > index:
                 batch = listeners[index:end]
                 index = end  # the batch's thread runs them all, even if this call is cancelled
                 run = sync_to_async(run_here, thread_sensitive=True)
-                outcomes.extend(await run(batch, signal, sender, kwargs))
+                outcomes.extend(await run(batch, dispatch))
             else:
                 index += 1  # a call that is cancelled counts itself
-                call = listeners[index - 1]._run_async(signal, sender, kwargs)
+                call = run_async(listeners[index - 1], dispatch)
                 outcomes.append(await InOwnContext(call))
             if outcomes and outcomes[-1].propagate:
                 break
     finally:
-        state.counts["cancelled"] += count - index
+        dispatch.cancelled(listeners[index:])
     return outcomes
 
 
-Observer: TypeAlias = Callable[["DjangoSignal", Any, list[Outcome]], None]
+Observer: TypeAlias = Callable[[Any, Any, list[Outcome]], None]
 """Called with (signal, sender, outcomes) after every dispatch (``state.observers``)."""
 
 
-def finish(
-    signal: DjangoSignal, sender: Any, outcomes: list[Outcome], *, budgeted: bool = False
-) -> Collected:
+def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
     """
     The dispatch's result: the outcomes, or the first error that must propagate.
 
@@ -226,15 +469,72 @@ def finish(
             ``on_error`` is ``"raise"``.
     """
     for observer in state.observers:
-        observer(signal, sender, outcomes)
+        observer(dispatch.signal, dispatch.sender, outcomes)
     for outcome in outcomes:
         if outcome.propagate:
             assert outcome.error is not None
             raise outcome.error
-    if not budgeted:
+    if not dispatch.budgeted:
         return Collected(outcomes)
     hit = any(getattr(outcome.error, "deadline", False) for outcome in outcomes)
     return Collected(outcomes, deadline_hit=hit)
+
+
+# -- Django's verbs on an ordered signal -------------------------------------------------
+
+
+def _in_order(dispatch: Dispatch) -> Iterator[tuple[Callable[..., Any], bool]]:
+    # (what Django's verbs call, whether it is async): the wrapper of a
+    # listener with options, or of any listener when ON_ERROR is "log",
+    # so they apply; the function itself otherwise.
+    bare = errors_raise()
+    for listener in dispatch.listeners:
+        receiver = listener.receiver if bare and listener.bare else listener
+        if receiver is not None:
+            yield receiver, listener.is_async
+
+
+def send_in_order(dispatch: Dispatch, *, robust: bool) -> Responses:
+    """Django's ``send()`` (``send_robust()`` if ``robust``), one listener at a time."""
+    signal, sender, kwargs = dispatch.signal, dispatch.sender, dispatch.kwargs
+    responses: Responses = []
+    for receiver, is_async in _in_order(dispatch):
+        call = async_to_sync(receiver) if is_async else receiver
+        try:
+            # In its own copy of the caller's context, as every patchboard verb calls.
+            run = contextvars.copy_context().run
+            response = run(call, signal=signal, sender=sender, **kwargs)
+        except Exception as err:
+            response = _failed(dispatch, receiver, err, robust=robust)
+        responses.append((receiver, response))
+    return responses
+
+
+async def asend_in_order(dispatch: Dispatch, *, robust: bool) -> Responses:
+    """Django's ``asend()`` (``asend_robust()`` if ``robust``), one listener at a time."""
+    signal, sender, kwargs = dispatch.signal, dispatch.sender, dispatch.kwargs
+    responses: Responses = []
+    for receiver, is_async in _in_order(dispatch):
+        call = receiver if is_async else sync_to_async(receiver, thread_sensitive=True)
+        try:
+            response = await InOwnContext(call(signal=signal, sender=sender, **kwargs))
+        except Exception as err:
+            response = _failed(dispatch, receiver, err, robust=robust)
+        responses.append((receiver, response))
+    return responses
+
+
+def _failed(
+    dispatch: Dispatch, receiver: Callable[..., Any], error: Exception, *, robust: bool
+) -> Any:
+    # send()/asend() let the error through; the robust verbs log it and return it.
+    if not robust:
+        raise error
+    log_robust_failure(dispatch.signal, receiver, error)
+    return error
+
+
+# -- supervising tasks --------------------------------------------------------------------
 
 
 def _must_stop(task: asyncio.Task[Any]) -> bool:

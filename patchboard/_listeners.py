@@ -10,16 +10,10 @@ when Django's ``send()`` calls it, the options apply and the listener's
 
 A listener with nothing to apply but its error policy (a *plain* one) is
 called directly, without building a :class:`~patchboard._call.Call`, unless
-it fails; every other call goes through a ``Call``.
-
-Every listener call runs in its own copy of the caller's context, whatever
-the verb: the listener sees the caller's context variables, and what it sets
-is seen neither by its siblings nor by the caller afterwards. A task gets
-its copy from asyncio, a listener thread from ``_threads``; a call made
-right here (in the caller's thread or task) gets it from :func:`run_here`
-and :class:`InOwnContext`. (The rule matters beyond tidiness: a circuit
-breaker keeps each entry on a contextvar stack, and two calls sharing a
-context would look like one nested in the other.)
+it fails; every other call goes through a ``Call``. Where its calls run is
+the placement rule's answer (``patchboard._run.place``), learnt once, when
+the listener is built; how they run, and in which context, is
+``patchboard._run``'s business.
 """
 
 from __future__ import annotations
@@ -29,15 +23,13 @@ import dataclasses
 import functools
 import inspect
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Sequence
-from time import perf_counter
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
 
 from patchboard import _deadline
-from patchboard._call import Call, failure_status
 from patchboard._config import (
     DEFAULT_OPTIONS,
     Guard,
@@ -50,48 +42,14 @@ from patchboard._config import (
 )
 from patchboard._django import dead_receiver_flag, lookup_key, make_id
 from patchboard._features import features
+from patchboard._ledger import ledger
 from patchboard._log import dotted
-from patchboard._outcomes import Outcome, ok_outcome
+from patchboard._outcomes import Outcome
+from patchboard._run import HERE, Dispatch, InOwnContext, Place, place, run_async, run_here
 from patchboard._state import state
 
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
-
-
-class InOwnContext[T]:
-    """
-    Await a coroutine in its own copy of the current context, in the
-    awaiting task: what it sets stays in the copy.
-
-    What a task spawned for it would give (``asyncio.Task(coro,
-    context=copy_context())``), without the task: every step of the
-    coroutine runs through ``Context.run`` (about 0.1 us each), and the
-    coroutine stays part of the awaiting task, so its cancellation, its
-    ``current_task()`` and its anyio cancel scopes are the caller's.
-    """
-
-    __slots__ = ("_coro",)
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self._coro = coro
-
-    def __await__(self) -> Generator[Any, Any, T]:
-        coro = self._coro
-        run = contextvars.copy_context().run
-        try:
-            step = run(coro.send, None)
-            while True:
-                try:
-                    sent = yield step
-                except GeneratorExit:
-                    run(coro.close)
-                    raise
-                except BaseException as exc:
-                    step = run(coro.throw, exc)
-                else:
-                    step = run(coro.send, sent)
-        except StopIteration as returned:
-            return returned.value  # type: ignore[no-any-return]
 
 
 class Listener:
@@ -103,21 +61,23 @@ class Listener:
     weak-reference clean-up works unchanged. ``receiver`` is the user's
     function; patchboard's outcomes and logs name it, never the wrapper.
     ``options`` are its :class:`~patchboard.ListenerOptions`, ``label`` its
-    dotted path.
+    dotted path, ``places`` where its calls run without a deadline and with
+    one (``patchboard._run.place``).
     """
 
     __slots__ = (
         "__weakref__",
-        "_bare",
-        "_batchable",
-        "_direct",
-        "_func",
         "_hash",
         "_is_coroutine_marker",
-        "_watched",
+        "bare",
+        "direct",
+        "direct_async",
         "is_async",
         "label",
         "options",
+        "places",
+        "ref",
+        "watched",
     )
 
     def __init__(
@@ -130,30 +90,29 @@ class Listener:
     ) -> None:
         self.is_async = _is_async(func)
         self.options = options
-        # Nothing to apply but the error policy: _run_async (async) and
-        # _run_sync (sync) call it directly.
-        self._direct = options.plain
-        # No options at all: under ON_ERROR="raise", Django's verbs may call the
-        # function itself (see __call__ and Signal._in_order).
-        self._bare = options == DEFAULT_OPTIONS
-        # Whether _run_sync() can run it in the calling thread: a background
-        # listener (its enqueue must see the caller's transaction), or a sync
-        # one with no timeout that accepts the thread-sensitive thread.
-        self._batchable = options.mode == "background" or (
-            not self.is_async and options.timeout is None and options.thread_sensitive
+        self.direct = options.plain
+        """Nothing to apply but the error policy: ``patchboard._run`` calls it directly."""
+        self.direct_async = self.direct and self.is_async
+        self.bare = options == DEFAULT_OPTIONS
+        """No options at all: under ON_ERROR="raise", Django's verbs may call the
+        function itself (see __call__ and ``_dispatch.in_order``)."""
+        self.places: tuple[Place, Place] = (
+            place(self, budgeted=False),
+            place(self, budgeted=True),
         )
         self.label = dotted(func)
         self._hash = hash(func)  # kept: the function may die, a hash may not change
-        self._func: Callable[[], Callable[..., Any] | None]
-        # Whether a signal may hold this wrapper strongly: it learns of the
-        # function's death from ``on_death`` (or the function never dies).
-        self._watched = on_death is not None or not weak
+        self.ref: Callable[[], Callable[..., Any] | None]
+        """The function, or None once it has been collected."""
+        self.watched = on_death is not None or not weak
+        """Whether a signal may hold this wrapper strongly: it learns of the
+        function's death from ``on_death`` (or the function never dies)."""
         if weak:
             is_method = hasattr(func, "__self__") and hasattr(func, "__func__")
             ref = weakref.WeakMethod if is_method else weakref.ref
-            self._func = ref(func, None if on_death is None else _calling(on_death))
+            self.ref = ref(func, None if on_death is None else _calling(on_death))
         else:
-            self._func = functools.partial(_identity, func)
+            self.ref = functools.partial(_identity, func)
         if self.is_async:
             # Makes Django (and asgiref) treat the wrapper as an async receiver.
             inspect.markcoroutinefunction(self)
@@ -167,7 +126,7 @@ class Listener:
     @property
     def receiver(self) -> Callable[..., Any] | None:
         """The connected function, or None once it has been garbage collected."""
-        return self._func()
+        return self.ref()
 
     def __eq__(self, other: object) -> bool:
         # Django's verbs pair each response with the receiver they called: this
@@ -177,7 +136,7 @@ class Listener:
             return True
         if isinstance(other, Listener):
             return False
-        func = self._func()
+        func = self.ref()
         return func is not None and func == other
 
     def __hash__(self) -> int:
@@ -198,63 +157,25 @@ class Listener:
         Called by any signal's ``send()``/``asend()``: apply the options and
         return the response, or raise if the listener's policy is ``"raise"``.
         """
-        if self._bare:
+        if self.bare:
             settings = state.settings  # errors_raise(), inlined: Django's send() pays per call
             if (settings.on_error == "raise") if settings is not None else errors_raise():
                 # Nothing to apply: the function is called exactly as Django would
                 # call it connected bare (and, as then, the call is not counted).
-                func = self._func()
+                func = self.ref()
                 if func is not None:
                     return func(signal=signal, sender=sender, **kwargs)
-        state.counts["submitted"] += 1
-        # In its own copy of the caller's context (see the module docstring):
+        dispatch = Dispatch(signal, sender, kwargs, (self,))
+        dispatch.budgeted = _deadline.current() is not None
+        ledger.submitted()
+        # In its own copy of the caller's context (see patchboard._run):
         # Django's asend() runs its async receivers in one shared context.
         if self.is_async:
-            return _unwrap_async(InOwnContext(self._run_async(signal, sender, kwargs)))
-        if self._batchable:
-            return _unwrap(run_here((self,), signal, sender, kwargs)[0])
+            return _unwrap_async(InOwnContext(run_async(self, dispatch)))
+        if self.places[False] in HERE:
+            return _unwrap(run_here((self,), dispatch)[0])
         run = contextvars.copy_context().run
-        return _unwrap(run(async_to_sync(self._run_async), signal, sender, kwargs))
-
-    # -- the engine's entry points -------------------------------------------------
-
-    async def _run_async(
-        self, signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
-    ) -> Outcome:
-        """Call the listener once from async code; its outcome (see ``Call.run_async``)."""
-        if not (self._direct and self.is_async) or _deadline.current() is not None:
-            call = Call(self, signal, sender, kwargs)
-            if self.options.mode == "background":
-                return await features.background.enqueue_async(call)
-            return await call.run_async()
-        # The fast path: an async listener with nothing to apply but its error policy.
-        started = perf_counter()
-        func = self._func()
-        if func is None:
-            return Call(self, signal, sender, kwargs, started).gone()
-        try:
-            value = await func(signal=signal, sender=sender, **kwargs)
-        except BaseException as exc:
-            status = failure_status(exc)
-            if status is None:
-                state.counts["cancelled"] += 1
-                raise
-            return await Call(self, signal, sender, kwargs, started).settle_async(status, exc)
-        state.counts["ok"] += 1
-        return ok_outcome(func, value, perf_counter() - started)
-
-    def _run_sync(self, signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]) -> Outcome:
-        """
-        Call a listener that can run in the calling thread (``_batchable``)
-        once; its outcome (see :func:`run_here`).
-        """
-        if self._direct:
-            return run_here((self,), signal, sender, kwargs)[0]
-        call = Call(self, signal, sender, kwargs)
-        if self.options.mode == "background":
-            # In the calling thread: the enqueue sees the caller's transaction.
-            return features.background.enqueue_sync(call)
-        return call.run_sync()
+        return _unwrap(run(async_to_sync(run_async), self, dispatch))
 
 
 def errors_raise() -> bool:
@@ -271,68 +192,6 @@ def errors_raise() -> bool:
             # Invalid: the full path runs, and a failure raises the error naming the key.
             return False
     return settings.on_error == "raise"
-
-
-def run_here(
-    listeners: Sequence[Listener], signal: DjangoSignal, sender: Any, kwargs: dict[str, Any]
-) -> list[Outcome]:
-    """
-    Run batchable listeners one after another in the calling thread; their outcomes.
-
-    Stops after an outcome that must propagate: the listeners after it are
-    not called (they count as ``"cancelled"``), as Django's ``send()`` stops
-    at an exception. A plain listener is called right here, the others
-    through their ``Call``; each in its own copy of the caller's context.
-    (The sync twins' hot path: one clock reading and one context copy per
-    listener, the successes counted once.)
-    """
-    outcomes: list[Outcome] = []
-    succeeded = 0
-    copy_context = contextvars.copy_context
-    arguments = {"signal": signal, "sender": sender, **kwargs}  # merged once, not per listener
-    started = perf_counter()
-    try:
-        for listener in listeners:
-            if not listener._direct:
-                outcome = copy_context().run(listener._run_sync, signal, sender, kwargs)
-            elif (func := listener._func()) is None:
-                outcome = Call(listener, signal, sender, kwargs, started).gone()
-            else:
-                try:
-                    value = copy_context().run(_apply, func, arguments)
-                except BaseException as exc:
-                    status = failure_status(exc)
-                    if status is None:
-                        state.counts["cancelled"] += 1
-                        raise
-                    outcome = Call(listener, signal, sender, kwargs, started).settle_sync(
-                        status, exc
-                    )
-                else:
-                    now = perf_counter()
-                    outcomes.append(ok_outcome(func, value, now - started))
-                    started = now
-                    succeeded += 1
-                    continue
-            outcomes.append(outcome)
-            if outcome.propagate:
-                break
-            started = perf_counter()
-    except BaseException:
-        # The listener running counted its own cancellation; the ones after it never ran.
-        state.counts["cancelled"] += len(listeners) - len(outcomes) - 1
-        raise
-    else:
-        state.counts["cancelled"] += len(listeners) - len(outcomes)  # after one that propagates
-    finally:
-        state.counts["ok"] += succeeded
-    return outcomes
-
-
-def _apply(func: Callable[..., Any], arguments: dict[str, Any]) -> Any:
-    # Context.run(func, **arguments) packs the keywords again for func: passing
-    # the dict through this frame costs less (run_here's hot path).
-    return func(**arguments)
 
 
 def _is_async(func: Callable[..., Any]) -> bool:

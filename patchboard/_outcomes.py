@@ -88,7 +88,9 @@ class Outcome(NamedTuple):
         )
 
 
-_new_tuple = tuple.__new__
+new_outcome = tuple.__new__
+"""``new_outcome(Outcome, fields)``: an Outcome from its fields in order, without the
+named tuple's Python-level ``__new__`` (the hot paths' way, see :func:`ok_outcome`)."""
 
 
 def ok_outcome(receiver: Callable[..., Any], value: Any, elapsed: float) -> Outcome:
@@ -96,10 +98,11 @@ def ok_outcome(receiver: Callable[..., Any], value: Any, elapsed: float) -> Outc
     ``Outcome(receiver=receiver, status="ok", value=value, elapsed=elapsed)``,
     built without the named tuple's Python-level ``__new__`` (about half the
     cost): the fast path builds one per listener call. It lists every field in
-    order, so it lives here, next to the fields; ``test_outcomes`` checks that
-    both constructions agree.
+    order, so it lives here, next to the fields (the hot loops of
+    ``patchboard._run`` and ``_dispatch`` inline it);
+    ``tests/dispatch/test_ledger.py`` checks that the constructions agree.
     """
-    return _new_tuple(Outcome, (receiver, "ok", value, None, elapsed, None, False))
+    return new_outcome(Outcome, (receiver, "ok", value, None, elapsed, None, False))
 
 
 class Collected:

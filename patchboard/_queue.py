@@ -141,7 +141,7 @@ from patchboard import _clock, _deadline
 from patchboard._call import Call
 from patchboard._config import QueueSettings, get_settings
 from patchboard._exceptions import Expired, Rejected
-from patchboard._log import log_limited, logger, sender_label, signal_label
+from patchboard._log import logger
 from patchboard._outcomes import Outcome, Status
 from patchboard._state import state
 from patchboard._threads import listener_threads
@@ -166,11 +166,6 @@ start within this many ``TARGET_WAIT``\\s: a longer line adds wait, not throughp
 _DRAIN_WINDOW: Final = 64
 """How many of the line's latest grants its drain rate is measured over: enough to
 average a mix of short and long calls, few enough to follow a change within a second."""
-
-_NEVER_RAN_EVENTS: Final[dict[Status, str]] = {
-    "expired": "queue_item_expired",
-    "rejected": "queue_item_rejected",
-}
 
 _THREAD_EVENTS: Final = ("queue_thread_abandoned", "queue_thread_returned")
 
@@ -390,7 +385,11 @@ class ShortTermQueue:
         if item.state == _REJECTED:
             return await self._reject(item, call)
         if item.state == _WAITING:
-            await self._wait(item)
+            try:
+                await self._wait(item)
+            except BaseException:
+                call.ended("cancelled", None)  # it never reached the listener: count it here
+                raise
         if item.state == _EXPIRED:
             return await self._expire(item, call)
         # The runner only runs sync listeners (in a thread that keeps the worker).
@@ -489,7 +488,6 @@ class ShortTermQueue:
             item.state = _WITHDRAWN
             self._cancelled += 1
             events = self._rebalance(self._clock())
-        state.counts["cancelled"] += 1  # it never reached the listener: count it here
         if events:
             _emit(events)
 
@@ -512,26 +510,24 @@ class ShortTermQueue:
     async def _never_ran(
         self, item: _Item, call: Call, error: Expired | Rejected, fields: dict[str, Any]
     ) -> Outcome:
-        """Log an item that never started, and settle its call (its fallback may answer)."""
+        """
+        Settle an item that never started (its fallback may answer); the
+        ledger logs it with the queue's ``fields``.
+        """
         status: Status = "expired" if isinstance(error, Expired) else "rejected"
-        label = call.listener.label
-        log_limited(
-            "warning",
-            _NEVER_RAN_EVENTS[status],
-            label,
-            signal=signal_label(call.signal),
-            listener=label,
-            sender=sender_label(call.sender),
-            **fields,
-        )
-        return await self._settle(item, call, status, error)
+        return await self._settle(item, call, status, error, fields)
 
     async def _settle(
-        self, item: _Item, call: Call, status: Status, error: BaseException
+        self,
+        item: _Item,
+        call: Call,
+        status: Status,
+        error: BaseException,
+        fields: dict[str, Any] | None = None,
     ) -> Outcome:
-        """Settle a call that never ran (its fallback may answer), and count it."""
+        """Settle a call that never ran (its fallback may answer), and count it in the queue."""
         try:
-            outcome = await call.settle_async(status, error)
+            outcome = await call.settle_async(status, error, fields)
         except BaseException:
             self._finish(item, None)
             raise

@@ -23,47 +23,31 @@ context (see ``patchboard._listeners``).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import enum
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any, Final, Literal, TypeAlias
+from collections.abc import Callable, Hashable
+from typing import Any, Final
 
-from asgiref.sync import async_to_sync, sync_to_async
-from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import _deadline, _dispatch
+from patchboard import _dispatch
 from patchboard._config import get_settings, seconds
+from patchboard._dispatch import QueueChoice, Responses, check_no_loop, check_settings, queue_for
 from patchboard._django import (
     NONE_ID,
     clear_dead_receivers,
     entries,
-    log_robust_failure,
     lookup_key,
     make_id,
     resolve,
     under_djangos_name,
 )
-from patchboard._exceptions import SyncCallInEventLoop
-from patchboard._listeners import (
-    InOwnContext,
-    Listener,
-    as_listener,
-    connect,
-    errors_raise,
-    forget,
-    make_options,
-    run_here,
-)
+from patchboard._listeners import Listener, as_listener, connect, forget, make_options
 from patchboard._log import name_signal, signal_label
-from patchboard._outcomes import Collected, Outcome
-from patchboard._queue import ShortTermQueue, get_queue
+from patchboard._outcomes import Collected
+from patchboard._run import Dispatch, Resolved
 from patchboard._state import state
 from patchboard._stream import Stream
-
-QueueChoice: TypeAlias = Literal["auto"] | bool
 
 
 class Unset(enum.Enum):
@@ -87,45 +71,8 @@ def _collect_deadline(deadline: float | Unset | None) -> float | None:
     return _seconds(deadline)
 
 
-Responses: TypeAlias = list[tuple[Callable[..., Any], Any]]
-
 _RESOLVED_SENDERS = 256
 """How many senders' resolved listeners a signal caches before it starts over."""
-
-
-class _Resolved:
-    """The live listeners of one sender, as resolved from a receivers list."""
-
-    __slots__ = (
-        "batchable",
-        "count",
-        "listeners",
-        "loopless",
-        "loopless_budgeted",
-        "receivers",
-        "version",
-    )
-
-    def __init__(self, receivers: list[Any], version: int, listeners: list[Listener]) -> None:
-        self.receivers = receivers
-        self.count = len(receivers)
-        self.version = version
-        self.listeners = listeners
-        self.batchable = all(listener._batchable for listener in listeners)
-        """Whether every listener can run in a sync caller's thread."""
-        self.loopless = all(
-            listener._batchable or (not listener.is_async and listener.options.breaker is None)
-            for listener in listeners
-        )
-        """Whether a sync caller can run them all without an event loop: in its
-        thread, or in listener threads (a sync listener with a ``timeout`` or
-        ``thread_sensitive=False``, without a breaker)."""
-        self.loopless_budgeted = all(
-            listener.options.mode == "background"
-            or (not listener.is_async and listener.options.breaker is None)
-            for listener in listeners
-        )
-        """The same under a deadline, which takes every sync listener to a thread."""
 
 
 class Signal(DjangoSignal):
@@ -144,7 +91,7 @@ class Signal(DjangoSignal):
         super().__init__(use_caching=use_caching)
         self.ordered = ordered
         self._priorities: dict[Hashable, int] = {}
-        self._resolved: dict[Hashable, _Resolved] = {}
+        self._resolved: dict[Hashable, Resolved] = {}
         self._version = 0
         """Moves on every connect, disconnect and reordering: older resolutions are stale."""
         if name is not None:
@@ -234,7 +181,7 @@ class Signal(DjangoSignal):
         """The live listeners for ``sender``, in dispatch (priority, then connect) order."""
         return list(self._live(sender).listeners)
 
-    def _live(self, sender: Any) -> _Resolved:
+    def _live(self, sender: Any) -> Resolved:
         """
         The resolved listeners for ``sender``, cached until the receivers list
         changes: connect, disconnect and reordering move ``_version`` (a
@@ -260,7 +207,7 @@ class Signal(DjangoSignal):
             resolved = self._resolve(receivers, self._version, senderkey)
         return resolved
 
-    def _resolve(self, receivers: list[Any], version: int, senderkey: Hashable) -> _Resolved:
+    def _resolve(self, receivers: list[Any], version: int, senderkey: Hashable) -> Resolved:
         listeners: list[Listener] = []
         cacheable = True
         for entry_sender, ref, sender_ref in entries(receivers):
@@ -275,10 +222,10 @@ class Signal(DjangoSignal):
                 receiver = as_listener(receiver)
             elif receiver.receiver is None:
                 continue  # its function died: Django drops the entry once we let go
-            elif not receiver._watched and isinstance(ref, weakref.ReferenceType):
+            elif not receiver.watched and isinstance(ref, weakref.ReferenceType):
                 cacheable = False  # a Listener connected by hand: held only weakly
             listeners.append(receiver)
-        resolved = _Resolved(receivers, version, listeners)
+        resolved = Resolved(receivers, version, listeners)
         if cacheable:
             if len(self._resolved) >= _RESOLVED_SENDERS:
                 self._resolved.clear()  # Senders come and go (instances): stay bounded.
@@ -311,7 +258,7 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        return await self._dispatch(sender, named, queue, _seconds(deadline))
+        return await _dispatch.dispatch_async(self._build(sender, named, queue, _seconds(deadline)))
 
     async def collect_async(
         self,
@@ -347,7 +294,8 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        return await self._dispatch(sender, named, queue, _collect_deadline(deadline))
+        dispatch = self._build(sender, named, queue, _collect_deadline(deadline))
+        return await _dispatch.dispatch_async(dispatch)
 
     def stream_async(
         self,
@@ -373,13 +321,8 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        self._check_settings()
-        until = _collect_deadline(deadline)
-        listeners = self._live(sender).listeners
-        short_term = self._queue_for(queue, len(listeners))
-        return Stream(
-            self, sender, named, listeners, queue=short_term, deadline=until, ordered=self.ordered
-        )
+        dispatch = self._build(sender, named, queue, _collect_deadline(deadline), stream=True)
+        return Stream._of(dispatch)
 
     def send_sync(
         self,
@@ -405,7 +348,9 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`send_async`.
         """
-        return self._dispatch_sync("send_sync", sender, named, queue, _seconds(deadline))
+        until = _seconds(deadline)  # a bad deadline is named first, as for send_async
+        check_no_loop("send_sync")
+        return _dispatch.dispatch_sync(self._build(sender, named, queue, until))
 
     def collect(
         self,
@@ -422,163 +367,54 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`collect_async`.
         """
-        return self._dispatch_sync("collect", sender, named, queue, _collect_deadline(deadline))
+        until = _collect_deadline(deadline)
+        check_no_loop("collect")
+        return _dispatch.dispatch_sync(self._build(sender, named, queue, until))
 
-    # -- the engine --------------------------------------------------------------------
-
-    def _check_settings(self) -> None:
-        if state.settings is None:
-            get_settings()  # an invalid PATCHBOARD stops the first dispatch, naming the key
-
-    def _queue_for(self, choice: QueueChoice, count: int) -> ShortTermQueue | None:
-        if choice is True:
-            if self.ordered:
-                raise ImproperlyConfigured(
-                    "queue=True: an ordered signal runs its listeners one at a time, "
-                    "in priority order, never through the short-term queue"
-                )
-        elif choice == "auto":
-            if self.ordered or count <= get_settings().collect_queue_threshold:
-                return None
-        elif choice is False:
-            return None
-        else:
-            raise ValueError(f"queue must be 'auto', True or False, got {choice!r}")
-        return get_queue()
-
-    async def _dispatch(
-        self, sender: Any, named: dict[str, Any], queue: QueueChoice, deadline: float | None
-    ) -> Collected:
-        self._check_settings()
-        listeners = self._live(sender).listeners
-        if not listeners:
-            return Collected([])
-        short_term = self._queue_for(queue, len(listeners))
-        state.counts["submitted"] += len(listeners)
-        if deadline is None:  # the inherited deadline, if any: no context to set
-            outcomes, budgeted = await self._run(listeners, sender, named, short_term=short_term)
-        else:
-            with _deadline.budget(deadline):
-                outcomes, budgeted = await self._run(
-                    listeners, sender, named, short_term=short_term
-                )
-        return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
-
-    async def _run(
+    def _build(
         self,
-        listeners: Sequence[Listener],
-        sender: Any,
-        named: dict[str, Any],
-        *,
-        short_term: ShortTermQueue | None,
-    ) -> tuple[list[Outcome], bool]:
-        """The outcomes of a dispatch, and whether a deadline was in force."""
-        budgeted = _deadline.current() is not None
-        if self.ordered:
-            outcomes = await _dispatch.run_in_order(
-                listeners, self, sender, named, budgeted=budgeted
-            )
-        else:
-            outcomes = await _dispatch.run_concurrently(
-                listeners, self, sender, named, short_term, budgeted=budgeted
-            )
-        return outcomes, budgeted
-
-    def _dispatch_sync(
-        self,
-        method: str,
         sender: Any,
         named: dict[str, Any],
         queue: QueueChoice,
         deadline: float | None,
-    ) -> Collected:
-        if asyncio._get_running_loop() is not None:
-            raise SyncCallInEventLoop(method)
-        self._check_settings()
+        *,
+        stream: bool = False,
+    ) -> Dispatch:
+        """
+        The dispatch of one verb call: its live listeners and the queue they
+        use (chosen only when there are listeners, or a stream).
+
+        Raises:
+            SettingError: ``PATCHBOARD`` is invalid.
+            ImproperlyConfigured, ValueError: a bad ``queue`` (see ``queue_for``).
+        """
+        if state.settings is None:
+            check_settings()
         resolved = self._live(sender)
         listeners = resolved.listeners
-        if not listeners:
-            return Collected([])
-        if deadline is None:  # the inherited deadline, if any: no context to set
-            return self._run_sync(resolved, sender, named, queue=queue)
-        with _deadline.budget(deadline):
-            return self._run_sync(resolved, sender, named, queue=queue)
-
-    def _run_sync(
-        self, resolved: _Resolved, sender: Any, named: dict[str, Any], *, queue: QueueChoice
-    ) -> Collected:
-        listeners = resolved.listeners
-        budgeted = _deadline.current() is not None
-        loopless = resolved.loopless_budgeted if budgeted else resolved.loopless
-        if loopless and self._queue_for(queue, len(listeners)) is None:
-            state.counts["submitted"] += len(listeners)
-            if resolved.batchable and not budgeted:
-                outcomes = run_here(listeners, self, sender, named)
-            else:
-                outcomes = _dispatch.run_without_loop(
-                    listeners, self, sender, named, budgeted=budgeted, ordered=self.ordered
-                )
-            return _dispatch.finish(self, sender, outcomes, budgeted=budgeted)
-        # The loop inherits this context, and with it the deadline.
-        return async_to_sync(self._dispatch)(sender, named, queue, None)
+        short_term = None
+        if listeners or stream:
+            short_term = queue_for(queue, len(listeners), ordered=self.ordered)
+        ordered = self.ordered
+        return Dispatch(self, sender, named, listeners, resolved, deadline, short_term, ordered)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------
 
-    def _in_order(self, sender: Any) -> Iterator[tuple[Callable[..., Any], bool]]:
-        # (what Django's verbs call, whether it is async): the wrapper of a
-        # listener with options, or of any listener when ON_ERROR is "log",
-        # so they apply; the function itself otherwise.
-        bare = errors_raise()
-        for listener in self._live(sender).listeners:
-            receiver = listener.receiver if bare and listener._bare else listener
-            if receiver is not None:
-                yield receiver, listener.is_async
+    def _ordered(self, sender: Any, named: dict[str, Any]) -> Dispatch:
+        return Dispatch(self, sender, named, self._live(sender).listeners, ordered=True)
 
     def _send_in_order(self, sender: Any, **named: Any) -> Responses:
         """Django's ``send()``, one listener at a time by priority."""
-        return self._sync_in_order(sender, named, robust=False)
+        return _dispatch.send_in_order(self._ordered(sender, named), robust=False)
 
     def _send_robust_in_order(self, sender: Any, **named: Any) -> Responses:
         """Django's ``send_robust()``, one listener at a time by priority."""
-        return self._sync_in_order(sender, named, robust=True)
+        return _dispatch.send_in_order(self._ordered(sender, named), robust=True)
 
     async def _asend_in_order(self, sender: Any, **named: Any) -> Responses:
         """Django's ``asend()``, one listener at a time by priority."""
-        return await self._async_in_order(sender, named, robust=False)
+        return await _dispatch.asend_in_order(self._ordered(sender, named), robust=False)
 
     async def _asend_robust_in_order(self, sender: Any, **named: Any) -> Responses:
         """Django's ``asend_robust()``, one listener at a time by priority."""
-        return await self._async_in_order(sender, named, robust=True)
-
-    def _sync_in_order(self, sender: Any, named: dict[str, Any], *, robust: bool) -> Responses:
-        responses: Responses = []
-        for receiver, is_async in self._in_order(sender):
-            call = async_to_sync(receiver) if is_async else receiver
-            try:
-                # In its own copy of the caller's context, as every patchboard verb calls.
-                run = contextvars.copy_context().run
-                response = run(call, signal=self, sender=sender, **named)
-            except Exception as err:
-                response = self._failed(receiver, err, robust=robust)
-            responses.append((receiver, response))
-        return responses
-
-    async def _async_in_order(
-        self, sender: Any, named: dict[str, Any], *, robust: bool
-    ) -> Responses:
-        responses: Responses = []
-        for receiver, is_async in self._in_order(sender):
-            call = receiver if is_async else sync_to_async(receiver, thread_sensitive=True)
-            try:
-                response = await InOwnContext(call(signal=self, sender=sender, **named))
-            except Exception as err:
-                response = self._failed(receiver, err, robust=robust)
-            responses.append((receiver, response))
-        return responses
-
-    def _failed(self, receiver: Callable[..., Any], error: Exception, *, robust: bool) -> Any:
-        # send()/asend() let the error through; the robust verbs log it and return it.
-        if not robust:
-            raise error
-        log_robust_failure(self, receiver, error)
-        return error
+        return await _dispatch.asend_in_order(self._ordered(sender, named), robust=True)

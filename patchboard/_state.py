@@ -18,10 +18,10 @@ would silently disconnect the listeners a project connected in
 ``AppConfig.ready()``.
 
 This module sits at the bottom of the package: at run time it imports
-nothing of patchboard but the outcome statuses, and holds the upper layers'
-objects (queues, breakers, links) calling nothing of them but what reset
-needs (``_forget()``, ``close()``). Their types are imported for the type
-checker only.
+nothing of patchboard, and holds the upper layers' objects (the ledger,
+queues, breakers, links) calling nothing of them but what reset needs
+(``_forget()``, ``close()``, ``reset()``). Their types are imported for the
+type checker only.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 
-from patchboard._outcomes import STATUSES, Outcome
-
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
 
@@ -42,8 +40,10 @@ if TYPE_CHECKING:
     from patchboard._breaker._circuit import CircuitBreaker
     from patchboard._breaker._redis import RedisLink
     from patchboard._config import Settings
+    from patchboard._ledger import Ledger
     from patchboard._listeners import Listener
     from patchboard._log import Limiter
+    from patchboard._outcomes import Outcome
     from patchboard._queue import ShortTermQueue
     from patchboard._threads import ListenerThreads
 
@@ -58,8 +58,8 @@ class State:
         # -- runtime state (reset) --------------------------------------------------
         self.settings: Settings | None = None
         """The parsed ``PATCHBOARD`` setting, or None until first read."""
-        self.counts: dict[str, int] = dict.fromkeys(("submitted", *STATUSES), 0)
-        """Listener calls submitted, and ended with each status (``outcome_counts()``)."""
+        self.ledger: Ledger | None = None
+        """The outcome ledger (``_ledger``): the counts, zeroed here, and their observers."""
         self.logger: tuple[bool, Any] | None = None
         """The ``patchboard`` logger, chosen on first use (see ``_log``): (whether
         structlog was configured then, the logger: structlog's or logging's)."""
@@ -117,8 +117,8 @@ class State:
             self.logger = None
             self.limiter = None
             self.observers.clear()
-            for status in self.counts:
-                self.counts[status] = 0
+            if self.ledger is not None:
+                self.ledger.reset()
         for breaker in breakers:
             breaker._forget()
         for link in links:
@@ -147,15 +147,3 @@ def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="patchboard.state.settings_changed")
-
-
-def outcome_counts() -> dict[str, int]:
-    """
-    How many listener calls were ``"submitted"`` in this process, and how many
-    ended with each status (``"ok"``, ``"error"``, ..., ``"cancelled"``),
-    since start-up (or the last :func:`patchboard.testing.reset`). Every call
-    is counted once when submitted and once when it ends, whichever verb
-    dispatched it: with no call in flight, ``submitted`` is the sum of the
-    others.
-    """
-    return dict(state.counts)

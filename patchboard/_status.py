@@ -65,8 +65,8 @@ from patchboard._breaker import (
     get_breaker,
 )
 from patchboard._config import get_settings
+from patchboard._ledger import outcome_counts
 from patchboard._queue import QueueStatistics, queue_stats
-from patchboard._state import outcome_counts
 from patchboard._threads import ThreadStatistics, thread_stats
 
 TITLE: Final = "patchboard status"

@@ -26,20 +26,19 @@ import contextvars
 import functools
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from patchboard import _deadline
-from patchboard._call import Call
 from patchboard._dispatch import wait_through_cancellation
-from patchboard._listeners import InOwnContext, Listener
+from patchboard._ledger import ledger
 from patchboard._outcomes import Outcome
-from patchboard._queue import ShortTermQueue
+from patchboard._run import QUEUE, Dispatch, InOwnContext, placement, run_async
 from patchboard._state import state
 
 if TYPE_CHECKING:
-    from django.dispatch import Signal as DjangoSignal
+    from patchboard._listeners import Listener
 
 
 class Stream:
@@ -48,35 +47,35 @@ class Stream:
     docstring). Made by :meth:`patchboard.Signal.stream_async`.
     """
 
-    def __init__(
-        self,
-        signal: DjangoSignal,
-        sender: Any,
-        kwargs: dict[str, Any],
-        listeners: Sequence[Listener],
-        *,
-        queue: ShortTermQueue | None,
-        deadline: float | None,
-        ordered: bool = False,
-    ) -> None:
-        self._signal = signal
-        self._sender = sender
-        self._kwargs = kwargs
-        self._listeners = listeners
-        self._queue = queue
-        self._deadline = deadline
-        self._ordered = ordered
+    _dispatch: Dispatch
+    _started: bool
+    _pending: set[asyncio.Task[Any]]
+    _ended: deque[Outcome]
+    _failure: BaseException | None
+    _wakeup: asyncio.Future[None] | None
+    _seen: list[Outcome]
+    _observed: bool
+
+    def __init__(self) -> None:
+        raise TypeError("a Stream is made by Signal.stream_async()")
+
+    @classmethod
+    def _of(cls, dispatch: Dispatch) -> Stream:
+        """The (not yet started) stream of ``dispatch``."""
+        self = object.__new__(cls)
+        self._dispatch = dispatch
         self._started = False
-        self._pending: set[asyncio.Task[Any]] = set()
-        self._ended: deque[Outcome] = deque()
-        self._failure: BaseException | None = None
-        self._wakeup: asyncio.Future[None] | None = None
-        self._seen: list[Outcome] = []
+        self._pending = set()
+        self._ended = deque()
+        self._failure = None
+        self._wakeup = None
+        self._seen = []
         self._observed = False
+        return self
 
     def __repr__(self) -> str:
         started = f"{len(self._pending)} pending" if self._started else "not started"
-        return f"<Stream of {len(self._listeners)} listeners, {started}>"
+        return f"<Stream of {len(self._dispatch.listeners)} listeners, {started}>"
 
     # -- iterating -------------------------------------------------------------
 
@@ -139,7 +138,7 @@ class Stream:
     def __del__(self) -> None:
         # Dropped mid-way (a plain ``async for`` left by break or an
         # exception): no call may outlive the stream.
-        for task in self._pending:
+        for task in getattr(self, "_pending", ()):  # not made by _of(): nothing pending
             task.cancel()
 
     # -- running ---------------------------------------------------------------
@@ -150,19 +149,19 @@ class Stream:
         self._started = True
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        context.run(_deadline.enter, self._deadline)
-        state.counts["submitted"] += len(self._listeners)
+        dispatch = self._dispatch
+        context.run(_deadline.enter, dispatch.deadline)
+        dispatch.budgeted = context.run(_deadline.current) is not None
+        ledger.submitted(len(dispatch.listeners))
         me = weakref.ref(self)
-        calls = [
-            functools.partial(
-                _call, listener, self._signal, self._sender, self._kwargs, self._queue
-            )
-            for listener in self._listeners
-        ]
-        coros = [_in_order(calls, me)] if self._ordered else [call() for call in calls]
+        coros: list[Coroutine[Any, Any, Any]]
+        if dispatch.ordered:
+            coros = [_in_order(dispatch, me)]
+        else:
+            coros = [_call(listener, dispatch) for listener in dispatch.listeners]
         ended = functools.partial(_ended, me)
         for coro in coros:
-            # A copy per task: listener calls share no context (see patchboard._listeners).
+            # A copy per task: listener calls share no context (see patchboard._run).
             task = asyncio.Task(coro, loop=loop, context=context.copy(), eager_start=True)
             if task.done():
                 ended(task)
@@ -177,7 +176,7 @@ class Stream:
         failure = task.exception()
         if failure is not None:
             self._failure = failure  # KeyboardInterrupt and the like
-        elif not self._ordered:
+        elif not self._dispatch.ordered:
             self._ended.append(task.result())
         self._wake()
 
@@ -193,20 +192,17 @@ class Stream:
     def _observe(self) -> None:
         if not self._observed and self._started:
             self._observed = True
+            dispatch = self._dispatch
             for observer in state.observers:
-                observer(self._signal, self._sender, self._seen)
+                observer(dispatch.signal, dispatch.sender, self._seen)
 
 
-def _call(
-    listener: Listener,
-    signal: DjangoSignal,
-    sender: Any,
-    kwargs: dict[str, Any],
-    queue: ShortTermQueue | None,
-) -> Coroutine[Any, Any, Outcome]:
-    if queue is not None and listener.options.mode != "background":
-        return queue._run(Call(listener, signal, sender, kwargs))
-    return listener._run_async(signal, sender, kwargs)
+def _call(listener: Listener, dispatch: Dispatch) -> Coroutine[Any, Any, Outcome]:
+    # Every call is a task of the stream's (none runs in a batch): through the
+    # queue where its place says so, else on its own.
+    if placement(listener, False, dispatch.queue is not None) is QUEUE:
+        return dispatch.queue._run(dispatch.call(listener))  # type: ignore[no-any-return]
+    return run_async(listener, dispatch)
 
 
 def _ended(stream: weakref.ReferenceType[Stream], task: asyncio.Task[Any]) -> None:
@@ -215,16 +211,14 @@ def _ended(stream: weakref.ReferenceType[Stream], task: asyncio.Task[Any]) -> No
         found._ended_task(task)
 
 
-async def _in_order(
-    calls: Sequence[Callable[[], Coroutine[Any, Any, Outcome]]],
-    stream: weakref.ReferenceType[Stream],
-) -> None:
+async def _in_order(dispatch: Dispatch, stream: weakref.ReferenceType[Stream]) -> None:
     """An ordered signal's listeners, one at a time: each outcome goes out as it ends."""
+    listeners = dispatch.listeners
     done = 0
     try:
-        for call in calls:
+        for listener in listeners:
             done += 1  # a call that is cancelled counts itself
-            outcome = await InOwnContext(call())
+            outcome = await InOwnContext(_call(listener, dispatch))
             found = stream()
             if found is None:
                 break
@@ -232,4 +226,4 @@ async def _in_order(
             if outcome.propagate:
                 break
     finally:
-        state.counts["cancelled"] += len(calls) - done
+        dispatch.cancelled(listeners[done:])

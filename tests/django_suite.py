@@ -96,6 +96,9 @@ def _run(tests_dir: Path, mode: str, argv: list[str]) -> str:
     """Run runtests.py over every module in a child process; its whole output."""
     command = [
         sys.executable,
+        # -P: not this script's folder first on sys.path, where tests/queue
+        # would shadow the standard library's queue.
+        "-P",
         str(Path(__file__).resolve()),
         INSIDE,
         str(tests_dir),

@@ -20,11 +20,11 @@ from __future__ import annotations
 import inspect
 from datetime import UTC, datetime
 from functools import partial
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from patchboard import _clock
 from patchboard._background import _framework
 from patchboard._background import _tasks as task_module
 from patchboard._background._payload import Job, encode, encode_kwargs
@@ -33,7 +33,6 @@ from patchboard._call import Call, gone_receiver
 from patchboard._config import ListenerOptions, get_settings
 from patchboard._log import dotted, logger
 from patchboard._outcomes import Outcome
-from patchboard._state import state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -169,12 +168,13 @@ def _enqueue_on_commit(options: ListenerOptions, job: Job) -> None:
 
 
 def _enqueued(call: Call, task_id: str | None) -> Outcome:
-    state.counts["enqueued"] += 1
+    elapsed = _clock.now() - call.started
+    call.ended("enqueued", elapsed)
     return Outcome(
         receiver=call.listener.receiver or gone_receiver,
         status="enqueued",
         task_id=task_id,
-        elapsed=perf_counter() - call.started,
+        elapsed=elapsed,
     )
 
 

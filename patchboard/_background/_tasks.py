@@ -35,6 +35,7 @@ from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
 from patchboard._outcomes import Outcome
+from patchboard._run import HERE, Dispatch, run_async, run_sync
 
 
 def run_listener(context: Any, payload: dict[str, Any]) -> str:
@@ -120,10 +121,11 @@ def run(payload: object, task_result: Any) -> str:
     # A task is not bound by the deadline of the request that enqueued it
     # (an immediate backend runs it inside that request).
     with _deadline.none():
-        if listener._batchable:
-            outcome = listener._run_sync(signal, sender, kwargs)
+        dispatch = Dispatch(signal, sender, kwargs, (listener,))
+        if listener.places[False] in HERE:
+            outcome = run_sync(listener, dispatch)
         else:
-            outcome = async_to_sync(listener._run_async)(signal, sender, kwargs)
+            outcome = async_to_sync(run_async)(listener, dispatch)
     elapsed = round(_clock.now() - started, 6)
     if outcome.status == "ok":
         log.info("background_finished", elapsed_s=elapsed, **context)

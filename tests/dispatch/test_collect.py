@@ -10,11 +10,16 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import override_settings
 
+import patchboard
 from patchboard import Collected, Outcome, Signal, receiver
 
 # The longest a test below waits for listeners to meet: only a broken build (listeners
 # run one after another) ever waits that long, and then the test fails.
 BARRIER_S = 5
+
+
+class Boom(Exception):
+    pass
 
 
 async def test_values_in_connect_order_and_aggregation_is_the_collectors() -> None:
@@ -383,3 +388,38 @@ async def test_an_error_reaches_the_caller_after_its_siblings_are_cancelled(
     with anyio.fail_after(BARRIER_S), pytest.raises(error, match="no rate"):
         await quote.collect_async(sender=None)
     assert cancelled.is_set(), "the sibling was cancelled before the call returned"
+
+
+async def test_an_async_error_reaches_the_caller_while_the_sync_batch_is_in_its_thread() -> None:
+    """
+    Regression (``run_concurrently`` mutant 74, once listed as equivalent): an
+    async listener with ``on_error="raise"`` fails while the sync batch still
+    runs in the thread-sensitive thread. The batch's task is cancelled and has
+    no result; the caller gets the listener's error, not a ``TypeError`` from
+    reading the batch's missing outcomes, and the batch's calls still count.
+    """
+    signal = Signal(name="tests.collect.batch_in_thread")
+    in_thread, release = threading.Event(), threading.Event()
+
+    def slow_sync(sender, **kwargs):
+        in_thread.set()
+        release.wait(BARRIER_S)
+        return "late"
+
+    async def fails(sender, **kwargs):
+        await anyio.to_thread.run_sync(in_thread.wait, BARRIER_S)
+        raise Boom("fails")
+
+    signal.connect(slow_sync, weak=False)
+    signal.connect(fails, weak=False, on_error="raise")
+    before = patchboard.outcome_counts()
+    try:
+        with pytest.raises(Boom):
+            await signal.collect_async(sender=None)
+        assert in_thread.is_set()  # the batch was in its thread when the error came
+    finally:
+        release.set()
+    await sync_to_async(lambda: None, thread_sensitive=True)()  # the batch has ended
+    after = patchboard.outcome_counts()
+    assert after["ok"] - before["ok"] == 1  # the batch's call counted itself
+    assert after["error"] - before["error"] == 1

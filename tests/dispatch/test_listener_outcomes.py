@@ -3,8 +3,8 @@ How each listener call ends: one outcome with its receiver, status, value,
 error and elapsed time, counted once and logged with its numbers, on every
 path a call can take.
 
-Elapsed times are read from a virtual ``perf_counter`` that the listeners move
-themselves, so each outcome's ``elapsed`` is pinned exactly, never measured.
+Elapsed times are read from a virtual clock (``patchboard._clock.now``) that the
+listeners move themselves, so each outcome's ``elapsed`` is pinned exactly, never measured.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import override_settings
 
-import patchboard._call
+import patchboard._clock
 import patchboard._listeners
 from patchboard import CircuitBreaker, CircuitOpen, Listener, ListenerOptions, Signal, receiver
 from patchboard._call import Call, gone_receiver
 from patchboard._dispatch import run_without_loop
-from patchboard._listeners import run_here
+from patchboard._ledger import outcome_counts
 from patchboard._queue import queue_stats
-from patchboard._state import outcome_counts
+from patchboard._run import Dispatch, run_async, run_here
 from patchboard._threads import ListenerThreads, thread_stats
 from patchboard.testing import VirtualClock, capture_dispatches
 from tests.dispatch.test_listener_inputs import Shop
@@ -43,10 +43,9 @@ SHOP = "tests.dispatch.test_listener_inputs.Shop"
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
-    """patchboard's ``perf_counter``, moved only by the listeners below."""
+    """patchboard's clock, moved only by the listeners below."""
     clock = VirtualClock(100.0)
-    monkeypatch.setattr(patchboard._call, "perf_counter", clock)
-    monkeypatch.setattr(patchboard._listeners, "perf_counter", clock)
+    monkeypatch.setattr(patchboard._clock, "now", clock)
     return clock
 
 
@@ -391,12 +390,18 @@ def gone_call(method: str) -> Callable[[Listener, Signal, VirtualClock], Any]:
 
 
 GONE_PATHS: dict[str, tuple[Callable[[Listener, Signal, VirtualClock], Any], float]] = {
-    "fast_path": (lambda lsn, sig, _: async_to_sync(lsn._run_async)(sig, Shop, {}), 0.0),
+    "fast_path": (
+        lambda lsn, sig, _: async_to_sync(run_async)(lsn, Dispatch(sig, Shop, {}, [lsn])),
+        0.0,
+    ),
     "call_async": (gone_call("run_async"), 2.0),
     "call_sync": (gone_call("run_sync"), 2.0),
     "thread": (gone_call("start_in_thread"), 2.0),
-    "run_here": (lambda lsn, sig, _: run_here([lsn], sig, Shop, {})[0], 0.0),
-    "without_loop": (lambda lsn, sig, _: run_without_loop([lsn], sig, Shop, {})[0], 0.0),
+    "run_here": (lambda lsn, sig, _: run_here([lsn], Dispatch(sig, Shop, {}, [lsn]))[0], 0.0),
+    "without_loop": (
+        lambda lsn, sig, _: run_without_loop(Dispatch(sig, Shop, {}, [lsn]))[0],
+        0.0,
+    ),
 }
 
 

@@ -1,0 +1,271 @@
+"""
+The outcome ledger: where every listener call is counted, and where a call
+that produced no value is logged.
+
+Picture a cashier's book with one line per call: a call is written in once
+when its dispatch submits it, and once when it ends, with how it ended
+(``"ok"``, ``"error"``, ..., ``"cancelled"``). Nothing else in patchboard
+changes the counts: :data:`ledger` is the one door, so with no call in
+flight ``submitted`` is the sum of the others (``outcome_counts()``). The
+counters are atomic (a call that ends in a listener thread and one that
+ends on the event loop can never lose each other's count).
+
+A call that ended without a value of its own (``"error"``, ``"timeout"``,
+``"circuit_open"``, ``"expired"``, ``"rejected"``) is *settled* here too,
+through :meth:`Ledger.settled`: its log event is written, with the same
+names and keys whoever settled it (the listener call, the short-term queue).
+
+Observing. ``ledger.observers`` are called with an :class:`Ended` for every
+call that ends, whatever the verb (the hook metrics and traces use). With
+none (the default), an ended call costs one atomic count and no record is
+built::
+
+    def count(ended: Ended) -> None:
+        CALLS.labels(ended.listener, ended.status).inc()
+
+    ledger.observe(count)  # until ledger.unobserve(count), or state.reset()
+
+An observer runs in the thread where the call ended (a listener thread, a
+sync caller's, the event loop's), must not raise, and should be quick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple
+
+from patchboard._config import get_settings
+from patchboard._log import log_limited, logger, sender_label, signal_label
+from patchboard._outcomes import STATUSES, Status
+from patchboard._state import state
+
+
+class Ended(NamedTuple):
+    """
+    One listener call that ended, as its observers see it.
+
+    ``listener`` is the listener's dotted path; ``signal`` and ``sender`` are
+    its dispatch's; ``elapsed`` the seconds from the dispatch reaching it to
+    its end (None for a call cancelled before it started); ``error`` the
+    exception when the status is not ``"ok"`` (None for ``"cancelled"``).
+    """
+
+    status: Status
+    listener: str
+    signal: Any
+    sender: Any
+    elapsed: float | None
+    error: BaseException | None = None
+
+
+Observer = Callable[[Ended], None]
+"""Called with every ended call (see the module docstring)."""
+
+
+_EVENTS: Final[dict[Status, tuple[str, str]]] = {
+    "error": ("error", "listener_failed"),
+    "timeout": ("warning", "listener_timeout"),
+    # Rejections are counted by the breaker; at debug level, an open circuit is no news.
+    "circuit_open": ("debug", "listener_circuit_open"),
+    # Logged only with the short-term queue's numbers (``fields``).
+    "expired": ("warning", "queue_item_expired"),
+    "rejected": ("warning", "queue_item_rejected"),
+}
+"""(level, event) of each status a settled call logs."""
+
+_QUEUE_STATUSES: Final = frozenset({"expired", "rejected"})
+
+
+class Ledger:
+    """The process's outcome counts and settled-call logs (see the module docstring)."""
+
+    __slots__ = ("_added", "_counts", "_lock", "_one", "_reads", "observers", "ok_one")
+
+    # The counts, atomic: one call at a time through ``itertools.count.__next__``
+    # (one C call: no thread comes between reading and bumping, and no lock is
+    # taken), many at once under ``_lock``, into ``_added``.
+    _counts: dict[str, itertools.count[int]]
+    _one: dict[str, Callable[[], int]]
+    _added: dict[str, int]
+    _reads: int
+    ok_one: Callable[[], int]
+    """Count one call that returned, while nobody observes (the async hot path)."""
+    observers: tuple[Observer, ...]
+    """Called with an :class:`Ended` for every call that ends (empty: nothing is built)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def __repr__(self) -> str:
+        counts = self.counts()
+        return f"<Ledger {counts['submitted']} submitted, {counts['ok']} ok>"
+
+    def reset(self) -> None:
+        """Zero the counts and drop the observers (``state.reset()``)."""
+        names = ("submitted", *STATUSES)
+        with self._lock:
+            self._counts = {name: itertools.count() for name in names}
+            self._one = {name: count.__next__ for name, count in self._counts.items()}
+            self._added = dict.fromkeys(names, 0)
+            self._reads = 0
+            self.ok_one = self._one["ok"]
+        self.observers = ()
+
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer`` with every call that ends from now on."""
+        self.observers = (*self.observers, observer)
+
+    def unobserve(self, observer: Observer) -> None:
+        """Stop calling ``observer`` (nothing happens if it was not observing)."""
+        # Equality, not identity: a bound method is a new object at every access.
+        self.observers = tuple(each for each in self.observers if each != observer)
+
+    def counts(self) -> dict[str, int]:
+        """``"submitted"`` and each status: the calls counted so far."""
+        with self._lock:
+            # Reading a count takes one number too: subtract the reads made so far.
+            reads = self._reads
+            self._reads += 1
+            added = self._added
+            return {name: next(count) - reads + added[name] for name, count in self._counts.items()}
+
+    # -- counting ----------------------------------------------------------------------
+
+    def submitted(self, n: int = 1) -> None:
+        """``n`` listener calls were submitted."""
+        with self._lock:
+            self._added["submitted"] += n
+
+    def ended(
+        self,
+        status: Status,
+        listener: str,
+        signal: Any,
+        sender: Any,
+        elapsed: float | None,
+        error: BaseException | None = None,
+    ) -> None:
+        """One call ended with ``status`` (and nothing to log: see :meth:`settled`)."""
+        self._one[status]()
+        if self.observers:
+            self._notify(Ended(status, listener, signal, sender, elapsed, error))
+
+    def ended_ok(self, n: int) -> None:
+        """
+        ``n`` calls returned, counted at once (the sync hot path); only while
+        nobody observes: observed calls end through :meth:`ended`.
+        """
+        with self._lock:
+            self._added["ok"] += n
+
+    def cancelled(self, listeners: Iterable[Any], signal: Any, sender: Any) -> None:
+        """The calls of ``listeners`` (each with a ``label``) were cancelled before they ended."""
+        if self.observers:
+            for listener in listeners:
+                self.ended("cancelled", listener.label, signal, sender, None)
+        else:
+            n = sum(1 for _ in listeners)
+            with self._lock:
+                self._added["cancelled"] += n
+
+    # -- settling ----------------------------------------------------------------------
+
+    def settled(
+        self,
+        status: Status,
+        error: BaseException,
+        elapsed: float,
+        *,
+        listener: str,
+        signal: Any,
+        sender: Any,
+        kwargs: dict[str, Any],
+        fallback: bool = False,
+        propagate: bool = False,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        A call ended without a value of its own: log it and count it.
+
+        An error, a timeout or an open circuit is logged (through the
+        limiter: under overload, one line per listener and second, with
+        ``suppressed=N``) unless it propagates to the caller, whose own
+        handling reports it (logging it here too would print its traceback
+        twice); one its ``fallback`` answered is logged with
+        ``fallback=True``. An expiry or a rejection is logged with the
+        short-term queue's ``fields``, whatever follows.
+        """
+        level, event = _EVENTS[status]
+        if status in _QUEUE_STATUSES:
+            if fields is not None:
+                log_limited(
+                    level,
+                    event,
+                    listener,
+                    signal=signal_label(signal),
+                    listener=listener,
+                    sender=sender_label(sender),
+                    **fields,
+                )
+        elif fallback or not propagate:
+            context: dict[str, Any] = {
+                "signal": signal_label(signal),
+                "sender": sender_label(sender),
+                "elapsed_s": round(elapsed, 6),
+            }
+            if fallback:
+                context["fallback"] = True
+            if get_settings().log_kwargs:
+                context["kwargs"] = kwargs
+            if status == "error":
+                context["exc_info"] = error
+            elif status == "timeout":
+                limit = getattr(error, "limit", None)
+                context["limit_s"] = None if limit is None else round(limit, 6)
+            else:
+                context["breaker"] = getattr(error, "breaker", None)
+            log_limited(level, event, listener, listener=listener, **context)
+        self.ended(status, listener, signal, sender, elapsed, error)
+
+    def gone(
+        self, listener: str, signal: Any, sender: Any, error: ReferenceError, elapsed: float
+    ) -> None:
+        """A listener's function was collected before its call: log it and count an error."""
+        logger().warning("listener_gone", listener=listener)
+        self.ended("error", listener, signal, sender, elapsed, error)
+
+    def fallback_failed(
+        self, exc: BaseException, *, listener: str, signal: Any, sender: Any
+    ) -> None:
+        """A fallback raised: log it (the call is settled without it next)."""
+        logger().error(
+            "listener_fallback_failed",
+            exc_info=exc,
+            signal=signal_label(signal),
+            listener=listener,
+            sender=sender_label(sender),
+        )
+
+    def _notify(self, ended: Ended) -> None:
+        for observer in self.observers:
+            observer(ended)
+
+
+ledger: Final = Ledger()
+"""The process's one ledger (zeroed by ``state.reset()``)."""
+state.ledger = ledger
+
+
+def outcome_counts() -> dict[str, int]:
+    """
+    How many listener calls were ``"submitted"`` in this process, and how many
+    ended with each status (``"ok"``, ``"error"``, ..., ``"cancelled"``),
+    since start-up (or the last :func:`patchboard.testing.reset`). Every call
+    is counted once when submitted and once when it ends, whichever verb
+    dispatched it: with no call in flight, ``submitted`` is the sum of the
+    others.
+    """
+    return ledger.counts()

@@ -1,0 +1,164 @@
+"""
+The ledger: every listener call counted once submitted and once ended, on
+every path, and seen by the ledger's observers as it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+import patchboard
+from patchboard import Signal
+from patchboard._ledger import Ended, ledger
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def ended() -> Any:
+    seen: list[Ended] = []
+    ledger.observe(seen.append)
+    yield seen
+    ledger.unobserve(seen.append)
+
+
+def _signal(name: str) -> Signal:
+    signal = Signal(name=name)
+
+    def sync_ok(sender: Any, **kwargs: Any) -> int:
+        return 1
+
+    async def async_ok(sender: Any, **kwargs: Any) -> int:
+        return 2
+
+    async def async_fails(sender: Any, **kwargs: Any) -> None:
+        raise Boom
+
+    for func in (sync_ok, async_ok, async_fails):
+        signal.connect(func, weak=False, on_error="log")
+    return signal
+
+
+@pytest.mark.parametrize("verb", ["collect", "collect_async", "send_sync", "send_async"])
+def test_an_observer_sees_every_call_end_once(ended: list[Ended], verb: str) -> None:
+    signal = _signal(f"tests.ledger.{verb}")
+    run = getattr(signal, verb)
+    collected = run(sender="shop") if "async" not in verb else asyncio.run(run(sender="shop"))
+
+    by_listener = {e.listener.rsplit(".", 1)[-1]: e for e in ended}
+    assert sorted(by_listener) == ["async_fails", "async_ok", "sync_ok"]
+    assert [by_listener[name].status for name in ("sync_ok", "async_ok", "async_fails")] == [
+        "ok",
+        "ok",
+        "error",
+    ]
+    assert all(e.signal is signal and e.sender == "shop" for e in ended)
+    assert isinstance(by_listener["async_fails"].error, Boom)
+    # The elapsed the observer sees is the outcome's.
+    assert sorted(e.elapsed for e in ended) == sorted(o.elapsed for o in collected)
+
+
+async def test_plain_async_listeners_are_observed_also_when_they_suspend(
+    ended: list[Ended],
+) -> None:
+    signal = Signal(name="tests.ledger.suspend")
+    go = anyio.Event()
+
+    async def releases(**kwargs: Any) -> None:
+        go.set()
+
+    async def waits(**kwargs: Any) -> str:
+        await go.wait()  # suspends: settled in its task's done callback
+        return "late"
+
+    signal.connect(waits, weak=False)  # first: it suspends before releases runs
+    signal.connect(releases, weak=False)
+    await signal.collect_async(sender=None)
+    assert sorted(e.listener.rsplit(".", 1)[-1] for e in ended) == ["releases", "waits"]
+    assert {e.status for e in ended} == {"ok"}
+
+
+async def test_a_cancelled_call_is_observed_as_cancelled(ended: list[Ended]) -> None:
+    signal = Signal(name="tests.ledger.cancelled")
+    started = anyio.Event()
+
+    async def hangs(sender: Any, **kwargs: Any) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    signal.connect(hangs, weak=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(signal.collect_async, None)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    [call] = ended
+    assert (call.status, call.elapsed, call.error) == ("cancelled", None, None)
+
+
+def test_unobserve_stops_the_calls_and_the_counts_go_on(ended: list[Ended]) -> None:
+    signal = _signal("tests.ledger.unobserve")
+    ledger.unobserve(ended.append)
+    before = patchboard.outcome_counts()
+    signal.collect(sender=None)
+    after = patchboard.outcome_counts()
+    assert ended == []
+    assert after["submitted"] - before["submitted"] == 3
+    assert (after["ok"] - before["ok"], after["error"] - before["error"]) == (2, 1)
+
+
+def test_counts_from_many_threads_at_once_are_never_lost() -> None:
+    """The counters are atomic: threads bumping them together lose no count."""
+    signal = Signal(name="tests.ledger.threads")
+
+    def ok(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    signal.connect(ok, weak=False)
+    before = patchboard.outcome_counts()
+    barrier = threading.Barrier(8)
+
+    def dispatch() -> None:
+        barrier.wait()
+        for _ in range(500):
+            signal.collect(sender=None)
+
+    threads = [threading.Thread(target=dispatch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = patchboard.outcome_counts()
+    assert after["submitted"] - before["submitted"] == 4000
+    assert after["ok"] - before["ok"] == 4000
+
+
+def _returns(sender: Any, **kwargs: Any) -> str:
+    return "v"
+
+
+async def _returns_async(sender: Any, **kwargs: Any) -> str:
+    return "v"
+
+
+def test_the_fast_outcome_constructions_agree_with_outcome() -> None:
+    """``ok_outcome`` and the hot paths' inlined ``new_outcome`` list every field in order."""
+    from patchboard._outcomes import Outcome, ok_outcome
+
+    made = ok_outcome(_returns, "v", 0.5)
+    assert made == Outcome(receiver=_returns, status="ok", value="v", elapsed=0.5)
+    assert type(made) is Outcome
+    for func, verb in ((_returns, "collect"), (_returns_async, "collect_async")):
+        signal = Signal(name=f"tests.ledger.fields.{verb}")
+        signal.connect(func, weak=False)
+        run = getattr(signal, verb)
+        [outcome] = run(sender=None) if verb == "collect" else asyncio.run(run(sender=None))
+        assert type(outcome) is Outcome
+        assert outcome == Outcome(receiver=func, status="ok", value="v", elapsed=outcome.elapsed)
+        assert outcome.elapsed >= 0.0
