@@ -42,11 +42,10 @@ SHOP = "tests.dispatch.test_listener_inputs.Shop"
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
-    """patchboard's clock, moved only by the listeners below."""
-    clock = VirtualClock(100.0)
-    monkeypatch.setattr(patchboard._clock, "now", clock)
-    return clock
+def clock() -> Iterator[VirtualClock]:
+    """patchboard's clock, installed, moved only by the listeners below (no autojump)."""
+    with VirtualClock(100.0, autojump=False) as clock:
+        yield clock
 
 
 def taking(
