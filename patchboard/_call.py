@@ -7,13 +7,16 @@ is built once per call that has to travel (through the short-term queue, a
 circuit breaker, the background path) or that failed, and handed along; the
 fast path of a plain listener that returns builds none.
 
-A call that produced no value goes through one door, :meth:`Call.settle_async`
-(or its sync twin), whoever ends it (the call itself, the short-term queue):
-it lets the listener's ``fallback`` answer if the call never ran
-(``"expired"``, ``"rejected"``, ``"circuit_open"``), otherwise applies
-``on_error`` (``"raise"`` marks the outcome to propagate, ``"log"`` lets
-``default`` stand in), and hands the result to the ledger
-(``patchboard._ledger``), which logs and counts it.
+Every call ends through one door, :meth:`Call.ended`, whoever ends it (the
+call itself, the short-term queue, the background path): it hands the ledger
+(``patchboard._ledger``) one :class:`~patchboard._ledger.Ended`, and the
+ledger counts it, tells its observers and logs it. A call that produced no
+value is settled first (:meth:`Call.settle_async` or its sync twin; the
+short-term queue's calls that never left the line, :meth:`Call.never_ran_async`):
+the listener's ``fallback`` answers if the call never ran (``"expired"``,
+``"rejected"``, ``"circuit_open"``), otherwise ``on_error`` applies
+(``"raise"`` marks the outcome to propagate, ``"log"`` lets ``default``
+stand in).
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from asgiref.sync import async_to_sync, sync_to_async
 
 from patchboard import _breaker, _clock, _deadline
 from patchboard._config import get_settings
-from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout
-from patchboard._ledger import ledger
+from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout, Rejected
+from patchboard._ledger import Ended, ledger
 from patchboard._log import sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
 from patchboard._threads import Job, listener_threads
@@ -53,6 +56,8 @@ FALLBACK_GRACE = 0.05
 THREAD_EVENTS = ("listener_thread_abandoned", "listener_thread_returned")
 """The log events of a listener call's thread: abandoned by its caller, returned after that."""
 
+NeverRan: TypeAlias = Literal["expired", "rejected", "circuit_open"]
+"""The status of a call that never started."""
 NEVER_RAN: frozenset[Status] = frozenset({"expired", "rejected", "circuit_open"})
 """Outcomes of calls that never started: the listener's ``fallback`` answers for them."""
 
@@ -327,20 +332,47 @@ class Call:
         return ok_outcome(func, value, elapsed)
 
     def ended(
-        self, status: Status, elapsed: float | None, error: BaseException | None = None
+        self,
+        status: Status,
+        elapsed: float | None,
+        error: BaseException | None = None,
+        *,
+        fell_back: bool = False,
+        fallback_error: Exception | None = None,
+        propagate: bool = False,
+        fields: dict[str, Any] | None = None,
+        gone: bool = False,
     ) -> None:
-        """Count the call as ended with ``status`` (one that has nothing to log)."""
-        ledger.ended(status, self.listener.label, self.signal, self.sender, elapsed, error)
+        """
+        The call ended with ``status``: the one door to the ledger, which
+        counts it and logs what the rest says (see
+        :class:`~patchboard._ledger.Ended`).
+        """
+        ledger.book(
+            Ended(
+                status,
+                self.listener.label,
+                self.signal,
+                self.sender,
+                elapsed,
+                error,
+                self.kwargs,
+                fell_back,
+                fallback_error,
+                propagate,
+                fields,
+                gone,
+            )
+        )
 
     def gone(self) -> Outcome:
         """
         The function was collected between the signal resolving its weak
         reference and this call: nothing ran, and nothing is left to blame.
         """
-        label = self.listener.label
-        error = ReferenceError(f"listener {label} was garbage collected")
+        error = ReferenceError(f"listener {self.listener.label} was garbage collected")
         elapsed = _clock.now() - self.started
-        ledger.gone(label, self.signal, self.sender, error, elapsed)
+        self.ended("error", elapsed, error, gone=True)
         return Outcome(receiver=gone_receiver, status="error", error=error, elapsed=elapsed)
 
     def _status_of(self, exc: BaseException) -> Status:
@@ -382,17 +414,17 @@ class Call:
         """
         fallback = self._fallback(status)
         if fallback is None:
-            return self._failed(status, error, fields)
+            return self._settled(status, error, fields)
         try:
             value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
             if inspect.isawaitable(value):
                 value = await self._fallback_within_budget(value)
         except Exception as exc:
-            return self._fallback_failed(status, error, exc, fields)
+            return self._settled(status, error, fields, fallback_error=exc)
         except BaseException:
             self.ended("cancelled", None)  # the caller went away while the fallback ran
             raise
-        return self._fell_back(status, error, value, fields)
+        return self._settled(status, error, fields, fell_back=True, value=value)
 
     async def _fallback_within_budget(self, answer: Awaitable[Any]) -> Any:
         """
@@ -414,83 +446,98 @@ class Call:
             f"(+{FALLBACK_GRACE}s)"
         )
 
+    async def never_ran_async(
+        self,
+        status: NeverRan,
+        *,
+        waited: float = 0.0,
+        expiry: float = 0.0,
+        deadline: bool = False,
+        shed: bool = False,
+        max_pending: int = 0,
+        refused: CircuitOpen | None = None,
+    ) -> Outcome:
+        """
+        The outcome of a call the short-term queue never started (settled, see
+        :meth:`settle_async`): ``"expired"`` after ``waited`` seconds of its
+        ``expiry`` (the dispatch's ``deadline``'s if True; ``shed`` when the
+        queue saw at once that it could not start in time), ``"rejected"`` by
+        a line of ``max_pending`` waiting items, or ``"circuit_open"`` as
+        :meth:`refusal` found it (``refused``). An expiry or a rejection is
+        logged with these numbers.
+        """
+        label = self.listener.label
+        error: BaseException
+        fields: dict[str, Any] | None = None
+        if status == "expired":
+            error = Expired(label, waited, expiry, deadline=deadline)
+            fields = {
+                "waited_s": round(waited, 6),
+                "expiry_s": round(expiry, 6),
+                "deadline": deadline,
+                "shed": shed,
+            }
+        elif status == "rejected":
+            error = Rejected(label, max_pending)
+            fields = {"max_pending": max_pending}
+        else:
+            assert refused is not None
+            error = refused
+        return await self.settle_async(status, error, fields)
+
     def settle_sync(
         self, status: Status, error: BaseException, fields: dict[str, Any] | None = None
     ) -> Outcome:
         """The sync twin of :meth:`settle_async`: an async ``fallback`` runs through asgiref."""
         fallback = self._fallback(status)
         if fallback is None:
-            return self._failed(status, error, fields)
+            return self._settled(status, error, fields)
         if inspect.iscoroutinefunction(fallback):
             fallback = async_to_sync(fallback)
         try:
             value = fallback(signal=self.signal, sender=self.sender, **self.kwargs)
         except Exception as exc:
-            return self._fallback_failed(status, error, exc, fields)
-        return self._fell_back(status, error, value, fields)
+            return self._settled(status, error, fields, fallback_error=exc)
+        return self._settled(status, error, fields, fell_back=True, value=value)
 
     def _fallback(self, status: Status) -> Callable[..., Any] | None:
         return self.listener.options.fallback if status in NEVER_RAN else None
 
-    def _fell_back(
-        self, status: Status, error: BaseException, value: Any, fields: dict[str, Any] | None
+    def _settled(
+        self,
+        status: Status,
+        error: BaseException,
+        fields: dict[str, Any] | None,
+        *,
+        fell_back: bool = False,
+        value: Any = None,
+        fallback_error: Exception | None = None,
     ) -> Outcome:
+        """
+        The outcome of a call that produced no value: the ``value`` its
+        fallback answered, or else as ``on_error`` says (``default``, or
+        propagate).
+        """
         elapsed = _clock.now() - self.started
-        self._settled(status, error, elapsed, fields, fallback=True)
+        propagate = False
+        if not fell_back:
+            options = self.listener.options
+            propagate = (options.on_error or get_settings().on_error) == "raise"
+            value = None if propagate else options.default
+        self.ended(
+            status,
+            elapsed,
+            error,
+            fell_back=fell_back,
+            fallback_error=fallback_error,
+            propagate=propagate,
+            fields=fields,
+        )
         return Outcome(
             receiver=self.listener.receiver or gone_receiver,
             status=status,
             value=value,
             error=error,
             elapsed=elapsed,
-        )
-
-    def _fallback_failed(
-        self,
-        status: Status,
-        error: BaseException,
-        exc: Exception,
-        fields: dict[str, Any] | None,
-    ) -> Outcome:
-        label = self.listener.label
-        ledger.fallback_failed(exc, listener=label, signal=self.signal, sender=self.sender)
-        return self._failed(status, error, fields)
-
-    def _failed(
-        self, status: Status, error: BaseException, fields: dict[str, Any] | None
-    ) -> Outcome:
-        elapsed = _clock.now() - self.started
-        options = self.listener.options
-        propagate = (options.on_error or get_settings().on_error) == "raise"
-        self._settled(status, error, elapsed, fields, propagate=propagate)
-        return Outcome(
-            receiver=self.listener.receiver or gone_receiver,
-            status=status,
-            value=None if propagate else options.default,
-            error=error,
-            elapsed=elapsed,
             propagate=propagate,
-        )
-
-    def _settled(
-        self,
-        status: Status,
-        error: BaseException,
-        elapsed: float,
-        fields: dict[str, Any] | None,
-        *,
-        fallback: bool = False,
-        propagate: bool = False,
-    ) -> None:
-        ledger.settled(
-            status,
-            error,
-            elapsed,
-            listener=self.listener.label,
-            signal=self.signal,
-            sender=self.sender,
-            kwargs=self.kwargs,
-            fallback=fallback,
-            propagate=propagate,
-            fields=fields,
         )

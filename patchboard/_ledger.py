@@ -10,10 +10,13 @@ flight ``submitted`` is the sum of the others (``outcome_counts()``). The
 counters are atomic (a call that ends in a listener thread and one that
 ends on the event loop can never lose each other's count).
 
-A call that ended without a value of its own (``"error"``, ``"timeout"``,
-``"circuit_open"``, ``"expired"``, ``"rejected"``) is *settled* here too,
-through :meth:`Ledger.settled`: its log event is written, with the same
-names and keys whoever settled it (the listener call, the short-term queue).
+Every call that ends reaches the ledger once, as an :class:`Ended` handed
+to :meth:`Ledger.book` (the hot path's calls that returned, in bulk,
+through :meth:`Ledger.ended_ok` and ``ok_one``), whoever ended it (the
+listener call, the short-term queue, the background path). A call that ended
+without a value of its own (``"error"``, ``"timeout"``, ``"circuit_open"``,
+``"expired"``, ``"rejected"``) is logged there too, with the same names and
+keys whoever ended it.
 
 Observing. ``ledger.observers`` are called with an :class:`Ended` for every
 call that ends, whatever the verb (the hook metrics and traces use). With
@@ -44,12 +47,19 @@ from patchboard._state import state
 
 class Ended(NamedTuple):
     """
-    One listener call that ended, as its observers see it.
+    One listener call that ended, as the ledger logs it and its observers see it.
 
-    ``listener`` is the listener's dotted path; ``signal`` and ``sender`` are
-    its dispatch's; ``elapsed`` the seconds from the dispatch reaching it to
+    ``listener`` is the listener's dotted path; ``signal``, ``sender`` and
+    ``kwargs`` are its dispatch's (``kwargs`` None where the hot path does
+    not pass them); ``elapsed`` the seconds from the dispatch reaching it to
     its end (None for a call cancelled before it started); ``error`` the
     exception when the status is not ``"ok"`` (None for ``"cancelled"``).
+    The rest says what its log shows: ``fell_back``, the listener's
+    ``fallback`` answered; ``fallback_error``, what the fallback raised;
+    ``propagate``, the error goes on to the caller (whose own handling
+    reports it); ``fields``, the short-term queue's numbers of a call that
+    never left its line; ``gone``, the listener's function was collected
+    before its call.
     """
 
     status: Status
@@ -58,6 +68,12 @@ class Ended(NamedTuple):
     sender: Any
     elapsed: float | None
     error: BaseException | None = None
+    kwargs: dict[str, Any] | None = None
+    fell_back: bool = False
+    fallback_error: Exception | None = None
+    propagate: bool = False
+    fields: dict[str, Any] | None = None
+    gone: bool = False
 
 
 Observer = Callable[[Ended], None]
@@ -148,10 +164,8 @@ class Ledger:
         elapsed: float | None,
         error: BaseException | None = None,
     ) -> None:
-        """One call ended with ``status`` (and nothing to log: see :meth:`settled`)."""
-        self._one[status]()
-        if self.observers:
-            self._notify(Ended(status, listener, signal, sender, elapsed, error))
+        """One call ended with ``status``, and nothing to log (see :meth:`book`)."""
+        self.book(Ended(status, listener, signal, sender, elapsed, error))
 
     def ended_ok(self, n: int) -> None:
         """
@@ -171,87 +185,76 @@ class Ledger:
             with self._lock:
                 self._added["cancelled"] += n
 
-    # -- settling ----------------------------------------------------------------------
+    # -- the one door -----------------------------------------------------------------
 
-    def settled(
-        self,
-        status: Status,
-        error: BaseException,
-        elapsed: float,
-        *,
-        listener: str,
-        signal: Any,
-        sender: Any,
-        kwargs: dict[str, Any],
-        fallback: bool = False,
-        propagate: bool = False,
-        fields: dict[str, Any] | None = None,
-    ) -> None:
+    def book(self, ended: Ended) -> None:
         """
-        A call ended without a value of its own: log it and count it.
-
-        An error, a timeout or an open circuit is logged (through the
-        limiter: under overload, one line per listener and second, with
-        ``suppressed=N``) unless it propagates to the caller, whose own
-        handling reports it (logging it here too would print its traceback
-        twice); one its ``fallback`` answered is logged with
-        ``fallback=True``. An expiry or a rejection is logged with the
-        short-term queue's ``fields``, whatever follows.
+        One call ended: count it, tell the observers, and log it if it ended
+        without a value of its own (see :func:`_log`).
         """
-        level, event = _EVENTS[status]
-        if status in _QUEUE_STATUSES:
-            if fields is not None:
-                log_limited(
-                    level,
-                    event,
-                    listener,
-                    signal=signal_label(signal),
-                    listener=listener,
-                    sender=sender_label(sender),
-                    **fields,
-                )
-        elif fallback or not propagate:
-            context: dict[str, Any] = {
-                "signal": signal_label(signal),
-                "sender": sender_label(sender),
-                "elapsed_s": round(elapsed, 6),
-            }
-            if fallback:
-                context["fallback"] = True
-            if get_settings().log_kwargs:
-                context["kwargs"] = kwargs
-            if status == "error":
-                context["exc_info"] = error
-            elif status == "timeout":
-                limit = getattr(error, "limit", None)
-                context["limit_s"] = None if limit is None else round(limit, 6)
-            else:
-                context["breaker"] = getattr(error, "breaker", None)
-            log_limited(level, event, listener, listener=listener, **context)
-        self.ended(status, listener, signal, sender, elapsed, error)
-
-    def gone(
-        self, listener: str, signal: Any, sender: Any, error: ReferenceError, elapsed: float
-    ) -> None:
-        """A listener's function was collected before its call: log it and count an error."""
-        logger().warning("listener_gone", listener=listener)
-        self.ended("error", listener, signal, sender, elapsed, error)
-
-    def fallback_failed(
-        self, exc: BaseException, *, listener: str, signal: Any, sender: Any
-    ) -> None:
-        """A fallback raised: log it (the call is settled without it next)."""
-        logger().error(
-            "listener_fallback_failed",
-            exc_info=exc,
-            signal=signal_label(signal),
-            listener=listener,
-            sender=sender_label(sender),
-        )
-
-    def _notify(self, ended: Ended) -> None:
+        status = ended.status
+        self._one[status]()
         for observer in self.observers:
             observer(ended)
+        if status in _EVENTS:
+            _log(ended)
+
+
+def _log(ended: Ended) -> None:
+    """
+    Log a call that ended without a value of its own.
+
+    A fallback that raised is logged first. An error, a timeout or an open
+    circuit is logged (through the limiter: under overload, one line per
+    listener and second, with ``suppressed=N``) unless it propagates to the
+    caller, whose own handling reports it (logging it here too would print
+    its traceback twice); one its ``fallback`` answered is logged with
+    ``fallback=True``. An expiry or a rejection is logged only with the
+    short-term queue's ``fields``, whatever follows.
+    """
+    listener, status, error = ended.listener, ended.status, ended.error
+    if ended.gone:
+        logger().warning("listener_gone", listener=listener)
+        return
+    if ended.fallback_error is not None:
+        logger().error(
+            "listener_fallback_failed",
+            exc_info=ended.fallback_error,
+            signal=signal_label(ended.signal),
+            listener=listener,
+            sender=sender_label(ended.sender),
+        )
+    level, event = _EVENTS[status]
+    if status in _QUEUE_STATUSES:
+        if ended.fields is not None:
+            log_limited(
+                level,
+                event,
+                listener,
+                signal=signal_label(ended.signal),
+                listener=listener,
+                sender=sender_label(ended.sender),
+                **ended.fields,
+            )
+    elif ended.fell_back or not ended.propagate:
+        assert ended.elapsed is not None
+        context: dict[str, Any] = {
+            "signal": signal_label(ended.signal),
+            "sender": sender_label(ended.sender),
+            "elapsed_s": round(ended.elapsed, 6),
+        }
+        if ended.fell_back:
+            context["fallback"] = True
+        if get_settings().log_kwargs:
+            context["kwargs"] = ended.kwargs
+        if status == "error":
+            context["exc_info"] = error
+        elif status == "timeout":
+            limit = getattr(error, "limit", None)
+            context["limit_s"] = None if limit is None else round(limit, 6)
+        else:
+            context["breaker"] = getattr(error, "breaker", None)
+        log_limited(level, event, listener, listener=listener, **context)
 
 
 ledger: Final = Ledger()

@@ -138,9 +138,8 @@ from typing import Any, Final, TypeAlias
 import anyio
 
 from patchboard import _clock, _deadline
-from patchboard._call import Call
+from patchboard._call import Call, NeverRan
 from patchboard._config import QueueSettings, get_settings
-from patchboard._exceptions import Expired, Rejected
 from patchboard._log import logger
 from patchboard._outcomes import Outcome, Status
 from patchboard._state import state
@@ -358,7 +357,7 @@ class ShortTermQueue:
             item.state = _REFUSED
             with self._lock:
                 self._submitted += 1
-            return await self._settle(item, call, "circuit_open", refused)
+            return await self._never_ran(item, call, "circuit_open", refused=refused)
         config = self.config
         left = _deadline.remaining()
         if left is not None and left < config.item_expiry:
@@ -383,7 +382,7 @@ class ShortTermQueue:
         if events:
             _emit(events)
         if item.state == _REJECTED:
-            return await self._reject(item, call)
+            return await self._never_ran(item, call, "rejected", max_pending=config.max_pending)
         if item.state == _WAITING:
             try:
                 await self._wait(item)
@@ -391,7 +390,15 @@ class ShortTermQueue:
                 call.ended("cancelled", None)  # it never reached the listener: count it here
                 raise
         if item.state == _EXPIRED:
-            return await self._expire(item, call)
+            return await self._never_ran(
+                item,
+                call,
+                "expired",
+                waited=item.waited,
+                expiry=item.budget,
+                deadline=item.by_deadline,
+                shed=item.shed,
+            )
         # The runner only runs sync listeners (in a thread that keeps the worker).
         runner = functools.partial(self._in_thread, item, call)
         try:
@@ -491,43 +498,19 @@ class ShortTermQueue:
         if events:
             _emit(events)
 
-    async def _expire(self, item: _Item, call: Call) -> Outcome:
-        label = call.listener.label
-        error = Expired(label, item.waited, item.budget, deadline=item.by_deadline)
-        fields = {
-            "waited_s": round(item.waited, 6),
-            "expiry_s": round(item.budget, 6),
-            "deadline": item.by_deadline,
-            "shed": item.shed,
-        }
-        return await self._never_ran(item, call, error, fields)
-
-    async def _reject(self, item: _Item, call: Call) -> Outcome:
-        max_pending = self.config.max_pending
-        error = Rejected(call.listener.label, max_pending)
-        return await self._never_ran(item, call, error, {"max_pending": max_pending})
-
     async def _never_ran(
-        self, item: _Item, call: Call, error: Expired | Rejected, fields: dict[str, Any]
-    ) -> Outcome:
-        """
-        Settle an item that never started (its fallback may answer); the
-        ledger logs it with the queue's ``fields``.
-        """
-        status: Status = "expired" if isinstance(error, Expired) else "rejected"
-        return await self._settle(item, call, status, error, fields)
-
-    async def _settle(
         self,
         item: _Item,
         call: Call,
-        status: Status,
-        error: BaseException,
-        fields: dict[str, Any] | None = None,
+        status: NeverRan,
+        **numbers: Any,
     ) -> Outcome:
-        """Settle a call that never ran (its fallback may answer), and count it in the queue."""
+        """
+        Settle a call that never started, with the queue's ``numbers`` (see
+        ``Call.never_ran_async``: its fallback may answer), and count it in the queue.
+        """
         try:
-            outcome = await call.settle_async(status, error, fields)
+            outcome = await call.never_ran_async(status, **numbers)
         except BaseException:
             self._finish(item, None)
             raise
