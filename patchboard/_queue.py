@@ -140,6 +140,7 @@ import anyio
 from patchboard import _clock, _deadline
 from patchboard._call import Call, NeverRan
 from patchboard._config import QueueSettings, get_settings
+from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
 from patchboard._outcomes import Outcome, Status
 from patchboard._state import state
@@ -352,12 +353,41 @@ class ShortTermQueue:
         """
         item = _Item()
         refused = call.refusal()
-        if refused is not None:
+        if refused is None:
+            self._enter(item)
+        else:
             # Its circuit is open: neither a place in line nor a worker.
             item.state = _REFUSED
             with self._lock:
                 self._submitted += 1
-            return await self._never_ran(item, call, "circuit_open", refused=refused)
+        if item.state == _WAITING:
+            try:
+                await self._wait(item)
+            except BaseException:
+                call.ended("cancelled", None)  # it never reached the listener: count it here
+                raise
+        try:
+            if item.state == _GRANTED:
+                # The runner only runs sync listeners (in a thread that keeps the worker).
+                runner = functools.partial(self._in_thread, item, call)
+                outcome = await call.run_async(
+                    time_limit=self.config.task_time_limit, thread_runner=runner
+                )
+            else:  # refused, rejected or expired: its fallback may answer
+                status, numbers = self._never_ran(item, refused)
+                outcome = await call.never_ran_async(status, **numbers)
+        except BaseException:
+            self._finish(item, None)
+            raise
+        self._finish(item, outcome.status)
+        return outcome
+
+    def _enter(self, item: _Item) -> None:
+        """
+        Submit ``item``: a free worker at once (granted), a place in line
+        (waiting), or neither: the line is full (rejected), or too long for
+        its budget (expired, shed).
+        """
         config = self.config
         left = _deadline.remaining()
         if left is not None and left < config.item_expiry:
@@ -381,33 +411,6 @@ class ShortTermQueue:
             events = self._rebalance(now)
         if events:
             _emit(events)
-        if item.state == _REJECTED:
-            return await self._never_ran(item, call, "rejected", max_pending=config.max_pending)
-        if item.state == _WAITING:
-            try:
-                await self._wait(item)
-            except BaseException:
-                call.ended("cancelled", None)  # it never reached the listener: count it here
-                raise
-        if item.state == _EXPIRED:
-            return await self._never_ran(
-                item,
-                call,
-                "expired",
-                waited=item.waited,
-                expiry=item.budget,
-                deadline=item.by_deadline,
-                shed=item.shed,
-            )
-        # The runner only runs sync listeners (in a thread that keeps the worker).
-        runner = functools.partial(self._in_thread, item, call)
-        try:
-            outcome = await call.run_async(time_limit=config.task_time_limit, thread_runner=runner)
-        except BaseException:
-            self._finish(item, None)
-            raise
-        self._finish(item, outcome.status)
-        return outcome
 
     def _too_late(self, place: int, budget: float, now: float) -> bool:
         """
@@ -498,24 +501,24 @@ class ShortTermQueue:
         if events:
             _emit(events)
 
-    async def _never_ran(
-        self,
-        item: _Item,
-        call: Call,
-        status: NeverRan,
-        **numbers: Any,
-    ) -> Outcome:
+    def _never_ran(
+        self, item: _Item, refused: CircuitOpen | None
+    ) -> tuple[NeverRan, dict[str, Any]]:
         """
-        Settle a call that never started, with the queue's ``numbers`` (see
-        ``Call.never_ran_async``: its fallback may answer), and count it in the queue.
+        The status of a call that never started (refused by its open circuit,
+        rejected by a full line, or expired), and the queue's numbers that
+        ``Call.never_ran_async`` builds its error and log line from.
         """
-        try:
-            outcome = await call.never_ran_async(status, **numbers)
-        except BaseException:
-            self._finish(item, None)
-            raise
-        self._finish(item, status)
-        return outcome
+        if item.state == _REFUSED:
+            return "circuit_open", {"refused": refused}
+        if item.state == _REJECTED:
+            return "rejected", {"max_pending": self.config.max_pending}
+        return "expired", {
+            "waited": item.waited,
+            "expiry": item.budget,
+            "deadline": item.by_deadline,
+            "shed": item.shed,
+        }
 
     # -- running -----------------------------------------------------------------------
 
