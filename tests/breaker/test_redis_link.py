@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -224,3 +225,95 @@ async def test_a_fallback_that_stayed_closed_writes_nothing_back(
     assert shared_state(private_redis, "carrier") == {}
     assert (b.statistics().fallback, b.state) == (False, "closed")
     await b.aclose()
+
+
+# -- leaving a dead Redis alone --------------------------------------------------------
+
+
+class DeadRedis:
+    """
+    A TCP server that answers no Redis command: it counts each connection and
+    closes it at once (a command on it fails), except that, while ``holding``,
+    it keeps the next connection open without a word (a command on it hangs)
+    until :meth:`release`.
+    """
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._server.getsockname()[1]}?socket_timeout=20"
+        self.connections = 0
+        self.holding = False
+        self.held = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            if self.holding:
+                self.holding = False
+                self.held.set()
+                self._release.wait(20)
+            conn.close()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.close()
+
+
+@pytest.fixture
+def dead_redis() -> Iterator[DeadRedis]:
+    server = DeadRedis()
+    yield server
+    server.close()
+
+
+def test_a_failed_redis_is_left_alone_for_retry_after(dead_redis: DeadRedis, monkeypatch) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 60.0)
+    b = CircuitBreaker("dead-redis", store=dead_redis.url, sync_interval=0)
+    calls: list[str] = []
+
+    asyncio.run(call(b, "sync", calls))  # finds Redis dead: the fallback admits it
+    tried = dead_redis.connections
+    assert tried > 0 and b.statistics().fallback
+
+    for _ in range(5):
+        asyncio.run(call(b, "sync", calls))
+    assert dead_redis.connections == tried, "a call went back to the dead Redis at once"
+    assert len(calls) == 6
+
+
+def test_after_the_back_off_one_call_tries_redis_while_the_others_stay_away(
+    dead_redis: DeadRedis, monkeypatch
+) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 0.0)
+    b = CircuitBreaker("dead-redis", store=dead_redis.url, sync_interval=0)
+    calls: list[str] = []
+    asyncio.run(call(b, "sync", calls))  # Redis is down; with no back-off, the next call tries
+    assert b.statistics().fallback
+    monkeypatch.setattr(RedisLink, "retry_after", 60.0)
+    dead_redis.holding = True
+    trying = threading.Thread(target=asyncio.run, args=(call(b, "sync", calls),))
+    trying.start()
+    try:
+        assert dead_redis.held.wait(10), "no call tried Redis again"
+        tried = dead_redis.connections
+
+        for _ in range(5):  # meanwhile: the fallback, not Redis
+            asyncio.run(call(b, "sync", calls))
+        assert dead_redis.connections == tried, "a second caller went to Redis"
+    finally:
+        dead_redis.release()
+        trying.join(30)
+    tried = dead_redis.connections  # the try failed: Redis is left alone again
+    asyncio.run(call(b, "sync", calls))
+    assert dead_redis.connections == tried, "a call went back to Redis right after the try failed"
+    assert len(calls) == 8 and b.statistics().fallback

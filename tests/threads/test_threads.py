@@ -229,3 +229,62 @@ async def test_a_thread_is_idle_again_before_its_place_is_free() -> None:
 
     threads = set().union(*await asyncio.gather(*(caller() for _ in range(CALLERS))))
     assert len(threads) <= LIMIT
+
+
+async def test_an_async_caller_waiting_for_a_place_takes_the_first_one_freed() -> None:
+    """The async twin: past the bound, a caller's event loop is woken when a thread returns."""
+    gate = threading.Event()
+    inside = threading.Semaphore(0)
+
+    def held(sender: Any, **kwargs: Any) -> str:
+        inside.release()
+        gate.wait(30)
+        return "held"
+
+    signal = Signal(name="tests.threads.wait_async")
+    signal.connect(held, weak=False, timeout=20)
+    with anyio.fail_after(30):
+        callers = [asyncio.ensure_future(signal.collect_async(None)) for _ in range(LIMIT + 1)]
+        for _ in range(LIMIT):
+            assert await anyio.to_thread.run_sync(inside.acquire, True, 10)
+        assert await anyio.to_thread.run_sync(_eventually, lambda: thread_stats().waiting == 1)
+        assert not inside.acquire(blocking=False)  # the fifth waits for a place
+        gate.set()
+        results = await asyncio.gather(*callers)
+    assert [collected.values() for collected in results] == [["held"]] * (LIMIT + 1)
+    stats = thread_stats()
+    assert (stats.abandoned, stats.waiting) == (0, 0)
+
+
+def test_a_sync_call_past_its_timeout_abandons_its_thread(logs) -> None:
+    """collect() without a loop: the thread it stopped waiting for is counted and logged."""
+    stuck = Stuck()
+    signal = _signal_with(stuck, timeout=0.05)
+
+    collected = signal.collect(None)
+
+    assert collected[0].status == "timeout"
+    stats = thread_stats()
+    assert (stats.busy, stats.abandoned, stats.abandoned_running) == (1, 1, 1)
+    assert [e["event"] for e in logs.entries if e["event"].startswith("listener_thread")] == [
+        "listener_thread_abandoned"
+    ]
+    stuck.release.set()
+    assert stuck.all_returned.wait(10)
+    assert _eventually(lambda: thread_stats().abandoned_running == 0)
+    assert _eventually(lambda: thread_stats().busy == 0)
+    assert [e["event"] for e in logs.entries if e["event"].startswith("listener_thread")] == [
+        "listener_thread_abandoned",
+        "listener_thread_returned",
+    ]
+
+
+def test_a_sync_call_that_returns_in_time_abandons_nothing(logs) -> None:
+    signal = Signal(name="tests.threads.in_time")
+    signal.connect(lambda sender, **kwargs: "quick", weak=False, timeout=5)
+
+    assert signal.collect(None).values() == ["quick"]
+    assert _eventually(lambda: thread_stats().busy == 0)
+    stats = thread_stats()
+    assert (stats.abandoned, stats.abandoned_running) == (0, 0)
+    assert not [e for e in logs.entries if e["event"].startswith("listener_thread")]
