@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patchboard import Signal, Stream, outcome_counts
-from patchboard.testing import reset
+from patchboard.testing import capture_dispatches, reset
 
 
 class Gate:
@@ -265,3 +265,75 @@ def test_every_streamed_call_ends_as_one_counted_outcome(
     assert counts["cancelled"] <= len(specs) - seen
     if leave_after is None:
         assert counts["cancelled"] == 0 and seen == len(specs)
+
+
+# -- ordered signals and observers ---------------------------------------------------------
+
+
+def _ordered(*gates: Gate, **options: Any) -> Signal:
+    signal = Signal(ordered=True, name="tests.stream.ordered_gates")
+    for priority, gate in enumerate(reversed(gates)):
+        signal.connect(gate, weak=False, priority=priority, **options)
+    return signal
+
+
+async def test_leaving_an_ordered_stream_early_counts_the_calls_it_never_started() -> None:
+    gates = [Gate(name) for name in "abc"]
+    gates[0].open.set()
+    with anyio.fail_after(5):
+        async with _ordered(*gates).stream_async(sender=None) as stream:
+            async for outcome in stream:
+                first = outcome
+                break
+    assert first.value == "a"
+    assert gates[1].cancelled and not gates[2].cancelled  # c never started
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["ok"], counts["cancelled"]) == (3, 1, 2)
+    assert _balanced()
+
+
+async def test_an_error_that_must_propagate_ends_an_ordered_stream_counting_the_rest() -> None:
+    signal = Signal(ordered=True, name="tests.stream.ordered_raise")
+    after = Gate("after")
+    after.open.set()
+
+    async def broken(sender: Any, **kwargs: Any) -> None:
+        raise KeyError("carrier")
+
+    signal.connect(broken, weak=False, priority=2, on_error="raise")
+    signal.connect(after, weak=False, priority=1)
+    seen = []
+    with pytest.raises(KeyError), anyio.fail_after(5):
+        async for outcome in signal.stream_async(sender=None):
+            seen.append(outcome)
+    assert seen == []
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["error"], counts["cancelled"]) == (2, 1, 1)
+    assert _balanced()
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["concurrent", "ordered"])
+async def test_observers_see_a_streamed_dispatch_once_with_its_outcomes(ordered: bool) -> None:
+    gates = [Gate(name) for name in "ab"]
+    for gate in gates:
+        gate.open.set()
+    signal = _ordered(*gates) if ordered else _signal(*gates)
+    with capture_dispatches() as dispatches, anyio.fail_after(5):
+        async with signal.stream_async(sender="cart") as stream:
+            values = [outcome.value async for outcome in stream]
+    assert sorted(values) == ["a", "b"]
+    [dispatch] = dispatches
+    assert (dispatch.signal, dispatch.sender) == (signal, "cart")
+    assert [outcome.value for outcome in dispatch.outcomes] == values
+
+
+async def test_observers_see_a_stream_left_early_with_the_outcomes_it_gave() -> None:
+    gates = [Gate(name) for name in "ab"]
+    gates[1].open.set()
+    with capture_dispatches() as dispatches, anyio.fail_after(5):
+        async with _signal(*gates).stream_async(sender=None) as stream:
+            async for _ in stream:
+                break
+    [dispatch] = dispatches
+    assert [outcome.value for outcome in dispatch.outcomes] == ["b"]
