@@ -268,9 +268,10 @@ def choose_sample(work: Path, jobs: str, size: int) -> set[str]:
         text=True,
     )
     names = list(statuses(work))
-    if not names:
+    if not names or "nothing matches" not in made.stdout + made.stderr:
+        # It stopped before it looked for the mutant (the tests failed without mutants, say).
         print(made.stdout, made.stderr, sep="\n", file=sys.stderr)
-        raise SystemExit(f"mutmut made no mutants in {work}")
+        raise SystemExit(f"mutmut could not make the mutants and their statistics in {work}")
     sample = every_kth(names, size)
     (work / "sample.txt").write_text("".join(f"{mutant}\n" for mutant in sample))
     print(f"   testing a sample of {len(sample)} of {len(names)} mutants", flush=True)
