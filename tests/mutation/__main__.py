@@ -59,6 +59,9 @@ class Target:
     """The score (a percentage) the target is held to."""
     sample: int | None = None
     """How many of its mutants to test (see the module docstring); None: all."""
+    deselect: tuple[str, ...] = ()
+    """Tests of those files left out (pytest node ids, or their prefixes), with the reason
+    in a comment: a test that a busy machine can fail would fail the unmutated run."""
 
 
 TARGETS: dict[str, Target] = {
@@ -143,6 +146,13 @@ TARGETS: dict[str, Target] = {
         ),
         goal=85.0,
         sample=80,
+        # Hundreds of concurrent callers (in 4 processes, or 200 tasks) against the
+        # shared Redis with its 0.25 s socket timeout: on a loaded machine a command
+        # times out, the fallback answers, and the count of probes is off.
+        deselect=(
+            "tests/breaker/test_redis.py::test_exactly_one_probe_across_4_processes_x_50_callers",
+            "tests/breaker/test_redis.py::test_exactly_max_calls_probes_among_200_callers_in_one_process",
+        ),
     ),
     "payload": Target(
         modules=("patchboard/_background/_payload.py",),
@@ -167,12 +177,13 @@ def prepare(name: str, target: Target) -> Path:
         link = work / linked
         if not link.is_symlink():
             link.symlink_to(ROOT / linked, target_is_directory=True)
+    deselected = [f"--deselect={test}" for test in target.deselect]
     settings = f"""
 [tool.mutmut]
 source_paths = ["patchboard"]
 only_mutate = {toml_list(target.modules)}
 pytest_add_cli_args_test_selection = {toml_list(target.tests)}
-pytest_add_cli_args = ["-p", "no:cacheprovider"]
+pytest_add_cli_args = {toml_list(["-p", "no:cacheprovider", *deselected])}
 process_isolation = "forkserver"
 """
     (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + settings)
