@@ -348,6 +348,15 @@ def main(args: list[str]) -> int:
             ]
             if retest:
                 mutmut(work, "run", "--max-children", jobs, *retest)
+            # mutmut forgets every verdict when the target's settings changed (its test
+            # files, say): test what it forgot too.
+            forgotten = [
+                m
+                for m, s in statuses(work).items()
+                if s == "not checked" and (chosen is None or m in chosen)
+            ]
+            if forgotten:
+                mutmut(work, "run", "--max-children", jobs, *forgotten)
         summary.append((name, time.monotonic() - started))
         reached &= score(name, target, work, kept_sample(work))
     for name, seconds in summary:
