@@ -99,7 +99,7 @@ async def test_an_abandoned_thread_is_logged_when_abandoned_and_when_it_returns(
     stuck = Stuck()
     signal = _signal_with(stuck, timeout=0.05)
 
-    collected = await signal.collect_async(None)
+    collected = await signal.collect_async(Stuck)
     stuck.release.set()
     assert await anyio.to_thread.run_sync(stuck.all_returned.wait, 10)
     assert await anyio.to_thread.run_sync(
@@ -111,7 +111,12 @@ async def test_an_abandoned_thread_is_logged_when_abandoned_and_when_it_returns(
     returned = [e for e in logs.entries if e["event"] == "listener_thread_returned"]
     assert len(abandoned) == 1 and abandoned[0]["abandoned_running"] == 1
     assert abandoned[0]["listener"].endswith("Stuck")
+    assert abandoned[0]["signal"] == "tests.threads"
+    assert abandoned[0]["sender"] == "tests.threads.test_threads.Stuck"
     assert len(returned) == 1 and returned[0]["ran_s"] > 0
+    assert returned[0]["listener"] == abandoned[0]["listener"]
+    assert returned[0]["signal"] == "tests.threads"
+    assert returned[0]["ran_s"] == round(returned[0]["ran_s"], 6)
 
 
 def test_the_sync_twins_share_the_bound_without_an_event_loop(monkeypatch) -> None:
@@ -288,3 +293,43 @@ def test_a_sync_call_that_returns_in_time_abandons_nothing(logs) -> None:
     stats = thread_stats()
     assert (stats.abandoned, stats.abandoned_running) == (0, 0)
     assert not [e for e in logs.entries if e["event"].startswith("listener_thread")]
+
+
+async def test_a_caller_cancelled_after_its_thread_returned_abandons_nothing() -> None:
+    """The thread returned, but its caller was cancelled before it heard: nothing to abandon."""
+    gate = threading.Event()
+    inside = threading.Event()
+
+    def quick(sender: Any, **kwargs: Any) -> str:
+        inside.set()
+        gate.wait(30)
+        return "quick"
+
+    signal = Signal(name="tests.threads.raced")
+    signal.connect(quick, weak=False, timeout=20)
+    caller = asyncio.ensure_future(signal.collect_async(None))
+    assert await anyio.to_thread.run_sync(inside.wait, 10)
+    gate.set()
+    # The loop is held here until the thread has returned and given its place back:
+    # the caller, still waiting, is cancelled before the loop tells it.
+    assert _eventually(lambda: thread_stats().busy == 0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    stats = thread_stats()
+    assert (stats.abandoned, stats.abandoned_running) == (0, 0)
+
+
+def test_listener_threads_are_daemons_numbered_from_one() -> None:
+    """They never keep the process alive (an idle one lingers IDLE_THREAD_TIMEOUT)."""
+    stuck = Stuck()
+    signal = _signal_with(stuck, timeout=0.05)
+    callers = [threading.Thread(target=signal.collect, args=(None,)) for _ in range(LIMIT)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(30)
+    assert stuck.threads == {f"patchboard-{n}" for n in range(1, LIMIT + 1)}
+    assert all(thread.daemon for thread in threading.enumerate() if thread.name in stuck.threads)
+    stuck.release.set()
+    assert stuck.all_returned.wait(10)
