@@ -317,3 +317,50 @@ def test_after_the_back_off_one_call_tries_redis_while_the_others_stay_away(
     asyncio.run(call(b, "sync", calls))
     assert dead_redis.connections == tried, "a call went back to Redis right after the try failed"
     assert len(calls) == 8 and b.statistics().fallback
+
+
+# -- Redis gone in the middle -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("guard", ["async", "sync"])
+async def test_a_failure_reported_once_redis_is_gone_counts_on_the_fallback(
+    private_redis: RedisServer, guard: str
+) -> None:
+    b = CircuitBreaker(
+        "carrier", failure_threshold=1, reset_timeout=60, sync_interval=0, store=private_redis.url
+    )
+    calls: list[str] = []
+
+    async def admitted_by_redis_then_redis_goes() -> None:
+        private_redis.stop()
+        raise Boom()
+
+    with pytest.raises(Boom):
+        if guard == "async":
+            async with b:
+                await admitted_by_redis_then_redis_goes()
+        else:
+            with b:
+                await admitted_by_redis_then_redis_goes()
+
+    assert (b.statistics().fallback, b.state) == (True, "open")
+    with pytest.raises(CircuitOpen):
+        await call(b, guard, calls)
+    assert calls == []
+
+
+def test_forcing_a_circuit_open_while_redis_is_down_raises_and_forces_the_fallback(
+    private_redis: RedisServer,
+) -> None:
+    b = CircuitBreaker("carrier", sync_interval=0, store=private_redis.url)
+    calls: list[str] = []
+    asyncio.run(call(b, "sync", calls))  # Redis holds the state: closed
+    private_redis.stop()
+
+    with pytest.raises(redis.RedisError):
+        b.force_open()
+
+    with pytest.raises(CircuitOpen) as refused:
+        asyncio.run(call(b, "sync", calls))
+    assert refused.value.retry_at is None  # forced: no probe ever
+    assert calls == ["ran"]
