@@ -112,6 +112,8 @@ TARGETS: dict[str, Target] = {
             "tests/dispatch/test_collect.py",
             "tests/dispatch/test_send.py",
             "tests/dispatch/test_sync_twins.py",
+            "tests/dispatch/test_signal_verbs.py",
+            "tests/dispatch/test_stream.py",
         ),
         goal=85.0,
         sample=80,
