@@ -115,8 +115,8 @@ def test_djangos_verbs_on_an_ordered_signal_hand_each_listener_the_dispatch(
         received.append((signal, sender, kwargs))
         return "async"
 
-    signal.connect(sync_listener, weak=False, **options)
-    signal.connect(async_listener, weak=False, **options)
+    signal.connect(sync_listener, sender=Shop, weak=False, **options)
+    signal.connect(async_listener, sender=Shop, weak=False, **options)
     send = getattr(signal, verb)
     if verb.startswith("a"):
         send = async_to_sync(send)
@@ -177,7 +177,10 @@ def test_a_listener_whose_function_died_is_skipped_and_the_others_run() -> None:
     assert signal.collect(sender=None).values() == ["after"]
 
 
-def test_under_a_deadline_the_sync_twins_need_no_event_loop(monkeypatch, settings) -> None:
+@pytest.mark.parametrize("deadline", [None, 30], ids=["no deadline", "deadline"])
+def test_the_sync_twins_need_no_event_loop_for_threads_and_background(
+    monkeypatch, settings, deadline: float | None
+) -> None:
     """Background listeners (async ones too) and timed sync ones run without a loop."""
     settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy"}}  # kept, not run here
     loops: list[Any] = []
@@ -195,7 +198,7 @@ def test_under_a_deadline_the_sync_twins_need_no_event_loop(monkeypatch, setting
     signal.connect(timed, weak=False, timeout=30)
     signal.connect(_enqueued, weak=False, mode="background")
 
-    collected = signal.collect(sender=None, deadline=30)
+    collected = signal.collect(sender=None, deadline=deadline)
 
     assert [o.status for o in collected] == ["ok", "enqueued"]
     assert loops == []
@@ -213,3 +216,51 @@ def test_a_signals_repr_says_what_it_is() -> None:
     plain.connect(lambda sender, **kwargs: None, weak=False)
     assert repr(plain) == "<Signal tests.verbs.repr with 1 receivers>"
     assert repr(ordered) == "<ordered Signal tests.verbs.repr_ordered with 0 receivers>"
+
+
+@pytest.mark.parametrize("verb", ["collect", "send_sync"])
+@pytest.mark.parametrize("deadline", [None, 30], ids=["no deadline", "deadline"])
+def test_the_sync_twins_without_a_loop_hand_listeners_the_dispatch_and_report_it(
+    verb: str, deadline: float | None
+) -> None:
+    """Sync listeners only, one in a listener thread: the sync twins' path without a loop."""
+    signal = Signal(name="tests.verbs.loopless_inputs")
+    received: list[tuple[Any, Any, dict[str, Any]]] = []
+
+    def here(signal: Any, sender: Any, **kwargs: Any) -> str:
+        received.append((signal, sender, kwargs))
+        return "here"
+
+    def threaded(signal: Any, sender: Any, **kwargs: Any) -> str:
+        received.append((signal, sender, kwargs))
+        return "threaded"
+
+    signal.connect(here, weak=False)
+    signal.connect(threaded, weak=False, timeout=30)
+
+    with capture_dispatches() as dispatches:
+        collected = getattr(signal, verb)(sender=Shop, deadline=deadline, **KWARGS)
+
+    assert collected.values() == ["here", "threaded"]
+    assert received == [(signal, Shop, KWARGS)] * 2
+    [dispatch] = dispatches
+    assert (dispatch.signal, dispatch.sender) == (signal, Shop)
+
+
+@pytest.mark.parametrize("verb", ["collect", "send_sync"])
+def test_the_sync_twins_without_a_loop_keep_their_deadline(verb: str) -> None:
+    signal = Signal(name="tests.verbs.loopless_deadline")
+    release = threading.Event()
+
+    def stuck(sender: Any, **kwargs: Any) -> str:
+        release.wait(30)
+        return "late"
+
+    signal.connect(stuck, weak=False, on_error="log")
+    try:
+        collected = getattr(signal, verb)(sender=None, deadline=0.05)
+    finally:
+        release.set()
+
+    assert [o.status for o in collected] == ["timeout"]
+    assert collected.deadline_hit
