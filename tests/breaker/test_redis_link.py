@@ -364,3 +364,58 @@ def test_forcing_a_circuit_open_while_redis_is_down_raises_and_forces_the_fallba
         asyncio.run(call(b, "sync", calls))
     assert refused.value.retry_at is None  # forced: no probe ever
     assert calls == ["ran"]
+
+
+async def test_a_result_reported_when_redis_is_back_ends_the_outage(
+    private_redis: RedisServer, monkeypatch, logs
+) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 0.0)  # the next command tries Redis again
+    b = CircuitBreaker("carrier", failure_threshold=10, sync_interval=60, store=private_redis.url)
+    failed: list[BaseException] = []
+
+    def another_caller() -> None:  # admitted from the fresh view; its failure finds Redis gone
+        try:
+            asyncio.run(call(b, "sync", [], fail=True))
+        except Boom as exc:
+            failed.append(exc)
+
+    with pytest.raises(Boom):
+        async with b:  # admitted by Redis
+            private_redis.stop()
+            other = threading.Thread(target=another_caller)
+            other.start()
+            other.join(30)
+            assert failed and b.statistics().fallback
+            private_redis.start()
+            raise Boom()  # its failure is the first command Redis answers again
+
+    assert b.statistics().fallback is False
+    events = [e for e in logs.entries if e["event"].startswith("circuit_store")]
+    assert [(e["event"], e["breaker"]) for e in events] == [
+        ("circuit_store_unavailable", "carrier"),
+        ("circuit_store_recovered", "carrier"),
+    ]
+    await b.aclose()
+
+
+def test_store_events_say_how_many_were_not_logged_and_how_bad(logs, monkeypatch) -> None:
+    """At most one of each event per log_interval; the next one logged counts the others."""
+    link = RedisLink("redis://127.0.0.1:1/0")
+    for _ in range(3):  # three outages in a row, each over at once
+        link.failed(OSError("down"), "carrier", time.monotonic())
+        link.succeeded("carrier", time.monotonic())
+    monkeypatch.setattr(RedisLink, "log_interval", 0.0)
+    link.failed(OSError("down"), "carrier", time.monotonic())
+    link.succeeded("carrier", time.monotonic())
+
+    events = [
+        (e["event"], e["log_level"], e["suppressed"])
+        for e in logs.entries
+        if e["event"].startswith("circuit_store")
+    ]
+    assert events == [
+        ("circuit_store_unavailable", "warning", 0),
+        ("circuit_store_recovered", "info", 0),
+        ("circuit_store_unavailable", "warning", 2),
+        ("circuit_store_recovered", "info", 2),
+    ]
