@@ -419,3 +419,16 @@ def test_store_events_say_how_many_were_not_logged_and_how_bad(logs, monkeypatch
         ("circuit_store_unavailable", "warning", 2),
         ("circuit_store_recovered", "info", 2),
     ]
+
+
+def test_a_circuit_forced_open_stays_forced_on_the_fallback(private_redis: RedisServer) -> None:
+    b = CircuitBreaker("carrier", sync_interval=0, store=private_redis.url)
+    calls: list[str] = []
+    b.force_open()
+    private_redis.stop()
+
+    with pytest.raises(CircuitOpen) as refused:
+        asyncio.run(call(b, "sync", calls))
+
+    assert b.statistics().fallback and calls == []
+    assert refused.value.retry_at is None  # forced: no probe, on the fallback either
