@@ -106,6 +106,9 @@ async def test_an_outage_ends_with_one_quiet_return_to_redis(
         for thread in threads:
             thread.join(timeout=30)
     assert events() == ["circuit_store_unavailable", "circuit_store_recovered"]
+    store = [e for e in logs.entries if e["event"].startswith("circuit_store")]
+    assert [e["breaker"] for e in store] == ["outage", "outage"]
+    assert store[1]["down_s"] > 0
     assert b.statistics().fallback is False
     await b.aclose()
 
@@ -419,6 +422,8 @@ def test_store_events_say_how_many_were_not_logged_and_how_bad(logs, monkeypatch
         ("circuit_store_unavailable", "warning", 2),
         ("circuit_store_recovered", "info", 2),
     ]
+    recovered = [e for e in logs.entries if e["event"] == "circuit_store_recovered"]
+    assert all(e["down_s"] >= 0 and e["breaker"] == "carrier" for e in recovered)
 
 
 def test_a_circuit_forced_open_stays_forced_on_the_fallback(private_redis: RedisServer) -> None:
