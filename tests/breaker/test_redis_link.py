@@ -437,3 +437,23 @@ def test_a_circuit_forced_open_stays_forced_on_the_fallback(private_redis: Redis
 
     assert b.statistics().fallback and calls == []
     assert refused.value.retry_at is None  # forced: no probe, on the fallback either
+
+
+def test_a_control_that_reaches_redis_again_ends_the_outage(
+    private_redis: RedisServer, monkeypatch, logs
+) -> None:
+    monkeypatch.setattr(RedisLink, "retry_after", 60.0)  # no call would try Redis meanwhile
+    b = CircuitBreaker("carrier", sync_interval=0, store=private_redis.url)
+    asyncio.run(call(b, "sync", []))
+    private_redis.stop()
+    asyncio.run(call(b, "sync", []))  # on the fallback
+    private_redis.start()
+
+    b.reset()  # a control always asks Redis
+
+    assert b.statistics().fallback is False
+    events = [e for e in logs.entries if e["event"].startswith("circuit_store")]
+    assert [(e["event"], e["breaker"]) for e in events] == [
+        ("circuit_store_unavailable", "carrier"),
+        ("circuit_store_recovered", "carrier"),
+    ]
