@@ -68,8 +68,8 @@ bench: $(VENV)/.installed
 	$(PY) -m bench
 
 # Mutation testing, slow and never part of `make test`: mutmut 3 (fork server mode) on the
-# dispatch path, the breaker's state machine and the queue, each with its own tests; prints
-# a score per target (tests/mutation). `make mutation MUTATION_TARGETS=breaker` runs one.
+# core modules, each target with its own tests (large modules on a fixed sample); prints a
+# score per target (tests/mutation). `make mutation MUTATION_TARGETS=breaker` runs one.
 MUTATION_TARGETS ?=
 mutation: $(VENV)/.installed
 	$(PY) -m pip install --quiet --group mutation

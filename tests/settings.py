@@ -37,7 +37,11 @@ TEMPLATES = [
     },
 ]
 STATIC_URL = "/static/"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    # A second database, for the tests about which database an instance comes from.
+    "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+}
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 # Django >= 6.0 has django.tasks; on 5.2 the django-tasks backport provides the same backends.
 _TASKS = "django.tasks" if find_spec("django.tasks") else "django_tasks"

@@ -164,6 +164,18 @@ def test_model_instance_travels_as_a_reference_and_is_fetched_again() -> None:
     assert back.reference == "A-1 (changed)"
 
 
+@pytest.mark.django_db(databases=["default", "other"])
+def test_model_instance_is_fetched_again_from_its_own_database() -> None:
+    here = Order.objects.using("other").create(reference="on other")
+    Order.objects.using("default").create(pk=here.pk, reference="on default, same pk")
+    encoded = encode(here, listener=LISTENER, argument="kwargs['order']")
+    assert encoded["db"] == "other"
+
+    back = decode(json.loads(json.dumps(encoded)), argument="kwargs['order']", missing="report")
+
+    assert (back.reference, back._state.db) == ("on other", "other")
+
+
 @pytest.mark.django_db
 def test_deleted_instance_is_reported_or_none() -> None:
     order = Order.objects.create(reference="A-2")
@@ -174,8 +186,10 @@ def test_deleted_instance_is_reported_or_none() -> None:
         decode_kwargs(encoded, missing="report")
     assert caught.value.argument == "kwargs['order']"
     assert caught.value.model == "testapp.Order"
+    assert str(caught.value) == "kwargs['order']: the testapp.Order instance no longer exists"
 
     assert decode_kwargs(encoded, missing="none") == {"order": None}
+    assert decode(encoded["order"], argument="kwargs['order']", missing="none") is None
 
 
 @pytest.mark.parametrize(
@@ -215,7 +229,7 @@ def test_local_class_is_refused() -> None:
 
     with pytest.raises(NotSerializable) as caught:
         encode(Local, listener=LISTENER, argument="sender")
-    assert caught.value.argument == "sender"
+    assert (caught.value.listener, caught.value.argument) == (LISTENER, "sender")
 
 
 @pytest.mark.parametrize(
@@ -236,6 +250,39 @@ def test_undecodable_data_is_a_payload_error(data: dict[str, Any], problem: str)
     with pytest.raises(PayloadError, match=problem) as caught:
         decode(data, argument="kwargs['x']", missing="report")
     assert caught.value.argument == "kwargs['x']"
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({TAG: "model", "model": 5}, "malformed model label 5"),
+        ({TAG: "decimal", "v": 5}, "malformed 'decimal' value: 5"),
+        ({TAG: "float", "v": "1.5"}, "malformed 'float' value (ValueError)"),
+        ({TAG: "dict", "v": [[1]]}, "malformed 'dict' value: expected [key, value] pairs"),
+        ({TAG: "dict", "v": [[1, 2], [1, 3]]}, "malformed 'dict' value: duplicate keys"),
+        ({TAG: "set", "v": [1, 1]}, "malformed 'set' value: duplicate items"),
+        (
+            {TAG: "uuid", "v": "x", "extra": 1},
+            "malformed 'uuid' value: keys [\"'__patchboard__'\", \"'extra'\", \"'v'\"]",
+        ),
+    ],
+)
+def test_undecodable_data_is_a_payload_error_saying_exactly_what_is_wrong(
+    data: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(PayloadError) as caught:
+        decode(data, argument="kwargs['x']", missing="report")
+    assert (caught.value.argument, caught.value.problem) == ("kwargs['x']", problem)
+    assert str(caught.value) == f"kwargs['x']: {problem}"
+
+
+@pytest.mark.parametrize("name", ["sender", "signal"])
+def test_a_reserved_name_in_kwargs_is_a_payload_error_saying_why(name: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        decode_kwargs({name: 1}, missing="report")
+    assert str(caught.value) == (
+        f"kwargs['{name}']: not an argument a sender writes (the worker passes sender and signal)"
+    )
 
 
 def test_class_from_a_module_not_loaded_is_refused_without_importing_it() -> None:
@@ -264,29 +311,32 @@ def test_job_round_trips_through_json() -> None:
     assert Job.from_json(json.loads(json.dumps(job.to_json()))) == job
 
 
+_JOB = {"v": 1, "listener": "l", "signal": "s", "sender": None, "kwargs": {}, "attempt": 1}
+
+
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "problem"),
     [
-        None,
-        "text",
-        {"v": 2},
-        {"v": 1, "listener": 1, "signal": "s", "sender": None, "kwargs": {}, "attempt": 1},
-        {"v": 1, "listener": "l", "signal": "s", "sender": None, "kwargs": {}, "attempt": 0},
-        {"v": 1, "listener": "l", "signal": "s", "kwargs": {}, "attempt": 1},
-        {
-            "v": 1,
-            "listener": "l",
-            "signal": "s",
-            "sender": None,
-            "kwargs": {},
-            "attempt": 1,
-            "first_enqueued_at": "soon",
-        },
+        (None, "expected an object, got None"),
+        ("text", "expected an object, got 'text'"),
+        ([_JOB], "expected an object, got a list"),
+        ({"v": 2}, "unknown version 2"),
+        ({"v": 2**63}, "unknown version 9223372036854775808"),  # 64 bits: still shown
+        ({"v": 2**64}, "unknown version an int of 65 bits"),
+        ({**_JOB, "listener": 1}, "listener and signal must be strings"),
+        ({**_JOB, "attempt": 0}, "attempt must be an int >= 1, got 0"),
+        ({key: v for key, v in _JOB.items() if key != "sender"}, "sender and kwargs are required"),
+        ({**_JOB, "first_enqueued_at": 5}, "bad first_enqueued_at 5"),
+        ({**_JOB, "first_enqueued_at": "soon"}, "bad first_enqueued_at 'soon'"),
     ],
 )
-def test_malformed_job_is_a_payload_error(payload: object) -> None:
-    with pytest.raises(PayloadError):
+def test_malformed_job_is_a_payload_error_saying_what_is_wrong(
+    payload: object, problem: str
+) -> None:
+    with pytest.raises(PayloadError) as caught:
         Job.from_json(payload)
+    assert (caught.value.argument, caught.value.problem) == ("payload", problem)
+    assert str(caught.value) == f"payload: {problem}"
 
 
 # -- what a worker refuses ---------------------------------------------------------------
@@ -409,8 +459,14 @@ def test_instance_with_a_uuid_primary_key_crosses() -> None:
     ],
 )
 def test_scalar_not_in_the_form_the_sender_writes_is_a_payload_error(tag: str, text: str) -> None:
-    with pytest.raises(PayloadError, match=f"malformed {tag!r} value"):
+    with pytest.raises(PayloadError) as caught:
         decode({TAG: tag, "v": text}, argument="x", missing="report")
+    assert caught.value.argument == "x"
+    # What the parser read was not what the sender writes, or it could not read it at all.
+    assert caught.value.problem in (
+        f"malformed {tag!r} value: {text!r}",
+        f"malformed {tag!r} value (ValueError)",
+    )
 
 
 @pytest.mark.parametrize(

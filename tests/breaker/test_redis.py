@@ -29,8 +29,14 @@ import redis.connection
 from django.core.management import call_command
 from django.test import override_settings
 
-from patchboard import CircuitBreaker, CircuitOpen, Signal, _deadline, get_breaker
-from patchboard._breaker._redis import RedisLink
+from patchboard import (
+    CircuitBreaker,
+    CircuitOpen,
+    Signal,
+    _deadline,
+    get_breaker,
+)
+from patchboard._breaker._redis import RedisLink, run_blocking
 from patchboard._state import state
 from patchboard.management.commands.patchboard import PER_PROCESS_NOTE
 from patchboard.testing import VirtualClock, reset
@@ -796,3 +802,11 @@ async def test_the_store_recovers_by_itself(redis_url, name, logs, monkeypatch) 
     await b.aclose()
     await proxy.down()
     await target.aclose()
+
+
+def test_a_blocking_operation_that_suspends_is_reported_as_the_bug_it_is() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match=r"^a blocking Redis store operation suspended$"):
+        run_blocking(suspends())

@@ -8,6 +8,7 @@ the breaker checks with their id.
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 from django.core.checks import run_checks
@@ -121,3 +122,12 @@ def test_valid_store_urls_pass_the_checks_and_build(url) -> None:
 )
 def test_mask_url_hides_the_password_of_any_url(url, masked) -> None:
     assert mask_url(url) == masked
+
+
+def test_a_redis_store_without_the_redis_package_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if not installed: importing it fails
+    breaker = CircuitBreaker("ups", store="redis://:hunter2@127.0.0.1:6379/0")
+    assert refused_call(breaker) == (
+        "circuit breaker 'ups': store='redis://:***@127.0.0.1:6379/0' needs the redis "
+        "package (pip install 'django-patchboard[redis]')"
+    )

@@ -327,3 +327,34 @@ def test_a_plain_listeners_death_is_quiet(monkeypatch: pytest.MonkeyPatch) -> No
     gc.collect()
 
     assert unraisable == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "patchboard._listeners.forget looks for the keep-alive only under the owner of the "
+        "function given to disconnect(); Django disconnects by dispatch_uid, which may be "
+        "another function's entry, whose wrapper then stays alive until its function dies"
+    ),
+)
+def test_disconnecting_by_a_shared_dispatch_uid_frees_the_wrapper_django_dropped() -> None:
+    signal = Signal(name="tests.connect.shared_uid")
+
+    def first(sender, **kwargs):
+        return "first"
+
+    def second(sender, **kwargs):
+        return "second"
+
+    signal.connect(first, dispatch_uid="shared", timeout=1)
+    signal.connect(second, dispatch_uid="shared", timeout=1)  # a no-op, as in Django
+    [wrapper] = signal.listeners(None)
+    assert wrapper.receiver is first
+    dropped = weakref.ref(wrapper)
+    del wrapper
+
+    assert signal.disconnect(second, dispatch_uid="shared")  # Django drops first's entry
+
+    assert signal.listeners(None) == []
+    gc.collect()
+    assert dropped() is None, "the disconnected wrapper is still kept alive"

@@ -195,6 +195,7 @@ def test_a_call_is_late_with_less_than_half_of_its_dispatchs_budget_left() -> No
     assert not _deadline.started_late(0.1)  # no deadline: never late
     with _deadline.budget(10):
         assert not _deadline.started_late(5.1) and _deadline.started_late(4.9)
+        assert not _deadline.started_late(5.0)  # exactly half left: not less than half
         with _deadline.budget(1):  # a shorter nested budget: late by its own
             assert not _deadline.started_late(0.6) and _deadline.started_late(0.4)
         with _deadline.budget(60):  # a longer one changes nothing: late by the request's

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.dispatch import Signal as DjangoSignal
+from django.test import override_settings
 
 from patchboard import Signal, receiver
 
@@ -133,7 +137,7 @@ async def test_queue_true_on_an_ordered_signal_is_refused() -> None:
     @receiver(paid)
     async def listener(sender, **kwargs): ...
 
-    with pytest.raises(ImproperlyConfigured, match="never through the short-term queue"):
+    with pytest.raises(ImproperlyConfigured, match=r"^queue=True: an ordered signal runs its"):
         await paid.collect_async(sender=None, queue=True)
 
 
@@ -254,3 +258,109 @@ def test_priorities_hold_after_factory_boys_mute_signals(ordered) -> None:
     calls.clear()
     signal.collect(sender=None)
     assert calls == ["high", "low"]
+
+
+def _failing_then_answering(signal: DjangoSignal) -> tuple[list[str], Any, Any]:
+    """Two receivers connected bare: a sync one that raises, then an async one that answers."""
+    calls: list[str] = []
+
+    def fails(sender, **kwargs):
+        calls.append("fails")
+        raise ValueError("stock")
+
+    async def answers(sender, **kwargs):
+        calls.append("answers")
+        return "answer"
+
+    signal.connect(fails, weak=False)
+    signal.connect(answers, weak=False)
+    return calls, fails, answers
+
+
+_AS_DJANGO = pytest.mark.parametrize(
+    "make", [lambda: Signal(ordered=True), DjangoSignal], ids=["ordered", "django"]
+)
+
+
+@_AS_DJANGO
+def test_djangos_send_on_an_ordered_signal_lets_an_error_through_as_django_does(make) -> None:
+    signal = make()
+    calls, _, _ = _failing_then_answering(signal)
+
+    with pytest.raises(ValueError, match="stock"):
+        signal.send(sender=None)
+    assert calls == ["fails"]
+
+
+@_AS_DJANGO
+async def test_djangos_asend_on_an_ordered_signal_lets_an_error_through_as_django_does(
+    make,
+) -> None:
+    signal = make()
+    calls, _, _ = _failing_then_answering(signal)
+
+    with pytest.raises(ValueError, match="stock"):
+        await signal.asend(sender=None)
+    assert calls == ["fails"]
+
+
+@_AS_DJANGO
+def test_djangos_send_robust_on_an_ordered_signal_returns_and_logs_errors_as_django_does(
+    make, caplog: pytest.LogCaptureFixture
+) -> None:
+    signal = make()
+    calls, fails, answers = _failing_then_answering(signal)
+
+    with caplog.at_level(logging.ERROR, logger="django.dispatch"):
+        responses = signal.send_robust(sender=None)
+
+    assert calls == ["fails", "answers"]
+    assert [receiver for receiver, _ in responses] == [fails, answers]
+    assert responses[0][0] is fails and responses[1][0] is answers  # the functions themselves
+    error, answer = (response for _, response in responses)
+    assert isinstance(error, ValueError) and answer == "answer"
+    assert [record.exc_info[1] for record in caplog.records if record.exc_info] == [error]
+
+
+@_AS_DJANGO
+async def test_djangos_asend_robust_on_an_ordered_signal_returns_and_logs_errors_as_django_does(
+    make, caplog: pytest.LogCaptureFixture
+) -> None:
+    signal = make()
+    calls, fails, answers = _failing_then_answering(signal)
+
+    with caplog.at_level(logging.ERROR, logger="django.dispatch"):
+        responses = await signal.asend_robust(sender=None)
+
+    assert calls == ["fails", "answers"]
+    assert responses[0][0] is fails and responses[1][0] is answers
+    error, answer = (response for _, response in responses)
+    assert isinstance(error, ValueError) and answer == "answer"
+    assert [record.exc_info[1] for record in caplog.records if record.exc_info] == [error]
+
+
+@pytest.mark.parametrize("verb", ["send", "send_robust"])
+def test_djangos_verbs_on_an_ordered_signal_apply_a_listeners_options(verb) -> None:
+    """A listener with options runs through them: its on_error and default hold."""
+    signal = Signal(ordered=True)
+
+    def fails(sender, **kwargs):
+        raise ValueError("stock")
+
+    signal.connect(fails, weak=False, on_error="log", default="skipped")
+
+    [(receiver, response)] = getattr(signal, verb)(sender=None)
+    assert response == "skipped"
+    assert receiver is not fails and receiver.receiver is fails  # its Listener
+
+
+@override_settings(PATCHBOARD={"ON_ERROR": "log"})
+async def test_djangos_asend_on_an_ordered_signal_logs_bare_errors_when_on_error_is_log() -> None:
+    """With ON_ERROR="log", a bare listener's error is logged and the chain goes on."""
+    signal = Signal(ordered=True)
+    calls, _, _ = _failing_then_answering(signal)
+
+    responses = await signal.asend(sender=None)
+
+    assert calls == ["fails", "answers"]
+    assert [response for _, response in responses] == [None, "answer"]

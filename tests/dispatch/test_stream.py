@@ -15,8 +15,8 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patchboard import Signal, Stream, outcome_counts
-from patchboard.testing import reset
+from patchboard import Signal, Stream, outcome_counts, queue_stats
+from patchboard.testing import capture_dispatches, reset
 
 
 class Gate:
@@ -25,9 +25,11 @@ class Gate:
     def __init__(self, name: str) -> None:
         self.name = name
         self.open = anyio.Event()
+        self.started = False
         self.cancelled = False
 
     async def __call__(self, sender: Any, **kwargs: Any) -> str:
+        self.started = True
         try:
             await self.open.wait()
         except BaseException:
@@ -159,14 +161,24 @@ async def test_a_deadline_ends_what_is_still_running() -> None:
 
 async def test_calls_through_the_queue_stream_too() -> None:
     gates = [Gate(name) for name in "ab"]
+    gates[1].open.set()  # b would end at once, but waits in line behind a
     with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": {"MIN_WORKERS": 1, "MAX_WORKERS": 1}}):
         signal = _signal(*gates)
+        values = []
+        stream = signal.stream_async(sender=None, queue=True)
+
+        async def read() -> None:
+            values.extend([outcome.value async for outcome in stream])
+
         with anyio.fail_after(5):
-            async with signal.stream_async(sender=None, queue=True) as stream:
-                gates[1].open.set()  # queued behind a: it cannot end first
+            async with stream, anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await anyio.wait_all_tasks_blocked()
+                assert gates[0].started and not gates[1].started  # one worker: b waits
                 gates[0].open.set()
-                values = [outcome.value async for outcome in stream]
+        stats = queue_stats()
     assert values == ["a", "b"]
+    assert (stats.submitted, stats.completed) == (2, 2)
 
 
 async def test_an_ordered_signal_streams_in_priority_order() -> None:
@@ -265,3 +277,164 @@ def test_every_streamed_call_ends_as_one_counted_outcome(
     assert counts["cancelled"] <= len(specs) - seen
     if leave_after is None:
         assert counts["cancelled"] == 0 and seen == len(specs)
+
+
+# -- ordered signals and observers ---------------------------------------------------------
+
+
+def _ordered(*gates: Gate, **options: Any) -> Signal:
+    signal = Signal(ordered=True, name="tests.stream.ordered_gates")
+    for priority, gate in enumerate(reversed(gates)):
+        signal.connect(gate, weak=False, priority=priority, **options)
+    return signal
+
+
+async def test_leaving_an_ordered_stream_early_counts_the_calls_it_never_started() -> None:
+    gates = [Gate(name) for name in "abc"]
+    gates[0].open.set()
+    with anyio.fail_after(5):
+        async with _ordered(*gates).stream_async(sender=None) as stream:
+            async for outcome in stream:
+                first = outcome
+                break
+    assert first.value == "a"
+    assert gates[1].cancelled and not gates[2].cancelled  # c never started
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["ok"], counts["cancelled"]) == (3, 1, 2)
+    assert _balanced()
+
+
+async def test_an_error_that_must_propagate_ends_an_ordered_stream_counting_the_rest() -> None:
+    signal = Signal(ordered=True, name="tests.stream.ordered_raise")
+    after = Gate("after")
+    after.open.set()
+
+    async def broken(sender: Any, **kwargs: Any) -> None:
+        raise KeyError("carrier")
+
+    signal.connect(broken, weak=False, priority=2, on_error="raise")
+    signal.connect(after, weak=False, priority=1)
+    seen = []
+    with pytest.raises(KeyError), anyio.fail_after(5):
+        async for outcome in signal.stream_async(sender=None):
+            seen.append(outcome)
+    assert seen == []
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["error"], counts["cancelled"]) == (2, 1, 1)
+    assert _balanced()
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["concurrent", "ordered"])
+async def test_observers_see_a_streamed_dispatch_once_with_its_outcomes(ordered: bool) -> None:
+    gates = [Gate(name) for name in "ab"]
+    for gate in gates:
+        gate.open.set()
+    signal = _ordered(*gates) if ordered else _signal(*gates)
+    with capture_dispatches() as dispatches, anyio.fail_after(5):
+        async with signal.stream_async(sender="cart") as stream:
+            values = [outcome.value async for outcome in stream]
+    assert sorted(values) == ["a", "b"]
+    [dispatch] = dispatches
+    assert (dispatch.signal, dispatch.sender) == (signal, "cart")
+    assert [outcome.value for outcome in dispatch.outcomes] == values
+
+
+async def test_observers_see_a_stream_left_early_with_the_outcomes_it_gave() -> None:
+    gates = [Gate(name) for name in "ab"]
+    gates[1].open.set()
+    with capture_dispatches() as dispatches, anyio.fail_after(5):
+        async with _signal(*gates).stream_async(sender=None) as stream:
+            async for _ in stream:
+                break
+    [dispatch] = dispatches
+    assert [outcome.value for outcome in dispatch.outcomes] == ["b"]
+
+
+# -- what each call gets, and what the stream counts ------------------------------------------
+
+RECEIPTS: list[Any] = []
+
+
+def send_receipt(sender: Any, **kwargs: Any) -> str:
+    """A background listener (module level, so a worker can find it)."""
+    RECEIPTS.append(sender)
+    return "sent"
+
+
+@pytest.mark.parametrize("queue", [False, True], ids=["direct", "queued"])
+async def test_each_streamed_call_gets_the_signal_sender_and_arguments(queue: bool) -> None:
+    signal = Signal(name="tests.stream.inputs")
+    received: list[tuple[Any, Any, dict[str, Any]]] = []
+
+    async def listener(sender: Any, signal: Any, **kwargs: Any) -> None:
+        received.append((signal, sender, kwargs))
+
+    signal.connect(listener, weak=False)
+    with anyio.fail_after(5):
+        async with signal.stream_async(sender="cart", queue=queue, total=3) as stream:
+            [outcome] = [outcome async for outcome in stream]
+    assert outcome.status == "ok"
+    assert received == [(signal, "cart", {"total": 3})]
+
+
+async def test_a_background_listener_in_a_queued_stream_is_enqueued_not_queued() -> None:
+    signal = Signal(name="tests.stream.background")
+    inline = Gate("inline")
+    inline.open.set()
+    signal.connect(send_receipt, weak=False, mode="background")
+    signal.connect(inline, weak=False)
+    RECEIPTS.clear()
+    try:
+        with anyio.fail_after(5):
+            async with signal.stream_async(sender="cart", queue=True) as stream:
+                statuses = sorted([outcome.status async for outcome in stream])
+    finally:
+        signal.disconnect(send_receipt)
+    assert statuses == ["enqueued", "ok"]
+    assert RECEIPTS == ["cart"]
+    assert queue_stats().submitted == 1  # only the inline listener went through the queue
+
+
+class Halt(BaseException):
+    """Not an Exception: it must leave the listener's call, as KeyboardInterrupt would."""
+
+
+async def test_a_base_exception_of_a_listener_ends_the_stream() -> None:
+    signal = Signal(name="tests.stream.halt")
+    waiting = Gate("waiting")
+
+    async def halts(sender: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        raise Halt()
+
+    signal.connect(waiting, weak=False)
+    signal.connect(halts, weak=False)
+    with pytest.raises(Halt), anyio.fail_after(5):
+        async for _ in signal.stream_async(sender=None):
+            pass
+    assert waiting.cancelled
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert _balanced()
+
+
+async def test_every_stream_adds_its_calls_to_the_counts() -> None:
+    for _ in range(2):
+        gates = [Gate(name) for name in "ab"]
+        for gate in gates:
+            gate.open.set()
+        async with _signal(*gates).stream_async(sender=None) as stream:
+            assert len([outcome async for outcome in stream]) == 2
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["ok"]) == (4, 4)
+
+
+async def test_a_streams_repr_says_how_many_calls_are_pending() -> None:
+    gates = [Gate(name) for name in "ab"]
+    gates[0].open.set()
+    stream = _signal(*gates).stream_async(sender=None)
+    assert repr(stream) == "<Stream of 2 listeners, not started>"
+    async with stream:
+        first = await anext(stream)
+        assert first.value == "a"
+        assert repr(stream) == "<Stream of 2 listeners, 1 pending>"

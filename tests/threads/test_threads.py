@@ -99,7 +99,7 @@ async def test_an_abandoned_thread_is_logged_when_abandoned_and_when_it_returns(
     stuck = Stuck()
     signal = _signal_with(stuck, timeout=0.05)
 
-    collected = await signal.collect_async(None)
+    collected = await signal.collect_async(Stuck)
     stuck.release.set()
     assert await anyio.to_thread.run_sync(stuck.all_returned.wait, 10)
     assert await anyio.to_thread.run_sync(
@@ -111,7 +111,12 @@ async def test_an_abandoned_thread_is_logged_when_abandoned_and_when_it_returns(
     returned = [e for e in logs.entries if e["event"] == "listener_thread_returned"]
     assert len(abandoned) == 1 and abandoned[0]["abandoned_running"] == 1
     assert abandoned[0]["listener"].endswith("Stuck")
+    assert abandoned[0]["signal"] == "tests.threads"
+    assert abandoned[0]["sender"] == "tests.threads.test_threads.Stuck"
     assert len(returned) == 1 and returned[0]["ran_s"] > 0
+    assert returned[0]["listener"] == abandoned[0]["listener"]
+    assert returned[0]["signal"] == "tests.threads"
+    assert returned[0]["ran_s"] == round(returned[0]["ran_s"], 6)
 
 
 def test_the_sync_twins_share_the_bound_without_an_event_loop(monkeypatch) -> None:
@@ -229,3 +234,102 @@ async def test_a_thread_is_idle_again_before_its_place_is_free() -> None:
 
     threads = set().union(*await asyncio.gather(*(caller() for _ in range(CALLERS))))
     assert len(threads) <= LIMIT
+
+
+async def test_an_async_caller_waiting_for_a_place_takes_the_first_one_freed() -> None:
+    """The async twin: past the bound, a caller's event loop is woken when a thread returns."""
+    gate = threading.Event()
+    inside = threading.Semaphore(0)
+
+    def held(sender: Any, **kwargs: Any) -> str:
+        inside.release()
+        gate.wait(30)
+        return "held"
+
+    signal = Signal(name="tests.threads.wait_async")
+    signal.connect(held, weak=False, timeout=20)
+    with anyio.fail_after(30):
+        callers = [asyncio.ensure_future(signal.collect_async(None)) for _ in range(LIMIT + 1)]
+        for _ in range(LIMIT):
+            assert await anyio.to_thread.run_sync(inside.acquire, True, 10)
+        assert await anyio.to_thread.run_sync(_eventually, lambda: thread_stats().waiting == 1)
+        assert not inside.acquire(blocking=False)  # the fifth waits for a place
+        gate.set()
+        results = await asyncio.gather(*callers)
+    assert [collected.values() for collected in results] == [["held"]] * (LIMIT + 1)
+    stats = thread_stats()
+    assert (stats.abandoned, stats.waiting) == (0, 0)
+
+
+def test_a_sync_call_past_its_timeout_abandons_its_thread(logs) -> None:
+    """collect() without a loop: the thread it stopped waiting for is counted and logged."""
+    stuck = Stuck()
+    signal = _signal_with(stuck, timeout=0.05)
+
+    collected = signal.collect(None)
+
+    assert collected[0].status == "timeout"
+    stats = thread_stats()
+    assert (stats.busy, stats.abandoned, stats.abandoned_running) == (1, 1, 1)
+    assert [e["event"] for e in logs.entries if e["event"].startswith("listener_thread")] == [
+        "listener_thread_abandoned"
+    ]
+    stuck.release.set()
+    assert stuck.all_returned.wait(10)
+    assert _eventually(lambda: thread_stats().abandoned_running == 0)
+    assert _eventually(lambda: thread_stats().busy == 0)
+    assert [e["event"] for e in logs.entries if e["event"].startswith("listener_thread")] == [
+        "listener_thread_abandoned",
+        "listener_thread_returned",
+    ]
+
+
+def test_a_sync_call_that_returns_in_time_abandons_nothing(logs) -> None:
+    signal = Signal(name="tests.threads.in_time")
+    signal.connect(lambda sender, **kwargs: "quick", weak=False, timeout=5)
+
+    assert signal.collect(None).values() == ["quick"]
+    assert _eventually(lambda: thread_stats().busy == 0)
+    stats = thread_stats()
+    assert (stats.abandoned, stats.abandoned_running) == (0, 0)
+    assert not [e for e in logs.entries if e["event"].startswith("listener_thread")]
+
+
+async def test_a_caller_cancelled_after_its_thread_returned_abandons_nothing() -> None:
+    """The thread returned, but its caller was cancelled before it heard: nothing to abandon."""
+    gate = threading.Event()
+    inside = threading.Event()
+
+    def quick(sender: Any, **kwargs: Any) -> str:
+        inside.set()
+        gate.wait(30)
+        return "quick"
+
+    signal = Signal(name="tests.threads.raced")
+    signal.connect(quick, weak=False, timeout=20)
+    caller = asyncio.ensure_future(signal.collect_async(None))
+    assert await anyio.to_thread.run_sync(inside.wait, 10)
+    gate.set()
+    # The loop is held here until the thread has returned and given its place back:
+    # the caller, still waiting, is cancelled before the loop tells it.
+    assert _eventually(lambda: thread_stats().busy == 0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    stats = thread_stats()
+    assert (stats.abandoned, stats.abandoned_running) == (0, 0)
+
+
+def test_listener_threads_are_daemons_numbered_from_one() -> None:
+    """They never keep the process alive (an idle one lingers IDLE_THREAD_TIMEOUT)."""
+    stuck = Stuck()
+    signal = _signal_with(stuck, timeout=0.05)
+    callers = [threading.Thread(target=signal.collect, args=(None,)) for _ in range(LIMIT)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(30)
+    assert stuck.threads == {f"patchboard-{n}" for n in range(1, LIMIT + 1)}
+    assert all(thread.daemon for thread in threading.enumerate() if thread.name in stuck.threads)
+    stuck.release.set()
+    assert stuck.all_returned.wait(10)
