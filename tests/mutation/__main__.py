@@ -66,8 +66,17 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "dispatch": Target(
-        modules=("patchboard/_call.py", "patchboard/_listeners.py", "patchboard/_dispatch.py"),
+        modules=(
+            "patchboard/_call.py",
+            "patchboard/_listeners.py",
+            "patchboard/_run.py",
+            "patchboard/_dispatch.py",
+            "patchboard/_ledger.py",
+        ),
         tests=(
+            "tests/dispatch/test_ledger.py",
+            "tests/dispatch/test_context.py",
+            "tests/dispatch/test_fallback.py",
             "tests/dispatch/test_listener_inputs.py",
             "tests/dispatch/test_listener_outcomes.py",
             "tests/project/test_logs.py",
@@ -81,6 +90,7 @@ TARGETS: dict[str, Target] = {
             "tests/threads/test_threads.py",
         ),
         goal=85.0,
+        sample=120,
     ),
     "breaker": Target(
         modules=("patchboard/_breaker/_machine.py", "patchboard/_breaker/_memory.py"),
