@@ -360,7 +360,8 @@ async def run_plain(dispatch: Dispatch, funcs: list[Any]) -> list[Outcome]:
     """
     loop = asyncio.get_running_loop()
     run = _PlainRun(dispatch, funcs)
-    arguments, now, started = dispatch.arguments, _clock.now, run.started
+    apply, arguments = dispatch.apply, dispatch.arguments
+    now, started = _clock.now, run.started
     outcomes, ended, observed = run.outcomes, run.ended, bool(ledger.observers)
     ok_one, new_task = ledger.ok_one, asyncio.Task
     tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]] = []
@@ -368,7 +369,7 @@ async def run_plain(dispatch: Dispatch, funcs: list[Any]) -> list[Outcome]:
         for index, func in enumerate(funcs):
             begun = started[index] = now()
             try:
-                coro = func(**arguments)
+                coro = apply(func, arguments)
             except Exception as exc:  # it failed before it became a coroutine
                 run.failed(index, exc, "error")
                 continue
