@@ -144,6 +144,8 @@ def _dispatch_sync(dispatch: Dispatch) -> Collected:
         ledger.submitted(len(dispatch.listeners))
         if resolved.here and not budgeted:
             outcomes = run_here(dispatch.listeners, dispatch)
+            # run_here stops after the first outcome that must propagate: only the last can.
+            dispatch.stopped = bool(outcomes) and outcomes[-1].propagate
         else:
             outcomes = run_without_loop(dispatch)
         return finish(dispatch, outcomes)
@@ -266,7 +268,11 @@ async def _run_concurrently(dispatch: Dispatch) -> list[Outcome]:
 
 
 class _PlainRun:
-    """The state of one :func:`run_plain`: each call's start and outcome, and its waiter."""
+    """
+    The state of one :func:`run_plain` beyond its outcomes, built when a call
+    needs it (one that suspended or failed, or observers): each call's start,
+    and its waiter.
+    """
 
     __slots__ = (
         "dispatch",
@@ -280,12 +286,12 @@ class _PlainRun:
         "waiter",
     )
 
-    def __init__(self, dispatch: Dispatch) -> None:
-        count = len(dispatch.listeners)
+    def __init__(self, dispatch: Dispatch, outcomes: list[Outcome | None]) -> None:
+        count = len(outcomes)
         self.dispatch = dispatch
         self.funcs: list[Any] = [None] * count
         """The function of each call that suspended (its outcome's receiver)."""
-        self.outcomes: list[Outcome | None] = [None] * count
+        self.outcomes = outcomes
         self.started = [0.0] * count
         self.ended = [False] * count
         """Whether each call was settled (once: by the task's callback or by ``_end_all``)."""
@@ -366,16 +372,18 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             or the call's cancellation.
     """
     loop = asyncio.get_running_loop()
-    run = _PlainRun(dispatch)
-    apply, arguments = dispatch.apply, dispatch.arguments
-    now, started, funcs = _clock.now, run.started, run.funcs
-    outcomes, observed = run.outcomes, bool(ledger.observers)
-    ok_one, new_task = ledger.ok_one, asyncio.Task
+    listeners = dispatch.listeners
+    outcomes: list[Outcome | None] = [None] * len(listeners)
+    # Built by the first call that needs more than a value (see _PlainRun):
+    # none, when every listener returned without suspending.
+    run: _PlainRun | None = None
+    apply, arguments, now = dispatch.apply, dispatch.arguments, _clock.now
+    observed, ok_one, new_task = bool(ledger.observers), ledger.ok_one, asyncio.Task
     tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]] = []
     # One clock reading per listener: where one call was settled, the next begins.
     begun = now()
     try:
-        for index, listener in enumerate(dispatch.listeners):
+        for index, listener in enumerate(listeners):
             func = listener.ref()
             if func is None:
                 outcomes[index] = dispatch.call(listener, begun).gone()
@@ -384,13 +392,15 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             try:
                 coro = apply(func, arguments)
             except Exception as exc:  # it failed before it became a coroutine
-                started[index] = begun
+                run = run or _PlainRun(dispatch, outcomes)
+                run.started[index] = begun
                 run.failed(index, exc, "error")
                 begun = now()
                 continue
             task = new_task(coro, loop=loop, eager_start=True)
             if not task.done():
-                started[index], funcs[index] = begun, func
+                run = run or _PlainRun(dispatch, outcomes)
+                run.started[index], run.funcs[index] = begun, func
                 on_done = functools.partial(run.on_done, index)
                 tasks.append((index, task, on_done))
                 run.pending += 1
@@ -403,7 +413,8 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             except BaseException:  # it failed, or cancelled itself: end() settles it
                 settled_here = False
             if not settled_here:
-                started[index], funcs[index] = begun, func
+                run = run or _PlainRun(dispatch, outcomes)
+                run.started[index], run.funcs[index] = begun, func
                 run.end(index, task)
                 begun = now()
                 continue
@@ -415,19 +426,23 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             ok = (func, "ok", value, None, ended - begun, None, False)
             outcomes[index] = new_outcome(Outcome, ok)
             begun = ended
+        if run is None:  # every call ended here, as "ok" or "gone": none propagates
+            dispatch.stopped = False
+            return outcomes  # type: ignore[return-value]  # none is None
         if run.pending and not run.stop:
             run.waiter = loop.create_future()
             await run.waiter
     except BaseException:
         # The call is cancelled (or calling a listener raised KeyboardInterrupt):
         # take every task with it.
-        await _end_all(run, tasks)
+        if run is not None:
+            await _end_all(run, tasks)
         raise
-    if tasks:  # else every call was settled as it returned
+    if tasks:  # else every call was settled as it ended
         await _end_all(run, tasks)
     if run.failure is not None:
         raise run.failure
-    return [outcome for outcome in run.outcomes if outcome is not None]
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 async def _end_all(
@@ -490,7 +505,8 @@ Observer: TypeAlias = Callable[[Any, Any, list[Outcome]], None]
 
 def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
     """
-    The dispatch's result: the outcomes, or the first error that must propagate.
+    The dispatch's result: the outcomes, or the first error that must propagate
+    (looked for unless the runner knew there is none: ``Dispatch.stopped``).
 
     Raises:
         Exception: the error of the first listener (in listener order) whose
@@ -498,10 +514,11 @@ def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
     """
     for observer in state.observers:
         observer(dispatch.signal, dispatch.sender, outcomes)
-    for outcome in outcomes:
-        if outcome.propagate:
-            assert outcome.error is not None
-            raise outcome.error
+    if dispatch.stopped is not False:
+        for outcome in outcomes:
+            if outcome.propagate:
+                assert outcome.error is not None
+                raise outcome.error
     if not dispatch.budgeted:
         return Collected(outcomes)
     hit = any(getattr(outcome.error, "deadline", False) for outcome in outcomes)

@@ -228,6 +228,7 @@ class Dispatch:
         "resolved",
         "sender",
         "signal",
+        "stopped",
     )
 
     def __init__(
@@ -244,7 +245,10 @@ class Dispatch:
         self.signal = signal
         self.sender = sender
         self.kwargs = kwargs
-        self.apply, self.arguments = applier(signal, sender, kwargs)
+        if kwargs:
+            self.apply, self.arguments = applier(signal, sender, kwargs)
+        else:  # applier's answer, without the call (the hot path's case)
+            self.apply, self.arguments = _apply_none, (signal, sender)
         """What each listener is called with, ``apply(func, arguments)``: built once, not
         per listener."""
         self.listeners = listeners
@@ -253,6 +257,9 @@ class Dispatch:
         self.queue = queue
         self.ordered = ordered
         self.budgeted = False
+        self.stopped: bool | None = None
+        """Whether an outcome must propagate, when the runner knows (None: ``finish``
+        looks at every outcome)."""
 
     def __repr__(self) -> str:
         return f"<Dispatch of {len(self.listeners)} listeners>"
