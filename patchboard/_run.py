@@ -368,7 +368,8 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
     small frame per listener, the successes counted once.)
     """
     outcomes: list[Outcome] = []
-    succeeded = 0
+    append = outcomes.append
+    settled = 0  # outcomes settled through their Call: they counted themselves
     observed = bool(ledger.observers)
     copy_context = contextvars.copy_context
     apply, arguments = dispatch.apply, dispatch.arguments
@@ -389,15 +390,14 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
                     ended = now()
                     # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
                     ok = (func, "ok", value, None, ended - started, None, False)
-                    outcomes.append(new_outcome(Outcome, ok))
-                    if observed:
+                    append(new_outcome(Outcome, ok))
+                    if observed:  # else counted at the end, with the others that returned
                         signal, sender = dispatch.signal, dispatch.sender
                         ledger.ended("ok", listener.label, signal, sender, ended - started)
-                    else:
-                        succeeded += 1
                     started = ended
                     continue
-            outcomes.append(outcome)
+            append(outcome)
+            settled += 1
             if outcome.propagate:
                 break
             started = now()
@@ -409,6 +409,6 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
         if len(outcomes) < len(listeners):  # after one that propagates
             dispatch.cancelled(listeners[len(outcomes) :])
     finally:
-        if succeeded:
-            ledger.ended_ok(succeeded)
+        if not observed and (returned := len(outcomes) - settled):
+            ledger.ended_ok(returned)
     return outcomes
