@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Literal, TypeAlias
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -114,11 +114,13 @@ async def dispatch_async(dispatch: Dispatch) -> Collected:
     return finish(dispatch, outcomes)
 
 
-async def _outcomes_async(dispatch: Dispatch) -> list[Outcome]:
+def _outcomes_async(dispatch: Dispatch) -> Awaitable[list[Outcome]]:
+    # The runner's coroutine, awaited by the caller: no coroutine of its own
+    # in between (here and in run_concurrently: one frame less per level).
     dispatch.budgeted = _deadline.current() is not None
     if dispatch.ordered:
-        return await run_in_order(dispatch)
-    return await run_concurrently(dispatch)
+        return run_in_order(dispatch)
+    return run_concurrently(dispatch)
 
 
 def dispatch_sync(dispatch: Dispatch) -> Collected:
@@ -142,6 +144,8 @@ def _dispatch_sync(dispatch: Dispatch) -> Collected:
         ledger.submitted(len(dispatch.listeners))
         if resolved.here and not budgeted:
             outcomes = run_here(dispatch.listeners, dispatch)
+            # run_here stops after the first outcome that must propagate: only the last can.
+            dispatch.stopped = bool(outcomes) and outcomes[-1].propagate
         else:
             outcomes = run_without_loop(dispatch)
         return finish(dispatch, outcomes)
@@ -208,7 +212,7 @@ def _one_at_a_time(dispatch: Dispatch) -> list[Outcome]:
     return outcomes
 
 
-async def run_concurrently(dispatch: Dispatch) -> list[Outcome]:
+def run_concurrently(dispatch: Dispatch) -> Awaitable[list[Outcome]]:
     """
     Run every listener at once; return their outcomes in listener order.
 
@@ -217,15 +221,18 @@ async def run_concurrently(dispatch: Dispatch) -> list[Outcome]:
     concurrently with the others (Django's ``asend`` runs them *before* the
     async ones). With a queue, every other listener goes through it; under
     a deadline, each sync listener runs in a listener thread of its own, so
-    the deadline can abandon it.
+    the deadline can abandon it. (Plain async listeners alone: :func:`run_plain`.)
     """
+    resolved = dispatch.resolved
+    if dispatch.queue is None and not dispatch.budgeted and resolved.own_tasks:
+        return run_plain(dispatch)  # own_tasks: no batch either
+    return _run_concurrently(dispatch)
+
+
+async def _run_concurrently(dispatch: Dispatch) -> list[Outcome]:
     listeners, budgeted, queue = dispatch.listeners, dispatch.budgeted, dispatch.queue
     if queue is None:
         batch = dispatch.resolved.batch[budgeted]
-        if not batch and not budgeted and dispatch.resolved.own_tasks:
-            funcs = [listener.ref() for listener in listeners]
-            if None not in funcs:  # else one was collected: the path below reports it
-                return await run_plain(dispatch, funcs)
         if not batch:  # no batch: the common case, kept lean
             results = await supervise([run_async(listener, dispatch) for listener in listeners])
             return [outcome for outcome in results if outcome is not None]
@@ -261,7 +268,11 @@ async def run_concurrently(dispatch: Dispatch) -> list[Outcome]:
 
 
 class _PlainRun:
-    """The state of one :func:`run_plain`: each call's start and outcome, and its waiter."""
+    """
+    The state of one :func:`run_plain` beyond its outcomes, built when a call
+    needs it (one that suspended or failed, or observers): each call's start,
+    and its waiter.
+    """
 
     __slots__ = (
         "dispatch",
@@ -275,12 +286,14 @@ class _PlainRun:
         "waiter",
     )
 
-    def __init__(self, dispatch: Dispatch, funcs: list[Any]) -> None:
+    def __init__(self, dispatch: Dispatch, outcomes: list[Outcome | None]) -> None:
+        count = len(outcomes)
         self.dispatch = dispatch
-        self.funcs = funcs
-        self.outcomes: list[Outcome | None] = [None] * len(funcs)
-        self.started = [0.0] * len(funcs)
-        self.ended = [False] * len(funcs)
+        self.funcs: list[Any] = [None] * count
+        """The function of each call that suspended (its outcome's receiver)."""
+        self.outcomes = outcomes
+        self.started = [0.0] * count
+        self.ended = [False] * count
         """Whether each call was settled (once: by the task's callback or by ``_end_all``)."""
         self.pending = 0
         self.stop = False
@@ -341,7 +354,7 @@ class _PlainRun:
             waiter.set_result(None)
 
 
-async def run_plain(dispatch: Dispatch, funcs: list[Any]) -> list[Outcome]:
+async def run_plain(dispatch: Dispatch) -> list[Outcome]:
     """
     Run plain async listeners (``Resolved.own_tasks``: nothing to apply but
     their error policy) at once, without a deadline or a queue; return their
@@ -359,47 +372,77 @@ async def run_plain(dispatch: Dispatch, funcs: list[Any]) -> list[Outcome]:
             or the call's cancellation.
     """
     loop = asyncio.get_running_loop()
-    run = _PlainRun(dispatch, funcs)
-    arguments, now, started = dispatch.arguments, _clock.now, run.started
-    outcomes, ended, observed = run.outcomes, run.ended, bool(ledger.observers)
-    ok_one, new_task = ledger.ok_one, asyncio.Task
+    listeners = dispatch.listeners
+    outcomes: list[Outcome | None] = [None] * len(listeners)
+    # Built by the first call that needs more than a value (see _PlainRun):
+    # none, when every listener returned without suspending.
+    run: _PlainRun | None = None
+    apply, arguments, now = dispatch.apply, dispatch.arguments, _clock.now
+    observed, ok_one, new_task = bool(ledger.observers), ledger.ok_one, asyncio.Task
     tasks: list[tuple[int, asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]]] = []
+    # One clock reading per listener: where one call was settled, the next begins.
+    begun = now()
     try:
-        for index, func in enumerate(funcs):
-            begun = started[index] = now()
+        for index, listener in enumerate(listeners):
+            func = listener.ref()
+            if func is None:
+                outcomes[index] = dispatch.call(listener, begun).gone()
+                begun = now()
+                continue
             try:
-                coro = func(**arguments)
+                coro = apply(func, arguments)
             except Exception as exc:  # it failed before it became a coroutine
+                run = run or _PlainRun(dispatch, outcomes)
+                run.started[index] = begun
                 run.failed(index, exc, "error")
+                begun = now()
                 continue
             task = new_task(coro, loop=loop, eager_start=True)
-            if task.done():
-                if observed or task.cancelled() or task.exception() is not None:
-                    run.end(index, task)
-                    continue
-                # Returned without suspending (the common case): settled right here.
-                ended[index] = True
-                ok_one()
-                # ok_outcome(func, value, elapsed), inlined: the hot path.
-                ok = (func, "ok", task.result(), None, now() - begun, None, False)
-                outcomes[index] = new_outcome(Outcome, ok)
-            else:
+            if not task.done():
+                run = run or _PlainRun(dispatch, outcomes)
+                run.started[index], run.funcs[index] = begun, func
                 on_done = functools.partial(run.on_done, index)
                 tasks.append((index, task, on_done))
                 run.pending += 1
                 task.add_done_callback(on_done)
+                begun = now()
+                continue
+            try:
+                value = task.result()
+                settled_here = not observed  # observers are told through end()
+            except BaseException:  # it failed, or cancelled itself: end() settles it
+                settled_here = False
+            if not settled_here:
+                run = run or _PlainRun(dispatch, outcomes)
+                run.started[index], run.funcs[index] = begun, func
+                run.end(index, task)
+                begun = now()
+                continue
+            # Returned without suspending (the common case): settled right here,
+            # once (it never reaches _end_all).
+            ended = now()
+            ok_one()
+            # ok_outcome(func, value, elapsed), inlined: the hot path.
+            ok = (func, "ok", value, None, ended - begun, None, False)
+            outcomes[index] = new_outcome(Outcome, ok)
+            begun = ended
+        if run is None:  # every call ended here, as "ok" or "gone": none propagates
+            dispatch.stopped = False
+            return outcomes  # type: ignore[return-value]  # none is None
         if run.pending and not run.stop:
             run.waiter = loop.create_future()
             await run.waiter
     except BaseException:
         # The call is cancelled (or calling a listener raised KeyboardInterrupt):
         # take every task with it.
-        await _end_all(run, tasks)
+        if run is not None:
+            await _end_all(run, tasks)
         raise
-    await _end_all(run, tasks)
+    if tasks:  # else every call was settled as it ended
+        await _end_all(run, tasks)
     if run.failure is not None:
         raise run.failure
-    return [outcome for outcome in run.outcomes if outcome is not None]
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 async def _end_all(
@@ -462,7 +505,8 @@ Observer: TypeAlias = Callable[[Any, Any, list[Outcome]], None]
 
 def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
     """
-    The dispatch's result: the outcomes, or the first error that must propagate.
+    The dispatch's result: the outcomes, or the first error that must propagate
+    (looked for unless the runner knew there is none: ``Dispatch.stopped``).
 
     Raises:
         Exception: the error of the first listener (in listener order) whose
@@ -470,10 +514,11 @@ def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
     """
     for observer in state.observers:
         observer(dispatch.signal, dispatch.sender, outcomes)
-    for outcome in outcomes:
-        if outcome.propagate:
-            assert outcome.error is not None
-            raise outcome.error
+    if dispatch.stopped is not False:
+        for outcome in outcomes:
+            if outcome.propagate:
+                assert outcome.error is not None
+                raise outcome.error
     if not dispatch.budgeted:
         return Collected(outcomes)
     hit = any(getattr(outcome.error, "deadline", False) for outcome in outcomes)

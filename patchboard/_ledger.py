@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
@@ -93,17 +94,35 @@ _EVENTS: Final[dict[Status, tuple[str, str]]] = {
 
 _QUEUE_STATUSES: Final = frozenset({"expired", "rejected"})
 
+_FOLD_AT: Final = 1024
+"""How many batches the counts hold unfolded before the one adding the next folds them."""
+
 
 class Ledger:
     """The process's outcome counts and settled-call logs (see the module docstring)."""
 
-    __slots__ = ("_added", "_counts", "_lock", "_one", "_reads", "observers", "ok_one")
+    __slots__ = (
+        "_added",
+        "_batches",
+        "_counts",
+        "_lock",
+        "_one",
+        "_reads",
+        "observers",
+        "ok_one",
+    )
 
-    # The counts, atomic: one call at a time through ``itertools.count.__next__``
-    # (one C call: no thread comes between reading and bumping, and no lock is
-    # taken), many at once under ``_lock``, into ``_added``.
+    # The counts, atomic and without a lock on the way in: one call at a time
+    # through ``itertools.count.__next__``, many at once as a (name, n) batch
+    # appended to ``_batches`` (each one C call, which no other thread comes
+    # between; in the free-threaded build a deque guards itself with its own
+    # lock). A read folds the batches into ``_added`` under ``_lock`` (so
+    # does an add that finds 1024 waiting: the deque stays small): a lock
+    # costs more than a dispatch's whole counting (about 0.3 us taken with
+    # ``with``, against 0.04 us for an append).
     _counts: dict[str, itertools.count[int]]
     _one: dict[str, Callable[[], int]]
+    _batches: deque[tuple[str, int]]
     _added: dict[str, int]
     _reads: int
     ok_one: Callable[[], int]
@@ -125,6 +144,7 @@ class Ledger:
         with self._lock:
             self._counts = {name: itertools.count() for name in names}
             self._one = {name: count.__next__ for name, count in self._counts.items()}
+            self._batches = deque()
             self._added = dict.fromkeys(names, 0)
             self._reads = 0
             self.ok_one = self._one["ok"]
@@ -142,18 +162,39 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         """``"submitted"`` and each status: the calls counted so far."""
         with self._lock:
+            added = self._fold()
             # Reading a count takes one number too: subtract the reads made so far.
             reads = self._reads
             self._reads += 1
-            added = self._added
             return {name: next(count) - reads + added[name] for name, count in self._counts.items()}
+
+    def _fold(self) -> dict[str, int]:
+        """Add the batches appended so far into ``_added`` (under ``_lock``); ``_added``."""
+        added, batches = self._added, self._batches
+        while batches:  # a batch appended meanwhile is folded too, or by the next fold
+            name, n = batches.popleft()
+            added[name] += n
+        return added
+
+    def _add(self, name: str, n: int) -> None:
+        batches = self._batches
+        batches.append((name, n))
+        if len(batches) >= _FOLD_AT:
+            self._fold_now()
+
+    def _fold_now(self) -> None:
+        with self._lock:
+            self._fold()
 
     # -- counting ----------------------------------------------------------------------
 
     def submitted(self, n: int = 1) -> None:
         """``n`` listener calls were submitted."""
-        with self._lock:
-            self._added["submitted"] += n
+        # _add, inlined (here and in ended_ok): a frame less on every dispatch.
+        batches = self._batches
+        batches.append(("submitted", n))
+        if len(batches) >= _FOLD_AT:
+            self._fold_now()
 
     def ended(
         self,
@@ -172,8 +213,10 @@ class Ledger:
         ``n`` calls returned, counted at once (the sync hot path); only while
         nobody observes: observed calls end through :meth:`ended`.
         """
-        with self._lock:
-            self._added["ok"] += n
+        batches = self._batches
+        batches.append(("ok", n))
+        if len(batches) >= _FOLD_AT:
+            self._fold_now()
 
     def cancelled(self, listeners: Iterable[Any], signal: Any, sender: Any) -> None:
         """The calls of ``listeners`` (each with a ``label``) were cancelled before they ended."""
@@ -181,9 +224,7 @@ class Ledger:
             for listener in listeners:
                 self.ended("cancelled", listener.label, signal, sender, None)
         else:
-            n = sum(1 for _ in listeners)
-            with self._lock:
-                self._added["cancelled"] += n
+            self._add("cancelled", sum(1 for _ in listeners))
 
     # -- the one door -----------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import keyword
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -150,6 +151,61 @@ class Resolved:
 _NOBODY: Final = Resolved([], 0, [])
 
 
+Apply = Callable[[Callable[..., Any], Any], Any]
+"""``apply(func, arguments)``: calls a listener's function with a dispatch's
+arguments (see :func:`applier`)."""
+
+_APPLIERS: dict[tuple[str, ...], Apply] = {}
+"""The apply function of each set of keyword names seen (see :func:`applier`)."""
+_APPLIERS_KEPT: Final = 256
+
+
+def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, Any]:
+    """
+    How a dispatch calls each listener's function with ``signal=signal,
+    sender=sender, **kwargs``: ``(apply, arguments)``, for ``apply(func, arguments)``.
+
+    ``apply`` is compiled once per set of keyword names and names every
+    keyword in its code (``func(signal=a[0], sender=a[1], instance=a[2])``),
+    with the values in the tuple ``arguments``: a call spelled that way costs
+    about half of one that unpacks a dict (``func(**arguments)`` builds the
+    keyword names again at every call), per listener. Names that cannot be
+    spelled so (not identifiers, or ``signal``/``sender`` again) are
+    unpacked from a dict.
+    """
+    if not kwargs:
+        return _apply_none, (signal, sender)
+    names = tuple(kwargs)
+    apply = _APPLIERS.get(names)
+    if apply is None:
+        spelled = all(name.isidentifier() and not keyword.iskeyword(name) for name in names)
+        if not spelled or "signal" in kwargs or "sender" in kwargs:
+            return _apply_dict, {"signal": signal, "sender": sender, **kwargs}
+        apply = _compile_apply(names)
+        if len(_APPLIERS) >= _APPLIERS_KEPT:
+            _APPLIERS.clear()  # names come from code, so they are few; but stay bounded
+        _APPLIERS[names] = apply
+    return apply, (signal, sender, *kwargs.values())
+
+
+def _apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:
+    return func(signal=a[0], sender=a[1])
+
+
+def _apply_dict(func: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    return func(**arguments)
+
+
+def _compile_apply(names: tuple[str, ...]) -> Apply:
+    # Only identifiers that are not keywords reach the source (see applier).
+    keywords = "".join(f", {name}=a[{i}]" for i, name in enumerate(names, start=2))
+    source = f"def apply(func, a):\n    return func(signal=a[0], sender=a[1]{keywords})\n"
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    apply: Apply = namespace["apply"]
+    return apply
+
+
 class Dispatch:
     """
     One call of a verb (see the module docstring). ``resolved`` are the
@@ -161,6 +217,7 @@ class Dispatch:
     """
 
     __slots__ = (
+        "apply",
         "arguments",
         "budgeted",
         "deadline",
@@ -171,6 +228,7 @@ class Dispatch:
         "resolved",
         "sender",
         "signal",
+        "stopped",
     )
 
     def __init__(
@@ -187,14 +245,21 @@ class Dispatch:
         self.signal = signal
         self.sender = sender
         self.kwargs = kwargs
-        self.arguments = {"signal": signal, "sender": sender, **kwargs}
-        """What each listener is called with: merged once, not per listener."""
+        if kwargs:
+            self.apply, self.arguments = applier(signal, sender, kwargs)
+        else:  # applier's answer, without the call (the hot path's case)
+            self.apply, self.arguments = _apply_none, (signal, sender)
+        """What each listener is called with, ``apply(func, arguments)``: built once, not
+        per listener."""
         self.listeners = listeners
         self.resolved = resolved
         self.deadline = deadline
         self.queue = queue
         self.ordered = ordered
         self.budgeted = False
+        self.stopped: bool | None = None
+        """Whether an outcome must propagate, when the runner knows (None: ``finish``
+        looks at every outcome)."""
 
     def __repr__(self) -> str:
         return f"<Dispatch of {len(self.listeners)} listeners>"
@@ -265,7 +330,7 @@ async def run_async(listener: Listener, dispatch: Dispatch) -> Outcome:
     if func is None:
         return dispatch.call(listener, started).gone()
     try:
-        value = await func(**dispatch.arguments)
+        value = await dispatch.apply(func, dispatch.arguments)
     except BaseException as exc:
         return await dispatch.call(listener, started).failed_async(exc)
     elapsed = now() - started
@@ -303,10 +368,11 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
     small frame per listener, the successes counted once.)
     """
     outcomes: list[Outcome] = []
-    succeeded = 0
+    append = outcomes.append
+    settled = 0  # outcomes settled through their Call: they counted themselves
     observed = bool(ledger.observers)
     copy_context = contextvars.copy_context
-    arguments = dispatch.arguments
+    apply, arguments = dispatch.apply, dispatch.arguments
     now = _clock.now
     started = now()
     try:
@@ -317,22 +383,21 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
                 outcome = dispatch.call(listener, started).gone()
             else:
                 try:
-                    value = copy_context().run(_apply, func, arguments)
+                    value = copy_context().run(apply, func, arguments)
                 except BaseException as exc:
                     outcome = dispatch.call(listener, started).failed_sync(exc)
                 else:
                     ended = now()
                     # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
                     ok = (func, "ok", value, None, ended - started, None, False)
-                    outcomes.append(new_outcome(Outcome, ok))
-                    if observed:
+                    append(new_outcome(Outcome, ok))
+                    if observed:  # else counted at the end, with the others that returned
                         signal, sender = dispatch.signal, dispatch.sender
                         ledger.ended("ok", listener.label, signal, sender, ended - started)
-                    else:
-                        succeeded += 1
                     started = ended
                     continue
-            outcomes.append(outcome)
+            append(outcome)
+            settled += 1
             if outcome.propagate:
                 break
             started = now()
@@ -344,12 +409,6 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
         if len(outcomes) < len(listeners):  # after one that propagates
             dispatch.cancelled(listeners[len(outcomes) :])
     finally:
-        if succeeded:
-            ledger.ended_ok(succeeded)
+        if not observed and (returned := len(outcomes) - settled):
+            ledger.ended_ok(returned)
     return outcomes
-
-
-def _apply(func: Callable[..., Any], arguments: dict[str, Any]) -> Any:
-    # Context.run(func, **arguments) packs the keywords again for func: passing
-    # the dict through this frame costs less (run_here's hot path, measured).
-    return func(**arguments)

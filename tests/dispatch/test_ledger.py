@@ -114,7 +114,10 @@ def test_unobserve_stops_the_calls_and_the_counts_go_on(ended: list[Ended]) -> N
 
 
 def test_counts_from_many_threads_at_once_are_never_lost() -> None:
-    """The counters are atomic: threads bumping them together lose no count."""
+    """
+    The counters are atomic: threads bumping them together lose no count,
+    while another reads them (a read folds the batches the others append).
+    """
     signal = Signal(name="tests.ledger.threads")
 
     def ok(sender: Any, **kwargs: Any) -> None:
@@ -129,14 +132,28 @@ def test_counts_from_many_threads_at_once_are_never_lost() -> None:
         for _ in range(500):
             signal.collect(sender=None)
 
+    done = threading.Event()
+    reads: list[dict[str, int]] = []
+
+    def read() -> None:
+        while not done.is_set():
+            reads.append(patchboard.outcome_counts())
+
     threads = [threading.Thread(target=dispatch) for _ in range(8)]
+    reader = threading.Thread(target=read)
+    reader.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    done.set()
+    reader.join()
     after = patchboard.outcome_counts()
     assert after["submitted"] - before["submitted"] == 4000
     assert after["ok"] - before["ok"] == 4000
+    # Each read saw a call submitted before it ended.
+    assert reads
+    assert all(counts["submitted"] >= counts["ok"] for counts in reads)
 
 
 def _returns(sender: Any, **kwargs: Any) -> str:
@@ -162,3 +179,15 @@ def test_the_fast_outcome_constructions_agree_with_outcome() -> None:
         assert type(outcome) is Outcome
         assert outcome == Outcome(receiver=func, status="ok", value="v", elapsed=outcome.elapsed)
         assert outcome.elapsed >= 0.0
+
+
+def test_the_batches_counted_at_once_are_folded_without_a_read() -> None:
+    """A process that never reads its counts does not keep every dispatch's batch."""
+    signal = Signal(name="tests.ledger.fold")
+    signal.connect(_returns, weak=False)
+    before = patchboard.outcome_counts()
+    for _ in range(1500):  # two batches each (submitted, ok): past the fold at 1024
+        signal.collect(sender=None)
+    assert len(ledger._batches) < 1024
+    after = patchboard.outcome_counts()
+    assert (after["submitted"] - before["submitted"], after["ok"] - before["ok"]) == (1500, 1500)

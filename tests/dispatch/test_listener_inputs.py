@@ -180,6 +180,41 @@ async def test_through_the_queue_a_stopped_dispatch_still_raises_its_error() -> 
     assert queue_stats().cancelled == 1
 
 
+# Keyword names a listener must get as sent: none, names the fast path cannot
+# spell in a call (a Python keyword, not an identifier), names of its own
+# parameters, and the same names in another order.
+NAMED: dict[str, list[dict[str, Any]]] = {
+    "none": [{}],
+    "unspellable": [{"class": "a", "two words": "b", "order": 1}],
+    "own_names": [{"a": 1, "func": 2, "apply": 3}],
+    "reordered": [{"x": 1, "y": 2}, {"y": 3, "x": 4}],
+}
+
+
+@pytest.mark.parametrize("named", list(NAMED))
+@pytest.mark.parametrize("verb", ["collect", "send_sync", "collect_async", "send_async"])
+def test_plain_listeners_get_the_keyword_arguments_as_sent(verb: str, named: str) -> None:
+    signal = Signal(name="tests.inputs.named")
+    got: list[tuple[str, dict[str, Any]]] = []
+
+    def sync_listener(signal: Any, sender: Any, **kwargs: Any) -> None:
+        got.append(("sync", kwargs))
+
+    async def async_listener(signal: Any, sender: Any, **kwargs: Any) -> None:
+        got.append(("async", kwargs))
+
+    signal.connect(sync_listener, weak=False)
+    signal.connect(async_listener, weak=False)
+    for kwargs in NAMED[named]:
+        got.clear()
+        run = getattr(signal, verb)
+        if verb.endswith("async"):
+            asyncio.run(run(sender=Shop, **kwargs))
+        else:
+            run(sender=Shop, **kwargs)
+        assert sorted(got, key=lambda each: each[0]) == [("async", kwargs), ("sync", kwargs)]
+
+
 # -- the sync twins ----------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ import patchboard._clock
 import patchboard._listeners
 from patchboard import CircuitBreaker, CircuitOpen, Listener, ListenerOptions, Signal, receiver
 from patchboard._call import Call, gone_receiver
-from patchboard._dispatch import run_without_loop
+from patchboard._dispatch import run_plain, run_without_loop
 from patchboard._ledger import outcome_counts
 from patchboard._queue import queue_stats
 from patchboard._run import Dispatch, run_async, run_here
@@ -393,6 +393,10 @@ GONE_PATHS: dict[str, tuple[Callable[[Listener, Signal, VirtualClock], Any], flo
         lambda lsn, sig, _: async_to_sync(run_async)(lsn, Dispatch(sig, Shop, {}, [lsn])),
         0.0,
     ),
+    "own_tasks": (
+        lambda lsn, sig, _: async_to_sync(run_plain)(Dispatch(sig, Shop, {}, [lsn]))[0],
+        0.0,
+    ),
     "call_async": (gone_call("run_async"), 2.0),
     "call_sync": (gone_call("run_sync"), 2.0),
     "thread": (gone_call("start_in_thread"), 2.0),
@@ -408,7 +412,7 @@ GONE_PATHS: dict[str, tuple[Callable[[Listener, Signal, VirtualClock], Any], flo
 def test_a_listener_collected_mid_dispatch_ends_as_an_error_naming_it(
     clock: VirtualClock, logs: Any, path: str
 ) -> None:
-    kind = "async" if path in ("fast_path", "call_async") else "sync"
+    kind = "async" if path in ("fast_path", "own_tasks", "call_async") else "sync"
     options = {"timeout": 5} if path in ("thread", "without_loop") else {}
     signal = Signal(name="tests.outcomes.gone")
     run, elapsed = GONE_PATHS[path]
