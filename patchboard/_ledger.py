@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
 from patchboard._config import get_settings
-from patchboard._log import log_limited, logger, sender_label, signal_label
+from patchboard._log import dotted, log_limited, logger, sender_label, signal_label
 from patchboard._outcomes import STATUSES, Status
 from patchboard._state import state
 
@@ -231,12 +231,18 @@ class Ledger:
     def book(self, ended: Ended) -> None:
         """
         One call ended: count it, tell the observers, and log it if it ended
-        without a value of its own (see :func:`_log`).
+        without a value of its own (see :func:`_log`). An observer that raises
+        is logged (``ledger_observer_failed``) and the others still hear of
+        the call: a metrics exporter's bug must not fail the listener call.
         """
         status = ended.status
         self._one[status]()
         for observer in self.observers:
-            observer(ended)
+            try:
+                observer(ended)
+            except Exception:
+                name = dotted(observer)
+                log_limited("error", "ledger_observer_failed", name, observer=name, exc_info=True)
         if status in _EVENTS:
             _log(ended)
 

@@ -191,3 +191,26 @@ def test_the_batches_counted_at_once_are_folded_without_a_read() -> None:
     assert len(ledger._batches) < 1024
     after = patchboard.outcome_counts()
     assert (after["submitted"] - before["submitted"], after["ok"] - before["ok"]) == (1500, 1500)
+
+
+@pytest.mark.parametrize("verb", ["collect", "collect_async"])
+def test_an_observer_that_raises_is_logged_and_fails_no_call(
+    ended: list[Ended], logs: Any, verb: str
+) -> None:
+    """Regression: an observer's exception went up through the listener call."""
+
+    def broken(event: Ended) -> None:
+        raise RuntimeError("exporter down")
+
+    ledger.observe(broken)
+    try:
+        signal = _signal(f"tests.ledger.broken.{verb}")
+        run = getattr(signal, verb)
+        collected = run(sender="shop") if "async" not in verb else asyncio.run(run(sender="shop"))
+    finally:
+        ledger.unobserve(broken)
+
+    assert [o.status for o in collected] == ["ok", "ok", "error"]
+    assert len(ended) == 3, "every other observer still hears of every call"
+    failed = [e for e in logs.entries if e["event"] == "ledger_observer_failed"]
+    assert failed and failed[0]["observer"].endswith("broken")
