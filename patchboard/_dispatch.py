@@ -629,8 +629,8 @@ async def supervise(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
         task.cancel()
     await wait_through_cancellation(leftover)
     for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
     return [None if task.cancelled() else task.result() for task in tasks]
 
 

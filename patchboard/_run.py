@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
 
     from patchboard._listeners import Listener
+    from patchboard._queue import ShortTermQueue
 
 
 class Place(enum.Enum):
@@ -239,7 +240,7 @@ class Dispatch:
         listeners: Sequence[Listener],
         resolved: Resolved = _NOBODY,
         deadline: float | None = None,
-        queue: Any = None,
+        queue: ShortTermQueue | None = None,
         ordered: bool = False,
     ) -> None:
         self.signal = signal
@@ -307,7 +308,7 @@ class InOwnContext[T]:
                 else:
                     step = run(coro.send, sent)
         except StopIteration as returned:
-            return returned.value  # type: ignore[no-any-return]
+            return returned.value  # type: ignore[no-any-return]  # StopIteration.value is Any
 
 
 # -- running one call ------------------------------------------------------------------

@@ -99,7 +99,8 @@ class Signal(DjangoSignal):
         if ordered:
             # On the instance, so that unordered signals keep Django's own
             # methods: no extra stack frame (a receiver's warnings.warn
-            # stacklevel stays right) and no cost.
+            # stacklevel stays right) and no cost. (mypy forbids assigning
+            # to a method: that is the point here.)
             self.send = self._send_in_order  # type: ignore[method-assign]
             self.send_robust = self._send_robust_in_order  # type: ignore[method-assign]
             self.asend = self._asend_in_order  # type: ignore[method-assign]

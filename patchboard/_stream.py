@@ -200,8 +200,9 @@ class Stream:
 def _call(listener: Listener, dispatch: Dispatch) -> Coroutine[Any, Any, Outcome]:
     # Every call is a task of the stream's (none runs in a batch): through the
     # queue where its place says so, else on its own.
-    if placement(listener, False, dispatch.queue is not None) is QUEUE:
-        return dispatch.queue._run(dispatch.call(listener))  # type: ignore[no-any-return]
+    queue = dispatch.queue
+    if queue is not None and placement(listener, False, True) is QUEUE:
+        return queue._run(dispatch.call(listener))
     return run_async(listener, dispatch)
 
 

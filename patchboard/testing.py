@@ -244,7 +244,7 @@ class VirtualClock:
         installed = _Installed(loop, selector)
         if loop is not None:
             real_select = selector.select
-            loop.time = self  # type: ignore[method-assign]
+            loop.time = self  # type: ignore[method-assign]  # the point: the loop reads this clock
             selector.select = functools.partial(self._select, real_select)
         self._loop = loop
         self._thread = threading.get_ident()
