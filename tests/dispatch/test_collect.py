@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import anyio
 import pytest
@@ -423,3 +424,22 @@ async def test_an_async_error_reaches_the_caller_while_the_sync_batch_is_in_its_
     after = patchboard.outcome_counts()
     assert after["ok"] - before["ok"] == 1  # the batch's call counted itself
     assert after["error"] - before["error"] == 1
+
+
+async def test_an_async_listener_that_raises_before_its_first_step_fails_alone() -> None:
+    """Calling it raised (a keyword it requires is missing): its outcome is the
+    error, and the listeners after it still run, each timed from its own start."""
+    signal = Signal(name="tests.collect.raises_at_call")
+
+    async def needs_order(sender: Any, *, order: int, **kwargs: Any) -> int:
+        return order
+
+    async def answers(sender: Any, **kwargs: Any) -> str:
+        return "ok"
+
+    signal.connect(needs_order, weak=False, on_error="log")
+    signal.connect(answers, weak=False)
+    failed, ok = await signal.collect_async(sender=None)
+
+    assert failed.status == "error" and isinstance(failed.error, TypeError)
+    assert (ok.status, ok.value) == ("ok", "ok") and ok.elapsed >= 0

@@ -355,3 +355,45 @@ async def test_a_cancelled_collect_counts_every_call_once() -> None:
         await task
     counts = outcome_counts()
     assert counts["submitted"] == 3 == counts["cancelled"] == _ended(counts)
+
+
+def test_under_a_deadline_a_plain_sync_listener_runs_in_a_listener_thread() -> None:
+    """Without one it runs in the caller's thread; a deadline takes it to a thread
+    the deadline can abandon."""
+    signal = Signal(name="tests.deadlines.placed")
+    where: list[str] = []
+
+    def listener(sender: Any, **kwargs: Any) -> None:
+        where.append(threading.current_thread().name)
+
+    signal.connect(listener, weak=False)
+    signal.collect(sender=None)
+    signal.collect(sender=None, deadline=30)
+
+    assert where[0] == threading.current_thread().name
+    assert where[1].startswith("patchboard-")
+
+
+def test_a_sync_call_with_nothing_left_of_its_deadline_never_starts() -> None:
+    """On an ordered signal, the first listener uses the whole budget (on a
+    virtual clock, to the tick): the next never starts, and ends "expired"
+    having waited nothing (a call is expired, not timed out, at exactly zero)."""
+    signal = Signal(name="tests.deadlines.nothing_left", ordered=True)
+    calls: list[str] = []
+    with VirtualClock(autojump=False) as clock:
+
+        def spends_it_all(sender: Any, **kwargs: Any) -> None:
+            calls.append("first")
+            clock.advance(1)
+
+        def too_late(sender: Any, **kwargs: Any) -> None:
+            calls.append("second")
+
+        signal.connect(spends_it_all, weak=False, priority=2)
+        signal.connect(too_late, weak=False, priority=1, on_error="log")
+        first, second = signal.collect(sender=None, deadline=1)
+
+    assert calls == ["first"]
+    assert first.status == "ok"
+    assert second.status == "expired" and isinstance(second.error, Expired)
+    assert second.error.waited == 0.0

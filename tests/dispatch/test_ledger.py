@@ -214,3 +214,31 @@ def test_an_observer_that_raises_is_logged_and_fails_no_call(
     assert len(ended) == 3, "every other observer still hears of every call"
     failed = [e for e in logs.entries if e["event"] == "ledger_observer_failed"]
     assert failed and failed[0]["observer"].endswith("broken")
+
+
+async def test_a_call_cancelled_before_it_started_is_observed_under_its_listener(
+    ended: list[Ended],
+) -> None:
+    """An ordered dispatch cancelled in its first call: the calls after it never
+    started, and each is observed as "cancelled" under its own listener."""
+    signal = Signal(name="tests.ledger.never_started", ordered=True)
+    started = asyncio.Event()
+
+    async def first(sender: Any, **kwargs: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def second(sender: Any, **kwargs: Any) -> None:
+        raise AssertionError("never runs")
+
+    signal.connect(first, weak=False, priority=2)
+    signal.connect(second, weak=False, priority=1)
+    task = asyncio.create_task(signal.collect_async(sender="shop"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    by_listener = {e.listener.rsplit(".", 1)[-1]: e.status for e in ended}
+    assert by_listener == {"first": "cancelled", "second": "cancelled"}
+    assert all(e.signal is signal and e.sender == "shop" for e in ended)

@@ -264,3 +264,17 @@ def test_the_sync_twins_without_a_loop_keep_their_deadline(verb: str) -> None:
 
     assert [o.status for o in collected] == ["timeout"]
     assert collected.deadline_hit
+
+
+@pytest.mark.parametrize("verb", ["collect", "collect_async"])
+def test_without_arguments_a_listener_gets_the_signal_and_the_sender(verb: str) -> None:
+    """The path of a dispatch with no keyword arguments (no names to spell)."""
+    signal = Signal(name=f"tests.verbs.bare.{verb}")
+    received: list[tuple[Any, Any, dict[str, Any]]] = []
+    _recording(signal, received)
+
+    collect = getattr(signal, verb)
+    values = (async_to_sync(collect) if verb.endswith("async") else collect)(sender=Shop).values()
+
+    assert sorted(values) == ["async", "sync"]
+    assert received == [(signal, Shop, {}), (signal, Shop, {})]
