@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+import django
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
@@ -281,6 +282,11 @@ _AS_DJANGO = pytest.mark.parametrize(
     "make", [lambda: Signal(ordered=True), DjangoSignal], ids=["ordered", "django"]
 )
 
+# Django 5.2's asend() starts its async receivers alongside the sync ones (in
+# their thread), so its own calls interleave; Django 6 runs the sync ones first.
+# An ordered signal runs them one at a time, by priority, on both.
+_ASEND_INTERLEAVES = django.VERSION < (6,)
+
 
 @_AS_DJANGO
 def test_djangos_send_on_an_ordered_signal_lets_an_error_through_as_django_does(make) -> None:
@@ -301,7 +307,10 @@ async def test_djangos_asend_on_an_ordered_signal_lets_an_error_through_as_djang
 
     with pytest.raises(ValueError, match="stock"):
         await signal.asend(sender=None)
-    assert calls == ["fails"]
+    if _ASEND_INTERLEAVES and not isinstance(signal, Signal):
+        assert "fails" in calls  # the async receiver may have run meanwhile
+    else:
+        assert calls == ["fails"]
 
 
 @_AS_DJANGO
@@ -332,7 +341,10 @@ async def test_djangos_asend_robust_on_an_ordered_signal_returns_and_logs_errors
     with caplog.at_level(logging.ERROR, logger="django.dispatch"):
         responses = await signal.asend_robust(sender=None)
 
-    assert calls == ["fails", "answers"]
+    if _ASEND_INTERLEAVES and not isinstance(signal, Signal):
+        assert sorted(calls) == ["answers", "fails"]  # in either order
+    else:
+        assert calls == ["fails", "answers"]
     assert responses[0][0] is fails and responses[1][0] is answers
     error, answer = (response for _, response in responses)
     assert isinstance(error, ValueError) and answer == "answer"
