@@ -335,18 +335,17 @@ def _keep(owner: object, key: tuple[int, Hashable], listener: Listener) -> None:
     entry[1][key] = listener
 
 
-def forget(signal: DjangoSignal, key: Hashable) -> None:
+def forget(signal: DjangoSignal, func: Callable[..., Any] | None, key: Hashable) -> None:
     """
-    Drop the keep-alive of the listener disconnected from ``signal`` under
-    lookup ``key``, whichever function it wraps: Django disconnects by the
-    key, and a ``dispatch_uid`` two functions share names the first one's
-    entry even when ``disconnect()`` is given the second. Every owner is
-    looked at (a disconnect is rare; Django's own is linear too).
+    Drop the keep-alive of a listener disconnected from ``signal``: ``func``
+    is the function it wraps (None when disconnected by ``dispatch_uid``
+    alone), ``key`` its lookup key.
     """
     kept = state.keepalive
-    filed = (id(signal), key)
-    for owner_id, entry in list(kept.items()):
-        if entry[1].pop(filed, None) is not None and not entry[1]:
+    owner_ids = list(kept) if func is None else [id(_owner(func))]
+    for owner_id in owner_ids:
+        entry = kept.get(owner_id)
+        if entry is not None and entry[1].pop((id(signal), key), None) is not None and not entry[1]:
             entry[0].detach()
             kept.pop(owner_id, None)
 

@@ -175,7 +175,7 @@ class Signal(DjangoSignal):
         if disconnected:
             key = lookup_key(receiver, sender, dispatch_uid)
             self._priorities.pop(key, None)
-            forget(self, key)
+            forget(self, receiver, key)
         return disconnected
 
     def listeners(self, sender: Any = None) -> list[Listener]:
