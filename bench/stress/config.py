@@ -37,9 +37,8 @@ class Config:
     disconnects: int = 20
     """Requests whose client goes away mid-request."""
     disconnect_after: tuple[float, float] = (0.1, 0.6)
-    """When they go away: spread evenly over this range, so that some are cut inside the
-    view however long a busy process takes to reach it (the slow carrier holds a view
-    for 0.8 s)."""
+    """When they go away: spread evenly over this range, while the slow carrier holds each
+    view for 0.8 s (the load pauses meanwhile: under it most calls are shed at once)."""
     warm_up: float = 0.15
     redis_down: tuple[float, float] = (0.15, 0.25)
     carriers_down: tuple[float, float] = (0.34, 0.40)

@@ -189,7 +189,21 @@ class StressRun:
         await asyncio.sleep(max(0.0, moment - self.elapsed()))
 
     async def disconnect(self, stack: Stack) -> None:
-        """Requests whose client goes away mid-request (a read timeout closes the connection)."""
+        """
+        Requests whose client goes away mid-request (a read timeout closes the
+        connection). The load pauses until the shop is quiet, so that each of
+        them is cut while its slow carrier's call runs: under the load most
+        requests have every call shed at once and answer before any cut.
+        """
+        flowing = self.observed.load.flowing
+        flowing.clear()
+        try:
+            await self.quiet(stack, after="the load paused for the disconnects")
+            await self.cut(stack)
+        finally:
+            flowing.set()
+
+    async def cut(self, stack: Stack) -> None:
         count = self.config.disconnects
         first, last = self.config.disconnect_after
 
@@ -297,7 +311,7 @@ class StressRun:
         assert int(response.headers[PID_HEADER]) == page["pid"]
         return Snapshot(page["pid"], page, int(response.headers[QUOTES_HEADER]))
 
-    async def quiet(self, stack: Stack) -> dict[int, Snapshot]:
+    async def quiet(self, stack: Stack, after: str = "the load") -> dict[int, Snapshot]:
         """Each worker's page once nothing runs or waits any more (QUIET_TIMEOUT at most)."""
         deadline = time.monotonic() + QUIET_TIMEOUT
         while True:
@@ -305,7 +319,7 @@ class StressRun:
             if all(busy(page.page) == 0 for page in pages.values()):
                 return pages
             if time.monotonic() > deadline:
-                self.observed.problems.append("the shop never went quiet after the load")
+                self.observed.problems.append(f"the shop never went quiet after {after}")
                 return pages
             await asyncio.sleep(0.2)
 
