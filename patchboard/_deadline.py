@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from patchboard import _clock
 
@@ -47,6 +47,10 @@ _budget: ContextVar[_Budget | None] = ContextVar("patchboard.deadline", default=
 
 _late: ContextVar[bool] = ContextVar("patchboard.late", default=False)
 """Whether the call this context runs started late (see :func:`is_late`)."""
+
+
+in_force: Final = _budget.get
+"""The budget in force here, or None (a C call: the sync hot path asks it)."""
 
 
 def current() -> float | None:

@@ -46,20 +46,12 @@ from patchboard._run import (
     placement,
     run_async,
     run_here,
+    run_plain_here,
 )
 from patchboard._state import state
 
 QueueChoice: TypeAlias = Literal["auto"] | bool
 Responses: TypeAlias = list[tuple[Callable[..., Any], Any]]
-
-
-def check_settings() -> None:
-    """
-    Raises:
-        SettingError: ``PATCHBOARD`` is invalid (the first dispatch stops, naming the key).
-    """
-    if state.settings is None:
-        get_settings()
 
 
 def check_no_loop(method: str) -> None:
@@ -131,27 +123,31 @@ def dispatch_sync(dispatch: Dispatch) -> Collected:
     """
     if not dispatch.listeners:
         return Collected([])
-    if dispatch.deadline is None:  # the inherited deadline, if any: no context to set
-        return _dispatch_sync(dispatch)
-    with _deadline.budget(dispatch.deadline):
-        return _dispatch_sync(dispatch)
-
-
-def _dispatch_sync(dispatch: Dispatch) -> Collected:
-    budgeted = dispatch.budgeted = _deadline.current() is not None
+    if dispatch.deadline is not None:
+        with _deadline.budget(dispatch.deadline):
+            # Entered: what runs from here (an event loop too) inherits it with this context.
+            dispatch.deadline = None
+            return dispatch_sync(dispatch)
+    budgeted = dispatch.budgeted = _deadline.in_force() is not None
     resolved = dispatch.resolved
-    if dispatch.queue is None and resolved.loopless[budgeted]:
+    if dispatch.queue is not None or not resolved.loopless[budgeted]:
+        return async_to_sync(dispatch_async)(dispatch)
+    refs = resolved.plain_refs
+    if refs is not None and not budgeted and not ledger.observers:
+        outcomes = run_plain_here(dispatch, refs)  # it counts its calls
+    else:
         ledger.submitted(len(dispatch.listeners))
-        if resolved.here and not budgeted:
-            outcomes = run_here(dispatch.listeners, dispatch)
-            # run_here stops after the first outcome that must propagate: only the last can.
-            dispatch.stopped = bool(outcomes) and outcomes[-1].propagate
-        else:
-            outcomes = run_without_loop(dispatch)
-        return finish(dispatch, outcomes)
-    # The loop inherits this context, and with it the deadline entered here.
-    dispatch.deadline = None
-    return async_to_sync(dispatch_async)(dispatch)
+        if not resolved.here or budgeted:
+            return finish(dispatch, run_without_loop(dispatch))
+        outcomes = run_here(dispatch.listeners, dispatch)
+    # Both stop after the first outcome that must propagate: only the last can.
+    if outcomes and outcomes[-1].propagate:
+        dispatch.stopped = True
+    elif not state.observers:
+        return Collected(outcomes)  # finish's answer, without the call (the hot path's case)
+    else:
+        dispatch.stopped = False
+    return finish(dispatch, outcomes)
 
 
 def run_without_loop(dispatch: Dispatch) -> list[Outcome]:
@@ -512,8 +508,9 @@ def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
         Exception: the error of the first listener (in listener order) whose
             ``on_error`` is ``"raise"``.
     """
-    for observer in state.observers:
-        observer(dispatch.signal, dispatch.sender, outcomes)
+    if state.observers:
+        for observer in state.observers:
+            observer(dispatch.signal, dispatch.sender, outcomes)
     if dispatch.stopped is not False:
         for outcome in outcomes:
             if outcome.propagate:

@@ -12,7 +12,7 @@ ends on the event loop can never lose each other's count).
 
 Every call that ends reaches the ledger once, as an :class:`Ended` handed
 to :meth:`Ledger.book` (the hot path's calls that returned, in bulk,
-through :meth:`Ledger.ended_ok` and ``ok_one``), whoever ended it (the
+through :meth:`Ledger.returned`, ``ok_batch`` and ``ok_one``), whoever ended it (the
 listener call, the short-term queue, the background path). A call that ended
 without a value of its own (``"error"``, ``"timeout"``, ``"circuit_open"``,
 ``"expired"``, ``"rejected"``) is logged there too, with the same names and
@@ -109,6 +109,7 @@ class Ledger:
         "_one",
         "_reads",
         "observers",
+        "ok_batch",
         "ok_one",
     )
 
@@ -127,6 +128,10 @@ class Ledger:
     _reads: int
     ok_one: Callable[[], int]
     """Count one call that returned, while nobody observes (the async hot path)."""
+    ok_batch: Callable[[tuple[str, int]], None]
+    """``ok_batch(("ok", n))``: count ``n`` calls that returned, at once, while nobody
+    observes (the sync hot path's end: a C call, no frame). Only after the dispatch's
+    :meth:`submitted`, whose check keeps the batches folded."""
     observers: tuple[Observer, ...]
     """Called with an :class:`Ended` for every call that ends (empty: nothing is built)."""
 
@@ -148,6 +153,7 @@ class Ledger:
             self._added = dict.fromkeys(names, 0)
             self._reads = 0
             self.ok_one = self._one["ok"]
+            self.ok_batch = self._batches.append
         self.observers = ()
 
     def observe(self, observer: Observer) -> None:
@@ -190,9 +196,21 @@ class Ledger:
 
     def submitted(self, n: int = 1) -> None:
         """``n`` listener calls were submitted."""
-        # _add, inlined (here and in ended_ok): a frame less on every dispatch.
+        # _add, inlined: a frame less on every dispatch.
         batches = self._batches
         batches.append(("submitted", n))
+        if len(batches) >= _FOLD_AT:
+            self._fold_now()
+
+    def returned(self, n: int) -> None:
+        """
+        ``n`` calls were submitted and returned, counted at once (the sync hot
+        path, while nobody observes): together, so that no reader ever sees
+        them ended and not submitted.
+        """
+        batches = self._batches
+        batches.append(("submitted", n))
+        batches.append(("ok", n))
         if len(batches) >= _FOLD_AT:
             self._fold_now()
 
@@ -207,16 +225,6 @@ class Ledger:
     ) -> None:
         """One call ended with ``status``, and nothing to log (see :meth:`book`)."""
         self.book(Ended(status, listener, signal, sender, elapsed, error))
-
-    def ended_ok(self, n: int) -> None:
-        """
-        ``n`` calls returned, counted at once (the sync hot path); only while
-        nobody observes: observed calls end through :meth:`ended`.
-        """
-        batches = self._batches
-        batches.append(("ok", n))
-        if len(batches) >= _FOLD_AT:
-            self._fold_now()
 
     def cancelled(self, listeners: Iterable[Any], signal: Any, sender: Any) -> None:
         """The calls of ``listeners`` (each with a ``label``) were cancelled before they ended."""

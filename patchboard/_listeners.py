@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import functools
 import inspect
+import itertools
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -112,7 +112,8 @@ class Listener:
             ref = weakref.WeakMethod if is_method else weakref.ref
             self.ref = ref(func, None if on_death is None else _calling(on_death))
         else:
-            self.ref = functools.partial(_identity, func)
+            # A C callable that returns ``func``: a weak reference's cost, no Python frame.
+            self.ref = itertools.repeat(func).__next__
         if self.is_async:
             # Makes Django (and asgiref) treat the wrapper as an async receiver.
             inspect.markcoroutinefunction(self)
@@ -203,10 +204,6 @@ def _is_async(func: Callable[..., Any]) -> bool:
         return False
     call = type(func).__call__ if callable(func) else None
     return inspect.iscoroutinefunction(call)
-
-
-def _identity(func: Callable[..., Any]) -> Callable[..., Any]:
-    return func
 
 
 def _calling(hook: Callable[[], None]) -> Callable[[object], None]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import weakref
+from asyncio import _get_running_loop
 from collections.abc import Callable, Hashable
 from typing import Any, Final
 
@@ -32,7 +33,7 @@ from django.dispatch import Signal as DjangoSignal
 
 from patchboard import _dispatch
 from patchboard._config import get_settings, seconds
-from patchboard._dispatch import QueueChoice, Responses, check_no_loop, check_settings, queue_for
+from patchboard._dispatch import QueueChoice, Responses, check_no_loop, queue_for
 from patchboard._django import (
     NONE_ID,
     clear_dead_receivers,
@@ -42,6 +43,7 @@ from patchboard._django import (
     resolve,
     under_djangos_name,
 )
+from patchboard._exceptions import SyncCallInEventLoop
 from patchboard._listeners import Listener, as_listener, connect, forget, make_options
 from patchboard._log import name_signal, signal_label
 from patchboard._outcomes import Collected
@@ -59,16 +61,6 @@ class Unset(enum.Enum):
 UNSET: Final = Unset.UNSET
 """A collect's ``deadline`` not given: ``PATCHBOARD["DEFAULT_DEADLINE"]`` applies
 (None already means "no deadline")."""
-
-
-def _seconds(deadline: float | None) -> float | None:
-    return None if deadline is None else seconds("deadline", deadline)
-
-
-def _collect_deadline(deadline: float | Unset | None) -> float | None:
-    if deadline is UNSET:
-        return get_settings().default_deadline
-    return _seconds(deadline)
 
 
 _RESOLVED_SENDERS = 256
@@ -194,7 +186,8 @@ class Signal(DjangoSignal):
         the signal (Django's weak-reference callbacks, and the ``on_death``
         hook of the wrappers ``connect`` makes), which drops the cache here.
         """
-        if clear_dead_receivers(self):
+        # Django's own flag, read before the call: the hot path pays no frame for it.
+        if self._dead_receivers and clear_dead_receivers(self):  # type: ignore[attr-defined]
             self._resolved.clear()
         receivers = self.receivers
         senderkey = NONE_ID if sender is None else make_id(sender)
@@ -259,7 +252,7 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        return await _dispatch.dispatch_async(self._build(sender, named, queue, _seconds(deadline)))
+        return await _dispatch.dispatch_async(self._build(sender, named, queue, deadline))
 
     async def collect_async(
         self,
@@ -295,8 +288,7 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        dispatch = self._build(sender, named, queue, _collect_deadline(deadline))
-        return await _dispatch.dispatch_async(dispatch)
+        return await _dispatch.dispatch_async(self._build(sender, named, queue, deadline))
 
     def stream_async(
         self,
@@ -322,7 +314,7 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        dispatch = self._build(sender, named, queue, _collect_deadline(deadline), stream=True)
+        dispatch = self._build(sender, named, queue, deadline, stream=True)
         return Stream._of(dispatch)
 
     def send_sync(
@@ -349,9 +341,9 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`send_async`.
         """
-        until = _seconds(deadline)  # a bad deadline is named first, as for send_async
+        dispatch = self._build(sender, named, queue, deadline)  # a bad deadline is named first
         check_no_loop("send_sync")
-        return _dispatch.dispatch_sync(self._build(sender, named, queue, until))
+        return _dispatch.dispatch_sync(dispatch)
 
     def collect(
         self,
@@ -368,36 +360,47 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`collect_async`.
         """
-        until = _collect_deadline(deadline)
-        check_no_loop("collect")
-        return _dispatch.dispatch_sync(self._build(sender, named, queue, until))
+        dispatch = self._build(sender, named, queue, deadline)  # a bad deadline is named first
+        if _get_running_loop() is not None:  # check_no_loop, inlined: the hot path
+            raise SyncCallInEventLoop("collect")
+        return _dispatch.dispatch_sync(dispatch)
 
     def _build(
         self,
         sender: Any,
         named: dict[str, Any],
         queue: QueueChoice,
-        deadline: float | None,
+        deadline: float | Unset | None,
         *,
         stream: bool = False,
     ) -> Dispatch:
         """
-        The dispatch of one verb call: its live listeners and the queue they
-        use (chosen only when there are listeners, or a stream).
+        The dispatch of one verb call: its deadline in seconds (``UNSET``:
+        ``PATCHBOARD["DEFAULT_DEADLINE"]``), its live listeners and the queue
+        they use (chosen only when there are listeners, or a stream).
 
         Raises:
+            TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
             SettingError: ``PATCHBOARD`` is invalid.
             ImproperlyConfigured, ValueError: a bad ``queue`` (see ``queue_for``).
         """
-        if state.settings is None:
-            check_settings()
+        settings = state.settings
+        if deadline is UNSET:
+            settings = settings or get_settings()
+            until = settings.default_deadline
+        else:
+            until = None if deadline is None else seconds("deadline", deadline)
+            settings = settings or get_settings()
         resolved = self._live(sender)
         listeners = resolved.listeners
-        short_term = None
-        if listeners or stream:
-            short_term = queue_for(queue, len(listeners), ordered=self.ordered)
         ordered = self.ordered
-        return Dispatch(self, sender, named, listeners, resolved, deadline, short_term, ordered)
+        if queue == "auto" and (ordered or len(listeners) <= settings.collect_queue_threshold):
+            short_term = None  # queue_for's answer, without the call (the hot path's case)
+        elif listeners or stream:
+            short_term = queue_for(queue, len(listeners), ordered=ordered)
+        else:
+            short_term = None
+        return Dispatch(self, sender, named, listeners, resolved, until, short_term, ordered)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------
 

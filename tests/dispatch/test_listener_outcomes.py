@@ -453,6 +453,58 @@ def test_keyboard_interrupt_escapes_after_the_successes_before_it_are_counted(
     assert sum(counts.values()) == 6
 
 
+@pytest.mark.parametrize("failure", ["log", "raise", "interrupt", "gone"])
+def test_a_plain_sync_collect_settles_its_failing_listener_and_goes_on_as_its_policy_says(
+    clock: VirtualClock, failure: str
+) -> None:
+    # Plain sync listeners are called straight from collect()'s thread (the hot path);
+    # the one that fails or is gone is settled through its Call, the rest as it says.
+    signal = Signal(name="tests.outcomes.plain")
+    doomed: list[Callable[..., Any]] = []
+
+    def first(signal: Any, sender: Any, **kwargs: Any) -> int:
+        clock.advance(1)
+        doomed.clear()  # "gone": the second listener's function dies before its call
+        gc.collect()
+        return 1
+
+    error = KeyboardInterrupt() if failure == "interrupt" else ValueError("down")
+    second = taking(clock, 2, "sync", error)
+    third = taking(clock, 4, "sync", 3)
+    signal.connect(first, weak=False)
+    if failure == "gone":
+        doomed.append(second)
+        signal.connect(second)  # weakly: only ``doomed`` keeps it
+        del second
+    else:
+        signal.connect(second, weak=False, on_error="raise" if failure == "raise" else "log")
+    signal.connect(third, weak=False)
+
+    if failure in ("raise", "interrupt"):
+        with pytest.raises(type(error)):
+            signal.collect(sender=Shop)
+        counts = outcome_counts()
+        ended = "error" if failure == "raise" else "cancelled"
+        assert (counts["submitted"], counts["ok"], counts[ended], counts["cancelled"]) == (
+            3,
+            1,
+            1 if failure == "raise" else 2,
+            1 if failure == "raise" else 2,
+        )
+        assert sum(counts.values()) == 6
+        return
+    outcomes = list(signal.collect(sender=Shop))
+
+    assert [o.status for o in outcomes] == ["ok", "error", "ok"]
+    assert [o.value for o in outcomes] == [1, None, 3]
+    # Each outcome times its own listener (a gone one took no time).
+    assert [o.elapsed for o in outcomes] == [1.0, 0.0 if failure == "gone" else 2.0, 4.0]
+    assert isinstance(outcomes[1].error, ReferenceError if failure == "gone" else ValueError)
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["ok"], counts["error"]) == (3, 2, 1)
+    assert sum(counts.values()) == 6
+
+
 def test_a_sync_listeners_own_cancelled_error_without_a_loop_is_its_error() -> None:
     signal = Signal(name="tests.outcomes.cancelled")
     error = asyncio.CancelledError()
