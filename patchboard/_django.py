@@ -54,6 +54,14 @@ def resolve(ref: Any) -> Any:
     return ref() if isinstance(ref, weakref.ReferenceType) else ref
 
 
+def filed_under(signal: DjangoSignal, key: Hashable) -> Any:
+    """The live receiver ``signal`` has filed under lookup ``key``, or None."""
+    for entry in list(signal.receivers):
+        if entry[0] == key:
+            return resolve(entry[1])
+    return None
+
+
 def holds(signal: DjangoSignal, receiver: object, sender_key: Hashable | None) -> bool:
     """
     Whether ``signal`` has ``receiver`` connected, for ``sender_key`` (a

@@ -40,7 +40,7 @@ from patchboard._config import (
     Settings,
     get_settings,
 )
-from patchboard._django import dead_receiver_flag, lookup_key, make_id
+from patchboard._django import dead_receiver_flag, filed_under, lookup_key, make_id
 from patchboard._features import features
 from patchboard._ledger import ledger
 from patchboard._log import dotted
@@ -302,9 +302,13 @@ def connect(
     if isinstance(options.breaker, str):
         state.named_breakers.add(listener)
     uid = dispatch_uid if dispatch_uid else make_id(func)
-    if weak:
-        _keep(_owner(func), (id(signal), lookup_key(func, sender, uid)), listener)
     signal.connect(listener, sender=sender, weak=weak, dispatch_uid=uid)
+    key = lookup_key(func, sender, uid)
+    if weak and filed_under(signal, key) is listener:
+        # Kept only once Django holds it: connecting a key twice is a no-op in
+        # Django, and the wrapper it ignored must not replace the one it holds.
+        # (``listener`` keeps it alive until then.)
+        _keep(_owner(func), (id(signal), key), listener)
     if options.mode == "background":
         # The worker runs only listeners recorded here, in its own process.
         features.background.connected(listener, signal, sender)
@@ -332,17 +336,21 @@ def _keep(owner: object, key: tuple[int, Hashable], listener: Listener) -> None:
     entry[1][key] = listener
 
 
-def forget(signal: DjangoSignal, func: Callable[..., Any] | None, key: Hashable) -> None:
+def forget(signal: DjangoSignal, listener: Listener, key: Hashable) -> None:
     """
-    Drop the keep-alive of a listener disconnected from ``signal``: ``func``
-    is the function it wraps (None when disconnected by ``dispatch_uid``
-    alone), ``key`` its lookup key.
+    Drop the keep-alive of ``listener``, which ``signal`` has just
+    disconnected; ``key`` is the lookup key it was filed under (its own
+    function's, or a ``dispatch_uid`` another function was disconnected by).
     """
+    func = listener.receiver
+    if func is None:
+        return  # its function died: the finalizer dropped the entry
     kept = state.keepalive
-    owner_ids = list(kept) if func is None else [id(_owner(func))]
-    for owner_id in owner_ids:
-        entry = kept.get(owner_id)
-        if entry is not None and entry[1].pop((id(signal), key), None) is not None and not entry[1]:
+    owner_id = id(_owner(func))
+    entry = kept.get(owner_id)
+    if entry is not None and entry[1].get((id(signal), key)) is listener:
+        del entry[1][(id(signal), key)]
+        if not entry[1]:
             entry[0].detach()
             kept.pop(owner_id, None)
 

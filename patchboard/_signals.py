@@ -38,6 +38,7 @@ from patchboard._django import (
     NONE_ID,
     clear_dead_receivers,
     entries,
+    filed_under,
     lookup_key,
     make_id,
     resolve,
@@ -162,12 +163,15 @@ class Signal(DjangoSignal):
         dispatch_uid: Hashable | None = None,
     ) -> bool:
         """Disconnect as Django does; a function connected with options is found by itself."""
+        key = lookup_key(receiver, sender, dispatch_uid)
+        # What Django is about to drop: by dispatch_uid, it may be another function's wrapper.
+        dropped = filed_under(self, key) if state.keepalive else None
         disconnected = super().disconnect(receiver, sender=sender, dispatch_uid=dispatch_uid)
         self._version += 1
         if disconnected:
-            key = lookup_key(receiver, sender, dispatch_uid)
             self._priorities.pop(key, None)
-            forget(self, receiver, key)
+            if type(dropped) is Listener:
+                forget(self, dropped, key)
         return disconnected
 
     def listeners(self, sender: Any = None) -> list[Listener]:

@@ -329,16 +329,6 @@ def test_a_plain_listeners_death_is_quiet(monkeypatch: pytest.MonkeyPatch) -> No
     assert unraisable == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "patchboard._listeners.forget looks for the keep-alive only under the owner of the "
-        "function given to disconnect(); Django disconnects by dispatch_uid, which may be "
-        "another function's entry, whose wrapper then stays alive until its function dies. "
-        "Scanning every owner fixed it here but failed the stress run (an id-keyed entry of "
-        "another owner can match): left open"
-    ),
-)
 def test_disconnecting_by_a_shared_dispatch_uid_frees_the_wrapper_django_dropped() -> None:
     signal = Signal(name="tests.connect.shared_uid")
 
@@ -360,3 +350,30 @@ def test_disconnecting_by_a_shared_dispatch_uid_frees_the_wrapper_django_dropped
     assert signal.listeners(None) == []
     gc.collect()
     assert dropped() is None, "the disconnected wrapper is still kept alive"
+
+
+def test_connecting_a_function_twice_with_options_keeps_it_connected() -> None:
+    # Django ignores the second connect (same lookup key); the wrapper it ignored used to
+    # replace the one it holds in the keep-alive, so once nothing else held that one (the
+    # signal's cache dropped when another listener died), the function was gone.
+    signal = Signal(name="tests.connect.twice")
+
+    def quote(sender, **kwargs):
+        return "quote"
+
+    signal.connect(quote, timeout=1)
+    assert signal.collect(sender=None).values() == ["quote"]  # the cache holds the wrapper
+    signal.connect(quote, timeout=2)  # a no-op, as in Django: the first options stay
+
+    def passing(sender, **kwargs):
+        return "passing"
+
+    signal.connect(passing)
+    assert signal.collect(sender=None).values() == ["quote", "passing"]
+    del passing
+    gc.collect()  # a listener dies: the signal drops its cache
+
+    [listener] = signal.listeners(None)
+    assert (listener.receiver, listener.options.timeout) == (quote, 1)
+    gc.collect()
+    assert signal.collect(sender=None).values() == ["quote"]
