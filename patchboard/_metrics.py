@@ -170,6 +170,9 @@ class Metrics:
     def close(self) -> None:
         """Stop feeding the metrics and unregister them (``state.reset()`` calls it)."""
         self._stop.set()
+        sampler = self._sampler
+        if sampler is not None and sampler is not threading.current_thread():
+            sampler.join(timeout=5)  # it wakes at once; a reading under way ends first
         ledger.unobserve(self.ended)
         if self.dispatched in state.observers:
             state.observers.remove(self.dispatched)

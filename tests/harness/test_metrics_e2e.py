@@ -9,6 +9,7 @@ counters it returns add up every worker's calls, and equal what was sent
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from examples.stack import Stack
 CARRIERS = ["ups", "fedex", "dhl", "usps", "dpd", "gls"]  # shop.settings.CARRIERS
 LISTENERS = {f"shop.receivers.quote_{name}" for name in CARRIERS}
 CALLS = "patchboard_listener_calls_total"
+MIN_WORKERS, MAX_WORKERS = 6, 12  # shop.settings.PATCHBOARD["SHORT_TERM_QUEUE"]
 BATCH = 8
 """Requests sent at once: two workers accept from one socket, so both get some."""
 
@@ -68,6 +70,37 @@ async def send_quotes(shop_url: str, directory: Path) -> int:
     return sent
 
 
+def gauge_per_process(directory: Path, name: str) -> list[float]:
+    """Gauge ``name`` as each process wrote it to its own file, where not 0."""
+    values = []
+    for path in sorted(directory.glob("gauge_livesum_*.db")):
+        for metric in MultiProcessCollector.merge([str(path)]):
+            values += [s.value for s in metric.samples if s.name == name and s.value]
+    return values
+
+
+def scraped_gauge(shop_url: str, name: str) -> float | None:
+    scrape = httpx.get(f"{shop_url}/metrics", timeout=30.0)
+    families = text_string_to_metric_families(scrape.text)
+    return next((s.value for f in families for s in f.samples if s.name == name), None)
+
+
+def queue_workers(shop_url: str, directory: Path) -> tuple[float | None, list[float]]:
+    """
+    The scraped ``patchboard_queue_workers`` and each worker's own, once both
+    workers wrote theirs (their reader threads do every second) and the
+    scrape adds them up, or after 15 s: the last of both.
+    """
+    name = "patchboard_queue_workers"
+    deadline = time.monotonic() + 15
+    while True:
+        own = gauge_per_process(directory, name)
+        scraped = scraped_gauge(shop_url, name)
+        if (len(own) == 2 and scraped == sum(own)) or time.monotonic() > deadline:
+            return scraped, own
+        time.sleep(0.2)
+
+
 def test_one_scrape_adds_up_both_workers(tmp_path: Path) -> None:
     directory = tmp_path / "prometheus"
     directory.mkdir()
@@ -76,6 +109,7 @@ def test_one_scrape_adds_up_both_workers(tmp_path: Path) -> None:
         sent = asyncio.run(send_quotes(stack.shop_url, directory))
         per_worker = calls_per_worker(directory)
         scrape = httpx.get(f"{stack.shop_url}/metrics", timeout=30.0)
+        workers, own_workers = queue_workers(stack.shop_url, directory)
 
     assert len(per_worker) == 2, per_worker  # both workers called the carriers
     assert sum(per_worker.values()) == sent * len(CARRIERS)
@@ -105,3 +139,7 @@ def test_one_scrape_adds_up_both_workers(tmp_path: Path) -> None:
     )
     assert waits == [ran]
     assert ran > 0
+    # A gauge of the live processes: each worker's pool, added up.
+    assert len(own_workers) == 2, own_workers
+    assert all(MIN_WORKERS <= each <= MAX_WORKERS for each in own_workers)
+    assert workers == sum(own_workers)

@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -270,3 +271,21 @@ def test_prometheus_client_is_imported_only_when_metrics_are_on(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == printed
+
+
+def test_the_reader_thread_writes_the_gauges_by_itself(registry: CollectorRegistry) -> None:
+    metrics = Metrics(MetricsSettings(enabled=True, interval=0.01), registry)
+    metrics.install()
+    try:
+        assert value(registry, "patchboard_queue_workers") == 0  # no queue built yet
+        signal = Signal(name="tests.metrics.reader")
+        signal.connect(_quote(0), weak=False)
+        asyncio.run(signal.collect_async(sender=None, queue=True))
+        # Polled, no sample() here: only the reader thread can write it.
+        deadline = time.monotonic() + 5
+        while value(registry, "patchboard_queue_workers") != 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert value(registry, "patchboard_queue_workers") == 4
+    finally:
+        metrics.close()
+    assert not any(thread.name == "patchboard-metrics" for thread in threading.enumerate())
