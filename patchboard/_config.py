@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import math
 import sys
 import threading
@@ -98,6 +99,16 @@ def choice(name: str, value: object, choices: tuple[object, ...]) -> None:
 def boolean(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def installed(name: str, value: object, *, module: str) -> None:
+    """A bool that, when True, needs ``module`` installed (an optional extra)."""
+    boolean(name, value)
+    if value and importlib.util.find_spec(module.partition(".")[0]) is None:
+        raise ValueError(
+            f"{name} is True but {module.partition('.')[0]} is not installed "
+            f"(pip install 'django-patchboard[{name.lower()}]')"
+        )
 
 
 def store_url(name: str, value: object) -> None:
@@ -502,6 +513,7 @@ class BackgroundSettings:
 _SETTINGS_FIELDS: FieldChecks = {
     "on_error": functools.partial(choice, "ON_ERROR", choices=("raise", "log")),
     "log_kwargs": functools.partial(boolean, "LOG_KWARGS"),
+    "opentelemetry": functools.partial(installed, "OPENTELEMETRY", module="opentelemetry.trace"),
     "collect_queue_threshold": functools.partial(integer, "COLLECT_QUEUE_THRESHOLD", minimum=0),
     "max_threads": functools.partial(integer, "MAX_THREADS", minimum=1),
     "default_deadline": lambda value: value is None or seconds("DEFAULT_DEADLINE", value),
@@ -518,6 +530,8 @@ class Settings:
     """Error policy of listeners that don't set ``on_error`` themselves."""
     log_kwargs: bool = False
     """Log signal kwargs' values in failure events (they may hold secrets)."""
+    opentelemetry: bool = False
+    """A span per dispatch and per listener call, through ``opentelemetry-api``."""
     collect_queue_threshold: int = 16
     """``collect_async(queue="auto")`` queues above this many live listeners."""
     max_threads: int = 40
@@ -633,4 +647,6 @@ def get_settings() -> Settings:
         if errors:
             raise errors[0]
         settings = state.settings = parsed
+        for hook in state.on_settings:
+            hook(parsed)
     return settings

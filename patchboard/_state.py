@@ -78,6 +78,11 @@ class State:
         self.limiter: Limiter | None = None
         """The rate limiter of per-item log events (see ``_log``)."""
 
+        # -- hooks (kept across resets: plugged in at import) -------------------------
+        self.on_settings: list[Callable[[Settings], None]] = []
+        """Called with the settings each time ``PATCHBOARD`` is parsed (``_config.get_settings``):
+        the tracing seam chooses its instrument there."""
+
         # -- connection state (kept by reset) -----------------------------------------
         self.signal_names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         """The names logs and task payloads use for signals."""
