@@ -21,6 +21,7 @@ from sentry_sdk.transport import Transport
 
 from patchboard import Signal, receiver
 from patchboard.testing import reset
+from tests.tracing.test_opentelemetry import EXPORTER  # installs the OpenTelemetry SDK provider
 
 LABEL = "tests.tracing.test_sentry"
 
@@ -164,3 +165,15 @@ def test_djangos_send_names_the_function_not_the_wrapper(sentry: InMemory) -> No
         django_signal.send(sender=None)
     names = [span["name"] for span in sentry.spans() if span["name"] != "request"]
     assert names == [f"{LABEL}.{order_saved.__qualname__}"]
+
+
+def test_with_opentelemetry_too_each_gets_its_spans(sentry: InMemory, settings: Any) -> None:
+    settings.PATCHBOARD = {"OPENTELEMETRY": True}
+    EXPORTER.clear()
+    signal = signal_of_every_kind()
+    with sentry_sdk.start_span(name="request"):
+        signal.collect(sender=None)
+    check(sentry.spans())
+    otel = {span.name for span in EXPORTER.get_finished_spans()}
+    assert {f"process {name}" for name in NAMES} | {"send orders.paid"} <= otel
+    EXPORTER.clear()
