@@ -208,8 +208,11 @@ class Stream:
                 observer(dispatch.signal, dispatch.sender, self._seen)
             if dispatch.span is not None and self._context is not None and self._current:
                 self._context.run(self._current.__exit__, None, None, None)
-                hit = any(getattr(outcome.error, "deadline", False) for outcome in self._seen)
-                end_span(dispatch.span, Collected(self._seen, deadline_hit=hit), self._failure)
+                seen = self._seen
+                error = self._failure or next((o.error for o in seen if o.propagate), None)
+                hit = any(getattr(outcome.error, "deadline", False) for outcome in seen)
+                collected = None if error is not None else Collected(seen, deadline_hit=hit)
+                end_span(dispatch.span, collected, error)
 
 
 def _call(listener: Listener, dispatch: Dispatch) -> Coroutine[Any, Any, Outcome]:

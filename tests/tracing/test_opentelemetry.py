@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from patchboard import Signal
-from patchboard._config import get_settings
+from patchboard._config import get_settings, installed
 
 EXPORTER = InMemorySpanExporter()
 
@@ -216,6 +216,18 @@ async def test_a_stream_has_its_span_until_it_ends(spans: Any) -> None:
         assert parent_of(found[f"process {LABEL}.{name}"]) == span_id(send)
 
 
+async def test_a_stream_left_by_an_error_ends_its_span_as_one(spans: Any) -> None:
+    signal = Signal(name="streamed_error")
+    signal.connect(failing)
+    with pytest.raises(Boom):
+        async for _ in signal.stream_async(sender=None):
+            pass
+    send = by_name(spans)["send streamed_error"]
+    assert send.status.status_code is StatusCode.ERROR
+    assert send.attributes is not None
+    assert send.attributes["error.type"] == f"{__name__}.Boom"
+
+
 async def test_an_ordered_signal_traces_each_call(spans: Any) -> None:
     signal = Signal(name="ordered", ordered=True)
     signal.connect(failing, priority=1)
@@ -247,6 +259,13 @@ def test_the_setting_must_be_a_bool(settings: Any) -> None:
     settings.PATCHBOARD = {"OPENTELEMETRY": "yes"}
     with pytest.raises(ImproperlyConfigured, match=r'PATCHBOARD\["OPENTELEMETRY"\]: .*bool'):
         get_settings()
+
+
+def test_enabling_it_without_the_package_is_refused_by_name() -> None:
+    installed("OPENTELEMETRY", True, module="opentelemetry.trace")  # installed here: accepted
+    installed("OPENTELEMETRY", False, module="not_installed_anywhere.trace")
+    with pytest.raises(ValueError, match=r"OPENTELEMETRY is True but not_installed_anywhere"):
+        installed("OPENTELEMETRY", True, module="not_installed_anywhere.trace")
 
 
 def test_patchboard_does_not_import_opentelemetry_unless_enabled() -> None:
