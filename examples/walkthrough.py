@@ -112,6 +112,7 @@ class Walkthrough:
         ("first_quote", f"The first quote wins: {FAST} answers at once, the rest are slow"),
         ("order", "An order: ordered side effects, then the receipt in the worker"),
         ("status_page", "The staff status page: what the shop's process counted"),
+        ("metrics", "One Prometheus scrape of /metrics: the same counts, for the fleet"),
     ]
 
     http: httpx.AsyncClient
@@ -125,6 +126,8 @@ class Walkthrough:
         """Every carrier outcome the shop's responses reported."""
         self.cancelled = 0
         """The carrier calls a first-quote request cancelled when it had its answer."""
+        self.staff_password = ""
+        """The staff user's, once the status page step has made it."""
 
     async def run(
         self,
@@ -413,7 +416,7 @@ class Walkthrough:
         anonymous = await self.http.get(f"{self.stack.shop_url}/patchboard/")
         # Every listener call the shop made: the quotes, order_paid's three, the receipt's enqueue.
         expected = self.seen + Counter({"ok": 3, "enqueued": 1, "cancelled": self.cancelled})
-        password = secrets.token_urlsafe(12)
+        password = self.staff_password = secrets.token_urlsafe(12)
         await asyncio.to_thread(self.stack.create_staff_user, "staff", password)
         async with httpx.AsyncClient(base_url=self.stack.shop_url, timeout=30.0) as staff:
             await log_in(staff, "staff", password)
@@ -468,6 +471,39 @@ class Walkthrough:
             "ups forced open from the page: not asked; reset: asked again",
             (forced["status"], reset["status"]) == ("circuit_open", "ok"),
             (forced, reset),
+        )
+
+    async def metrics(self, step: Step) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with httpx.AsyncClient(base_url=self.stack.shop_url, timeout=30.0) as staff:
+            await log_in(staff, "staff", self.staff_password)
+            snapshot = (await staff.get("/patchboard/", params={"format": "json"})).json()
+            scrape = await staff.get("/metrics")
+        calls: Counter[str] = Counter()
+        by_listener: Counter[tuple[str, str]] = Counter()
+        for family in text_string_to_metric_families(scrape.text):
+            if family.name != "patchboard_listener_calls":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    calls[sample.labels["status"]] += int(sample.value)
+                    listener = sample.labels["listener"].rpartition(".")[2]
+                    by_listener[listener, sample.labels["status"]] += int(sample.value)
+        step.columns = ["listener", "patchboard_listener_calls_total by status"]
+        for listener in sorted({listener for listener, _ in by_listener}):
+            counts = [f"{s} {n}" for (who, s), n in sorted(by_listener.items()) if who == listener]
+            step.rows.append([listener, ", ".join(counts)])
+        counted = {k: n for k, n in snapshot["outcomes"].items() if n and k != "submitted"}
+        step.check(
+            "/metrics answers in Prometheus's text format",
+            scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain"),
+            scrape,
+        )
+        step.check(
+            "patchboard_listener_calls_total, by status, equals the status page's counts",
+            {k: n for k, n in calls.items() if n} == counted,
+            f"scraped {dict(calls)}, page {counted}",
         )
 
     # -- talking to the stack -----------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import math
 import sys
 import threading
@@ -510,6 +511,72 @@ class BackgroundSettings:
         _check_fields(self, _BACKGROUND_FIELDS)
 
 
+def _namespace(value: object) -> None:
+    # Prometheus's metric name rule, so a bad namespace fails at check time, not at start-up.
+    if (
+        not isinstance(value, str)
+        or not value
+        or not (value[0].isascii() and (value[0].isalpha() or value[0] == "_"))
+        or not all(c.isascii() and (c.isalnum() or c == "_") for c in value)
+    ):
+        raise ValueError(
+            "NAMESPACE must be a metric name prefix (ASCII letters, digits and _, "
+            f"not starting with a digit), got {value!r}"
+        )
+
+
+def _buckets(value: object) -> None:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError(f"BUCKETS must be a non-empty list of seconds, got {value!r}")
+    for bound in value:
+        seconds("BUCKETS", bound)
+    if any(later <= earlier for earlier, later in itertools.pairwise(value)):
+        raise ValueError(f"BUCKETS must be in increasing order, got {value!r}")
+
+
+def _installed(value: object) -> None:
+    boolean("ENABLED", value)
+    # Found without importing it: ``import patchboard`` never imports the extra.
+    if value and importlib.util.find_spec("prometheus_client") is None:
+        raise ValueError(
+            "metrics need the prometheus-client package: "
+            'pip install "django-patchboard[prometheus]"'
+        )
+
+
+_METRICS_FIELDS: FieldChecks = {
+    "enabled": _installed,
+    "namespace": _namespace,
+    "buckets": _buckets,
+    "interval": functools.partial(seconds, "INTERVAL"),
+}
+
+
+DEFAULT_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Seconds, from a cache hit to a gateway's timeout: the buckets of a web request's parts."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSettings:
+    """
+    ``PATCHBOARD["METRICS"]``: Prometheus metrics. ``True`` turns them on with
+    these defaults; a dict turns them on with its keys (``ENABLED: False``
+    keeps the dict and turns them off).
+    """
+
+    enabled: bool = False
+    namespace: str = "patchboard"
+    """The first part of every metric's name: ``patchboard_listener_calls_total``."""
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    """The histograms' upper bounds, in seconds."""
+    interval: float = 1.0
+    """Seconds between two readings of the queue, thread and breaker gauges."""
+
+    def __post_init__(self) -> None:
+        _check_fields(self, _METRICS_FIELDS)
+        object.__setattr__(self, "buckets", tuple(float(bound) for bound in self.buckets))
+
+
 _SETTINGS_FIELDS: FieldChecks = {
     "on_error": functools.partial(choice, "ON_ERROR", choices=("raise", "log")),
     "log_kwargs": functools.partial(boolean, "LOG_KWARGS"),
@@ -545,6 +612,7 @@ class Settings:
     breakers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Named circuit breakers: name -> keyword arguments of ``CircuitBreaker``."""
     background: BackgroundSettings = field(default_factory=BackgroundSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         _check_fields(self, _SETTINGS_FIELDS)
@@ -554,6 +622,7 @@ _SECTIONS: dict[str, tuple[type[Any], FieldChecks]] = {
     "": (Settings, _SETTINGS_FIELDS),
     "short_term_queue": (QueueSettings, _QUEUE_FIELDS),
     "background": (BackgroundSettings, _BACKGROUND_FIELDS),
+    "metrics": (MetricsSettings, _METRICS_FIELDS),
 }
 
 
@@ -581,6 +650,8 @@ def _build(section: str, raw: object, path: str) -> tuple[Any, list[SettingError
             choices = ", ".join(sorted(n.upper() for n in known))
             errors.append(SettingError(prefix + str(key), f"unknown setting; known: {choices}"))
             continue
+        if name == "metrics":
+            value = _metrics_switch(value)
         if name in _SECTIONS:
             value, nested = _build(name, value, prefix + key)
             errors.extend(nested)
@@ -599,6 +670,15 @@ def _build(section: str, raw: object, path: str) -> tuple[Any, list[SettingError
     except (TypeError, ValueError) as exc:
         errors.append(SettingError(path, str(exc)))
         return cls(), errors
+
+
+def _metrics_switch(value: object) -> object:
+    """``METRICS: True`` / ``False`` as a section; a dict turns metrics on unless it says not."""
+    if isinstance(value, bool):
+        return {"ENABLED": value}
+    if isinstance(value, Mapping):
+        return {"ENABLED": True, **value}
+    return value
 
 
 def _rule_error(

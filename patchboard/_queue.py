@@ -133,7 +133,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, ClassVar, Final, TypeAlias
 
 import anyio
 
@@ -268,6 +268,10 @@ class ShortTermQueue:
     your own only with a loop that follows it, or expect real waits.
     """
 
+    wait_observer: ClassVar[Callable[[float], None] | None] = None
+    """Called, when set, with the seconds each call that got a worker waited in line
+    (0.0: a worker was free), in the caller's thread (the hook of the metrics)."""
+
     def __init__(
         self,
         settings: QueueSettings | None = None,
@@ -360,7 +364,8 @@ class ShortTermQueue:
             item.state = _REFUSED
             with self._lock:
                 self._submitted += 1
-        if item.state == _WAITING:
+        waited = item.state == _WAITING
+        if waited:
             try:
                 await self._wait(item)
             except BaseException:
@@ -368,6 +373,10 @@ class ShortTermQueue:
                 raise
         try:
             if item.state == _GRANTED:
+                # One class attribute read per queued call while nobody observes (metrics).
+                observe = ShortTermQueue.wait_observer
+                if observe is not None:
+                    observe(item.granted_at - item.enqueued if waited else 0.0)
                 # The runner only runs sync listeners (in a thread that keeps the worker).
                 runner = functools.partial(self._in_thread, item, call)
                 outcome = await call.run_async(

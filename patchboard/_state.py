@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from patchboard._ledger import Ledger
     from patchboard._listeners import Listener
     from patchboard._log import Limiter
+    from patchboard._metrics import Metrics
     from patchboard._outcomes import Outcome
     from patchboard._queue import ShortTermQueue
     from patchboard._threads import ListenerThreads
@@ -77,6 +78,8 @@ class State:
         """Called with (signal, sender, outcomes) after every dispatch (``patchboard.testing``)."""
         self.limiter: Limiter | None = None
         """The rate limiter of per-item log events (see ``_log``)."""
+        self.metrics: Metrics | None = None
+        """The Prometheus metrics, while ``PATCHBOARD["METRICS"]`` has them on (``_metrics``)."""
 
         # -- hooks (kept across resets: plugged in at import) -------------------------
         self.on_settings: list[Callable[[Settings], None]] = []
@@ -107,12 +110,14 @@ class State:
         Start the runtime state afresh: forget every circuit breaker (shared
         Redis state is left alone), close the Redis clients, drop the
         short-term queue and the parsed settings, zero the counters, choose
-        the logger again and remove the observers.
+        the logger again, remove the observers and turn the metrics off.
         """
         with self.lock:
             breakers = list(self.breakers.values())
             links = list(self.redis_links.values())
             limiter = self.limiter
+            metrics = self.metrics
+            self.metrics = None
             self.breakers.clear()
             self.declared.clear()
             self.redis_links.clear()
@@ -130,6 +135,8 @@ class State:
             link.close()
         if limiter is not None:
             limiter.close()  # its timer would log a previous test's drops into the next
+        if metrics is not None:
+            metrics.close()  # its hooks are gone with the observers: unregister the rest
 
     def settings_changed(self) -> None:
         """``PATCHBOARD`` changed: drop what was built from it (calls in flight finish)."""

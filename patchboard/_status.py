@@ -8,6 +8,9 @@ Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answer
     A page with the admin's look when ``django.contrib.admin`` is installed and
     mounted (it extends ``admin/base_site.html``), a plain page otherwise;
     ``?format=json`` gives the same snapshot as JSON (see :class:`Snapshot`).
+    The page shows times as an operator reads them ("opened 4 s ago, probe in
+    26 s"), the exact stamps in each ``<time>``'s ``title``; ``?refresh=N``
+    reloads it every N seconds (:data:`REFRESH_MIN` to :data:`REFRESH_MAX`).
 ``POST`` with ``breaker`` (a name) and ``action`` (``open``, ``close`` or ``reset``)
     Forces that circuit open or closed, or resets it, then redirects back to
     the page (post/redirect/get). CSRF-protected like every admin form.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 from datetime import UTC, datetime
 from typing import Final, NamedTuple, TypedDict
@@ -59,6 +63,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
+from patchboard import _clock
 from patchboard._breaker import (
     BreakerStatistics,
     all_breakers,
@@ -70,6 +75,12 @@ from patchboard._queue import QueueStatistics, queue_stats
 from patchboard._threads import ThreadStatistics, thread_stats
 
 TITLE: Final = "patchboard status"
+REFRESH_MIN: Final = 2
+REFRESH_MAX: Final = 3600
+"""The bounds of ``?refresh=N`` (seconds): a page that reloads faster only loads the
+process that serves it, and an hour is as good as off."""
+REFRESH_CHOICES: Final = (5, 30)
+"""The periods the page offers as links."""
 ADMIN_BASE: Final = "admin/base_site.html"
 PLAIN_BASE: Final = "patchboard/base.html"
 
@@ -267,7 +278,31 @@ async def status_page(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(
             f"format must be 'html' or 'json', got {page_format!r}", content_type="text/plain"
         )
-    return await sync_to_async(_render)(request, await snapshot())
+    try:
+        refresh = refresh_period(request.GET.get("refresh"))
+    except ValueError as exc:
+        return HttpResponseBadRequest(str(exc), content_type="text/plain")
+    status = await snapshot()
+    # The breakers' clock (a virtual one in tests), read with the snapshot.
+    now = datetime.fromtimestamp(_clock.wall(), UTC)
+    return await sync_to_async(_render)(request, status, now, refresh)
+
+
+def refresh_period(value: str | None) -> int | None:
+    """
+    ``?refresh=N``: whole seconds within the bounds, or None (absent, empty, ``0``: off).
+
+    Raises:
+        ValueError: anything else, with a message naming the parameter and its bounds.
+    """
+    if value in (None, "", "0"):
+        return None
+    if value.isdigit() and REFRESH_MIN <= int(value) <= REFRESH_MAX:
+        return int(value)
+    raise ValueError(
+        f"refresh must be a whole number of seconds from {REFRESH_MIN} to {REFRESH_MAX} "
+        f"(0 or nothing: off), got {value!r}"
+    )
 
 
 async def _control(request: HttpRequest) -> HttpResponse:
@@ -299,10 +334,75 @@ async def _control(request: HttpRequest) -> HttpResponse:
             f"(pid {os.getpid()}) only."
         )
     messages.success(request, message, fail_silently=True)
-    return HttpResponseRedirect(request.path)
+    # Back to the page as it was asked for: its ?refresh= stays on.
+    return HttpResponseRedirect(request.get_full_path())
 
 
-def _render(request: HttpRequest, status: Snapshot) -> HttpResponse:
+# -- the page's reading of the snapshot: times as an operator wants them ------------------
+
+
+class Moment(NamedTuple):
+    """A time on the page: what it reads ("opened 4 s ago"), its exact ISO stamp."""
+
+    text: str
+    stamp: str
+    title: str
+
+
+def duration(seconds: int) -> str:
+    """Whole seconds in two units at most: ``4 s``, ``2 min 5 s``, ``3 h 20 min``, ``2 d 4 h``."""
+    if seconds < 60:
+        return f"{seconds} s"
+    for unit, size, small, small_size, below in _UNITS:
+        if seconds < below:
+            count, rest = divmod(seconds, size)
+            rest //= small_size
+            return f"{count} {unit} {rest} {small}" if rest else f"{count} {unit}"
+    raise AssertionError("unreachable: the last unit has no bound")
+
+
+_UNITS: Final = (
+    ("min", 60, "s", 1, 3600),
+    ("h", 3600, "min", 60, 86400),
+    ("d", 86400, "h", 3600, math.inf),
+)
+"""(unit, its seconds, the smaller unit shown beside it, its seconds, used below)."""
+
+
+def breaker_moments(breaker: BreakerStatus, now: datetime) -> list[Moment]:
+    """
+    When the circuit opened and when its next probe goes, relative to ``now``:
+    ``opened 4 s ago``, ``probe in 26 s`` (rounded up: never "in 0 s" before it
+    is due), ``probe on the next call`` once due, or ``probing`` while a probe
+    is in flight. A closed circuit has none; a forced-open one has no probe.
+    """
+    moments = []
+    if breaker["opened_at"] is not None:
+        opened = datetime.fromisoformat(breaker["opened_at"])
+        ago = max(0, math.floor((now - opened).total_seconds()))
+        moments.append(
+            Moment(
+                f"opened {duration(ago)} ago",
+                breaker["opened_at"],
+                f"opened at {breaker['opened_at']}",
+            )
+        )
+    if breaker["retry_at"] is not None and breaker["state"] != "closed":
+        retry = datetime.fromisoformat(breaker["retry_at"])
+        left = math.ceil((retry - now).total_seconds())
+        if breaker["probes"]:
+            text = "probing"
+        elif left > 0:
+            text = f"probe in {duration(left)}"
+        else:
+            text = "probe on the next call"
+        moments.append(Moment(text, breaker["retry_at"], f"probe at {breaker['retry_at']}"))
+    return moments
+
+
+def _render(
+    request: HttpRequest, status: Snapshot, now: datetime, refresh: int | None
+) -> HttpResponse:
     """The HTML page, in the admin's frame when the admin is mounted (run in a thread)."""
     context: dict[str, object] = {}
     base = PLAIN_BASE
@@ -312,10 +412,18 @@ def _render(request: HttpRequest, status: Snapshot) -> HttpResponse:
 
         context.update(admin.site.each_context(request))
         base = ADMIN_BASE
+    generated = datetime.fromisoformat(status["generated_at"])
     context.update(
         base_template=base,
         title=TITLE,
         status=status,
+        generated=Moment(
+            f"{generated:%H:%M:%S} UTC", status["generated_at"], status["generated_at"]
+        ),
+        breakers=[(b, breaker_moments(b, now)) for b in status["breakers"]],
+        shared=[b["name"] for b in status["breakers"] if b["shared"]],
+        refresh=refresh,
+        refresh_choices=REFRESH_CHOICES,
         actions=ACTIONS,
     )
     return render(request, "patchboard/status.html", context)

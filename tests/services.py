@@ -72,3 +72,15 @@ def require_redis_server() -> RedisServer:
 def require_postgres() -> dict[str, object]:
     require("PostgreSQL", str(POSTGRES["HOST"]), int(POSTGRES["PORT"]))
     return dict(POSTGRES)
+
+
+def require_module(name: str, install: str) -> None:
+    """Skip (locally) or fail (under CI=true) when the module ``name`` cannot be imported."""
+    from importlib.util import find_spec
+
+    if find_spec(name) is not None:
+        return
+    reason = f"{name} is not installed ({install})"
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+    pytest.skip(reason)

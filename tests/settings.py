@@ -11,6 +11,9 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # The admin's CSS and JavaScript for the status page in a real browser
+    # (tests/project/test_status_page_browser.py): pytest-django's live_server serves them.
+    "django.contrib.staticfiles",
     "patchboard",
     "tests.testapp",
 ]

@@ -20,6 +20,7 @@ from django.test import AsyncClient, Client, modify_settings, override_settings
 from django.urls import include, path
 
 from patchboard import CircuitBreaker, Signal, get_breaker, outcome_counts, queue_stats
+from patchboard._status import duration
 from patchboard.testing import VirtualClock, reset
 from tests.conftest import CLOCK_WALL_START
 
@@ -178,19 +179,18 @@ def test_the_html_page_shows_breakers_queue_and_outcomes(
         "admin/base_site.html",
     ]
     page = response.content.decode()
-    assert row(page, "carrier-ups")[:10] == [
+    assert row(page, "carrier-ups")[:9] == [
         "carrier-ups",
         "open",
+        "opened 0 s ago , probe in 30 s",  # reset_timeout later
         "1",  # failures
-        "2023-11-14T22:13:20+00:00",  # opened_at
-        "2023-11-14T22:13:50+00:00",  # retry_at: reset_timeout later
         "0",  # probes
         "memory (this process only)",
-        "1",  # rejected (per process)
+        "1",  # rejected (this process)
         "0",  # successes
         "1",  # failures_total
     ]
-    assert f"Per process (pid {os.getpid()})" in page
+    assert f"This process (pid {os.getpid()})" in page
     queue = table(page, "queue")
     assert (queue["submitted"], queue["completed"], queue["failed"]) == ("4", "2", "1")
     assert queue["circuit_open"] == "1"
@@ -203,7 +203,7 @@ def test_the_html_page_shows_breakers_queue_and_outcomes(
 def test_declared_breakers_are_listed_before_first_use(staff_client: Client) -> None:
     with override_settings(PATCHBOARD={"BREAKERS": {"carrier-dhl": {"failure_threshold": 2}}}):
         page = staff_client.get(URL).content.decode()
-    assert row(page, "carrier-dhl")[:3] == ["carrier-dhl", "closed", "0"]
+    assert row(page, "carrier-dhl")[:4] == ["carrier-dhl", "closed", "-", "0"]
 
 
 def test_json_has_stable_keys_and_reflects_real_state(
@@ -267,6 +267,106 @@ def test_json_has_stable_keys_and_reflects_real_state(
     assert type(data["queue"]["oldest_wait_s"]) is float
     assert data["outcomes"] == {**outcome_counts()}
     assert (data["outcomes"]["ok"], data["outcomes"]["circuit_open"]) == (2, 1)
+
+
+def test_times_read_as_an_operator_wants_with_the_stamps_in_titles(
+    staff_client: Client, clock: VirtualClock
+) -> None:
+    breaker = CircuitBreaker("carrier-ups", failure_threshold=1, reset_timeout=30)
+    trip(breaker)
+    clock.advance(4)
+
+    page = staff_client.get(URL).content.decode()
+
+    assert row(page, "carrier-ups")[2] == "opened 4 s ago , probe in 26 s"
+    assert (
+        '<time datetime="2023-11-14T22:13:20+00:00" title="opened at 2023-11-14T22:13:20+00:00">'
+        "opened 4 s ago</time>"
+    ) in page
+    assert 'title="probe at 2023-11-14T22:13:50+00:00">probe in 26 s</time>' in page
+    # The JSON keeps the exact stamps.
+    [shown] = staff_client.get(URL, {"format": "json"}).json()["breakers"]
+    assert (shown["opened_at"], shown["retry_at"]) == (
+        "2023-11-14T22:13:20+00:00",
+        "2023-11-14T22:13:50+00:00",
+    )
+
+    clock.advance(0.5)  # 25.5 s left: rounded up, never "in 0 s" before it is due
+    assert row(staff_client.get(URL).content.decode(), "carrier-ups")[2] == (
+        "opened 4 s ago , probe in 26 s"
+    )
+    clock.advance(3600 + 125)
+    assert row(staff_client.get(URL).content.decode(), "carrier-ups")[2] == (
+        "opened 1 h 2 min ago , probe on the next call"
+    )
+    with breaker:  # the next call is the probe
+        assert row(staff_client.get(URL).content.decode(), "carrier-ups")[:3] == [
+            "carrier-ups",
+            "half_open",
+            "opened 1 h 2 min ago , probing",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0 s"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (125, "2 min 5 s"),
+        (3599, "59 min 59 s"),
+        (3600, "1 h"),
+        (12_030, "3 h 20 min"),
+        (86_399, "23 h 59 min"),
+        (2 * 86_400 + 4 * 3600 + 59, "2 d 4 h"),
+        (3 * 86_400, "3 d"),
+    ],
+)
+def test_durations_read_in_two_units_at_most(seconds: int, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_the_page_says_what_is_per_process_and_points_to_the_fleet(staff_client: Client) -> None:
+    CircuitBreaker("carrier-ups")
+
+    page = staff_client.get(URL).content.decode()
+
+    scope = " ".join(re.sub(r"<[^>]+>", " ", page.split('id="patchboard-scope">')[1]).split())
+    assert scope.startswith(f"Served by process {os.getpid()} at ")
+    assert "For the fleet, scrape the Prometheus metrics (see the README, Observability)" in scope
+    assert "No breaker is shared: each keeps its state in memory, in each process." in page
+
+
+def test_refresh_reloads_the_page_within_bounds(staff_client: Client) -> None:
+    assert 'http-equiv="refresh"' not in staff_client.get(URL).content.decode()
+
+    page = staff_client.get(URL, {"refresh": "5"}).content.decode()
+
+    assert '<meta http-equiv="refresh" content="5">' in page
+    assert "<strong>every 5 s</strong>" in page
+    assert '<meta http-equiv="refresh" content="3600">' in (
+        staff_client.get(URL, {"refresh": "3600"}).content.decode()
+    )
+    assert 'http-equiv="refresh"' not in staff_client.get(URL, {"refresh": "0"}).content.decode()
+
+
+@pytest.mark.parametrize("value", ["1", "3601", "5.5", "-5", "soon"])
+def test_a_refresh_out_of_bounds_is_a_clear_400(staff_client: Client, value: str) -> None:
+    response = staff_client.get(URL, {"refresh": value})
+
+    assert response.status_code == 400
+    assert response.content.decode() == (
+        "refresh must be a whole number of seconds from 2 to 3600 (0 or nothing: off), "
+        f"got {value!r}"
+    )
+
+
+def test_a_control_keeps_the_pages_refresh(staff_client: Client, clock: VirtualClock) -> None:
+    CircuitBreaker("carrier-ups")
+
+    response = staff_client.post(f"{URL}?refresh=5", {"breaker": "carrier-ups", "action": "open"})
+
+    assert (response.status_code, response["Location"]) == (302, f"{URL}?refresh=5")
 
 
 @override_settings(PATCHBOARD={"MAX_THREADS": 3})
@@ -447,7 +547,8 @@ def test_a_post_changes_the_shared_state(
     page = staff_client.get(URL).content.decode()
     assert f"Forced circuit &#x27;{breaker_name}&#x27; open." in page
     assert "It keeps its state in memory" not in page
-    assert row(page, breaker_name)[6] == redis_url  # no "(this process only)"
+    assert row(page, breaker_name)[5] == f"Redis, shared {redis_url}"  # not "this process only"
+    assert re.search(rf"Shared through Redis by every process: {breaker_name}\b", page)
 
     reset()  # another process: a fresh instance reads Redis
     assert CircuitBreaker(breaker_name, store=redis_url).get_state_sync() == "open"

@@ -34,7 +34,7 @@ LAYERS: list[list[str]] = [
     ["patchboard._dispatch"],
     ["patchboard._stream"],
     ["patchboard._signals"],
-    ["patchboard._breaker", "patchboard._background", "patchboard._tracing"],
+    ["patchboard._breaker", "patchboard._background", "patchboard._metrics", "patchboard._tracing"],
     [
         "patchboard._checks",
         "patchboard.testing",

@@ -9,6 +9,8 @@ Settings of the example shop. Environment variables (the demo sets them):
 ``SHOP_BREAKER_RESET_TIMEOUT``  seconds a carrier's open circuit waits before a probe
                       (default 3, for the demo; ``make bench`` runs with 30)
 ``SHOP_DEBUG``        ``1`` (default) or ``0``
+``PROMETHEUS_MULTIPROC_DIR``  an empty directory: ``/metrics`` then adds up every
+                      worker's metrics (``uvicorn --workers N``); prometheus_client reads it
 """
 
 import os
@@ -96,6 +98,8 @@ PATCHBOARD = {
     # At most 12 carrier calls at once in this process; a call that waited 1.5 s is
     # not worth starting any more: it expires and the carrier's fallback answers.
     "SHORT_TERM_QUEUE": {"MIN_WORKERS": 6, "MAX_WORKERS": 12, "ITEM_EXPIRY": 1.5},
+    # Prometheus metrics, scraped at /metrics (every worker's, with PROMETHEUS_MULTIPROC_DIR).
+    "METRICS": True,
 }
 
 LOG_FORMAT = os.environ.get("SHOP_LOG_FORMAT", "console")

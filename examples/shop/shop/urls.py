@@ -11,5 +11,6 @@ urlpatterns = [
     path("orders/<int:pk>", views.order_detail),
     path("admin/", admin.site.urls),
     path("patchboard/", include("patchboard.urls")),  # the staff status page
+    path("metrics", views.metrics),  # Prometheus scrapes it
 ]
 urlpatterns += staticfiles_urlpatterns()  # the admin's CSS under uvicorn (DEBUG only)

@@ -1,14 +1,22 @@
 import json
+import os
 from decimal import Decimal, InvalidOperation
 from time import perf_counter
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.http import HttpResponseBadRequest, JsonResponse
+from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import aget_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from shop.models import Order
 from shop.signals import order_completed, order_paid, quote_requested
@@ -98,3 +106,18 @@ def place_order(cart: int, total: Decimal) -> Order:
 async def order_detail(request, pk):
     order = await aget_object_or_404(Order, pk=pk)
     return JsonResponse(order.as_json())
+
+
+@require_GET
+def metrics(request):
+    """
+    Prometheus's scrape: this process's metrics or, under several workers
+    (``PROMETHEUS_MULTIPROC_DIR`` set), every worker's, added up from their files.
+    In production, keep it off the public internet (a separate port or an allow list).
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

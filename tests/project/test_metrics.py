@@ -1,0 +1,291 @@
+"""
+Prometheus metrics (``PATCHBOARD["METRICS"]``): the setting, and each metric's
+name, labels and values, read back through prometheus_client's own registry.
+
+Internals on purpose: ``_metrics.Metrics`` built into a fresh
+``CollectorRegistry`` per test, and the parser ``_config.parse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from patchboard import CircuitBreaker, Signal
+from patchboard._config import DEFAULT_BUCKETS, MetricsSettings, parse
+from patchboard._ledger import ledger
+from patchboard._metrics import Metrics
+from patchboard._queue import ShortTermQueue
+from patchboard._state import state
+from patchboard.testing import reset
+
+
+class Boom(Exception):
+    pass
+
+
+def sync_ok(sender: Any, **kwargs: Any) -> int:
+    return 1
+
+
+async def async_fails(sender: Any, **kwargs: Any) -> None:
+    raise Boom
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> Iterator[Metrics]:
+    metrics = Metrics(MetricsSettings(enabled=True), registry)
+    metrics.install()
+    yield metrics
+    metrics.close()
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+# -- the setting ---------------------------------------------------------------------------
+
+
+def test_metrics_are_off_by_default() -> None:
+    settings, errors = parse({})
+    assert errors == []
+    assert settings.metrics == MetricsSettings(enabled=False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "enabled"),
+    [(True, True), (False, False), ({}, True), ({"ENABLED": False}, False)],
+)
+def test_true_or_a_dict_turns_metrics_on(raw: object, enabled: bool) -> None:
+    settings, errors = parse({"METRICS": raw})
+    assert errors == []
+    assert settings.metrics.enabled is enabled
+    assert settings.metrics.namespace == "patchboard"
+    assert settings.metrics.buckets == DEFAULT_BUCKETS
+
+
+def test_a_dict_sets_namespace_buckets_and_interval() -> None:
+    settings, errors = parse(
+        {"METRICS": {"NAMESPACE": "shop", "BUCKETS": [0.1, 1, 5], "INTERVAL": 0.5}}
+    )
+    assert errors == []
+    assert settings.metrics == MetricsSettings(
+        enabled=True, namespace="shop", buckets=(0.1, 1.0, 5.0), interval=0.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"NAMESPACE": "my-site"}, 'PATCHBOARD["METRICS.NAMESPACE"]: NAMESPACE must be a metric'),
+        ({"NAMESPACE": "9lives"}, 'PATCHBOARD["METRICS.NAMESPACE"]: NAMESPACE must be a metric'),
+        ({"BUCKETS": [1, 0.5]}, 'PATCHBOARD["METRICS.BUCKETS"]: BUCKETS must be in increasing'),
+        ({"BUCKETS": []}, 'PATCHBOARD["METRICS.BUCKETS"]: BUCKETS must be a non-empty list'),
+        (
+            {"BUCKETS": [0.1, float("inf")]},
+            'PATCHBOARD["METRICS.BUCKETS"]: BUCKETS must be a finite',
+        ),
+        ({"INTERVAL": 0}, 'PATCHBOARD["METRICS.INTERVAL"]: INTERVAL must be a finite number'),
+        ({"ENABLED": "yes"}, 'PATCHBOARD["METRICS.ENABLED"]: ENABLED must be a bool'),
+        ({"NAMSPACE": "x"}, 'PATCHBOARD["METRICS.NAMSPACE"]: unknown setting; known: BUCKETS'),
+        ("on", 'PATCHBOARD["METRICS"]: must be a dict'),
+    ],
+)
+def test_a_bad_value_names_its_key(raw: object, message: str) -> None:
+    _, errors = parse({"METRICS": raw})
+    assert len(errors) == 1
+    assert str(errors[0]).startswith(message)
+
+
+# -- the metrics -----------------------------------------------------------------------
+
+
+def test_listener_calls_are_counted_by_signal_listener_and_status(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    signal = Signal(name="tests.metrics.calls")
+    signal.connect(sync_ok, weak=False)
+    signal.connect(async_fails, weak=False, on_error="log")
+    for _ in range(3):
+        signal.collect(sender="shop")
+    asyncio.run(signal.collect_async(sender="shop"))
+
+    ok = {"signal": "tests.metrics.calls", "listener": f"{__name__}.sync_ok"}
+    failed = {"signal": "tests.metrics.calls", "listener": f"{__name__}.async_fails"}
+    assert value(registry, "patchboard_listener_calls_total", **ok, status="ok") == 4
+    assert value(registry, "patchboard_listener_calls_total", **failed, status="error") == 4
+    assert value(registry, "patchboard_listener_calls_total", **ok, status="error") is None
+    assert value(registry, "patchboard_listener_call_duration_seconds_count", **ok) == 4
+    assert value(registry, "patchboard_listener_call_duration_seconds_bucket", **ok, le="+Inf") == 4
+    assert (
+        value(registry, "patchboard_dispatch_duration_seconds_count", signal="tests.metrics.calls")
+        == 4
+    )
+
+
+def test_no_label_holds_a_sender_or_a_kwarg(metrics: Metrics, registry: CollectorRegistry) -> None:
+    signal = Signal(name="tests.metrics.labels")
+    signal.connect(sync_ok, weak=False)
+    signal.collect(sender="sender-secret", card="kwarg-secret")
+    scraped = generate_latest(registry).decode()
+    assert "patchboard_listener_calls_total{" in scraped
+    assert "secret" not in scraped
+
+
+def _quote(index: int) -> Any:
+    async def quote(sender: Any, **kwargs: Any) -> int:
+        return index
+
+    quote.__qualname__ = f"quote{index}"
+    return quote
+
+
+def test_the_queue_wait_is_observed_once_per_queued_call(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    signal = Signal(name="tests.metrics.queue")
+    for index in range(3):
+        signal.connect(_quote(index), weak=False, dispatch_uid=f"quote{index}")
+    asyncio.run(signal.collect_async(sender=None, queue=True))
+
+    assert value(registry, "patchboard_queue_wait_seconds_count") == 3
+    assert value(registry, "patchboard_queue_wait_seconds_bucket", le="0.005") == 3
+    metrics.sample()
+    assert value(registry, "patchboard_queue_workers") == 4  # MIN_WORKERS
+    assert value(registry, "patchboard_queue_running") == 0
+    assert value(registry, "patchboard_queue_waiting") == 0
+
+
+def test_listener_threads_busy_is_read_while_a_thread_runs(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(sender: Any, **kwargs: Any) -> None:
+        started.set()
+        release.wait(5)
+
+    signal = Signal(name="tests.metrics.threads")
+    signal.connect(slow, weak=False, timeout=5)
+    caller = threading.Thread(target=signal.collect, kwargs={"sender": None})
+    caller.start()
+    try:
+        assert started.wait(5)
+        metrics.sample()
+        assert value(registry, "patchboard_listener_threads_busy") == 1
+        assert value(registry, "patchboard_listener_threads_abandoned") == 0
+    finally:
+        release.set()
+        caller.join(5)
+    metrics.sample()
+    assert value(registry, "patchboard_listener_threads_busy") == 0
+
+
+def test_breaker_state_and_transitions(metrics: Metrics, registry: CollectorRegistry) -> None:
+    breaker = CircuitBreaker("metrics-carrier")
+    metrics.sample()
+    assert (
+        value(registry, "patchboard_breaker_state", breaker="metrics-carrier", state="closed") == 1
+    )
+    assert value(registry, "patchboard_breaker_state", breaker="metrics-carrier", state="open") == 0
+
+    breaker.force_open()
+    assert value(registry, "patchboard_breaker_state", breaker="metrics-carrier", state="open") == 1
+    assert (
+        value(registry, "patchboard_breaker_state", breaker="metrics-carrier", state="closed") == 0
+    )
+    breaker.force_closed()
+    transitions = "patchboard_breaker_transitions_total"
+    opened = {"breaker": "metrics-carrier", "from_state": "closed", "to_state": "open"}
+    closed = {"breaker": "metrics-carrier", "from_state": "open", "to_state": "closed"}
+    assert value(registry, transitions, **opened) == 1
+    assert value(registry, transitions, **closed) == 1
+
+
+def test_namespace_and_buckets_come_from_the_setting(registry: CollectorRegistry) -> None:
+    metrics = Metrics(MetricsSettings(enabled=True, namespace="shop", buckets=(0.5, 2.0)), registry)
+    metrics.install()
+    try:
+        signal = Signal(name="tests.metrics.namespace")
+        signal.connect(sync_ok, weak=False)
+        signal.collect(sender=None)
+        labels = {"signal": "tests.metrics.namespace", "listener": f"{__name__}.sync_ok"}
+        assert value(registry, "shop_listener_calls_total", **labels, status="ok") == 1
+        assert (
+            value(registry, "shop_listener_call_duration_seconds_bucket", **labels, le="0.5") == 1
+        )
+        assert value(registry, "patchboard_listener_calls_total", **labels, status="ok") is None
+        scraped = generate_latest(registry).decode()
+        assert 'le="2.0"' in scraped
+        assert 'le="0.005"' not in scraped
+    finally:
+        metrics.close()
+
+
+def test_reset_turns_the_metrics_off_and_unregisters_them(registry: CollectorRegistry) -> None:
+    metrics = Metrics(MetricsSettings(enabled=True), registry)
+    metrics.install()
+    state.metrics = metrics
+    reset()
+    assert state.metrics is None
+    assert ledger.observers == ()
+    assert ShortTermQueue.wait_observer is None
+    assert generate_latest(registry) == b""
+
+
+_IMPORTS = """
+import sys
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["patchboard"], PATCHBOARD={PATCHBOARD})
+django.setup()
+import patchboard
+from patchboard._state import state
+print("prometheus_client" in sys.modules, state.metrics is not None)
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "printed"),
+    [({}, "False False"), ({"METRICS": False}, "False False"), ({"METRICS": True}, "True True")],
+)
+def test_prometheus_client_is_imported_only_when_metrics_are_on(
+    setting: dict[str, Any], printed: str
+) -> None:
+    code = _IMPORTS.replace("{PATCHBOARD}", repr(setting))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == printed
+
+
+def test_the_reader_thread_writes_the_gauges_by_itself(registry: CollectorRegistry) -> None:
+    metrics = Metrics(MetricsSettings(enabled=True, interval=0.01), registry)
+    metrics.install()
+    try:
+        assert value(registry, "patchboard_queue_workers") == 0  # no queue built yet
+        signal = Signal(name="tests.metrics.reader")
+        signal.connect(_quote(0), weak=False)
+        asyncio.run(signal.collect_async(sender=None, queue=True))
+        # Polled, no sample() here: only the reader thread can write it.
+        deadline = time.monotonic() + 5
+        while value(registry, "patchboard_queue_workers") != 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert value(registry, "patchboard_queue_workers") == 4
+    finally:
+        metrics.close()
+    assert not any(thread.name == "patchboard-metrics" for thread in threading.enumerate())
