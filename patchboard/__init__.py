@@ -5,7 +5,8 @@ The public API, re-exported here (with ``patchboard.testing`` for test
 suites); every other module is an implementation detail.
 """
 
-import patchboard._background._feature  # noqa: F401  (plugs background listeners into the listener call)
+import patchboard._background._feature  # plugs background listeners into the listener call
+import patchboard._tracing._plug  # noqa: F401  (plugs tracing into the instrument seam)
 from patchboard._breaker import BreakerStatistics as BreakerStatistics
 from patchboard._breaker import CircuitBreaker as CircuitBreaker
 from patchboard._breaker import circuit_state_changed as circuit_state_changed

@@ -25,6 +25,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import anyio
@@ -33,6 +34,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from patchboard import _breaker, _clock, _deadline
 from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout, Rejected
+from patchboard._instrument import CallStart, Instrument, Span
 from patchboard._ledger import Ended, ledger
 from patchboard._log import sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
@@ -105,17 +107,21 @@ class Call:
     One call of one listener (see the module docstring).
 
     ``started`` is a ``_clock.now()`` reading: outcomes report the time from
-    it to their end as ``elapsed``.
+    it to their end as ``elapsed``. ``instrument`` is its dispatch's (see
+    ``patchboard._instrument``): it opens the call's span as the call starts,
+    and :meth:`ended` ends it.
     """
 
     __slots__ = (
         "by_deadline",
         "ends",
+        "instrument",
         "kwargs",
         "limit",
         "listener",
         "sender",
         "signal",
+        "span",
         "started",
     )
 
@@ -126,6 +132,7 @@ class Call:
         sender: Any,
         kwargs: dict[str, Any],
         started: float | None = None,
+        instrument: Instrument | None = None,
     ) -> None:
         self.listener = listener
         self.signal = signal
@@ -137,6 +144,9 @@ class Call:
         self.limit: float | None = None
         """The time limit ``ends`` was set with (what a ``ListenerTimeout`` reports)."""
         self.by_deadline = False
+        self.instrument = instrument
+        self.span: Span | None = None
+        """The call's span, once it started (traced dispatches only)."""
 
     def __repr__(self) -> str:
         return f"<Call {self.listener.label} of {signal_label(self.signal)}>"
@@ -157,6 +167,14 @@ class Call:
         thread returns). Only ``BaseException``s that are not ``Exception``
         (cancellation, ``KeyboardInterrupt``) escape.
         """
+        if self.instrument is None:
+            return await self._run_async(time_limit, thread_runner)
+        with self._opened():
+            return await self._run_async(time_limit, thread_runner)
+
+    async def _run_async(
+        self, time_limit: float | None, thread_runner: ThreadRunner | None
+    ) -> Outcome:
         func = self.listener.receiver
         if func is None:
             return self.gone()
@@ -277,7 +295,9 @@ class Call:
         self.by_deadline = by_deadline
         job = self.thread_job()
         sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
-        if listener_threads().start(sync_call, job, self._time_left()):
+        with self._opened():  # current as the thread copies this context: it runs under the span
+            started = listener_threads().start(sync_call, job, self._time_left())
+        if started:
             return job
         return self.settle_sync("timeout", self._timed_out())
 
@@ -313,15 +333,29 @@ class Call:
             return self.gone()
         breaker = self.listener.options.breaker
         guard = None if breaker is None else _breaker.resolve(breaker)
-        try:
-            if guard is None:
-                value = func(signal=self.signal, sender=self.sender, **self.kwargs)
-            else:
-                with guard:
+        with self._opened():
+            try:
+                if guard is None:
                     value = func(signal=self.signal, sender=self.sender, **self.kwargs)
-        except BaseException as exc:
-            return self.failed_sync(exc)
-        return self.ok(func, value)
+                else:
+                    with guard:
+                        value = func(signal=self.signal, sender=self.sender, **self.kwargs)
+            except BaseException as exc:
+                return self.failed_sync(exc)
+            return self.ok(func, value)
+
+    def _opened(self) -> AbstractContextManager[object]:
+        """
+        Open the call's span (traced dispatches only), as the call starts: the
+        returned context manager makes it current while the listener runs.
+        """
+        instrument = self.instrument
+        if instrument is None:
+            return nullcontext()
+        waited = _clock.now() - self.started
+        start = CallStart(self.listener.label, self.signal, _deadline.remaining(), waited)
+        span = self.span = instrument.call(start)
+        return span.current()
 
     # -- outcomes --------------------------------------------------------------
 
@@ -348,6 +382,8 @@ class Call:
         counts it and logs what the rest says (see
         :class:`~patchboard._ledger.Ended`).
         """
+        if self.instrument is not None:
+            self._end_span(self.instrument, status, elapsed, error)
         ledger.book(
             Ended(
                 status,
@@ -364,6 +400,21 @@ class Call:
                 gone,
             )
         )
+
+    def _end_span(
+        self,
+        instrument: Instrument,
+        status: Status,
+        elapsed: float | None,
+        error: BaseException | None,
+    ) -> None:
+        span = self.span
+        if span is None:
+            # It never started (expired, rejected, refused by its circuit, enqueued,
+            # cancelled first): a span of its time from its dispatch to its end.
+            ago = elapsed or 0.0
+            span = instrument.call(CallStart(self.listener.label, self.signal, None, ago, ago))
+        span.end(status, error)
 
     def gone(self) -> Outcome:
         """

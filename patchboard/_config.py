@@ -102,6 +102,16 @@ def boolean(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
+def installed(name: str, value: object, *, module: str) -> None:
+    """A bool that, when True, needs ``module`` installed (an optional extra)."""
+    boolean(name, value)
+    if value and importlib.util.find_spec(module.partition(".")[0]) is None:
+        raise ValueError(
+            f"{name} is True but {module.partition('.')[0]} is not installed "
+            f"(pip install 'django-patchboard[{name.lower()}]')"
+        )
+
+
 def store_url(name: str, value: object) -> None:
     """``"memory"`` or a ``redis://``/``rediss://``/``unix://`` URL."""
     if not isinstance(value, str) or not (
@@ -570,6 +580,7 @@ class MetricsSettings:
 _SETTINGS_FIELDS: FieldChecks = {
     "on_error": functools.partial(choice, "ON_ERROR", choices=("raise", "log")),
     "log_kwargs": functools.partial(boolean, "LOG_KWARGS"),
+    "opentelemetry": functools.partial(installed, "OPENTELEMETRY", module="opentelemetry.trace"),
     "collect_queue_threshold": functools.partial(integer, "COLLECT_QUEUE_THRESHOLD", minimum=0),
     "max_threads": functools.partial(integer, "MAX_THREADS", minimum=1),
     "default_deadline": lambda value: value is None or seconds("DEFAULT_DEADLINE", value),
@@ -586,6 +597,8 @@ class Settings:
     """Error policy of listeners that don't set ``on_error`` themselves."""
     log_kwargs: bool = False
     """Log signal kwargs' values in failure events (they may hold secrets)."""
+    opentelemetry: bool = False
+    """A span per dispatch and per listener call, through ``opentelemetry-api``."""
     collect_queue_threshold: int = 16
     """``collect_async(queue="auto")`` queues above this many live listeners."""
     max_threads: int = 40
@@ -714,4 +727,6 @@ def get_settings() -> Settings:
         if errors:
             raise errors[0]
         settings = state.settings = parsed
+        for hook in state.on_settings:
+            hook(parsed)
     return settings

@@ -34,6 +34,7 @@ from patchboard._call import failure_status
 from patchboard._config import get_settings
 from patchboard._django import log_robust_failure
 from patchboard._exceptions import SyncCallInEventLoop
+from patchboard._instrument import Span
 from patchboard._ledger import ledger
 from patchboard._listeners import Listener, errors_raise
 from patchboard._outcomes import Collected, Outcome, Status, new_outcome
@@ -97,6 +98,8 @@ async def dispatch_async(dispatch: Dispatch) -> Collected:
     """
     if not dispatch.listeners:
         return Collected([])
+    if dispatch.traced is not None and dispatch.span is None:
+        return await _traced_async(dispatch)
     ledger.submitted(len(dispatch.listeners))
     if dispatch.deadline is None:  # the inherited deadline, if any: no context to set
         outcomes = await _outcomes_async(dispatch)
@@ -128,12 +131,14 @@ def dispatch_sync(dispatch: Dispatch) -> Collected:
             # Entered: what runs from here (an event loop too) inherits it with this context.
             dispatch.deadline = None
             return dispatch_sync(dispatch)
+    if dispatch.traced is not None and dispatch.span is None:
+        return _traced_sync(dispatch)
     budgeted = dispatch.budgeted = _deadline.in_force() is not None
     resolved = dispatch.resolved
     if dispatch.queue is not None or not resolved.loopless[budgeted]:
         return async_to_sync(dispatch_async)(dispatch)
     refs = resolved.plain_refs
-    if refs is not None and not budgeted and not ledger.observers:
+    if refs is not None and not budgeted and not ledger.observers and dispatch.traced is None:
         outcomes = run_plain_here(dispatch, refs)  # it counts its calls
     else:
         ledger.submitted(len(dispatch.listeners))
@@ -148,6 +153,52 @@ def dispatch_sync(dispatch: Dispatch) -> Collected:
     else:
         dispatch.stopped = False
     return finish(dispatch, outcomes)
+
+
+def open_span(dispatch: Dispatch) -> Span:
+    """Open the span of a traced dispatch (``dispatch.span``), as it starts."""
+    assert dispatch.traced is not None
+    deadline = dispatch.deadline
+    if deadline is None:
+        deadline = _deadline.remaining()
+    span = dispatch.span = dispatch.traced.dispatch(
+        dispatch.signal, deadline, len(dispatch.listeners)
+    )
+    return span
+
+
+def end_span(span: Span, collected: Collected | None, error: BaseException | None) -> None:
+    """End a dispatch's span with its result, or the error that ended it."""
+    if collected is None:
+        span.end("error", error)
+    else:
+        span.end("ok", None, {"patchboard.deadline_hit": collected.deadline_hit})
+
+
+async def _traced_async(dispatch: Dispatch) -> Collected:
+    """:func:`dispatch_async` under the dispatch's span, current while its listeners run."""
+    span = open_span(dispatch)
+    with span.current():
+        try:
+            collected = await dispatch_async(dispatch)
+        except BaseException as exc:
+            end_span(span, None, exc)
+            raise
+    end_span(span, collected, None)
+    return collected
+
+
+def _traced_sync(dispatch: Dispatch) -> Collected:
+    """The sync twin of :func:`_traced_async`."""
+    span = open_span(dispatch)
+    with span.current():
+        try:
+            collected = dispatch_sync(dispatch)
+        except BaseException as exc:
+            end_span(span, None, exc)
+            raise
+    end_span(span, collected, None)
+    return collected
 
 
 def run_without_loop(dispatch: Dispatch) -> list[Outcome]:
@@ -220,7 +271,12 @@ def run_concurrently(dispatch: Dispatch) -> Awaitable[list[Outcome]]:
     the deadline can abandon it. (Plain async listeners alone: :func:`run_plain`.)
     """
     resolved = dispatch.resolved
-    if dispatch.queue is None and not dispatch.budgeted and resolved.own_tasks:
+    if (
+        dispatch.queue is None
+        and not dispatch.budgeted
+        and resolved.own_tasks
+        and dispatch.traced is None
+    ):
         return run_plain(dispatch)  # own_tasks: no batch either
     return _run_concurrently(dispatch)
 

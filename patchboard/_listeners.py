@@ -52,6 +52,25 @@ if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
 
 
+class _ModuleOf(str):
+    """
+    ``Listener.__module__``: this module's name on the class, and the
+    function's module on an instance, so that whoever names a receiver
+    ``__module__ + "." + __qualname__`` (sentry-sdk's signal spans, Django's
+    ``send_robust()`` log) names the user's function, not the wrapper. (A str,
+    so the class keeps a real module name; a non-data descriptor, since a
+    slot cannot be named ``__module__``.)
+    """
+
+    __slots__ = ()
+
+    def __get__(self, instance: object, owner: type | None = None) -> str:
+        if instance is None:
+            return self
+        func = instance.ref() if isinstance(instance, Listener) else None
+        return getattr(func, "__module__", None) or str(self)
+
+
 class Listener:
     """
     A receiver connected with patchboard options.
@@ -64,6 +83,8 @@ class Listener:
     dotted path, ``places`` where its calls run without a deadline and with
     one (``patchboard._run.place``).
     """
+
+    __module__ = _ModuleOf(__name__)
 
     __slots__ = (
         "__weakref__",
@@ -167,6 +188,9 @@ class Listener:
                 if func is not None:
                     return func(signal=signal, sender=sender, **kwargs)
         dispatch = Dispatch(signal, sender, kwargs, (self,))
+        # Django's verbs are traced where Django is (sentry-sdk's signals_spans wraps
+        # this receiver, naming it after the function: see _ModuleOf), not here too.
+        dispatch.traced = None
         dispatch.budgeted = _deadline.current() is not None
         ledger.submitted()
         # In its own copy of the caller's context (see patchboard._run):

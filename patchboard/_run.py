@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 from patchboard import _clock
 from patchboard._call import Call
 from patchboard._features import features
+from patchboard._instrument import Instrument, Span, instruments
 from patchboard._ledger import ledger
 from patchboard._outcomes import Outcome, new_outcome, ok_outcome
 
@@ -222,7 +223,10 @@ class Dispatch:
     short-term queue it uses, or None; ``deadline`` the seconds it was given
     (None: the inherited deadline, if any, applies); ``budgeted`` whether a
     deadline is in force, set when the engine starts running it (a
-    listener's fast path is taken only without one).
+    listener's fast path is taken only without one). ``traced`` is the
+    instrument that opens its spans, read once as it is built
+    (``patchboard._instrument``: None, the common case, and every fast path
+    is open), ``span`` its own span once the engine opened it.
     """
 
     __slots__ = (
@@ -237,7 +241,9 @@ class Dispatch:
         "resolved",
         "sender",
         "signal",
+        "span",
         "stopped",
+        "traced",
     )
 
     apply: Apply
@@ -275,18 +281,25 @@ class Dispatch:
         self.stopped: bool | None = None
         """Whether an outcome must propagate, when the runner knows (None: ``finish``
         looks at every outcome)."""
+        self.traced: Instrument | None = instruments.active
+        self.span: Span | None = None
 
     def __repr__(self) -> str:
         return f"<Dispatch of {len(self.listeners)} listeners>"
 
     def call(self, listener: Listener, started: float | None = None) -> Call:
         """The :class:`~patchboard._call.Call` of ``listener`` in this dispatch."""
-        return Call(listener, self.signal, self.sender, self.kwargs, started)
+        return Call(listener, self.signal, self.sender, self.kwargs, started, self.traced)
 
     def cancelled(self, listeners: Sequence[Listener]) -> None:
         """Count the calls of ``listeners``, which this dispatch never started, as cancelled."""
-        if listeners:
+        if not listeners:
+            return
+        if self.traced is None:
             ledger.cancelled(listeners, self.signal, self.sender)
+        else:  # through each call's door, which gives it a span too
+            for listener in listeners:
+                self.call(listener).ended("cancelled", None)
 
 
 class InOwnContext[T]:
@@ -333,7 +346,7 @@ async def run_async(listener: Listener, dispatch: Dispatch) -> Outcome:
     Call ``listener`` once from async code, in the awaiting task; its outcome
     (see ``Call.run_async``). A background listener enqueues its call.
     """
-    if not listener.direct_async or dispatch.budgeted:
+    if not listener.direct_async or dispatch.budgeted or dispatch.traced is not None:
         call = dispatch.call(listener)
         if listener.options.mode == "background":
             return await features.background.enqueue_async(call)
@@ -361,7 +374,7 @@ def run_sync(listener: Listener, dispatch: Dispatch) -> Outcome:
     Call a listener placed ``CALLER`` or ``BACKGROUND`` once, in the calling
     thread; its outcome (see :func:`run_here`).
     """
-    if listener.direct:
+    if listener.direct and dispatch.traced is None:
         return run_here((listener,), dispatch)[0]
     call = dispatch.call(listener)
     if listener.options.mode == "background":
@@ -432,8 +445,11 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
     at an exception. A plain listener is called right here, the others
     through their ``Call``; each in its own copy of the caller's context.
     (The sync twins' hot path: one clock reading, one context copy and one
-    small frame per listener, the successes counted once.)
+    small frame per listener, the successes counted once.) A traced
+    dispatch takes :func:`_run_calls` instead.
     """
+    if dispatch.traced is not None:
+        return _run_calls(listeners, dispatch)
     outcomes: list[Outcome] = []
     append = outcomes.append
     settled = 0  # outcomes settled through their Call: they counted themselves
@@ -478,4 +494,25 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
     finally:
         if not observed and (returned := len(outcomes) - settled):
             ledger.ok_batch(("ok", returned))
+    return outcomes
+
+
+def _run_calls(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]:
+    """
+    :func:`run_here` for a traced dispatch: every call through its ``Call``
+    (:func:`run_sync`), which opens its span as it starts; the same stops
+    and counts.
+    """
+    outcomes: list[Outcome] = []
+    try:
+        for listener in listeners:
+            outcome = contextvars.copy_context().run(run_sync, listener, dispatch)
+            outcomes.append(outcome)
+            if outcome.propagate:
+                break
+    except BaseException:
+        # The listener running counted its own cancellation; the ones after it never ran.
+        dispatch.cancelled(listeners[len(outcomes) + 1 :])
+        raise
+    dispatch.cancelled(listeners[len(outcomes) :])
     return outcomes

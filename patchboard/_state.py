@@ -81,6 +81,11 @@ class State:
         self.metrics: Metrics | None = None
         """The Prometheus metrics, while ``PATCHBOARD["METRICS"]`` has them on (``_metrics``)."""
 
+        # -- hooks (kept across resets: plugged in at import) -------------------------
+        self.on_settings: list[Callable[[Settings], None]] = []
+        """Called with the settings each time ``PATCHBOARD`` is parsed (``_config.get_settings``):
+        the tracing seam chooses its instrument there."""
+
         # -- connection state (kept by reset) -----------------------------------------
         self.signal_names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         """The names logs and task payloads use for signals."""

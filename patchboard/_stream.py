@@ -27,13 +27,14 @@ import functools
 import weakref
 from collections import deque
 from collections.abc import Coroutine
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from patchboard import _deadline
-from patchboard._dispatch import wait_through_cancellation
+from patchboard._dispatch import end_span, open_span, wait_through_cancellation
 from patchboard._ledger import ledger
-from patchboard._outcomes import Outcome
+from patchboard._outcomes import Collected, Outcome
 from patchboard._run import QUEUE, Dispatch, InOwnContext, placement, run_async
 from patchboard._state import state
 
@@ -55,6 +56,8 @@ class Stream:
     _wakeup: asyncio.Future[None] | None
     _seen: list[Outcome]
     _observed: bool
+    _context: contextvars.Context | None
+    _current: AbstractContextManager[object] | None
 
     def __init__(self) -> None:
         raise TypeError("a Stream is made by Signal.stream_async()")
@@ -71,6 +74,8 @@ class Stream:
         self._wakeup = None
         self._seen = []
         self._observed = False
+        self._context = None
+        self._current = None
         return self
 
     def __repr__(self) -> str:
@@ -152,6 +157,12 @@ class Stream:
         dispatch = self._dispatch
         context.run(_deadline.enter, dispatch.deadline)
         dispatch.budgeted = context.run(_deadline.current) is not None
+        if dispatch.traced is not None:
+            # The stream's span, current in the context its calls' tasks copy; left
+            # (in the same context) when the stream ends, in _observe.
+            self._context = context
+            self._current = context.run(open_span, dispatch).current()
+            context.run(self._current.__enter__)
         ledger.submitted(len(dispatch.listeners))
         me = weakref.ref(self)
         coros: list[Coroutine[Any, Any, Any]]
@@ -195,6 +206,13 @@ class Stream:
             dispatch = self._dispatch
             for observer in state.observers:
                 observer(dispatch.signal, dispatch.sender, self._seen)
+            if dispatch.span is not None and self._context is not None and self._current:
+                self._context.run(self._current.__exit__, None, None, None)
+                seen = self._seen
+                error = self._failure or next((o.error for o in seen if o.propagate), None)
+                hit = any(getattr(outcome.error, "deadline", False) for outcome in seen)
+                collected = None if error is not None else Collected(seen, deadline_hit=hit)
+                end_span(dispatch.span, collected, error)
 
 
 def _call(listener: Listener, dispatch: Dispatch) -> Coroutine[Any, Any, Outcome]:

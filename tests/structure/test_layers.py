@@ -25,7 +25,7 @@ LAYERS: list[list[str]] = [
     ["patchboard._state", "patchboard._django", "patchboard._deadline"],
     ["patchboard._config", "patchboard._log"],
     ["patchboard._ledger"],
-    ["patchboard._features", "patchboard._threads"],
+    ["patchboard._features", "patchboard._threads", "patchboard._instrument"],
     ["patchboard._breaker"],
     ["patchboard._call"],
     ["patchboard._run"],
@@ -34,7 +34,7 @@ LAYERS: list[list[str]] = [
     ["patchboard._dispatch"],
     ["patchboard._stream"],
     ["patchboard._signals"],
-    ["patchboard._breaker", "patchboard._background", "patchboard._metrics"],
+    ["patchboard._breaker", "patchboard._background", "patchboard._metrics", "patchboard._tracing"],
     [
         "patchboard._checks",
         "patchboard.testing",
@@ -214,9 +214,11 @@ def _hands_names_on(statement: ast.stmt, *, top: bool) -> bool:
             alias.asname == alias.name for alias in statement.names
         )
     if isinstance(statement, ast.Import) and top:
-        # The top package imports the background feature for its effect: it
-        # plugs itself into the listener call (see patchboard._features).
-        return [alias.name for alias in statement.names] == ["patchboard._background._feature"]
+        # The top package imports the background feature and tracing for their
+        # effect: they plug themselves into their seams (patchboard._features,
+        # patchboard._instrument).
+        plugs = [["patchboard._background._feature"], ["patchboard._tracing._plug"]]
+        return [alias.name for alias in statement.names] in plugs
     if isinstance(statement, ast.Assign):
         return [getattr(t, "id", None) for t in statement.targets] == ["__all__"]
     return False
