@@ -71,6 +71,7 @@ def hostile_settings(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 @example(("SHORT_TERM_QUEUE.MAX_WORKERS", {"SHORT_TERM_QUEUE": {"MAX_WORKERS": 2}}))
 @example(("SHORT_TERM_QUEUE.MIN_WORKERS", {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 33}}))
 @example(("STORE", {"STORE": "redis://h:99999/0"}))
+@example(("BREAKERS.carrier-x.store", {"BREAKERS": {"carrier-x": {"store": "redis://h:99999/0"}}}))
 def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str, Any]) -> None:
     path, raw = case
     with override_settings(PATCHBOARD=raw):
@@ -88,8 +89,18 @@ def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str,
                 assert [m.id for m in errors] == [E010_ID]
                 assert argument in errors[0].msg
             else:
-                assert errors == []
-                _usable_breaker(get_breaker(name))
+                breaker = get_breaker(name)
+                if errors:
+                    # A store URL of the right scheme that redis-py cannot read: the breaker
+                    # is built, E010 names it at check time, and every guarded call is
+                    # refused by name (as for an unusable STORE, below).
+                    assert [m.id for m in errors] == [E010_ID], errors
+                    assert argument in errors[0].msg and name in errors[0].msg
+                    with pytest.raises(ImproperlyConfigured, match=re.escape(f"{name!r}")):
+                        with breaker:
+                            pass
+                else:
+                    _usable_breaker(breaker)
             return
         if problems:
             assert [m.id for m in errors] == [E001_ID] * len(problems)
