@@ -397,3 +397,27 @@ def test_a_sync_call_with_nothing_left_of_its_deadline_never_starts() -> None:
     assert first.status == "ok"
     assert second.status == "expired" and isinstance(second.error, Expired)
     assert second.error.waited == 0.0
+
+
+async def test_an_async_call_with_nothing_left_of_its_deadline_never_starts() -> None:
+    """The async twin: the ordered signal's first listener uses the whole budget on a
+    virtual clock; the async listener after it never starts and ends "expired"."""
+    signal = Signal(name="tests.deadlines.nothing_left_async", ordered=True)
+    calls: list[str] = []
+    with VirtualClock(autojump=False) as clock:
+
+        async def spends_it_all(sender: Any, **kwargs: Any) -> None:
+            calls.append("first")
+            clock.advance(1)
+
+        async def too_late(sender: Any, **kwargs: Any) -> None:
+            calls.append("second")
+
+        signal.connect(spends_it_all, weak=False, priority=2)
+        signal.connect(too_late, weak=False, priority=1, on_error="log", default="none")
+        first, second = await signal.collect_async(sender=None, deadline=1)
+
+    assert calls == ["first"]
+    assert first.status == "ok"
+    assert (second.status, second.value) == ("expired", "none")
+    assert isinstance(second.error, Expired) and second.error.waited == 0.0

@@ -177,3 +177,18 @@ def test_djangos_responses_can_be_looked_up_by_the_receiver_function(options) ->
     assert dict(asyncio.run(signal.asend(sender=None)))[quote] == 42
     assert called != (lambda sender, **kwargs: 42)
     signal.disconnect(quote)
+
+
+@pytest.mark.parametrize("options", [{}, {"on_error": "log"}])
+def test_djangos_send_hands_the_wrapped_function_its_sender_and_arguments(options) -> None:
+    # Without options the wrapper calls the function as Django would; with them, through
+    # a dispatch of its own: either way the function sees what the sender sent.
+    signal = DjangoSignal()
+    seen = []
+
+    @receiver(signal, weak=False, **options)
+    def quote(signal, sender, **kwargs):
+        seen.append((signal, sender, kwargs))
+
+    signal.send(sender=Order, cart=3)
+    assert seen == [(signal, Order, {"cart": 3})]
