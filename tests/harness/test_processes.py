@@ -13,6 +13,9 @@ CTRL_C_WHILE_FORKING = textwrap.dedent(
     import os, signal, sys
     from examples.processes import start_process
 
+    # As in a terminal: a run started in the background of a non-interactive shell
+    # (`make test &`, nohup) inherits SIGINT ignored, and would never see the Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # A Ctrl-C that lands while Python runs its at-fork callbacks in the parent,
     # as a user's did during make serve's start-up.
     os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
