@@ -21,7 +21,8 @@ from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client, override_settings
 
 from patchboard import CircuitBreaker, Signal
-from patchboard._instrument import instruments
+from patchboard._config import get_settings
+from patchboard._instrument import NO_SPAN, CallStart, Instruments, Span, _Fanout, instruments
 
 LABEL = "tests.project.test_toolbar"
 
@@ -263,3 +264,29 @@ def test_the_toolbar_is_imported_only_from_its_settings() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert found.strip() == "[]"
+
+
+class Recorder:
+    """An instrument that opens no span of its own (the seam's contract only)."""
+
+    def dispatch(self, signal: Any, deadline: float | None, listeners: int) -> Span:
+        return NO_SPAN
+
+    def call(self, start: CallStart) -> Span:
+        return NO_SPAN
+
+
+def test_an_instrument_stays_attached_while_any_request_records() -> None:
+    """Attached by overlapping requests, it is active until the last one detaches it,
+    beside the instrument the settings chose."""
+    seam, chosen, recorder = Instruments(), Recorder(), Recorder()
+    seam.plug(lambda settings: chosen)
+    seam.choose(get_settings())
+    assert seam.active is chosen
+    seam.attach(recorder)
+    seam.attach(recorder)  # a second request, recorded meanwhile
+    assert isinstance(seam.active, _Fanout) and seam.active._instruments == [chosen, recorder]
+    seam.detach(recorder)
+    assert isinstance(seam.active, _Fanout) and seam.active._instruments == [chosen, recorder]
+    seam.detach(recorder)
+    assert seam.active is chosen
