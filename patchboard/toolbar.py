@@ -118,7 +118,7 @@ class _RecordSpan:
         with self._recording.lock:
             record["status"] = status
             record["elapsed"] = self._ago + time.perf_counter() - self._started
-            record["error"] = None if error is None else repr(error)
+            record["error"] = None if error is None else f"{type(error).__name__}: {error}"
             if "calls" in record:
                 record["deadline_hit"] = bool(
                     attributes and attributes.get("patchboard.deadline_hit")
