@@ -353,7 +353,9 @@ class Call:
         if instrument is None:
             return nullcontext()
         waited = _clock.now() - self.started
-        start = CallStart(self.listener.label, self.signal, _deadline.remaining(), waited)
+        start = CallStart(
+            self.listener.label, self.signal, _deadline.remaining(), waited, 0.0, self._breaker()
+        )
         span = self.span = instrument.call(start)
         return span.current()
 
@@ -413,8 +415,16 @@ class Call:
             # It never started (expired, rejected, refused by its circuit, enqueued,
             # cancelled first): a span of its time from its dispatch to its end.
             ago = elapsed or 0.0
-            span = instrument.call(CallStart(self.listener.label, self.signal, None, ago, ago))
+            start = CallStart(self.listener.label, self.signal, None, ago, ago, self._breaker())
+            span = instrument.call(start)
         span.end(status, error)
+
+    def _breaker(self) -> str | None:
+        """The name of the listener's circuit breaker, for its span (None: none)."""
+        breaker = self.listener.options.breaker
+        if breaker is None or isinstance(breaker, str):
+            return breaker
+        return getattr(breaker, "name", None) or type(breaker).__qualname__
 
     def gone(self) -> Outcome:
         """

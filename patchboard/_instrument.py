@@ -20,6 +20,7 @@ each call's span, the way they are skipped while the ledger is observed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
@@ -55,7 +56,8 @@ class CallStart(NamedTuple):
     dispatch has left (None: no deadline), ``waited`` the seconds from its
     dispatch reaching it to its start (its wait in the short-term queue);
     ``ago`` how long ago it started (0: now; a call that never started is
-    opened as it ends, covering its time from its dispatch to its end).
+    opened as it ends, covering its time from its dispatch to its end);
+    ``breaker`` the name of the circuit breaker guarding it (None: none).
     """
 
     listener: str
@@ -63,6 +65,7 @@ class CallStart(NamedTuple):
     deadline: float | None
     waited: float
     ago: float = 0.0
+    breaker: str | None = None
 
 
 class Instrument(Protocol):
@@ -140,12 +143,18 @@ class _Fanout:
 
 
 class Instruments:
-    """The choosers plugged in, and the instrument they chose (see the module docstring)."""
+    """
+    The choosers plugged in, the instruments they chose, and those attached
+    for a while (see the module docstring).
+    """
 
-    __slots__ = ("_choosers", "active")
+    __slots__ = ("_attached", "_choosers", "_chosen", "_lock", "active")
 
     def __init__(self) -> None:
         self._choosers: list[Chooser] = []
+        self._chosen: list[Instrument] = []
+        self._attached: list[Instrument] = []
+        self._lock = threading.Lock()
         self.active: Instrument | None = None
         """What every dispatch built from now on is traced by (None: nothing)."""
 
@@ -156,7 +165,31 @@ class Instruments:
     def choose(self, settings: Settings) -> None:
         """Let each chooser answer ``settings``: the instruments enabled become :attr:`active`."""
         chosen = [found for chooser in self._choosers if (found := chooser(settings)) is not None]
-        self.active = None if not chosen else chosen[0] if len(chosen) == 1 else _Fanout(chosen)
+        with self._lock:
+            self._chosen = chosen
+            self._activate()
+
+    def attach(self, instrument: Instrument) -> None:
+        """
+        Make ``instrument`` active besides the chosen ones, from the next
+        dispatch built, until as many :meth:`detach` as ``attach`` calls: a
+        debugging tool's, while it records (the Debug Toolbar panel, for the
+        requests it records, which may overlap).
+        """
+        with self._lock:
+            self._attached.append(instrument)
+            self._activate()
+
+    def detach(self, instrument: Instrument) -> None:
+        """Undo one :meth:`attach` of ``instrument``."""
+        with self._lock:
+            self._attached.remove(instrument)
+            self._activate()
+
+    def _activate(self) -> None:
+        # Each attached instrument once, however many requests attached it.
+        every = self._chosen + list(dict.fromkeys(self._attached))
+        self.active = None if not every else every[0] if len(every) == 1 else _Fanout(every)
 
 
 instruments: Final = Instruments()

@@ -42,6 +42,7 @@ LAYERS: list[list[str]] = [
         "patchboard.apps",
         "patchboard._status",
         "patchboard.urls",
+        "patchboard.toolbar",
     ],
     ["patchboard"],
 ]
@@ -190,6 +191,7 @@ DJANGO_NAMES = {
     "patchboard.management": "Django finds commands in ``management/commands``",
     "patchboard.management.commands": "Django finds commands in ``management/commands``",
     "patchboard.management.commands.patchboard": "the command's name, ``manage.py patchboard``",
+    "patchboard.toolbar": "``DEBUG_TOOLBAR_PANELS`` names its panel by dotted path",
 }
 """Modules whose names Django dictates: not API, and not importable under another name."""
 
