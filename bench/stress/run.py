@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from bench.stress import load
-from bench.stress.config import DOWN, SLOW, SLOW_MS, Config
+from bench.stress.config import DOWN, REQUEST_BUDGET, SLOW, SLOW_MS, Config
 from bench.stress.services import cpu_seconds, proc_status, workers
 from bench.stress.shop import PID_HEADER, QUOTES_HEADER
 from examples.processes import ROOT, RedisServer, StackError
@@ -147,6 +147,8 @@ class StressRun:
                 load_run.cancel()
             self.phase = "quiescing"
             observed.after = await self.quiet(stack)
+            if not all(busy(page.page) == 0 for page in observed.after.values()):
+                observed.problems.append("the shop never went quiet after the load")
             observed.cpu = {
                 **{f"shop worker {pid}": cpu_seconds(pid) for pid in observed.worker_pids},
                 "this process (load, checks)": time.process_time(),
@@ -170,8 +172,13 @@ class StressRun:
         await self.disconnect(stack)
         await self.until(config.at(config.carriers_down[0]), "Redis back")
         self.mark("carriers_killed")
+        killed = self.elapsed()
         await asyncio.to_thread(stack.kill, "carriers")
-        await self.until(config.at(config.carriers_down[1]), "carriers down")
+        # Down for the whole window even when the disconnects ran late: each carrier's
+        # circuit needs its failures while they are down.
+        down_for = config.at(config.carriers_down[1]) - config.at(config.carriers_down[0])
+        back = max(config.at(config.carriers_down[1]), killed + down_for)
+        await self.until(back, "carriers down")
         # Marked before the restart: on a busy machine a probe can close a circuit as
         # soon as the carriers answer, before the harness has set them up again.
         self.mark("carriers_restarted")
@@ -198,7 +205,9 @@ class StressRun:
         flowing = self.observed.load.flowing
         flowing.clear()
         try:
-            await self.quiet(stack, after="the load paused for the disconnects")
+            # A request ends within its deadline: quiet by then, or cut anyway (the check
+            # then finds fewer calls cancelled, never a false pass).
+            await self.quiet(stack, within=2 * REQUEST_BUDGET)
             await self.cut(stack)
         finally:
             flowing.set()
@@ -311,15 +320,14 @@ class StressRun:
         assert int(response.headers[PID_HEADER]) == page["pid"]
         return Snapshot(page["pid"], page, int(response.headers[QUOTES_HEADER]))
 
-    async def quiet(self, stack: Stack, after: str = "the load") -> dict[int, Snapshot]:
-        """Each worker's page once nothing runs or waits any more (QUIET_TIMEOUT at most)."""
-        deadline = time.monotonic() + QUIET_TIMEOUT
+    async def quiet(self, stack: Stack, within: float = QUIET_TIMEOUT) -> dict[int, Snapshot]:
+        """Each worker's page once nothing runs or waits any more (``within`` s at most)."""
+        deadline = time.monotonic() + within
         while True:
             pages = await self.snapshots(stack)
             if all(busy(page.page) == 0 for page in pages.values()):
                 return pages
             if time.monotonic() > deadline:
-                self.observed.problems.append(f"the shop never went quiet after {after}")
                 return pages
             await asyncio.sleep(0.2)
 
