@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Generator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar, Token
@@ -36,6 +35,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from patchboard import _clock
 from patchboard._breaker import CircuitBreaker, get_breaker
 from patchboard._instrument import NO_SPAN, CallStart, Span, instruments
 from patchboard._log import signal_label
@@ -91,7 +91,7 @@ class _RecordSpan:
     def __init__(self, recording: _Recording, record: dict[str, Any], ago: float = 0.0) -> None:
         self._recording = recording
         self._record = record
-        self._started = time.perf_counter()
+        self._started = _clock.now()
         self._ago = ago
 
     def current(self) -> AbstractContextManager[object]:
@@ -117,7 +117,7 @@ class _RecordSpan:
         state = None if breaker is None else _breaker_state(breaker)
         with self._recording.lock:
             record["status"] = status
-            record["elapsed"] = self._ago + time.perf_counter() - self._started
+            record["elapsed"] = self._ago + _clock.now() - self._started
             record["error"] = None if error is None else f"{type(error).__name__}: {error}"
             if "calls" in record:
                 record["deadline_hit"] = bool(
