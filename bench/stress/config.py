@@ -37,13 +37,11 @@ class Config:
     disconnects: int = 20
     """Requests whose client goes away mid-request."""
     disconnect_after: tuple[float, float] = (0.1, 0.6)
-    """When they go away: spread evenly over this range, while the slow carrier holds each
-    view for 0.8 s (the load pauses meanwhile: under it most calls are shed at once)."""
+    """When they go away: spread evenly over this range, after the load, while the slow
+    carrier holds each view for 0.8 s (under the load most calls are shed at once)."""
     warm_up: float = 0.15
     redis_down: tuple[float, float] = (0.15, 0.25)
     carriers_down: tuple[float, float] = (0.34, 0.40)
-    disconnect_at: float = 0.28
-    """Between the faults, while the slow carrier's calls run (its circuit is closed)."""
     steady_from: float = 0.5
     """From here to the end no fault happens: the probes are counted and RSS must stay flat."""
 
@@ -60,6 +58,5 @@ CI = Config(
     # Seconds matter more than fractions here: each carrier's circuit needs three failures
     # while the carriers are down, and fewer calls run in a short, shed run.
     redis_down=(0.12, 0.22),
-    disconnect_at=0.25,
     carriers_down=(0.30, 0.46),
 )

@@ -11,7 +11,6 @@ it, and the view's own time.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import time
@@ -52,8 +51,6 @@ class Responses:
     started: float = 0.0
     result: generator.LoadResult | None = None
     """bench/load.py's own record of the run, once it is over."""
-    flowing: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set while the load sends; cleared, each connection waits before its next request."""
 
     def percentile(self, q: float) -> float:
         """The ``q``-th percentile (0-100) of the answered requests' latency, in seconds."""
@@ -79,10 +76,7 @@ class Responses:
     def sender(self, url: str, carts: int) -> generator.Request:
         """bench/load.py's request function: a random cart's quotes, recorded here."""
 
-        self.flowing.set()
-
         async def send(client: httpx.AsyncClient, n: int) -> httpx.Response:
-            await self.flowing.wait()
             before = time.monotonic()
             try:
                 response = await client.get(url, params={"cart": random.randrange(carts)})
