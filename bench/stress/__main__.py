@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         observed = StressRun(config, progress=Progress()).run()
     except StackError as exc:
-        print(f"\n{RED}the stack did not start{RESET}: {exc}", file=sys.stderr)
+        print(f"\n{RED}the stack failed{RESET}: {exc}", file=sys.stderr)
         return 1
     checks = judge(observed)
     if args.dump:

@@ -299,7 +299,28 @@ class StressRun:
             # A worker whose loop is busier than the other's loses every race
             # to accept: give it a moment between rounds (it once lost 240).
             await asyncio.sleep(0.1)
-        raise StackError(f"status pages of {sorted(wanted - found.keys())} never answered")
+        missing = sorted(wanted - found.keys())
+        raise StackError(
+            f"status pages of {missing} never answered within {within:g} s: "
+            + "; ".join(self.whereabouts(stack, pid) for pid in missing)
+        )
+
+    def whereabouts(self, stack: Stack, pid: int) -> str:
+        """
+        What became of a worker process: still running (its CPU time), or gone,
+        with what uvicorn logged about it. uvicorn's supervisor kills and
+        replaces a worker that misses its health check (a ping answered by a
+        thread of the worker) for ``--timeout-worker-healthcheck`` seconds.
+        """
+        if proc_status(pid):
+            return f"worker {pid} still runs ({cpu_seconds(pid):.1f} s of CPU so far)"
+        log = stack.service("shop").log
+        told = [
+            line.strip()
+            for line in (log.read_text(errors="replace").splitlines() if log else [])
+            if f"[{pid}]" in line
+        ]
+        return f"worker {pid} is gone; uvicorn said: {' / '.join(told) or 'nothing'}"
 
     async def snapshot(self, stack: Stack) -> Snapshot:
         async with httpx.AsyncClient(
