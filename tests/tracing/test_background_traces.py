@@ -321,7 +321,7 @@ def rq_backend(settings: Any, private_redis: RedisServer) -> Iterator[str]:
     yield private_redis.url
 
 
-@pytest.mark.stress
+@pytest.mark.redis  # a private redis-server, about a second: not a stress test
 def test_sentry_rqs_transaction_is_renamed_after_the_listener(
     rq_backend: str, connected: None
 ) -> None:
