@@ -169,7 +169,7 @@ class Call:
         """
         if self.instrument is None:
             return await self._run_async(time_limit, thread_runner)
-        with self._opened():
+        with self.opened():
             return await self._run_async(time_limit, thread_runner)
 
     async def _run_async(
@@ -295,7 +295,7 @@ class Call:
         self.by_deadline = by_deadline
         job = self.thread_job()
         sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
-        with self._opened():  # current as the thread copies this context: it runs under the span
+        with self.opened():  # current as the thread copies this context: it runs under the span
             started = listener_threads().start(sync_call, job, self._time_left())
         if started:
             return job
@@ -333,7 +333,7 @@ class Call:
             return self.gone()
         breaker = self.listener.options.breaker
         guard = None if breaker is None else _breaker.resolve(breaker)
-        with self._opened():
+        with self.opened():
             try:
                 if guard is None:
                     value = func(signal=self.signal, sender=self.sender, **self.kwargs)
@@ -344,10 +344,11 @@ class Call:
                 return self.failed_sync(exc)
             return self.ok(func, value)
 
-    def _opened(self) -> AbstractContextManager[object]:
+    def opened(self) -> AbstractContextManager[object]:
         """
         Open the call's span (traced dispatches only), as the call starts: the
-        returned context manager makes it current while the listener runs.
+        returned context manager makes it current while the listener runs (a
+        background listener's: while its task is enqueued).
         """
         instrument = self.instrument
         if instrument is None:

@@ -16,6 +16,13 @@ and nothing per listener. With one active, the engine's fast paths
 ``_dispatch.run_plain``, ``_run.run_async``'s direct call) are skipped in
 favour of the general path through ``patchboard._call.Call``, which opens
 each call's span, the way they are skipped while the ledger is observed.
+
+A background call crosses to a worker: as it is enqueued, with its span
+current, :meth:`Instrument.inject` writes the trace context into the
+task's payload (a carrier of header names and values, as an HTTP request
+carries it); in the worker, :meth:`Instrument.resume` continues that trace
+around the call, so the worker's span of it joins the request's trace.
+Without an active instrument the payload carries nothing.
 """
 
 from __future__ import annotations
@@ -79,6 +86,38 @@ class Instrument(Protocol):
         """The span of one listener call, opened as it starts."""
         ...
 
+    def inject(self, carrier: dict[str, str]) -> None:
+        """
+        Write the current trace context into ``carrier`` (header names to
+        values, through :func:`merge`): a background call's, as it is
+        enqueued with its span current.
+        """
+        ...
+
+    def resume(self, carrier: Mapping[str, str], listener: str) -> AbstractContextManager[object]:
+        """
+        Continue the trace ``carrier`` holds (what :meth:`inject` wrote,
+        perhaps nothing) while a background call of ``listener`` runs, in
+        the worker: the spans opened meanwhile join the enqueuing request's trace.
+        """
+        ...
+
+
+def merge(carrier: dict[str, str], headers: Mapping[str, str]) -> None:
+    """
+    Add an instrument's ``headers`` to ``carrier``. ``baggage`` and
+    ``tracestate`` are lists: a second instrument's members join the first's
+    (W3C allows list-members of several vendors in one header; sentry-sdk's
+    HTTP integrations join OpenTelemetry's baggage the same way); any other
+    header is the last writer's.
+    """
+    for name, value in headers.items():
+        before = carrier.get(name)
+        carrier[name] = f"{before},{value}" if before and name in _LISTS else value
+
+
+_LISTS: Final = frozenset({"baggage", "tracestate"})
+
 
 Chooser = Callable[["Settings"], "Instrument | None"]
 """A provider's answer to the settings: its instrument when it is enabled, else None."""
@@ -140,6 +179,16 @@ class _Fanout:
 
     def call(self, start: CallStart) -> Span:
         return _Spans([each.call(start) for each in self._instruments])
+
+    def inject(self, carrier: dict[str, str]) -> None:
+        for each in self._instruments:
+            each.inject(carrier)
+
+    def resume(self, carrier: Mapping[str, str], listener: str) -> AbstractContextManager[object]:
+        stack = ExitStack()
+        for each in self._instruments:
+            stack.enter_context(each.resume(carrier, listener))
+        return stack
 
 
 class Instruments:

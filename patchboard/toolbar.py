@@ -181,6 +181,12 @@ class _Recorder:
             dispatch["calls"].append(record)
         return _RecordSpan(recording, record, start.ago)
 
+    def inject(self, carrier: dict[str, str]) -> None:
+        pass  # a recording stays in its request: nothing crosses to a worker
+
+    def resume(self, carrier: Mapping[str, str], listener: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
 
 _RECORDER: Final = _Recorder()
 

@@ -84,6 +84,18 @@ def postgres() -> dict[str, object]:
 
 
 @pytest.fixture
+def dummy(settings: Any) -> Iterator[Any]:
+    """Background listeners enqueue to the DummyBackend (tasks wait there until run)."""
+    from patchboard._background._framework import api
+
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy"}}
+    backend = api().task_backends["dummy"]
+    backend.clear()
+    yield backend
+    backend.clear()
+
+
+@pytest.fixture
 def logs() -> Iterator[LogCapture]:
     """Every structlog event emitted during the test, as dicts."""
     capture = LogCapture()

@@ -13,10 +13,18 @@ committed rows and a rolled-back transaction posts nothing; the outcome's
 ``task_id`` is then None, the task does not exist yet. ``on_commit=False``
 posts at once. Async code is never inside ``atomic()``: :func:`enqueue_async`
 posts at once, through the backend's ``aenqueue``.
+
+Tracing. With an instrument active (``patchboard._instrument``), the call's
+span is opened as the letter is written and is current while it is posted:
+the letter carries the trace context (:attr:`Job.trace
+<patchboard._background._payload.Job>`), captured at send time even when
+it is posted on commit, and the worker's span of the call is that span's
+child. With none, the letter carries nothing of the kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from datetime import UTC, datetime
 from functools import partial
@@ -27,10 +35,11 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from patchboard import _clock
 from patchboard._background import _framework
 from patchboard._background import _tasks as task_module
-from patchboard._background._payload import Job, encode, encode_kwargs
+from patchboard._background._payload import Job, encode, encode_kwargs, trace_context
 from patchboard._background._registry import signal_key
 from patchboard._call import Call, gone_receiver
 from patchboard._config import ListenerOptions, get_settings
+from patchboard._instrument import Instrument
 from patchboard._log import dotted, logger
 from patchboard._outcomes import Outcome
 
@@ -88,6 +97,13 @@ def enqueue_sync(call: Call) -> Outcome:
         NotSerializable: an argument cannot cross the process boundary.
     """
     job = _job(call)
+    if call.instrument is None:
+        return _post_sync(call, job)
+    with call.opened():
+        return _post_sync(call, _traced(job, call.instrument))
+
+
+def _post_sync(call: Call, job: Job) -> Outcome:
     options = call.listener.options
     if options.on_commit:
         using = _database(call.kwargs)
@@ -112,6 +128,13 @@ async def enqueue_async(call: Call) -> Outcome:
         NotSerializable: an argument cannot cross the process boundary.
     """
     job = _job(call)
+    if call.instrument is None:
+        return await _post_async(call, job)
+    with call.opened():
+        return await _post_async(call, _traced(job, call.instrument))
+
+
+async def _post_async(call: Call, job: Job) -> Outcome:
     try:
         result = await _task(call.listener.options).aenqueue(job.to_json())
     except Exception as exc:
@@ -131,6 +154,14 @@ def _job(call: Call) -> Job:
         attempt=1,
         first_enqueued_at=datetime.now(UTC),
     )
+
+
+def _traced(job: Job, instrument: Instrument) -> Job:
+    """``job`` with the current trace context (the call's span is current), if any."""
+    carrier: dict[str, str] = {}
+    instrument.inject(carrier)
+    trace = trace_context(carrier)
+    return job if trace is None else dataclasses.replace(job, trace=trace)
 
 
 def _task(options: ListenerOptions) -> Any:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping
@@ -98,6 +99,19 @@ is refused at send time and in the worker, well within Python's recursion limit.
 RESERVED = frozenset({"sender", "signal"})
 """Keyword names a payload never carries: the worker passes the listener its own."""
 
+MAX_TRACE_ENTRIES = 8
+"""
+How many headers a payload's trace context holds at most: OpenTelemetry's
+three (``traceparent``, ``tracestate``, ``baggage``), sentry-sdk's
+``sentry-trace``, and room for another propagator's.
+"""
+
+MAX_TRACE_VALUE = 8192
+"""The longest header value a trace context holds: W3C's limit on a ``baggage`` header."""
+
+_TRACE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A trace header's name: what propagators write (``traceparent``, ``X-Amzn-Trace-Id``)."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
@@ -108,6 +122,9 @@ class Job:
     (see ``patchboard._background.signal_key``), ``sender`` and ``kwargs`` the
     encoded arguments, ``attempt`` counts from 1 (a reschedule is the next
     attempt) and ``first_enqueued_at`` is when the first attempt was enqueued.
+    ``trace`` is the trace context of the call that enqueued it (header names
+    to values, see :func:`trace_context`), None when no tracing was active
+    there: the payload then has no ``trace`` at all, as before it existed.
     """
 
     listener: str
@@ -116,9 +133,10 @@ class Job:
     kwargs: dict[str, Any]
     attempt: int = 1
     first_enqueued_at: dt.datetime
+    trace: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "v": VERSION,
             "listener": self.listener,
             "signal": self.signal,
@@ -127,6 +145,9 @@ class Job:
             "attempt": self.attempt,
             "first_enqueued_at": self.first_enqueued_at.isoformat(),
         }
+        if self.trace is not None:
+            data["trace"] = self.trace
+        return data
 
     @classmethod
     def from_json(cls, data: object) -> Job:
@@ -157,6 +178,14 @@ class Job:
             raise PayloadError("payload", f"bad first_enqueued_at {_shown(first)}") from None
         if first_enqueued_at.tzinfo is None:
             first_enqueued_at = first_enqueued_at.replace(tzinfo=dt.UTC)
+        trace = data.get("trace")
+        if "trace" in data and (trace is None or trace_context(trace) != trace):
+            raise PayloadError(
+                "payload",
+                f"trace must be an object of at most {MAX_TRACE_ENTRIES} header names "
+                f"(letters, digits, '-' and '_', up to 64) to printable ASCII strings of "
+                f"at most {MAX_TRACE_VALUE} characters",
+            )
         return cls(
             listener=listener,
             signal=signal,
@@ -164,7 +193,33 @@ class Job:
             kwargs=data["kwargs"],
             attempt=attempt,
             first_enqueued_at=first_enqueued_at,
+            trace=trace,
         )
+
+
+def trace_context(carrier: object) -> dict[str, str] | None:
+    """
+    What of ``carrier`` (headers an instrument wrote, see
+    ``patchboard._instrument``) a payload may carry as its trace context: the
+    entries whose name and value are strings within bounds (names of letters,
+    digits, ``-`` and ``_``, up to 64; values of printable ASCII, up to
+    :data:`MAX_TRACE_VALUE`), the first :data:`MAX_TRACE_ENTRIES` of them;
+    None if none is left. The sender keeps what fits (a trace is never worth
+    a call); a worker refuses a payload whose trace is not exactly that.
+    """
+    if type(carrier) is not dict:
+        return None
+    kept = {
+        name: value
+        for name, value in carrier.items()
+        if type(name) is str
+        and _TRACE_NAME.fullmatch(name)
+        and type(value) is str
+        and len(value) <= MAX_TRACE_VALUE
+        and value.isascii()
+        and value.isprintable()
+    }
+    return dict(list(kept.items())[:MAX_TRACE_ENTRIES]) or None
 
 
 # -- encoding --------------------------------------------------------------------

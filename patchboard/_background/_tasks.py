@@ -14,6 +14,7 @@ the alias must still start (``patchboard.E020`` tells it what is wrong).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,7 @@ from patchboard._background._payload import (
 from patchboard._background._registry import Refused, candidates, pick
 from patchboard._config import get_settings
 from patchboard._exceptions import CircuitOpen
+from patchboard._instrument import instruments
 from patchboard._log import logger
 from patchboard._outcomes import Outcome
 from patchboard._run import HERE, Dispatch, run_async, run_sync
@@ -120,7 +122,7 @@ def run(payload: object, task_result: Any) -> str:
         return _refuse(payload, task_id, exc)
     # A task is not bound by the deadline of the request that enqueued it
     # (an immediate backend runs it inside that request).
-    with _deadline.none():
+    with _deadline.none(), _resumed(job):
         dispatch = Dispatch(signal, sender, kwargs, (listener,))
         if listener.places[False] in HERE:
             outcome = run_sync(listener, dispatch)
@@ -144,6 +146,18 @@ def run(payload: object, task_result: Any) -> str:
         assert outcome.error is not None
         raise outcome.error
     return outcome.status
+
+
+def _resumed(job: Job) -> AbstractContextManager[object]:
+    """
+    The trace ``job`` carries, continued while its call runs (the call's span
+    joins the enqueuing request's trace), when an instrument is active here.
+    """
+    get_settings()  # parsed first: the instruments are chosen as PATCHBOARD is parsed
+    traced = instruments.active
+    if traced is None:
+        return nullcontext()
+    return traced.resume(job.trace or {}, job.listener)
 
 
 def _reschedule(job: Job, outcome: Outcome, task_result: Any, context: dict[str, Any]) -> str:
@@ -177,6 +191,7 @@ def _reschedule(job: Job, outcome: Outcome, task_result: Any, context: dict[str,
             raise error
         return "gave_up"
     run_after = retry_at if django_settings.USE_TZ else timezone.make_naive(retry_at)
+    # The same trace context too: the next attempt joins the same request's trace.
     following = dataclasses.replace(job, attempt=job.attempt + 1)
     result = task.using(run_after=run_after).enqueue(following.to_json())
     logger().info(

@@ -12,6 +12,18 @@ not end ``"ok"`` or ``"enqueued"`` has the status ``ERROR`` and an
 was left of its dispatch's deadline as it started) and
 ``patchboard.queue.wait_s`` (how long it waited before it started).
 
+A background listener's call is a message to a worker. As it is enqueued,
+its span (``process <listener>``, status ``enqueued``) is current while the
+task's payload takes the trace context, through the globally configured
+propagator (``opentelemetry.propagate.inject``: W3C ``traceparent``,
+``tracestate`` and ``baggage`` by default). In the worker, the call's
+``process <listener>`` span has that enqueue-side span as its **parent**
+(same trace: one request, one trace, its background work included) and
+also a **link** to it, the relation the messaging conventions recommend
+between a process span and its message's creation context (a backend
+that follows links only still finds it). A rescheduled task carries the
+same context.
+
 ``opentelemetry-api`` is imported when the instrument is built, that is
 when ``PATCHBOARD["OPENTELEMETRY"]`` is True; spans go to whatever tracer
 provider the project installed (none: the API's no-op).
@@ -19,12 +31,14 @@ provider the project installed (none: the API's no-op).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Generator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any, Final
 
-from patchboard._instrument import CallStart, Instrument, Span
+from patchboard._instrument import CallStart, Instrument, Span, merge
 from patchboard._log import signal_label
 
 SYSTEM: Final = "patchboard"
@@ -32,6 +46,10 @@ SYSTEM: Final = "patchboard"
 
 _OK: Final = frozenset({"ok", "enqueued"})
 """Statuses of calls that did what was asked of them."""
+
+_ORIGIN: ContextVar[Any] = ContextVar("patchboard_trace_origin", default=None)
+"""The span context a worker resumed (see :meth:`OpenTelemetry.resume`): the call
+whose parent it is links to it too."""
 
 
 class _OtelSpan:
@@ -70,12 +88,14 @@ class _OtelSpan:
 class OpenTelemetry:
     """The instrument (see the module docstring)."""
 
-    __slots__ = ("_consumer", "_producer", "_trace", "_tracer")
+    __slots__ = ("_consumer", "_context", "_producer", "_propagate", "_trace", "_tracer")
 
     def __init__(self) -> None:
-        from opentelemetry import trace  # the extra: only once enabled
+        from opentelemetry import context, propagate, trace  # the extra: only once enabled
 
         self._trace = trace
+        self._context = context
+        self._propagate = propagate
         # A proxy: spans go to the provider installed when they start, even if
         # the project installs it after this instrument was built.
         self._tracer = trace.get_tracer("patchboard")
@@ -110,10 +130,41 @@ class OpenTelemetry:
         if start.deadline is not None:
             attributes["patchboard.deadline_s"] = start.deadline
         began = time.time_ns() - int(start.ago * 1e9) if start.ago else None
+        links = None
+        origin = _ORIGIN.get()
+        # Only the resumed call itself: a call its listener makes has its own parent.
+        if origin is not None and self._trace.get_current_span().get_span_context() is origin:
+            links = [self._trace.Link(origin)]
         span = self._tracer.start_span(
-            f"process {listener}", kind=self._consumer, attributes=attributes, start_time=began
+            f"process {listener}",
+            kind=self._consumer,
+            attributes=attributes,
+            start_time=began,
+            links=links,
         )
         return _OtelSpan(span, self._trace)
+
+    def inject(self, carrier: dict[str, str]) -> None:
+        headers: dict[str, str] = {}
+        self._propagate.inject(headers)
+        merge(carrier, headers)
+
+    def resume(self, carrier: Mapping[str, str], listener: str) -> AbstractContextManager[object]:
+        if not carrier:  # enqueued untraced: whatever the worker has current stays
+            return nullcontext()
+        return self._resume(carrier)
+
+    @contextlib.contextmanager
+    def _resume(self, carrier: Mapping[str, str]) -> Generator[None]:
+        context = self._propagate.extract(carrier, self._context.get_current())
+        origin = self._trace.get_current_span(context).get_span_context()
+        token = self._context.attach(context)
+        linked = _ORIGIN.set(origin if origin.is_valid else None)
+        try:
+            yield
+        finally:
+            _ORIGIN.reset(linked)
+            self._context.detach(token)
 
 
 def instrument() -> Instrument:

@@ -12,6 +12,16 @@ this instrument opens the same span (``sentry.op`` ``"function"``, origin
 short-term queue. As sentry-sdk does, only inside a span (a request's
 transaction), and not on the signals of its ``signals_denylist``.
 
+A background listener's task is named after its listener, not after the
+task every background call runs (``...run_listener``). As it is enqueued,
+its span is current while the payload takes sentry-sdk's outgoing trace
+headers (``sentry-trace``, ``baggage``). In the worker, when a queue
+integration already started the task's transaction (sentry-sdk's
+``RqIntegration`` or ``CeleryIntegration``, an ``op`` ``"queue.*"``,
+continuing the trace it carried itself), that transaction is renamed after
+the listener (source ``"task"``); when none did (django-tasks-db's ``db_worker``), one named
+after the listener is started, continuing the carried trace.
+
 Enabled by sentry-sdk's own option, read when ``PATCHBOARD`` is parsed (at
 the first dispatch): when ``sentry_sdk.init()`` ran with the integration
 (in settings.py, as Sentry's guide does). sentry-sdk is never imported
@@ -26,9 +36,12 @@ from collections.abc import Generator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-from patchboard._instrument import NO_SPAN, CallStart, Instrument, Span
+from patchboard._instrument import NO_SPAN, CallStart, Instrument, Span, merge
 
 _FAILED: Final = frozenset({"error", "timeout", "expired", "rejected", "circuit_open"})
+
+ORIGIN: Final = "auto.queue.patchboard"
+"""``sentry.origin`` of the transaction a worker starts for a background call."""
 
 
 class _SentrySpan:
@@ -65,12 +78,13 @@ class _SentrySpan:
 class Sentry:
     """The instrument (see the module docstring)."""
 
-    __slots__ = ("_integration", "_op", "_sdk")
+    __slots__ = ("_integration", "_op", "_process", "_sdk")
 
-    def __init__(self, sdk: Any, integration: type[Any], op: str) -> None:
+    def __init__(self, sdk: Any, integration: type[Any], op: str, process: str) -> None:
         self._sdk = sdk
         self._integration = integration
         self._op = op
+        self._process = process
 
     def dispatch(self, signal: Any, deadline: float | None, listeners: int) -> Span:
         return NO_SPAN  # sentry-sdk spans receivers, not sends
@@ -96,6 +110,38 @@ class Sentry:
         )
         return _SentrySpan(span, sdk)
 
+    def inject(self, carrier: dict[str, str]) -> None:
+        merge(carrier, dict(self._sdk.get_current_scope().iter_trace_propagation_headers()))
+
+    def resume(self, carrier: Mapping[str, str], listener: str) -> AbstractContextManager[object]:
+        return self._resume(carrier, listener)
+
+    @contextlib.contextmanager
+    def _resume(self, carrier: Mapping[str, str], listener: str) -> Generator[None]:
+        sdk = self._sdk
+        current = sdk.get_current_span()
+        if current is not None:
+            # A queue integration's transaction (named after run_listener) is renamed;
+            # any other span is a request running the task itself (an immediate
+            # backend), whose call span already names the listener.
+            if str(current.get_attributes().get("sentry.op", "")).startswith("queue."):
+                sdk.set_transaction_name(listener, source="task")
+            yield
+            return
+        with sdk.isolation_scope():  # the carried trace stays this task's
+            sdk.continue_trace(dict(carrier))
+            with sdk.start_span(
+                name=listener,
+                attributes={
+                    "sentry.op": self._process,
+                    "sentry.origin": ORIGIN,
+                    "sentry.segment.name.source": "task",
+                    "code.function.name": listener,
+                },
+                parent_span=None,
+            ):
+                yield
+
 
 def instrument() -> Instrument | None:
     """Sentry's instrument when sentry-sdk runs with ``DjangoIntegration(signals_spans=True)``."""
@@ -107,4 +153,4 @@ def instrument() -> Instrument | None:
     integration = sdk.get_client().get_integration(django.DjangoIntegration)
     if integration is None or not integration.signals_spans:
         return None
-    return Sentry(sdk, django.DjangoIntegration, consts.OP.FUNCTION)
+    return Sentry(sdk, django.DjangoIntegration, consts.OP.FUNCTION, consts.OP.QUEUE_PROCESS)

@@ -142,6 +142,16 @@ def rq_project(server: RedisServer, workdir: Path) -> Project:
     return project
 
 
+def work_rq(project: Project, server: RedisServer, log: Path) -> Worker:
+    """Run the real ``rqworker`` until nothing is pending in the queue; the stopped worker."""
+    worker = Worker(project, RQ_WORKER, log)
+    try:
+        wait_for(lambda: rq_pending(server.url) == 0, worker, "an idle RQ queue")
+    finally:
+        worker.stop()
+    return worker
+
+
 # -- the scenario of tests/background/test_e2e.py, on RQ ----------------------------------
 
 
@@ -150,11 +160,7 @@ def rq_run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     workdir = tmp_path_factory.mktemp("rq")
     project = rq_project(redis_server, workdir)
     ids = project.scenario("send")
-    worker = Worker(project, RQ_WORKER, workdir / "worker.log")
-    try:
-        wait_for(lambda: rq_pending(redis_server.url) == 0, worker, "an idle RQ queue")
-    finally:
-        worker.stop()
+    worker = work_rq(project, redis_server, workdir / "worker.log")
     report = project.scenario("report")
     return Run(
         ids=ids,

@@ -7,6 +7,7 @@ a worker receives is their contract, not the public API's.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import json
@@ -28,6 +29,8 @@ import pytest
 from patchboard import NotSerializable, Signal, receiver
 from patchboard._background._payload import (
     MAX_DEPTH,
+    MAX_TRACE_ENTRIES,
+    MAX_TRACE_VALUE,
     TAG,
     InstanceMissing,
     Job,
@@ -36,6 +39,7 @@ from patchboard._background._payload import (
     decode_kwargs,
     encode,
     encode_kwargs,
+    trace_context,
 )
 from tests.testapp.models import Coupon, Order
 
@@ -311,7 +315,60 @@ def test_job_round_trips_through_json() -> None:
     assert Job.from_json(json.loads(json.dumps(job.to_json()))) == job
 
 
+BARE = Job(
+    listener=LISTENER,
+    signal="s",
+    sender=None,
+    kwargs={},
+    first_enqueued_at=dt.datetime(2031, 1, 1, tzinfo=dt.UTC),
+)
+"""A job without arguments."""
+
+
+def test_job_with_a_trace_round_trips_and_one_without_writes_none() -> None:
+    assert "trace" not in BARE.to_json()  # untraced: the payload of before tracing
+    traced = dataclasses.replace(BARE, trace={"traceparent": TRACEPARENT, "baggage": "a=1"})
+    assert Job.from_json(json.loads(json.dumps(traced.to_json()))) == traced
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_trace_context_keeps_what_fits_and_drops_the_rest() -> None:
+    """The sender's side: a trace is never worth a call, so what the worker would refuse goes."""
+    carrier = {
+        "traceparent": TRACEPARENT,
+        "baggage": "x" * (MAX_TRACE_VALUE + 1),
+        "bad name": "1",
+        "X-Amzn-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793",
+        "newline": "a\nb",
+        "latin": "caf\u00e9",
+        **{f"h{i}": str(i) for i in range(MAX_TRACE_ENTRIES)},
+    }
+    kept = trace_context(carrier)
+    assert kept is not None and len(kept) == MAX_TRACE_ENTRIES
+    assert list(kept)[:3] == ["traceparent", "X-Amzn-Trace-Id", "h0"]
+    assert trace_context({"baggage": "x" * (MAX_TRACE_VALUE + 1)}) is None
+    assert trace_context({}) is None
+
+
 _JOB = {"v": 1, "listener": "l", "signal": "s", "sender": None, "kwargs": {}, "attempt": 1}
+_TRACE = (
+    f"trace must be an object of at most {MAX_TRACE_ENTRIES} header names (letters, digits, "
+    f"'-' and '_', up to 64) to printable ASCII strings of at most {MAX_TRACE_VALUE} characters"
+)
+FORGED_TRACES = [  # what a worker refuses as a payload's trace
+    None,
+    TRACEPARENT,
+    {},
+    {"traceparent": 1},
+    {"traceparent": [TRACEPARENT]},
+    {"baggage": "x" * (MAX_TRACE_VALUE + 1)},
+    {"baggage": "a=1\r\nX-Injected: 1"},
+    {"trace parent": TRACEPARENT},
+    {"n" * 65: "1"},
+    {f"h{i}": "v" for i in range(MAX_TRACE_ENTRIES + 1)},
+]
 
 
 @pytest.mark.parametrize(
@@ -328,6 +385,10 @@ _JOB = {"v": 1, "listener": "l", "signal": "s", "sender": None, "kwargs": {}, "a
         ({key: v for key, v in _JOB.items() if key != "sender"}, "sender and kwargs are required"),
         ({**_JOB, "first_enqueued_at": 5}, "bad first_enqueued_at 5"),
         ({**_JOB, "first_enqueued_at": "soon"}, "bad first_enqueued_at 'soon'"),
+        *[
+            ({**_JOB, "first_enqueued_at": "2031-01-01", "trace": bad}, _TRACE)
+            for bad in FORGED_TRACES
+        ],
     ],
 )
 def test_malformed_job_is_a_payload_error_saying_what_is_wrong(
@@ -387,15 +448,8 @@ def test_nesting_deeper_than_max_depth_is_refused_at_send() -> None:
 
 @pytest.mark.parametrize("version", [True, 1.0, "1", 10**5000], ids=["true", "1.0", "'1'", "huge"])
 def test_version_must_be_the_int_1(version: object) -> None:
-    job = Job(
-        listener=LISTENER,
-        signal="s",
-        sender=None,
-        kwargs={},
-        first_enqueued_at=dt.datetime(2031, 1, 1, tzinfo=dt.UTC),
-    )
     with pytest.raises(PayloadError, match="unknown version"):
-        Job.from_json({**job.to_json(), "v": version})
+        Job.from_json({**BARE.to_json(), "v": version})
 
 
 def test_sender_and_signal_are_never_sent_nor_read_as_arguments() -> None:

@@ -3,6 +3,7 @@ The end-to-end scenario's sender and reporter, run as processes of their own::
 
     python -m tests.e2e.scenario send     # sends the signals; prints task ids as JSON
     python -m tests.e2e.scenario report   # prints the evidence and the task rows as JSON
+    python -m tests.e2e.scenario traced   # one background call sent from a request's span
 
 with ``DJANGO_SETTINGS_MODULE=tests.e2e.settings``.
 """
@@ -117,6 +118,25 @@ def slow() -> dict[str, Any]:
     return {"slow": outcome.task_id}
 
 
+def traced() -> dict[str, Any]:
+    """
+    One background call (``receipt``) sent inside a span standing for a
+    request's, with OpenTelemetry on (``PATCHBOARD_E2E_SPANS``); the
+    request's trace id and the task's id.
+    """
+    from opentelemetry import trace
+
+    from tests.e2e.listeners import order_paid
+    from tests.testapp.models import Order
+
+    order = Order.objects.create(reference="TRACED", paid_at=PAID_AT)
+    with trace.get_tracer("tests.e2e").start_as_current_span("request") as request:
+        [outcome] = order_paid.send_sync(
+            sender=Order, order=order, paid_at=PAID_AT, amount=Decimal("1.00")
+        )
+    return {"trace_id": f"{request.get_span_context().trace_id:032x}", "task_id": outcome.task_id}
+
+
 def abandon() -> dict[str, Any]:
     """
     What an RQ worker's maintenance does once the heartbeat of a job whose
@@ -205,7 +225,13 @@ def db_tasks() -> list[dict[str, Any]]:
 def main(argv: list[str]) -> None:
     django.setup()
     [command] = argv
-    commands = {"send": send, "slow": slow, "abandon": abandon, "report": report}
+    commands = {
+        "send": send,
+        "slow": slow,
+        "traced": traced,
+        "abandon": abandon,
+        "report": report,
+    }
     result = commands[command]()
     # The marker separates the result from structlog's lines on the same stdout.
     print("RESULT " + json.dumps(result, default=str), flush=True)

@@ -6,6 +6,9 @@ the test creates that database and drops it afterwards.
 ``PATCHBOARD_E2E_RQ_URL``, when set, makes RQ the Tasks backend
 (django-tasks-rq, worked by ``manage.py rqworker``) on that Redis, instead of
 django-tasks-db's ``db_worker``.
+``PATCHBOARD_E2E_SPANS``, when set, turns OpenTelemetry on with the SDK:
+every span the process ends is appended to that file, one JSON object a line
+(the sender's and the worker's: tests/background/test_traced_workers.py).
 """
 
 import json
@@ -31,3 +34,20 @@ if RQ_URL:
     RQ_QUEUES = {"default": {"URL": RQ_URL, "DEFAULT_TIMEOUT": 5}}
     TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
 PATCHBOARD: dict[str, object] = {"BACKGROUND": {"MAX_RESCHEDULES": 10}}
+
+SPANS = os.environ.get("PATCHBOARD_E2E_SPANS")
+if SPANS:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    # Appended line by line, by each process (RQ's work horse included) as it ends a span.
+    _out = open(SPANS, "a", encoding="utf-8")  # noqa: SIM115 (open for the process's life)
+    _provider = TracerProvider()
+    _provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(out=_out, formatter=lambda span: span.to_json(indent=None) + "\n")
+        )
+    )
+    trace.set_tracer_provider(_provider)
+    PATCHBOARD["OPENTELEMETRY"] = True

@@ -12,7 +12,8 @@ import asyncio
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytest
@@ -277,6 +278,12 @@ class Recorder:
 
     def call(self, start: CallStart) -> Span:
         return NO_SPAN
+
+    def inject(self, carrier: dict[str, str]) -> None:
+        pass
+
+    def resume(self, carrier: Mapping[str, str], listener: str) -> AbstractContextManager[object]:
+        return nullcontext()
 
 
 def test_an_instrument_stays_attached_while_any_request_records() -> None:

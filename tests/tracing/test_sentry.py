@@ -9,59 +9,17 @@ envelopes sentry-sdk sends, through an in-memory transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sentry_sdk
 from django.dispatch import Signal as DjangoSignal
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.integrations.django import DjangoIntegration
-from sentry_sdk.transport import Transport
 
 from patchboard import Signal, receiver
-from patchboard.testing import reset
+from tests.tracing.conftest import InMemory
 from tests.tracing.test_opentelemetry import EXPORTER  # installs the OpenTelemetry SDK provider
 
 LABEL = "tests.tracing.test_sentry"
-
-
-class InMemory(Transport):
-    """Keeps every envelope instead of sending it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.envelopes: list[Envelope] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-    def spans(self) -> list[dict[str, Any]]:
-        sentry_sdk.flush()
-        return [
-            span
-            for envelope in self.envelopes
-            for item in envelope.items
-            if item.type == "span" and item.payload.json is not None
-            for span in item.payload.json["items"]
-        ]
-
-
-@pytest.fixture
-def sentry() -> Iterator[InMemory]:
-    transport = InMemory()
-    sentry_sdk.init(
-        dsn="https://public@sentry.invalid/1",
-        transport=transport,
-        traces_sample_rate=1.0,
-        integrations=[DjangoIntegration(signals_spans=True)],
-        default_integrations=False,
-    )
-    reset()  # PATCHBOARD is read again at the next dispatch: the instrument is chosen then
-    yield transport
-    sentry_sdk.get_client().close()
-    sentry_sdk.get_global_scope().set_client(None)
-    reset()
 
 
 def sync_listener(sender: Any, **kwargs: Any) -> str:
