@@ -39,7 +39,7 @@ from patchboard._background._payload import Job, encode, encode_kwargs, trace_co
 from patchboard._background._registry import signal_key
 from patchboard._call import Call, gone_receiver
 from patchboard._config import ListenerOptions, get_settings
-from patchboard._instrument import Instrument
+from patchboard._instrument import Instrument, instruments
 from patchboard._log import dotted, logger
 from patchboard._outcomes import Outcome
 
@@ -98,7 +98,7 @@ def enqueue_sync(call: Call) -> Outcome:
     """
     job = _job(call)
     if call.instrument is None:
-        return _post_sync(call, job)
+        return _post_sync(call, _carried(job))
     with call.opened():
         return _post_sync(call, _traced(job, call.instrument))
 
@@ -129,7 +129,7 @@ async def enqueue_async(call: Call) -> Outcome:
     """
     job = _job(call)
     if call.instrument is None:
-        return await _post_async(call, job)
+        return await _post_async(call, _carried(job))
     with call.opened():
         return await _post_async(call, _traced(job, call.instrument))
 
@@ -154,6 +154,17 @@ def _job(call: Call) -> Job:
         attempt=1,
         first_enqueued_at=datetime.now(UTC),
     )
+
+
+def _carried(job: Job) -> Job:
+    """
+    ``job`` of an untraced call, with the current trace context when an
+    instrument is active all the same: a call Django's own ``send()`` made
+    (patchboard opens no span there) carries the request's span.
+    """
+    get_settings()  # parsed, so the instruments are chosen: Django's send() did not ask
+    active = instruments.active
+    return job if active is None else _traced(job, active)
 
 
 def _traced(job: Job, instrument: Instrument) -> Job:

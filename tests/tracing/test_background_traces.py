@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import django.dispatch
 import pytest
 import sentry_sdk
 from django.db import transaction
@@ -43,6 +44,8 @@ LABEL = "tests.tracing.test_background_traces"
 OLD_PAYLOAD_KEYS = {"v", "listener", "signal", "sender", "kwargs", "attempt", "first_enqueued_at"}
 
 shipped = Signal(name="tests.tracing.shipped")
+django_shipped = django.dispatch.Signal()
+"""A signal of Django's own kind: its ``send()`` opens no patchboard span."""
 noted = Signal(name="tests.tracing.noted")
 tracer = trace.get_tracer("tests")
 seen: list[dict[str, Any]] = []
@@ -217,6 +220,32 @@ def test_untraced_the_payload_carries_nothing_more(dummy: DummyBackend, connecte
     assert set(payload(dummy)) == OLD_PAYLOAD_KEYS
     assert run_pending() == ["ok"]
     assert process_spans(EXPORTER, "ship") == []
+
+
+def test_djangos_own_send_carries_the_current_span(spans: InMemorySpanExporter) -> None:
+    """
+    Django's ``send()`` calls a background listener's wrapper without a span
+    of patchboard's: the task carries whatever span is current (a request's,
+    from the project's own Django instrumentation), and the worker's span
+    joins that trace.
+    """
+    receiver(django_shipped, mode="background")(ship)
+    noted.connect(note)
+    try:
+        with tracer.start_as_current_span("request") as request:
+            django_shipped.send(sender=None, n=1)
+        carried = payload(task_backends["dummy"])["trace"]
+        assert run_pending() == ["ok"]
+    finally:
+        django_shipped.disconnect(ship)
+        noted.disconnect(note)
+    context = request.get_span_context()
+    assert carried["traceparent"].split("-")[1:3] == [
+        f"{context.trace_id:032x}",
+        f"{context.span_id:016x}",
+    ]
+    [ran] = process_spans(spans, "ship")
+    assert (trace_id(ran), parent_of(ran)) == (context.trace_id, context.span_id)
 
 
 def test_a_payload_without_a_trace_runs_in_a_trace_of_its_own(
