@@ -36,7 +36,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from patchboard._breaker import CircuitBreaker, circuit_state_changed
 from patchboard._breaker._machine import CircuitState
-from patchboard._config import MetricsSettings
+from patchboard._config import MetricsSettings, get_settings
 from patchboard._ledger import Ended, ledger
 from patchboard._log import signal_label
 from patchboard._outcomes import Outcome
@@ -222,8 +222,14 @@ class Metrics:
     def sample(self) -> None:
         """
         Read the queue, the listener threads and the breakers into the gauges.
-        Reads what exists: nothing is built for it (a process that never
-        queued a call shows an idle queue).
+        Reads what exists: nothing is built for it. A process that has not
+        built its queue yet (no call queued, no status page served) shows an
+        idle queue with the pool it will start with, ``MIN_WORKERS``: summed
+        over the fleet, the workers gauge then counts every process's pool,
+        not only those that happened to queue a call.
+
+        Raises:
+            SettingError: if ``PATCHBOARD`` is invalid (read only while no queue is built).
         """
         queue = state.queue
         if queue is not None:
@@ -232,6 +238,8 @@ class Metrics:
             self.queue_running.set(stats.running)
             self.queue_waiting.set(stats.waiting)
             self.queue_oldest_wait.set(stats.oldest_wait)
+        else:
+            self.queue_workers.set(get_settings().short_term_queue.min_workers)
         threads = state.threads
         if threads is not None:
             thread_stats = threads.statistics()
