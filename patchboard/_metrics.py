@@ -28,6 +28,7 @@ breaker's name and state; never a sender or a kwarg's value.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from typing import Any, Final
@@ -283,14 +284,32 @@ class Metrics:
 def install(config: MetricsSettings) -> Metrics:
     """
     Turn the process's metrics on, into prometheus_client's default registry
-    (once: a second call returns the metrics already installed).
+    (once: a second call returns the metrics already installed). In
+    multiprocess mode, the process's live gauges leave the directory when it
+    exits (see :func:`_leave_at_exit`).
     """
     with state.lock:
         if state.metrics is None:
             metrics = Metrics(config)
             metrics.install()
             state.metrics = metrics
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                atexit.register(_leave_at_exit)
         return state.metrics
+
+
+def _leave_at_exit() -> None:
+    """
+    At exit, in multiprocess mode: this process's live gauges (``livesum``,
+    ``livemax``) are removed from the directory, as gunicorn's ``child_exit``
+    hook would, so that a process that ended (a ``manage.py migrate`` run
+    with the server's environment, a worker uvicorn replaced) no longer adds
+    its queue pool or its view of a breaker to the fleet's. Its counters and
+    histograms stay: they still count. A process killed outright cannot.
+    """
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
 
 
 def _after_fork() -> None:

@@ -9,11 +9,13 @@ Internals on purpose: ``_metrics.Metrics`` built into a fresh
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,6 +287,43 @@ def test_prometheus_client_is_imported_only_when_metrics_are_on(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == printed
+
+
+_EXITS = """
+import os, sys
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["patchboard"], PATCHBOARD={"METRICS": True})
+django.setup()
+from patchboard import Signal
+signal = Signal(name="tests.metrics.exit")
+signal.connect(lambda sender, **kwargs: 1, weak=False)
+signal.collect(sender=None)
+directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+print(os.getpid(), sorted(os.listdir(directory)))
+"""
+
+
+def test_a_process_that_exits_leaves_the_live_gauges_in_multiprocess_mode(
+    tmp_path: Path,
+) -> None:
+    """Its queue pool no longer adds to the fleet's; its calls still count."""
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=environment,
+    )
+    pid, while_running = done.stdout.split(" ", 1)
+    assert f"gauge_livesum_{pid}.db" in while_running
+    assert f"counter_{pid}.db" in while_running
+    after = sorted(path.name for path in tmp_path.iterdir())
+    assert f"gauge_livesum_{pid}.db" not in after
+    assert f"gauge_livemax_{pid}.db" not in after
+    assert f"counter_{pid}.db" in after
 
 
 def test_the_reader_thread_writes_the_gauges_by_itself(registry: CollectorRegistry) -> None:
