@@ -309,7 +309,7 @@ def _leave_at_exit() -> None:
     """
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(os.getpid())
+    multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def _after_fork() -> None:
