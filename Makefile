@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite bench mutation demo serve stress stress-ci clean python
+.PHONY: test lint typecheck pytest pytest-django52 django-suite bench fleet mutation demo serve stress stress-ci clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -66,6 +66,12 @@ test: lint typecheck pytest pytest-django52 django-suite stress-ci
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
+
+# The example shop under locust, seen through /metrics: docs/fleet-under-load.png, drawn from
+# a scrape a second (bench/fleet.py). locust is not a dependency: PATCHBOARD_LOCUST points at
+# the locust of a virtualenv of its own (or it is on PATH). Never part of `make test`.
+fleet: $(VENV)/.installed
+	$(PY) -m bench.fleet
 
 # Mutation testing, slow and never part of `make test`: mutmut 3 (fork server mode) on the
 # core modules, each target with its own tests (large modules on a fixed sample); prints a

@@ -28,6 +28,7 @@ breaker's name and state; never a sender or a kwarg's value.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from typing import Any, Final
@@ -36,7 +37,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from patchboard._breaker import CircuitBreaker, circuit_state_changed
 from patchboard._breaker._machine import CircuitState
-from patchboard._config import MetricsSettings
+from patchboard._config import MetricsSettings, get_settings
 from patchboard._ledger import Ended, ledger
 from patchboard._log import signal_label
 from patchboard._outcomes import Outcome
@@ -222,8 +223,14 @@ class Metrics:
     def sample(self) -> None:
         """
         Read the queue, the listener threads and the breakers into the gauges.
-        Reads what exists: nothing is built for it (a process that never
-        queued a call shows an idle queue).
+        Reads what exists: nothing is built for it. A process that has not
+        built its queue yet (no call queued, no status page served) shows an
+        idle queue with the pool it will start with, ``MIN_WORKERS``: summed
+        over the fleet, the workers gauge then counts every process's pool,
+        not only those that happened to queue a call.
+
+        Raises:
+            SettingError: if ``PATCHBOARD`` is invalid (read only while no queue is built).
         """
         queue = state.queue
         if queue is not None:
@@ -232,6 +239,8 @@ class Metrics:
             self.queue_running.set(stats.running)
             self.queue_waiting.set(stats.waiting)
             self.queue_oldest_wait.set(stats.oldest_wait)
+        else:
+            self.queue_workers.set(get_settings().short_term_queue.min_workers)
         threads = state.threads
         if threads is not None:
             thread_stats = threads.statistics()
@@ -275,14 +284,32 @@ class Metrics:
 def install(config: MetricsSettings) -> Metrics:
     """
     Turn the process's metrics on, into prometheus_client's default registry
-    (once: a second call returns the metrics already installed).
+    (once: a second call returns the metrics already installed). In
+    multiprocess mode, the process's live gauges leave the directory when it
+    exits (see :func:`_leave_at_exit`).
     """
     with state.lock:
         if state.metrics is None:
             metrics = Metrics(config)
             metrics.install()
             state.metrics = metrics
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                atexit.register(_leave_at_exit)
         return state.metrics
+
+
+def _leave_at_exit() -> None:
+    """
+    At exit, in multiprocess mode: this process's live gauges (``livesum``,
+    ``livemax``) are removed from the directory, as gunicorn's ``child_exit``
+    hook would, so that a process that ended (a ``manage.py migrate`` run
+    with the server's environment, a worker uvicorn replaced) no longer adds
+    its queue pool or its view of a breaker to the fleet's. Its counters and
+    histograms stay: they still count. A process killed outright cannot.
+    """
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def _after_fork() -> None:

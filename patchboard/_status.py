@@ -192,6 +192,21 @@ QUEUE_GAUGES: Final = frozenset(
 """The queue's fields that say how it is now; the others are totals since it was built."""
 
 
+QUEUE_COUNTER_LABELS: Final = {
+    "submitted": "Calls submitted",
+    "completed": "Completed",
+    "failed": "Failed (the listener raised)",
+    "circuit_open": "Refused by an open circuit",
+    "timed_out": "Timed out",
+    "expired": "Expired waiting in line",
+    "shed": "Of them, shed early (overload)",
+    "rejected": "Rejected (line full, MAX_PENDING)",
+    "cancelled": "Cancelled by their caller",
+    "abandoned": "Threads abandoned",
+}
+"""The page's label of each queue counter; the JSON keeps the keys (:class:`QueueStatistics`)."""
+
+
 def queue_status(stats: QueueStatistics) -> QueueStatus:
     """The page's view of the short-term queue."""
     return {
@@ -421,6 +436,10 @@ def _render(
             f"{generated:%H:%M:%S} UTC", status["generated_at"], status["generated_at"]
         ),
         breakers=[(b, breaker_moments(b, now)) for b in status["breakers"]],
+        queue_counters=[
+            (QUEUE_COUNTER_LABELS[name], count)
+            for name, count in status["queue"]["counters"].items()
+        ],
         shared=[b["name"] for b in status["breakers"] if b["shared"]],
         refresh=refresh,
         refresh_choices=REFRESH_CHOICES,

@@ -9,14 +9,17 @@ Internals on purpose: ``_metrics.Metrics`` built into a fresh
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.test import override_settings
 from prometheus_client import CollectorRegistry, generate_latest
 
 from patchboard import CircuitBreaker, Signal
@@ -170,6 +173,19 @@ def test_the_queue_wait_is_observed_once_per_queued_call(
     assert value(registry, "patchboard_queue_waiting") == 0
 
 
+def test_queue_workers_reads_the_configured_pool_before_the_queue_is_built(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    """A process that queued nothing yet shows the pool it starts with, not 0 workers."""
+    queue = {"MIN_WORKERS": 6, "MAX_WORKERS": 12}
+    with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": queue}):
+        metrics.sample()
+        assert state.queue is None  # reading the gauges built nothing
+        assert value(registry, "patchboard_queue_workers") == 6
+        assert value(registry, "patchboard_queue_running") == 0
+        assert value(registry, "patchboard_queue_waiting") == 0
+
+
 def test_listener_threads_busy_is_read_while_a_thread_runs(
     metrics: Metrics, registry: CollectorRegistry
 ) -> None:
@@ -273,19 +289,67 @@ def test_prometheus_client_is_imported_only_when_metrics_are_on(
     assert done.stdout.strip() == printed
 
 
+_EXITS = """
+import os, sys
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["patchboard"], PATCHBOARD={"METRICS": True})
+django.setup()
+from patchboard import Signal
+signal = Signal(name="tests.metrics.exit")
+signal.connect(lambda sender, **kwargs: 1, weak=False)
+signal.collect(sender=None)
+directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+print(os.getpid(), sorted(os.listdir(directory)))
+"""
+
+
+def test_a_process_that_exits_leaves_the_live_gauges_in_multiprocess_mode(
+    tmp_path: Path,
+) -> None:
+    """Its queue pool no longer adds to the fleet's; its calls still count."""
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=environment,
+    )
+    pid, while_running = done.stdout.split(" ", 1)
+    assert f"gauge_livesum_{pid}.db" in while_running
+    assert f"counter_{pid}.db" in while_running
+    after = sorted(path.name for path in tmp_path.iterdir())
+    assert f"gauge_livesum_{pid}.db" not in after
+    assert f"gauge_livemax_{pid}.db" not in after
+    assert f"counter_{pid}.db" in after
+
+
 def test_the_reader_thread_writes_the_gauges_by_itself(registry: CollectorRegistry) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(sender: Any, **kwargs: Any) -> None:
+        started.set()
+        release.wait(5)
+
     metrics = Metrics(MetricsSettings(enabled=True, interval=0.01), registry)
     metrics.install()
+    signal = Signal(name="tests.metrics.reader")
+    signal.connect(slow, weak=False, timeout=5)
+    caller = threading.Thread(target=signal.collect, kwargs={"sender": None})
     try:
-        assert value(registry, "patchboard_queue_workers") == 0  # no queue built yet
-        signal = Signal(name="tests.metrics.reader")
-        signal.connect(_quote(0), weak=False)
-        asyncio.run(signal.collect_async(sender=None, queue=True))
+        assert value(registry, "patchboard_listener_threads_busy") == 0
+        caller.start()
+        assert started.wait(5)
         # Polled, no sample() here: only the reader thread can write it.
         deadline = time.monotonic() + 5
-        while value(registry, "patchboard_queue_workers") != 4 and time.monotonic() < deadline:
+        while value(registry, "patchboard_listener_threads_busy") != 1:
+            assert time.monotonic() < deadline, "the reader thread never wrote the gauge"
             time.sleep(0.01)
-        assert value(registry, "patchboard_queue_workers") == 4
     finally:
+        release.set()
+        if caller.is_alive():
+            caller.join(5)
         metrics.close()
     assert not any(thread.name == "patchboard-metrics" for thread in threading.enumerate())

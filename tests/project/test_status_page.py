@@ -6,6 +6,7 @@ breaker controls (POST, CSRF, post/redirect/get).
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import re
@@ -20,7 +21,7 @@ from django.test import AsyncClient, Client, modify_settings, override_settings
 from django.urls import include, path
 
 from patchboard import CircuitBreaker, Signal, get_breaker, outcome_counts, queue_stats
-from patchboard._status import duration
+from patchboard._status import QUEUE_COUNTER_LABELS, QUEUE_GAUGES, duration
 from patchboard.testing import VirtualClock, reset
 from tests.conftest import CLOCK_WALL_START
 
@@ -192,12 +193,26 @@ def test_the_html_page_shows_breakers_queue_and_outcomes(
     ]
     assert f"This process (pid {os.getpid()})" in page
     queue = table(page, "queue")
-    assert (queue["submitted"], queue["completed"], queue["failed"]) == ("4", "2", "1")
-    assert queue["circuit_open"] == "1"
+    assert (queue["Calls submitted"], queue["Completed"]) == ("4", "2")
+    assert queue["Failed (the listener raised)"] == "1"
+    assert queue["Refused by an open circuit"] == "1"
     assert queue["Workers"] == str(queue_stats().workers)
     outcomes = table(page, "outcomes")
     assert (outcomes["ok"], outcomes["error"], outcomes["circuit_open"]) == ("2", "1", "1")
     assert outcomes["timeout"] == "0"
+
+
+def test_the_queue_counters_read_as_labels_not_keys(staff_client: Client) -> None:
+    page = staff_client.get(URL).content.decode()
+    counters = [
+        field.name for field in dataclasses.fields(queue_stats()) if field.name not in QUEUE_GAUGES
+    ]
+    rows = list(table(page, "queue"))
+    # Every counter has a label of its own, shown in the order of the JSON's keys.
+    assert sorted(QUEUE_COUNTER_LABELS) == sorted(counters)
+    assert rows[-len(counters) :] == [QUEUE_COUNTER_LABELS[name] for name in counters]
+    assert not set(counters) & set(rows)
+    assert all(label[0].isupper() for label in rows)
 
 
 def test_declared_breakers_are_listed_before_first_use(staff_client: Client) -> None:
