@@ -267,9 +267,12 @@ class Metrics:
         thread.start()
 
     def _sample_until_stopped(self, stop: threading.Event) -> None:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         while not stop.wait(self.config.interval):
             try:
                 self.sample()
+                if directory:
+                    forget_the_dead(directory)
             except Exception:
                 # A reading that fails (a breaker's store mid-change) is retried next time:
                 # the sampler never dies while the process serves.
@@ -305,11 +308,45 @@ def _leave_at_exit() -> None:
     hook would, so that a process that ended (a ``manage.py migrate`` run
     with the server's environment, a worker uvicorn replaced) no longer adds
     its queue pool or its view of a breaker to the fleet's. Its counters and
-    histograms stay: they still count. A process killed outright cannot.
+    histograms stay: they still count. A process that cannot (killed, or
+    ended by a signal) is swept by the others (:func:`forget_the_dead`).
     """
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def forget_the_dead(directory: str) -> list[int]:
+    """
+    Remove the live gauges of every process that no longer exists from the
+    multiprocess ``directory``, as gunicorn's ``child_exit`` hook would; the
+    pids removed. Each live process sweeps at each sampling: a worker that
+    could not remove its own (killed outright, or a uvicorn worker, which
+    re-raises SIGTERM after its graceful shutdown, so ``atexit`` never runs)
+    stops adding its queue pool or its view of a breaker to the fleet's.
+    """
+    from prometheus_client import multiprocess
+
+    pids = set()
+    for name in os.listdir(directory):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            tail = name.removesuffix(".db").rpartition("_")[2]
+            if tail.isdigit():
+                pids.add(int(tail))
+    gone = sorted(pid for pid in pids if not _alive(pid))
+    for pid in gone:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 def _after_fork() -> None:

@@ -10,7 +10,8 @@ not end ``"ok"`` or ``"enqueued"`` has the status ``ERROR`` and an
 ``error.type`` (its exception's qualified class name); every call has
 ``patchboard.status`` (its outcome status), ``patchboard.deadline_s`` (what
 was left of its dispatch's deadline as it started) and
-``patchboard.queue.wait_s`` (how long it waited before it started).
+``patchboard.queue.wait_s`` (how long it waited before it started). A
+failed call's exception is recorded as the span's ``exception`` event.
 
 A background listener's call is a message to a worker. As it is enqueued,
 its span (``process <listener>``, status ``enqueued``) is current while the
@@ -82,6 +83,8 @@ class _OtelSpan:
                 "error.type", status if kind is None else f"{kind.__module__}.{kind.__qualname__}"
             )
             span.set_status(self._trace.StatusCode.ERROR, None if error is None else str(error))
+            if error is not None:
+                span.record_exception(error)
         span.end()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from patchboard import CircuitBreaker, Signal
 from patchboard._config import DEFAULT_BUCKETS, MetricsSettings, parse
 from patchboard._ledger import ledger
-from patchboard._metrics import Metrics
+from patchboard._metrics import Metrics, forget_the_dead
 from patchboard._queue import ShortTermQueue
 from patchboard._state import state
 from patchboard.testing import reset
@@ -324,6 +325,29 @@ def test_a_process_that_exits_leaves_the_live_gauges_in_multiprocess_mode(
     assert f"gauge_livesum_{pid}.db" not in after
     assert f"gauge_livemax_{pid}.db" not in after
     assert f"counter_{pid}.db" in after
+
+
+def test_the_live_gauges_of_a_process_killed_by_a_signal_are_swept_by_the_others(
+    tmp_path: Path,
+) -> None:
+    """
+    A uvicorn worker re-raises SIGTERM after its graceful shutdown, so its
+    ``atexit`` never runs: the live processes' sampler removes what it left.
+    """
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    killed = _EXITS + "import signal; os.kill(os.getpid(), signal.SIGTERM)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", killed], capture_output=True, text=True, timeout=60, env=environment
+    )
+    assert done.returncode == -signal.SIGTERM
+    pid = int(done.stdout.split(" ", 1)[0])
+    assert f"gauge_livesum_{pid}.db" in os.listdir(tmp_path)  # its atexit did not run
+    assert forget_the_dead(str(tmp_path)) == [pid]
+    left = os.listdir(tmp_path)
+    assert f"gauge_livesum_{pid}.db" not in left
+    assert f"gauge_livemax_{pid}.db" not in left
+    assert f"counter_{pid}.db" in left
+    assert forget_the_dead(str(tmp_path)) == []
 
 
 def test_the_reader_thread_writes_the_gauges_by_itself(registry: CollectorRegistry) -> None:

@@ -135,6 +135,11 @@ def test_sync_verbs_trace_plain_listeners_too(spans: Any, verb: str) -> None:
     assert failed.attributes is not None
     assert failed.attributes["error.type"] == f"{__name__}.Boom"
     assert failed.attributes["patchboard.status"] == "error"
+    [event] = failed.events
+    assert event.name == "exception"
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == f"{__name__}.Boom"
+    assert ok.events == ()
 
 
 async def test_plain_async_listeners_are_traced(spans: Any) -> None:
