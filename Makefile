@@ -51,7 +51,7 @@ pytest: $(VENV)/.installed
 
 # The example's end-to-end test, bench/load.py's, the Tasks engines' and the stress
 # harness's run once, on Django 6 (this venv has no `demo` or `stress` group, so no
-# httpx, no RQ).
+# httpx, no RQ, no Celery).
 pytest-django52: $(VENV52)/.installed
 	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/harness/test_example_e2e.py \
 	  --ignore=tests/harness/test_bench_load.py --ignore=tests/background/test_engines.py \

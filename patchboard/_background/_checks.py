@@ -21,8 +21,9 @@ worker (whose management command runs the checks too).
     runs background listeners inside the request that sends the signal.
 
 Nothing is checked until a background listener connects. The checks never
-build the ``run_listener`` task (it is built on first enqueue), so a broken
-``TASKS`` is reported here instead of crashing ``django.setup()``.
+build the ``run_listener`` task (start-up builds it only when its backend
+works), so a broken ``TASKS`` is reported here instead of crashing
+``django.setup()``.
 """
 
 from __future__ import annotations

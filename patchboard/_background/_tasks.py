@@ -9,6 +9,8 @@ The :class:`~django.tasks.Task` object is built on first use (module
 ``__getattr__``) rather than at import: ``django.tasks`` validates a task
 against its backend when it is built, and a project whose ``TASKS`` lacks
 the alias must still start (``patchboard.E020`` tells it what is wrong).
+At start-up, :func:`build_at_start` builds it when that alias exists, for
+the workers that know only the tasks built before they start (Celery's).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from patchboard import _clock, _deadline
@@ -32,7 +35,7 @@ from patchboard._background._payload import (
     decode_kwargs,
 )
 from patchboard._background._registry import Refused, candidates, pick
-from patchboard._config import get_settings
+from patchboard._config import SettingError, get_settings
 from patchboard._exceptions import CircuitOpen
 from patchboard._instrument import instruments
 from patchboard._log import logger
@@ -85,6 +88,33 @@ def task() -> Any:
     built = api.task(takes_context=True, backend=alias)(_function)
     globals()["run_listener"] = built
     return built
+
+
+def build_at_start() -> None:
+    """
+    Build the ``run_listener`` Task now (``PatchboardConfig.ready()``) when the
+    project's ``TASKS`` has the configured backend alias.
+
+    A Celery worker runs only the tasks registered when it starts, and
+    django-tasks-celery registers a task with Celery when the task is built:
+    built lazily, ``run_listener`` would be unknown to the worker, which
+    discards its messages ("Received unregistered task"). Other workers find
+    the task by its dotted path; building it early costs them nothing.
+
+    Does nothing when ``TASKS`` is not set (Django's default runs tasks in the
+    request: there is no worker), when ``PATCHBOARD`` is invalid
+    (``patchboard.E001``), when the alias is missing or its backend cannot be
+    built (``patchboard.E020``), or without Django's Tasks framework: the
+    project still starts, and the system checks say what is wrong.
+    """
+    # (is_overridden is documented API that django-stubs does not declare.)
+    if not django_settings.is_overridden("TASKS"):  # type: ignore[misc]
+        return
+    try:
+        _framework.backend(get_settings().background.backend)
+    except (SettingError, ImproperlyConfigured):  # UnusableBackend is one
+        return
+    task()
 
 
 def run(payload: object, task_result: Any) -> str:

@@ -40,6 +40,7 @@ except ImportError:  # Django 5.2, with the django-tasks backport
 from structlog.testing import LogCapture
 
 from patchboard import CircuitOpen, ListenerTimeout, NotSerializable, Signal, receiver
+from patchboard._background import _tasks as task_module
 from patchboard._background._checks import (
     E020_ID,
     W022,
@@ -933,6 +934,52 @@ def test_startup_and_check_name_a_missing_backend_alias(
         f"""a usable Tasks backend"""
     ) in done.stderr
     assert "W022" not in done.stderr
+
+
+# -- run_listener built at start-up ------------------------------------------------------
+
+
+@pytest.fixture
+def unbuilt() -> Iterator[None]:
+    """``run_listener`` not built yet (as in a process that has just started); restored after."""
+    namespace = vars(task_module)
+    built = namespace.pop("run_listener", None)
+    yield
+    namespace.pop("run_listener", None)
+    if built is not None:
+        namespace["run_listener"] = built
+
+
+@pytest.mark.usefixtures("unbuilt")
+def test_start_builds_run_listener_on_the_configured_backend(settings: Any) -> None:
+    """What a Celery worker needs: the task exists (registered with Celery) before any message."""
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy"}}
+
+    task_module.build_at_start()
+
+    assert vars(task_module)["run_listener"].backend == "dummy"
+
+
+@pytest.mark.usefixtures("unbuilt")
+@pytest.mark.parametrize(
+    ("tasks", "backend"),
+    [
+        ({"default": {"BACKEND": "nowhere.Backend"}}, "default"),
+        ({"default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}}, "nowhere"),
+        ({}, "default"),
+    ],
+    ids=["backend-unimportable", "alias-missing", "tasks-empty"],
+)
+def test_start_builds_nothing_without_a_usable_backend(
+    settings: Any, tasks: dict[str, Any], backend: str
+) -> None:
+    """The project still starts; patchboard.E020 says why once a background listener connects."""
+    settings.TASKS = tasks
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": backend}}
+
+    task_module.build_at_start()
+
+    assert "run_listener" not in vars(task_module)
 
 
 # -- a missing backend at run time -------------------------------------------------------

@@ -1,25 +1,26 @@
 """
 The real Tasks engines, end to end (part of ``make stress``): RQ through
-django-tasks-rq with its real ``rqworker``, beside django-tasks-db's
+django-tasks-rq with its real ``rqworker``, and Celery through
+django-tasks-celery with a real ``celery worker``, beside django-tasks-db's
 ``db_worker`` (tests/background/test_e2e.py runs the same scenario on it),
-and a worker killed in the middle of a background call on both.
+and a worker killed in the middle of a background call on each.
 
-RQ runs on a private ``redis-server`` (the queue's keys and the worker's
-registrations stay out of the shared Redis); the project's rows live in an
-SQLite file (RQ) or in a PostgreSQL database of the test's own (django-tasks-db).
-
-Celery is not tested: no Celery backend for ``django.tasks`` is pinned here.
+RQ and Celery run on a private ``redis-server`` (the queue's keys and the
+worker's registrations stay out of the shared Redis; Celery keeps its results
+there too); the project's rows live in an SQLite file (RQ, Celery) or in a
+PostgreSQL database of the test's own (django-tasks-db).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,23 +28,38 @@ from typing import Any
 import pytest
 
 from tests.background.test_e2e import ROOT, Project, Run, fresh_postgres_database
-from tests.services import RedisServer, require_redis_server
+from tests.services import RedisServer, require_module, require_redis_server
 
 pytestmark = [pytest.mark.stress, pytest.mark.redis]
 
 IDLE_DEADLINE_S = 40.0
-RQ_WORKER = ("rqworker", "default", "--job-class", "django_tasks_rq.Job", "--with-scheduler")
-DB_WORKER = ("db_worker", "--no-reload", "--no-startup-delay", "--interval", "0.1")
+RQ_WORKER = (
+    *("-m", "django", "rqworker", "default"),
+    *("--job-class", "django_tasks_rq.Job", "--with-scheduler"),
+)
+DB_WORKER = ("-m", "django", "db_worker", "--no-reload", "--no-startup-delay", "--interval", "0.1")
+# Prefork, Celery's default pool and the one deployments run, with one process: tasks run
+# one at a time, in a child of the worker, as they do in production (the solo pool runs
+# them in the worker itself). No gossip, mingle or heartbeat: one worker, no waiting at start.
+CELERY_WORKER = (
+    *("-m", "celery", "-A", "tests.e2e.celery", "worker", "--loglevel", "INFO"),
+    *("--pool", "prefork", "--concurrency", "1"),
+    *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+)
+CELERY_QUEUE = "celery"  # Celery's default queue: django-tasks-celery routes "default" there
+CELERY_UNACKED = "unacked"  # kombu's Redis transport: messages taken and not yet acknowledged
+CELERY_READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 
 
 class Worker:
     """A Tasks worker of the e2e project, in a process group of its own, logging to a file."""
 
     def __init__(self, project: Project, command: tuple[str, ...], log: Path) -> None:
+        """``command``: the worker's arguments to the Python interpreter."""
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "django", *command],
+                [sys.executable, *command],
                 cwd=ROOT,
                 env=project.env,
                 stdout=out,
@@ -89,13 +105,27 @@ def descendants(pid: int) -> list[int]:
 
 
 def events(log: Path) -> list[dict[str, Any]]:
-    import json
+    return log_lines(log.read_text(errors="replace"))
 
+
+def log_lines(output: str) -> list[dict[str, Any]]:
+    """
+    The structlog events of a process's output (one JSON object per line; a
+    Celery worker also prints the Python repr of a message it discards).
+    """
     found = []
-    for line in log.read_text(errors="replace").splitlines():
+    for line in output.splitlines():
         if line.startswith("{"):
-            found.append(json.loads(line))
+            with contextlib.suppress(json.JSONDecodeError):
+                found.append(json.loads(line))
     return found
+
+
+def sent(project: Project, command: str) -> tuple[Any, list[dict[str, Any]]]:
+    """Run one of the scenario's sending commands: its result and the sender's log events."""
+    output = project.run("-m", "tests.e2e.scenario", command)
+    [line] = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT ")), log_lines(output)
 
 
 def rq_pending(url: str) -> int:
@@ -152,7 +182,7 @@ def work_rq(project: Project, server: RedisServer, log: Path) -> Worker:
     return worker
 
 
-# -- the scenario of tests/background/test_e2e.py, on RQ ----------------------------------
+# -- the scenario of tests/background/test_e2e.py, on RQ -------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +190,20 @@ def rq_run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     workdir = tmp_path_factory.mktemp("rq")
     project = rq_project(redis_server, workdir)
     ids = project.scenario("send")
-    worker = work_rq(project, redis_server, workdir / "worker.log")
+    worker = Worker(project, RQ_WORKER, workdir / "worker.log")
+    return worked(
+        project, ids, worker, lambda: rq_pending(redis_server.url) == 0, "an idle RQ queue"
+    )
+
+
+def worked(
+    project: Project, ids: dict[str, Any], worker: Worker, idle: Callable[[], bool], what: str
+) -> Run:
+    """Let ``worker`` run until ``idle()``, stop it: what the scenario left behind."""
+    try:
+        wait_for(idle, worker, what)
+    finally:
+        worker.stop()
     report = project.scenario("report")
     return Run(
         ids=ids,
@@ -170,14 +213,83 @@ def rq_run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     )
 
 
-def test_rq_enqueues_on_commit_only(rq_run: Run) -> None:
-    assert rq_run.evidence_of("post_save", "COMMITTED")
-    assert [e for e in rq_run.evidence if e["reference"] == "ROLLBACK"] == []
-    assert len(rq_run.tasks_of("tests.e2e.listeners.order_saved")) == 2  # E2E-1, COMMITTED
+# -- the same scenario, on Celery -----------------------------------------------------------
 
 
-def test_rq_delivers_typed_arguments(rq_run: Run) -> None:
-    [evidence] = rq_run.evidence_of("receipt", "E2E-1")
+def celery_project(server: RedisServer, workdir: Path, *, acks_late: bool = False) -> Project:
+    """The e2e project on Celery: broker and results on ``server``, rows in an SQLite file."""
+    require_module("django_tasks_celery", "the stress group: pip install --group stress")
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(workdir / "celery.sqlite3")}
+    project = Project(database, workdir)
+    project.env["PATCHBOARD_E2E_CELERY_URL"] = server.url
+    if acks_late:
+        project.env["PATCHBOARD_E2E_CELERY_ACKS_LATE"] = "1"
+    project.run("-m", "django", "migrate", "--run-syncdb", "--verbosity", "0")
+    return project
+
+
+def celery_unfinished(url: str, task_ids: Iterable[str]) -> set[str]:
+    """
+    The tasks among ``task_ids`` without a final result. (Celery's queue and
+    its unacknowledged messages can both be empty while a task runs: a
+    worker acknowledges a task before it starts, by default.)
+    """
+    from redis import Redis
+
+    ids = sorted(task_ids)
+    with Redis.from_url(url) as connection:
+        metas = connection.mget([f"celery-task-meta-{task_id}" for task_id in ids])
+    return {
+        task_id
+        for task_id, meta in zip(ids, metas, strict=True)
+        if meta is None or json.loads(meta)["status"] not in CELERY_READY_STATES
+    }
+
+
+def celery_broker(url: str) -> tuple[int, int]:
+    """Messages waiting in Celery's queue, and taken by a worker but not acknowledged."""
+    from redis import Redis
+
+    with Redis.from_url(url) as connection:
+        return connection.llen(CELERY_QUEUE), connection.hlen(CELERY_UNACKED)
+
+
+@pytest.fixture(scope="module")
+def celery_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    workdir = tmp_path_factory.mktemp("celery")
+    with require_redis_server() as server:
+        project = celery_project(server, workdir)
+        ids, sender = sent(project, "send")
+        enqueued = {e["task_id"] for e in sender if e["event"] == "background_enqueued"}
+        enqueued |= {ids["forged"], *ids["hostile"].values()}
+        worker = Worker(project, CELERY_WORKER, workdir / "worker.log")
+
+        def every_task_finished() -> bool:
+            # The tasks sent, and those the worker enqueued when it rescheduled one.
+            again = {e["next_task_id"] for e in events(worker.log) if "next_task_id" in e}
+            return not celery_unfinished(server.url, enqueued | again)
+
+        yield worked(project, ids, worker, every_task_finished, "every Celery task finishing")
+
+
+# -- what both runs show ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["rq", "celery"])
+def engine_run(request: pytest.FixtureRequest) -> Run:
+    """The scenario's run on each engine (``rq_run``, ``celery_run``)."""
+    run: Run = request.getfixturevalue(f"{request.param}_run")
+    return run
+
+
+def test_enqueues_on_commit_only(engine_run: Run) -> None:
+    assert engine_run.evidence_of("post_save", "COMMITTED")
+    assert [e for e in engine_run.evidence if e["reference"] == "ROLLBACK"] == []
+    assert len(engine_run.tasks_of("tests.e2e.listeners.order_saved")) == 2  # E2E-1, COMMITTED
+
+
+def test_delivers_typed_arguments(engine_run: Run) -> None:
+    [evidence] = engine_run.evidence_of("receipt", "E2E-1")
     detail = evidence["detail"]
     assert (detail["paid_at_type"], detail["amount_type"], detail["amount"]) == (
         "datetime",
@@ -187,6 +299,30 @@ def test_rq_delivers_typed_arguments(rq_run: Run) -> None:
     assert detail["order_type"] == "Order" and detail["sender"] == "testapp.Order"
 
 
+def rescheduled_then_ran(run: Run) -> tuple[dict[str, Any], datetime]:
+    """
+    Assert the charge's chain: the first task rescheduled (once or twice, for
+    the same ``retry_at``), each next task is the one the previous enqueued,
+    the last ran to ``"ok"`` after ``retry_at`` by the listener's own clock.
+    Returns the last task and ``retry_at``.
+    """
+    *rescheduled_tasks, last = run.tasks_of("tests.e2e.listeners.charge")
+    [opened] = run.evidence_of("circuit_opened", "FLAKY")
+    [charged] = run.evidence_of("charged", "FLAKY")
+    retry_at = datetime.fromisoformat(opened["detail"]["retry_at"])
+    assert rescheduled_tasks[0]["id"] == run.ids["charge"]
+    assert 1 <= len(rescheduled_tasks) <= 2
+    assert {t["return_value"] for t in rescheduled_tasks} == {"rescheduled"}
+    assert (last["return_value"], last["payload"]["attempt"]) == ("ok", len(rescheduled_tasks) + 1)
+    events = run.events("background_rescheduled")
+    following = [*rescheduled_tasks[1:], last]
+    chain = [(t["id"], n["id"]) for t, n in zip(rescheduled_tasks, following, strict=True)]
+    assert [(e["task_id"], e["next_task_id"]) for e in events] == chain
+    assert {datetime.fromisoformat(e["run_after"]) for e in events} == {retry_at}
+    assert datetime.fromisoformat(charged["detail"]["ran_at"]) >= retry_at
+    return last, retry_at
+
+
 def test_rq_reschedules_an_open_circuit_with_run_after(rq_run: Run) -> None:
     """
     RQ's scheduler keeps whole seconds (``ScheduledJobRegistry.schedule()``
@@ -194,64 +330,73 @@ def test_rq_reschedules_an_open_circuit_with_run_after(rq_run: Run) -> None:
     early: it then finds the circuit still open and reschedules once more,
     for the same ``retry_at``. The task that ran is the one started after it.
     """
-    *rescheduled_tasks, last = rq_run.tasks_of("tests.e2e.listeners.charge")
-    [opened] = rq_run.evidence_of("circuit_opened", "FLAKY")
-    [charged] = rq_run.evidence_of("charged", "FLAKY")
-    retry_at = datetime.fromisoformat(opened["detail"]["retry_at"])
-    assert rescheduled_tasks[0]["id"] == rq_run.ids["charge"]
-    assert 1 <= len(rescheduled_tasks) <= 2
-    assert {t["return_value"] for t in rescheduled_tasks} == {"rescheduled"}
-    assert (last["return_value"], last["payload"]["attempt"]) == ("ok", len(rescheduled_tasks) + 1)
-    events = rq_run.events("background_rescheduled")
-    following = [*rescheduled_tasks[1:], last]
-    chain = [(t["id"], n["id"]) for t, n in zip(rescheduled_tasks, following, strict=True)]
-    assert [(e["task_id"], e["next_task_id"]) for e in events] == chain
-    assert {datetime.fromisoformat(e["run_after"]) for e in events} == {retry_at}
+    last, retry_at = rescheduled_then_ran(rq_run)
     assert datetime.fromisoformat(last["started_at"]) >= retry_at
-    assert datetime.fromisoformat(charged["detail"]["ran_at"]) >= retry_at
 
 
-def test_rq_refuses_forged_and_tampered_payloads(rq_run: Run) -> None:
-    refused = {t["id"] for t in rq_run.tasks if t["return_value"] == "refused"}
-    assert refused == {rq_run.ids["forged"], *rq_run.ids["hostile"].values()}
-    assert rq_run.evidence_of("forged", "FORGED") == []
-    logged = {e["task_id"] for e in rq_run.events("background_refused")}
+def test_celery_reschedules_an_open_circuit_with_eta(celery_run: Run) -> None:
+    """
+    django-tasks-celery turns ``run_after`` into Celery's ``eta``: the worker
+    takes the message at once and holds it until then (no scheduler process).
+    Celery keeps no start time: the listener's clock (above) and the finish
+    time say when it ran.
+    """
+    last, retry_at = rescheduled_then_ran(celery_run)
+    assert datetime.fromisoformat(last["finished_at"]) >= retry_at
+
+
+def test_refuses_forged_and_tampered_payloads(engine_run: Run) -> None:
+    refused = {t["id"] for t in engine_run.tasks if t["return_value"] == "refused"}
+    assert refused == {engine_run.ids["forged"], *engine_run.ids["hostile"].values()}
+    assert engine_run.evidence_of("forged", "FORGED") == []
+    logged = {e["task_id"] for e in engine_run.events("background_refused")}
     assert logged == refused
-    assert len(rq_run.evidence_of("receipt", "E2E-1")) == 1
+    assert len(engine_run.evidence_of("receipt", "E2E-1")) == 1
 
 
-def test_rq_runs_every_task_to_success(rq_run: Run) -> None:
-    assert {t["status"] for t in rq_run.tasks} == {"SUCCESSFUL"}
-    assert len(rq_run.events("background_finished")) == 4
+def test_runs_every_task_to_success(engine_run: Run) -> None:
+    assert {t["status"] for t in engine_run.tasks} == {"SUCCESSFUL"}
+    # 11 sent (2 post_save, 2 receipts, the charge, the forged, 5 tampered) and the reschedules.
+    assert len(engine_run.tasks) == 11 + len(engine_run.events("background_rescheduled"))
+    assert len(engine_run.events("background_finished")) == 4
 
 
 # -- a worker killed mid-task ----------------------------------------------------------------
 
 
-def killed_mid_task(project: Project, command: tuple[str, ...], workdir: Path) -> dict[str, Any]:
+def killed_mid_task(
+    project: Project,
+    command: tuple[str, ...],
+    workdir: Path,
+    rerun: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
     """
     Send one slow background call, kill its worker (SIGKILL) while the
     listener runs, start a worker again and let it run for a while: what
     happened, from the sender's and the workers' logs and the evidence.
+    With ``rerun``, the restarted worker is expected to run the call again:
+    it runs until ``rerun()`` is true, and is killed in its turn.
     """
-    sent = project.run("-m", "tests.e2e.scenario", "slow")
-    [line] = [line for line in sent.splitlines() if line.startswith("RESULT ")]
-    import json
-
-    task_id = json.loads(line.removeprefix("RESULT "))["slow"]
-    sender_events = [json.loads(x) for x in sent.splitlines() if x.startswith("{")]
+    ids, sender_events = sent(project, "slow")
+    task_id = ids["slow"]
     first = Worker(project, command, workdir / "first.log")
     try:
         wait_for(lambda: started(project), first, "the listener starting")
     finally:
         first.kill()
     second = Worker(project, command, workdir / "second.log")
-    try:
-        # Long enough for the restarted worker to pick up anything it would run again.
-        time.sleep(3.0)
-        second.alive()
-    finally:
-        second.stop()
+    if rerun is not None:
+        try:
+            wait_for(rerun, second, "the listener starting again")
+        finally:
+            second.kill()
+    else:
+        try:
+            # Long enough for the restarted worker to pick up anything it would run again.
+            time.sleep(3.0)
+            second.alive()
+        finally:
+            second.stop()
     return {
         "task_id": task_id,
         "sender": sender_events,
@@ -260,9 +405,9 @@ def killed_mid_task(project: Project, command: tuple[str, ...], workdir: Path) -
     }
 
 
-def started(project: Project) -> bool:
+def started(project: Project, times: int = 1) -> bool:
     report = project.scenario("report")
-    return any(e["kind"] == "slow_started" for e in report["evidence"])
+    return [e["kind"] for e in report["evidence"]].count("slow_started") >= times
 
 
 def named(found: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -323,3 +468,46 @@ def test_db_worker_killed_mid_task(tmp_path_factory: pytest.TempPathFactory) -> 
     [task] = report["tasks"]
     assert (task["id"], task["status"]) == (seen["task_id"], "RUNNING")
     assert [e["kind"] for e in report["evidence"]] == ["slow_started"]
+
+
+def test_celery_worker_killed_mid_task(
+    private_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """
+    Celery's fate with its default settings: a worker acknowledges a task's
+    message when it starts the task (acks early), so a worker killed
+    mid-task takes the message with it: the broker holds nothing, a restarted
+    worker runs nothing, and the result stays STARTED (RUNNING) for good,
+    since nothing marks it failed. At most once.
+    """
+    workdir = tmp_path_factory.mktemp("celery-kill")
+    project = celery_project(private_redis, workdir)
+    seen = killed_mid_task(project, CELERY_WORKER, workdir)
+    assert_enqueued_once_and_logged(seen)
+    assert named(seen["second"], "background_started") == []
+    assert celery_broker(private_redis.url) == (0, 0)  # the message is gone
+    report = project.scenario("report")
+    [task] = report["tasks"]
+    assert (task["id"], task["status"]) == (seen["task_id"], "RUNNING")
+    assert [e["kind"] for e in report["evidence"]] == ["slow_started"]  # never re-run
+
+
+def test_celery_acks_late_worker_killed_mid_task(
+    private_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """
+    With ``task_acks_late`` (and ``task_reject_on_worker_lost``, which only
+    matters when a pool child dies under a living worker), the message is
+    acknowledged when the task ends; a worker killed mid-task leaves it
+    unacknowledged, and once the transport's ``visibility_timeout`` passes
+    (an hour by default on Redis; 2 s here) a worker delivers it again:
+    at least once, so the listener runs a second time, with the same task id.
+    """
+    workdir = tmp_path_factory.mktemp("celery-acks-late")
+    project = celery_project(private_redis, workdir, acks_late=True)
+    seen = killed_mid_task(project, CELERY_WORKER, workdir, rerun=lambda: started(project, times=2))
+    assert_enqueued_once_and_logged(seen)
+    [again] = named(seen["second"], "background_started")
+    assert again["task_id"] == seen["task_id"]
+    report = project.scenario("report")
+    assert [e["kind"] for e in report["evidence"]] == ["slow_started", "slow_started"]

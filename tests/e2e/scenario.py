@@ -164,8 +164,9 @@ def report() -> dict[str, Any]:
         {"kind": e.kind, "reference": e.reference, "detail": e.detail, "at": e.at.isoformat()}
         for e in Evidence.objects.order_by("pk")
     ]
-    tasks = rq_tasks() if settings.RQ_URL else db_tasks()
-    return {"evidence": evidence, "tasks": tasks}
+    if settings.CELERY_URL:
+        return {"evidence": evidence, "tasks": celery_tasks()}
+    return {"evidence": evidence, "tasks": rq_tasks() if settings.RQ_URL else db_tasks()}
 
 
 def rq_tasks() -> list[dict[str, Any]]:
@@ -202,6 +203,41 @@ def rq_tasks() -> list[dict[str, Any]]:
             }
         )
     return sorted(found, key=lambda task: task["enqueued_at"] or "")
+
+
+def celery_tasks() -> list[dict[str, Any]]:
+    """
+    Every task the Celery result backend holds a result of (started, with
+    ``task_track_started``, or finished), as the Tasks backend reports it.
+    Celery keeps no enqueue or start time: the tasks are in finishing order.
+    """
+    from patchboard._background._framework import api
+    from tests.e2e.celery import app
+
+    prefix = app.backend.task_keyprefix
+    keys = app.backend.client.scan_iter(match=prefix + b"*")
+    backend = api().task_backends["default"]
+    found = []
+    for key in keys:
+        task_id = key.removeprefix(prefix).decode()
+        result = backend.get_result(task_id)
+        # Celery's own date, not TaskResult.finished_at: django-tasks-celery 0.1.1
+        # replaces its UTC offset with UTC's (hours off outside UTC).
+        done = app.backend.get_task_meta(task_id)["date_done"]
+        found.append(
+            {
+                "id": result.id,
+                "status": str(result.status),
+                "return_value": getattr(result, "_return_value", None),
+                # None: a message the worker discarded (its result keeps no arguments).
+                "payload": result.args[0] if result.args else None,
+                "run_after": None,
+                "finished_at": done and datetime.fromisoformat(done).astimezone(UTC).isoformat(),
+                "exception": [e.exception_class_path for e in result.errors],
+            }
+        )
+    # Unfinished tasks last.
+    return sorted(found, key=lambda task: task["finished_at"] or "~")
 
 
 def db_tasks() -> list[dict[str, Any]]:
