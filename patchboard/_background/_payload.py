@@ -108,6 +108,8 @@ class Job:
     (see ``patchboard._background.signal_key``), ``sender`` and ``kwargs`` the
     encoded arguments, ``attempt`` counts from 1 (a reschedule is the next
     attempt) and ``first_enqueued_at`` is when the first attempt was enqueued.
+    ``key`` and ``db`` are set when the call went through the outbox: its
+    entry's id (the idempotency key) and the database the entry is on.
     """
 
     listener: str
@@ -116,9 +118,11 @@ class Job:
     kwargs: dict[str, Any]
     attempt: int = 1
     first_enqueued_at: dt.datetime
+    key: str | None = None
+    db: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "v": VERSION,
             "listener": self.listener,
             "signal": self.signal,
@@ -127,6 +131,9 @@ class Job:
             "attempt": self.attempt,
             "first_enqueued_at": self.first_enqueued_at.isoformat(),
         }
+        if self.key is not None:  # Left out otherwise: optional, as older payloads lack them.
+            data["key"], data["db"] = self.key, self.db
+        return data
 
     @classmethod
     def from_json(cls, data: object) -> Job:
@@ -157,6 +164,7 @@ class Job:
             raise PayloadError("payload", f"bad first_enqueued_at {_shown(first)}") from None
         if first_enqueued_at.tzinfo is None:
             first_enqueued_at = first_enqueued_at.replace(tzinfo=dt.UTC)
+        key, db = _outbox_fields(data)
         return cls(
             listener=listener,
             signal=signal,
@@ -164,7 +172,25 @@ class Job:
             kwargs=data["kwargs"],
             attempt=attempt,
             first_enqueued_at=first_enqueued_at,
+            key=key,
+            db=db,
         )
+
+
+def _outbox_fields(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A payload's ``key`` and ``db``: both absent, or a UUID and a database of this process."""
+    key, db = data.get("key"), data.get("db")
+    if key is None and db is None:
+        return None, None
+    if type(key) is not str or type(db) is not str:
+        raise PayloadError("payload", "key and db must be strings, together")
+    try:
+        key = str(uuid.UUID(key))
+    except ValueError:
+        raise PayloadError("payload", f"key must be a UUID, got {_shown(key)}") from None
+    if db not in connections.settings:
+        raise PayloadError("payload", f"db {_shown(db)} is not a database of this process")
+    return key, db
 
 
 # -- encoding --------------------------------------------------------------------

@@ -125,17 +125,6 @@ def calls() -> Iterator[list[dict[str, Any]]]:
 
 
 @pytest.fixture
-def dummy(settings: Any) -> Iterator[DummyBackend]:
-    """Background listeners enqueue to the DummyBackend."""
-    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy"}}
-    backend = task_backends["dummy"]
-    assert isinstance(backend, DummyBackend)
-    backend.clear()
-    yield backend
-    backend.clear()
-
-
-@pytest.fixture
 def connect() -> Iterator[Callable[..., None]]:
     """Connect a module-level listener with options; disconnected after the test."""
     made: list[tuple[Any, Callable[..., Any], Any]] = []
