@@ -30,4 +30,5 @@ if RQ_URL:
     # DEFAULT_TIMEOUT: a job whose worker died is found abandoned this long after it started.
     RQ_QUEUES = {"default": {"URL": RQ_URL, "DEFAULT_TIMEOUT": 5}}
     TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
-PATCHBOARD: dict[str, object] = {"BACKGROUND": {"MAX_RESCHEDULES": 10}}
+# OUTBOX_GRACE: the relay takes an entry its sender died before delivering after 1 s.
+PATCHBOARD: dict[str, object] = {"BACKGROUND": {"MAX_RESCHEDULES": 10, "OUTBOX_GRACE": 1}}
