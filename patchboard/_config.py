@@ -440,6 +440,12 @@ def _below_one(name: str) -> Callable[[object], object]:
     return check
 
 
+def _outbox_switch(value: object) -> None:
+    # By type: 1 == True and 0 == False, but an int is not a switch.
+    if not (type(value) is bool or (type(value) is str and value == "auto")):
+        raise ValueError(f"OUTBOX must be 'auto', True or False, got {value!r}")
+
+
 _QUEUE_FIELDS: FieldChecks = {
     "min_workers": functools.partial(integer, "MIN_WORKERS", minimum=1),
     "max_workers": functools.partial(integer, "MAX_WORKERS", minimum=1),
@@ -491,6 +497,9 @@ _BACKGROUND_FIELDS: FieldChecks = {
     "max_reschedules": functools.partial(integer, "MAX_RESCHEDULES", minimum=0),
     "give_up_after": functools.partial(seconds, "GIVE_UP_AFTER"),
     "retry_delay": functools.partial(seconds, "RETRY_DELAY"),
+    "outbox": _outbox_switch,
+    "outbox_grace": functools.partial(seconds, "OUTBOX_GRACE", allow_zero=True),
+    "outbox_retention": functools.partial(seconds, "OUTBOX_RETENTION"),
 }
 
 
@@ -506,6 +515,13 @@ class BackgroundSettings:
     """Seconds after the first enqueue past which a task no longer reschedules."""
     retry_delay: float = 60.0
     """Seconds a task waits before its next attempt when an open circuit names no retry time."""
+    outbox: Literal["auto"] | bool = "auto"
+    """Write each call to the outbox table first: ``"auto"`` when the backend is outside
+    the database (not django-tasks-db, not the immediate or dummy backends)."""
+    outbox_grace: float = 5.0
+    """Seconds the relay leaves a fresh entry to its own on-commit delivery."""
+    outbox_retention: float = 7 * 86400.0
+    """Seconds delivered entries are kept (for the run-once check) before the relay purges them."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _BACKGROUND_FIELDS)

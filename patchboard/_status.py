@@ -1,6 +1,6 @@
 """
 The staff status page: circuit breakers, the short-term queue, the listener
-threads and outcome counts.
+threads, outcome counts and, when it is on, the outbox of background listeners.
 
 Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answers:
 
@@ -24,7 +24,8 @@ Everything on the page belongs to the process that served it, shown by its
 pid: the outcome counts, the queue and the breakers' counters are this
 process's, and so is a memory-store breaker's state (forcing it changes this
 process only). A breaker with a Redis store shows the shared state, fetched
-for the page, and a change made here applies to every process.
+for the page, and a change made here applies to every process; so is the
+outbox, read from its table on each database.
 
 Why async views: the project runs under ASGI, where a sync view costs a
 thread hop per request. Here authentication (``request.auser()``), the Redis
@@ -49,6 +50,7 @@ from django.apps import apps
 from django.conf import global_settings, settings
 from django.contrib import messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db import DatabaseError
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -64,6 +66,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from patchboard import _clock
+from patchboard._background import _outbox
 from patchboard._breaker import (
     BreakerStatistics,
     all_breakers,
@@ -150,6 +153,21 @@ class ThreadsStatus(TypedDict):
     abandoned_running: int
 
 
+class OutboxStatus(TypedDict):
+    """
+    The outbox on one database (see :class:`OutboxStatistics`), shared by
+    every process; ``error`` says why the numbers are missing (no table yet,
+    an unreachable database), else it is None.
+    """
+
+    database: str
+    pending: int | None
+    oldest_pending_at: str | None
+    failed: int | None
+    last_error: str
+    error: str | None
+
+
 class Snapshot(TypedDict):
     """What the page shows, and what ``?format=json`` returns (keys are stable)."""
 
@@ -159,6 +177,8 @@ class Snapshot(TypedDict):
     queue: QueueStatus
     threads: ThreadsStatus
     outcomes: dict[str, int]
+    outbox: list[OutboxStatus] | None
+    """One per database the outbox may be on; None when the outbox is off."""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -235,6 +255,43 @@ def threads_status(stats: ThreadStatistics) -> ThreadsStatus:
     }
 
 
+def outbox_status() -> list[OutboxStatus] | None:
+    """The page's view of the outbox on each database, or None when it is off (queries)."""
+    try:
+        if not _outbox.enabled(get_settings().background.backend):
+            return None
+        databases = _outbox.databases()
+    except (ImproperlyConfigured, LookupError):
+        return None  # No Tasks framework or backend, or patchboard not installed: no outbox.
+    found: list[OutboxStatus] = []
+    for alias in databases:
+        try:
+            stats = _outbox.statistics(alias)
+        except DatabaseError as exc:
+            found.append(
+                {
+                    "database": alias,
+                    "pending": None,
+                    "oldest_pending_at": None,
+                    "failed": None,
+                    "last_error": "",
+                    "error": f"{type(exc).__qualname__}: {exc}"[:500],
+                }
+            )
+            continue
+        found.append(
+            {
+                "database": alias,
+                "pending": stats.pending,
+                "oldest_pending_at": _iso(stats.oldest_pending_at),
+                "failed": stats.failed,
+                "last_error": stats.last_error,
+                "error": None,
+            }
+        )
+    return found
+
+
 async def snapshot() -> Snapshot:
     """
     Every breaker (those declared in ``PATCHBOARD["BREAKERS"]`` are built if
@@ -257,6 +314,8 @@ async def snapshot() -> Snapshot:
         "queue": queue_status(queue_stats()),
         "threads": threads_status(thread_stats()),
         "outcomes": outcome_counts(),
+        # The database is sync-only: a thread, like the rendering.
+        "outbox": await sync_to_async(outbox_status)(),
     }
 
 
@@ -415,6 +474,17 @@ def breaker_moments(breaker: BreakerStatus, now: datetime) -> list[Moment]:
     return moments
 
 
+def outbox_moment(outbox: OutboxStatus, now: datetime) -> Moment | None:
+    """How old the oldest pending entry is (``4 s``), or None when nothing is pending."""
+    if outbox["oldest_pending_at"] is None:
+        return None
+    oldest = datetime.fromisoformat(outbox["oldest_pending_at"])
+    age = max(0, math.floor((now - oldest).total_seconds()))
+    return Moment(
+        duration(age), outbox["oldest_pending_at"], f"written at {outbox['oldest_pending_at']}"
+    )
+
+
 def _render(
     request: HttpRequest, status: Snapshot, now: datetime, refresh: int | None
 ) -> HttpResponse:
@@ -440,6 +510,7 @@ def _render(
             (QUEUE_COUNTER_LABELS[name], count)
             for name, count in status["queue"]["counters"].items()
         ],
+        outbox=[(o, outbox_moment(o, generated)) for o in status["outbox"] or ()],
         shared=[b["name"] for b in status["breakers"] if b["shared"]],
         refresh=refresh,
         refresh_choices=REFRESH_CHOICES,

@@ -10,7 +10,10 @@ listener in its own process (:mod:`._registry`), re-fetches the model
 instances it refers to (:mod:`._payload`, the JSON codec: no pickles) and
 calls the listener through the same machinery as an inline call, so its
 ``timeout``, ``on_error`` and ``breaker`` apply there; :mod:`._checks` holds
-the system checks.
+the system checks. With a backend outside the database, :mod:`._outbox`
+writes each call to a table in the sender's transaction first and
+:mod:`._relay` delivers it, after the commit and again for what is left
+(``manage.py patchboard relay``); the worker claims each attempt once.
 
 Open circuits. When the listener's circuit is open in the worker, the task
 does not fail: it enqueues its next attempt to run at the circuit's
@@ -22,7 +25,9 @@ backend cannot defer tasks, it gives up instead.
 Logs (``patchboard`` logger): ``background_enqueued``, ``background_started``,
 ``background_finished`` (``elapsed_s``), ``background_failed``,
 ``background_rescheduled``, ``background_gave_up``, ``background_refused``,
-``background_instance_missing``. Argument values are never logged.
+``background_instance_missing``, ``background_duplicate`` and the outbox's
+``background_outbox_written``, ``_delivered``, ``_retry`` and ``_relayed``.
+Argument values are never logged.
 
 Importing :mod:`._feature` (``patchboard/__init__.py`` does) plugs it into
 the feature seam (``patchboard._features``); Django's Tasks framework itself is imported

@@ -19,6 +19,10 @@ worker (whose management command runs the checks too).
 ``patchboard.W022``
     ``settings.TASKS`` is not set, so Django's default, the ImmediateBackend,
     runs background listeners inside the request that sends the signal.
+``patchboard.W023``
+    The outbox is on (``PATCHBOARD["BACKGROUND"]["OUTBOX"]``) but a database
+    has no outbox table: patchboard's migration is not applied there. A
+    warning, not an error: ``migrate`` runs the checks too, and must run.
 
 Nothing is checked until a background listener connects. The checks never
 build the ``run_listener`` task (start-up builds it only when its backend
@@ -32,8 +36,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 
-from patchboard._background import _framework
+from patchboard._background import _framework, _outbox
 from patchboard._background._registry import is_process_local, registrations
 from patchboard._config import SettingError, get_settings
 
@@ -43,6 +49,7 @@ E022_ID = "patchboard.E022"
 W020_ID = "patchboard.W020"
 W021_ID = "patchboard.W021"
 W022_ID = "patchboard.W022"
+W023_ID = "patchboard.W023"
 
 W022 = Warning(
     "background listeners are connected, but settings.TASKS is not set: Django's default "
@@ -114,6 +121,38 @@ def signal_warning(listener: str, key: str) -> Warning:
     )
 
 
+def outbox_table_warning(alias: str) -> Warning:
+    """``patchboard.W023``: the outbox is on and database ``alias`` lacks its table."""
+    return Warning(
+        f"the outbox of background listeners is on, but database {alias!r} has no "
+        f"patchboard_outbox table: a background listener sent inside a transaction "
+        f"on it fails to enqueue",
+        hint=f"Run: python manage.py migrate patchboard --database {alias}",
+        obj="settings.PATCHBOARD",
+        id=W023_ID,
+    )
+
+
+def check_outbox_tables(databases: Any = None) -> list[CheckMessage]:
+    """
+    ``patchboard.W023`` for each database without the outbox table (those
+    the checks were asked about, else every one the outbox may be on). A
+    database that cannot be reached is left to the checks that need it.
+    """
+    try:
+        aliases = _outbox.databases() if databases is None else list(databases)
+    except LookupError:
+        return []  # patchboard is not an installed app: nothing to migrate.
+    missing: list[CheckMessage] = []
+    for alias in aliases:
+        try:
+            if not _outbox.has_table(alias):
+                missing.append(outbox_table_warning(alias))
+        except (DatabaseError, ImproperlyConfigured):
+            continue  # Unreachable, or a placeholder (DATABASES = {}): not this check's to say.
+    return missing
+
+
 @register()
 def check_background(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     entries = registrations()
@@ -149,4 +188,6 @@ def check_background(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             messages.append(priority_error(label, options.priority, alias))
         if options.breaker is not None and not backend.supports_defer:
             messages.append(defer_warning(label, alias))
+    if _outbox.enabled(alias):
+        messages.extend(check_outbox_tables(kwargs.get("databases")))
     return messages

@@ -20,27 +20,35 @@ the letter carries the trace context (:attr:`Job.trace
 <patchboard._background._payload.Job>`), captured at send time even when
 it is posted on commit, and the worker's span of the call is that span's
 child. With none, the letter carries nothing of the kind.
+With the outbox on (:mod:`._outbox`; a backend outside the database), the
+letter is first written in the ledger: inside ``atomic()`` an entry is
+inserted in the transaction and delivered on commit; outside, or from async
+code, the task is enqueued at once, and only if the backend refuses it is
+an entry written instead, for the relay. Either way the outcome is
+``"enqueued"``: the call is not lost.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import uuid
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from patchboard import _clock
-from patchboard._background import _framework
+from patchboard._background import _framework, _outbox, _relay
 from patchboard._background import _tasks as task_module
 from patchboard._background._payload import Job, encode, encode_kwargs, trace_context
 from patchboard._background._registry import signal_key
 from patchboard._call import Call, gone_receiver
 from patchboard._config import ListenerOptions, get_settings
 from patchboard._instrument import Instrument, instruments
-from patchboard._log import dotted, logger
+from patchboard._log import dotted, log_limited, logger
 from patchboard._outcomes import Outcome
 
 if TYPE_CHECKING:
@@ -88,7 +96,12 @@ def enqueue_sync(call: Call) -> Outcome:
     Inside ``transaction.atomic()`` on the signal's database (its ``using``
     argument, else the default database) the task is enqueued when the
     transaction commits, unless the listener has ``on_commit=False``; the
-    outcome's ``task_id`` is then None. A failing backend, or one that
+    outcome's ``task_id`` is then None. With the outbox on, the call is
+    also written to it in that transaction (a failing write is the
+    listener's error; on PostgreSQL it aborts the transaction, as any failed
+    query does), and a backend that refuses a call outside a transaction
+    gets it written there instead (``task_id`` None), for the relay. A
+    failing backend without the outbox, or one that
     ``PATCHBOARD["BACKGROUND"]["BACKEND"]`` names but ``TASKS`` lacks
     (:class:`~patchboard._background._framework.UnusableBackend`), is the
     listener's error: logged and collected, or raised, as its ``on_error`` says.
@@ -105,15 +118,38 @@ def enqueue_sync(call: Call) -> Outcome:
 
 def _post_sync(call: Call, job: Job) -> Outcome:
     options = call.listener.options
-    if options.on_commit:
-        using = _database(call.kwargs)
-        if transaction.get_connection(using).in_atomic_block:
+    using = _database(call.kwargs)
+    if options.on_commit and transaction.get_connection(using).in_atomic_block:
+        if not _outbox_on():
             transaction.on_commit(partial(_enqueue_on_commit, options, job), using=using)
             return _enqueued(call, None)
+        try:
+            task = _task(options)
+            key, payload = _keyed(job, using)
+            _outbox.write(payload, key=key, using=using, task=task, delay=_relay.grace())
+        except Exception as exc:
+            return call.settle_sync("error", exc)
+        _log_written(job, key, using, task, error=None)
+        transaction.on_commit(partial(_deliver_on_commit, task, payload, key, using), using=using)
+        return _enqueued(call, None)
     try:
-        result = _task(options).enqueue(job.to_json())
+        task = _task(options)
     except Exception as exc:
         return call.settle_sync("error", exc)
+    try:
+        result = task.enqueue(job.to_json())
+    except Exception as exc:
+        if not _outbox_on():
+            return call.settle_sync("error", exc)
+        try:
+            key, payload = _keyed(job, using)
+            _outbox.write(
+                payload, key=key, using=using, task=task, delay=_outbox.backoff(1), error=exc
+            )
+        except Exception:
+            return call.settle_sync("error", exc)  # The backend's refusal, as without the outbox.
+        _log_written(job, key, using, task, error=exc)
+        return _enqueued(call, None)
     _log_enqueued(job, result, on_commit=False)
     return _enqueued(call, result.id)
 
@@ -122,7 +158,9 @@ async def enqueue_async(call: Call) -> Outcome:
     """
     Enqueue one call of a background listener, from async code, through the
     backend's ``aenqueue``. Unlike :func:`enqueue_sync`, never waits for a
-    commit: async code is never inside ``atomic()``.
+    commit: async code is never inside ``atomic()``. With the outbox on, a
+    backend that refuses the call gets it written to the outbox instead, as
+    :func:`enqueue_sync` does outside a transaction.
 
     Raises:
         NotSerializable: an argument cannot cross the process boundary.
@@ -136,11 +174,54 @@ async def enqueue_async(call: Call) -> Outcome:
 
 async def _post_async(call: Call, job: Job) -> Outcome:
     try:
-        result = await _task(call.listener.options).aenqueue(job.to_json())
+        task = _task(call.listener.options)
     except Exception as exc:
         return await call.settle_async("error", exc)
+    try:
+        result = await task.aenqueue(job.to_json())
+    except Exception as exc:
+        if not _outbox_on():
+            return await call.settle_async("error", exc)
+        using = _database(call.kwargs)
+        try:
+            key, payload = _keyed(job, using)
+            await sync_to_async(_outbox.write)(
+                payload, key=key, using=using, task=task, delay=_outbox.backoff(1), error=exc
+            )
+        except Exception:
+            return await call.settle_async("error", exc)
+        _log_written(job, key, using, task, error=exc)
+        return _enqueued(call, None)
     _log_enqueued(job, result, on_commit=False)
     return _enqueued(call, result.id)
+
+
+def _outbox_on() -> bool:
+    try:
+        return _outbox.enabled(get_settings().background.backend)
+    except _framework.UnusableBackend:
+        return False  # Reported where the task is enqueued, as without the outbox.
+
+
+def _keyed(job: Job, using: str) -> tuple[str, dict[str, Any]]:
+    """A fresh idempotency key, and the job's JSON carrying it and its database."""
+    key = str(uuid.uuid4())
+    return key, dataclasses.replace(job, key=key, db=using).to_json()
+
+
+def _deliver_on_commit(task: Any, payload: dict[str, Any], key: str, using: str) -> None:
+    try:
+        _relay.deliver(task, payload, key=key, using=using, attempts=0, by="commit")
+    except Exception as exc:
+        # Marking it failed: it stays in the outbox, and the relay delivers it
+        # (again, if the enqueue went through: the worker's claim runs it once).
+        logger().error(
+            "background_failed",
+            exc_info=exc,
+            phase="outbox_deliver",
+            listener=payload.get("listener"),
+            entry=key,
+        )
 
 
 def _job(call: Call) -> Job:
@@ -230,3 +311,25 @@ def _log_enqueued(job: Job, result: Any, *, on_commit: bool) -> None:
         queue_name=result.task.queue_name,
         on_commit=on_commit,
     )
+
+
+def _log_written(job: Job, key: str, using: str, task: Any, *, error: BaseException | None) -> None:
+    # In a transaction, the usual path: debug (background_outbox_delivered follows).
+    fields = {
+        "entry": key,
+        "listener": job.listener,
+        "signal": job.signal,
+        "database": using,
+        "backend": task.backend,
+    }
+    if error is None:
+        logger().debug("background_outbox_written", **fields, reason="transaction")
+    else:  # One a second per backend under an outage, the next one counting the rest.
+        log_limited(
+            "warning",
+            "background_outbox_written",
+            ("outbox", task.backend),
+            **fields,
+            reason="refused",
+            error=type(error).__qualname__,
+        )

@@ -12,6 +12,8 @@ Raises :class:`UnusableBackend` (an ``ImproperlyConfigured``) for a
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,3 +101,41 @@ def backend(alias: str) -> Any:
         raise UnusableBackend(alias, str(exc)) from exc
     except Exception as exc:
         raise UnusableBackend(alias, f"{type(exc).__name__}: {exc}") from exc
+
+
+IN_DATABASE_OR_PROCESS: tuple[tuple[str, str], ...] = (
+    ("django_tasks_db", "DatabaseBackend"),
+    ("django.tasks.backends.immediate", "ImmediateBackend"),
+    ("django.tasks.backends.dummy", "DummyBackend"),
+    ("django_tasks.backends.immediate", "ImmediateBackend"),
+    ("django_tasks.backends.dummy", "DummyBackend"),
+)
+"""Backends whose enqueue needs no outbox (module, class): django-tasks-db writes its
+task row in the sender's transaction; the immediate and dummy backends stay in process."""
+
+
+def outside_database(backend: object) -> bool:
+    """
+    Whether enqueueing to ``backend`` leaves the database for a broker (RQ,
+    Celery, ...): what ``PATCHBOARD["BACKGROUND"]["OUTBOX"] = "auto"`` turns
+    the outbox on for. Decided by class (subclasses included), never by the
+    alias or the ``BACKEND`` string; a class whose package is not installed
+    cannot be the backend's.
+    """
+    kind: type = type(backend)
+    return _outside(kind)
+
+
+@functools.cache  # Once per backend class: it is asked on every background send.
+def _outside(kind: type) -> bool:
+    for module, name in IN_DATABASE_OR_PROCESS:
+        if importlib.util.find_spec(module.partition(".")[0]) is None:
+            continue
+        try:
+            # Optional packages, imported only when one is installed (see the module docstring).
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if issubclass(kind, cls):
+            return False
+    return True

@@ -125,6 +125,8 @@ class Job:
     ``trace`` is the trace context of the call that enqueued it (header names
     to values, see :func:`trace_context`), None when no tracing was active
     there: the payload then has no ``trace`` at all, as before it existed.
+    ``key`` and ``db`` are set when the call went through the outbox: its
+    entry's id (the idempotency key) and the database the entry is on.
     """
 
     listener: str
@@ -134,6 +136,8 @@ class Job:
     attempt: int = 1
     first_enqueued_at: dt.datetime
     trace: dict[str, str] | None = None
+    key: str | None = None
+    db: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -147,6 +151,8 @@ class Job:
         }
         if self.trace is not None:
             data["trace"] = self.trace
+        if self.key is not None:  # Left out otherwise: optional, as older payloads lack them.
+            data["key"], data["db"] = self.key, self.db
         return data
 
     @classmethod
@@ -186,6 +192,7 @@ class Job:
                 f"(letters, digits, '-' and '_', up to 64) to printable ASCII strings of "
                 f"at most {MAX_TRACE_VALUE} characters",
             )
+        key, db = _outbox_fields(data)
         return cls(
             listener=listener,
             signal=signal,
@@ -193,6 +200,8 @@ class Job:
             kwargs=data["kwargs"],
             attempt=attempt,
             first_enqueued_at=first_enqueued_at,
+            key=key,
+            db=db,
             trace=trace,
         )
 
@@ -220,6 +229,22 @@ def trace_context(carrier: object) -> dict[str, str] | None:
         and value.isprintable()
     }
     return dict(list(kept.items())[:MAX_TRACE_ENTRIES]) or None
+
+
+def _outbox_fields(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A payload's ``key`` and ``db``: both absent, or a UUID and a database of this process."""
+    key, db = data.get("key"), data.get("db")
+    if key is None and db is None:
+        return None, None
+    if type(key) is not str or type(db) is not str:
+        raise PayloadError("payload", "key and db must be strings, together")
+    try:
+        key = str(uuid.UUID(key))
+    except ValueError:
+        raise PayloadError("payload", f"key must be a UUID, got {_shown(key)}") from None
+    if db not in connections.settings:
+        raise PayloadError("payload", f"db {_shown(db)} is not a database of this process")
+    return key, db
 
 
 # -- encoding --------------------------------------------------------------------

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from patchboard import _clock, _deadline
 from patchboard._background import _framework
+from patchboard._background._outbox import claim
 from patchboard._background._payload import (
     InstanceMissing,
     Job,
@@ -49,7 +50,13 @@ def run_listener(context: Any, payload: dict[str, Any]) -> str:
 
     Returns how the call ended: ``"ok"``, ``"error"`` or ``"timeout"`` (with
     ``on_error="log"``), ``"rescheduled"``, ``"gave_up"``,
-    ``"instance_missing"`` or ``"refused"``.
+    ``"instance_missing"``, ``"refused"`` or ``"duplicate"``.
+
+    A call that went through the outbox carries its idempotency key: before
+    the listener runs, the worker claims the key's attempt on the entry's
+    database; a delivery of an attempt already claimed is a duplicate and
+    does not run (``background_duplicate``). An entry purged since
+    (``OUTBOX_RETENTION``) cannot tell, and the call runs.
 
     Raises:
         Exception: the listener's error when its ``on_error`` is ``"raise"``,
@@ -150,6 +157,9 @@ def run(payload: object, task_result: Any) -> str:
         return "instance_missing"
     except (PayloadError, Refused) as exc:
         return _refuse(payload, task_id, exc)
+    if job.key is not None and job.db is not None and not claim(job.key, job.db, job.attempt):
+        log.info("background_duplicate", entry=job.key, database=job.db, **context)
+        return "duplicate"
     # A task is not bound by the deadline of the request that enqueued it
     # (an immediate backend runs it inside that request).
     with _deadline.none(), _resumed(job):

@@ -82,8 +82,8 @@ class Project:
             pytest.fail(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}", pytrace=False)
         return done.stdout
 
-    def scenario(self, command: str) -> Any:
-        output = self.run("-m", "tests.e2e.scenario", command)
+    def scenario(self, command: str, *args: str) -> Any:
+        output = self.run("-m", "tests.e2e.scenario", command, *args)
         [line] = [line for line in output.splitlines() if line.startswith("RESULT ")]
         return json.loads(line.removeprefix("RESULT "))
 

@@ -4,6 +4,8 @@ The end-to-end scenario's sender and reporter, run as processes of their own::
     python -m tests.e2e.scenario send     # sends the signals; prints task ids as JSON
     python -m tests.e2e.scenario report   # prints the evidence and the task rows as JSON
     python -m tests.e2e.scenario traced   # one background call sent from a request's span
+    python -m tests.e2e.scenario burst 0 10   # orders B-0 .. B-9, one transaction each
+    python -m tests.e2e.scenario outbox   # the outbox's rows, as JSON
 
 with ``DJANGO_SETTINGS_MODULE=tests.e2e.settings``.
 """
@@ -155,6 +157,78 @@ def abandon() -> dict[str, Any]:
     return {"abandoned": before}
 
 
+def burst(first: str, last: str) -> dict[str, Any]:
+    """Orders ``B-first`` .. ``B-(last - 1)``, each saved in a transaction of its own."""
+    from django.db import transaction
+
+    from tests.testapp.models import Order
+
+    for n in range(int(first), int(last)):
+        with transaction.atomic():
+            Order.objects.create(reference=f"B-{n}")
+    return {"sent": int(last) - int(first)}
+
+
+def die() -> dict[str, Any]:
+    """
+    Order ``DIED`` committed, and the process killed by the commit itself: a
+    callback registered before the save's runs first and exits, so patchboard's
+    on-commit delivery never runs (a deploy or an OOM kill at that moment).
+    """
+    import os
+
+    from django.db import transaction
+
+    from tests.testapp.models import Order
+
+    with transaction.atomic():
+        transaction.on_commit(lambda: os._exit(0))
+        Order.objects.create(reference="DIED")
+    raise AssertionError("unreachable: the commit exits the process")
+
+
+def send_async() -> dict[str, Any]:
+    """``order_paid`` for order ``ASYNC``, sent from async code (outside any transaction)."""
+    import asyncio
+
+    from tests.e2e.listeners import order_paid
+    from tests.testapp.models import Order
+
+    [order] = Order.objects.bulk_create([Order(reference="ASYNC")])  # no post_save
+    report = asyncio.run(
+        order_paid.send_async(sender=Order, order=order, paid_at=PAID_AT, amount=Decimal(1))
+    )
+    return {"outcomes": [(o.status, o.task_id) for o in report]}
+
+
+def duplicate() -> dict[str, Any]:
+    """Deliver the first delivered outbox entry once more, as a racing relay would."""
+    from patchboard._background._relay import task_for
+    from patchboard.models import OutboxEntry
+
+    entry = OutboxEntry.objects.filter(delivered_at__isnull=False).order_by("created_at")[0]
+    task = task_for(entry.backend, entry.queue_name, entry.priority)
+    return {"entry": str(entry.id), "task_id": task.enqueue(json.loads(entry.payload)).id}
+
+
+def outbox() -> dict[str, Any]:
+    from patchboard.models import OutboxEntry
+
+    return {
+        "entries": [
+            {
+                "id": str(e.id),
+                "attempts": e.attempts,
+                "delivered": e.delivered_at is not None,
+                "claimed_attempt": e.claimed_attempt,
+                "last_error": e.last_error,
+                "listener": json.loads(e.payload)["listener"],
+            }
+            for e in OutboxEntry.objects.order_by("created_at")
+        ]
+    }
+
+
 def report() -> dict[str, Any]:
     from django.conf import settings
 
@@ -260,15 +334,20 @@ def db_tasks() -> list[dict[str, Any]]:
 
 def main(argv: list[str]) -> None:
     django.setup()
-    [command] = argv
+    command, *args = argv
     commands = {
         "send": send,
         "slow": slow,
         "traced": traced,
         "abandon": abandon,
         "report": report,
+        "burst": burst,
+        "die": die,
+        "send_async": send_async,
+        "duplicate": duplicate,
+        "outbox": outbox,
     }
-    result = commands[command]()
+    result = commands[command](*args)
     # The marker separates the result from structlog's lines on the same stdout.
     print("RESULT " + json.dumps(result, default=str), flush=True)
 

@@ -60,7 +60,8 @@ if CELERY_URL:
             "OPTIONS": {"CELERY_APP": "tests.e2e.celery.app"},
         }
     }
-PATCHBOARD: dict[str, object] = {"BACKGROUND": {"MAX_RESCHEDULES": 10}}
+# OUTBOX_GRACE: the relay takes an entry its sender died before delivering after 1 s.
+PATCHBOARD: dict[str, object] = {"BACKGROUND": {"MAX_RESCHEDULES": 10, "OUTBOX_GRACE": 1}}
 
 SPANS = os.environ.get("PATCHBOARD_E2E_SPANS")
 if SPANS:

@@ -236,7 +236,16 @@ def test_json_has_stable_keys_and_reflects_real_state(
     assert response["Content-Type"] == "application/json"
     assert "no-cache" in response["Cache-Control"]
     data = response.json()
-    assert list(data) == ["pid", "generated_at", "breakers", "queue", "threads", "outcomes"]
+    assert list(data) == [
+        "pid",
+        "generated_at",
+        "breakers",
+        "queue",
+        "threads",
+        "outcomes",
+        "outbox",
+    ]
+    assert data["outbox"] is None  # the ImmediateBackend: no outbox
     assert data["pid"] == os.getpid()
     assert datetime.fromisoformat(data["generated_at"]).tzinfo is not None
     fedex, ups = data["breakers"]  # by name
@@ -630,3 +639,51 @@ async def test_the_page_and_its_controls_work_on_an_event_loop(
     page = (await async_client.get(URL)).content.decode()
     assert "Forced circuit &#x27;carrier-ups&#x27; open." in page
     assert row(page, "carrier-ups")[1] == "open (forced open)"
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
+    staff_client: Client, settings: pytest.FixtureRequest
+) -> None:
+    """With the outbox on: per database, read from its table (every process's entries)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from patchboard.models import OutboxEntry
+
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy", "OUTBOX": True}}
+    written = timezone.now() - timedelta(seconds=125)
+    for attempts, error in ((0, ""), (3, "ConnectionError: broker down")):
+        OutboxEntry.objects.create(
+            created_at=written,
+            backend="dummy",
+            queue_name="default",
+            priority=0,
+            payload="{}",
+            attempts=attempts,
+            next_attempt_at=written,
+            last_error=error,
+        )
+
+    data = staff_client.get(URL, {"format": "json"}).json()
+    default, other = data["outbox"]
+    assert (default["database"], default["pending"], default["failed"]) == ("default", 2, 1)
+    assert datetime.fromisoformat(default["oldest_pending_at"]) == written
+    assert (default["last_error"], default["error"]) == ("ConnectionError: broker down", None)
+    assert (other["database"], other["pending"], other["oldest_pending_at"]) == ("other", 0, None)
+    page = staff_client.get(URL).content.decode()
+    found = re.search(r'<div class="module" id="patchboard-outbox">(.*?)</div>', page, re.S)
+    assert found is not None
+    rows = re.findall(r'<th scope="row">(.*?)</th><td[^>]*>(.*?)</td>', found.group(1))
+    cells = [(name, re.sub(r"<[^>]+>", "", cell)) for name, cell in rows]
+    # Humanized like the rest of the page; the seconds go on while the test runs.
+    assert re.fullmatch(r"2 min [5-9] s", cells[1][1]), cells[1]
+    assert cells[:1] + cells[2:] == [
+        ("Pending (default)", "2"),
+        ("Failed deliveries", "1"),
+        ("Last error", "ConnectionError: broker down"),
+        ("Pending (other)", "0"),
+        ("Oldest pending", "-"),
+        ("Failed deliveries", "0"),
+    ]

@@ -26,8 +26,8 @@ def _emitted_events() -> set[str]:
                 and EVENT.match(node.value)
             ):
                 found.add(node.value)
-    # Names shaped like events that are not: a status, a signal, functions.
-    return found - {"circuit_open", "circuit_state_changed", "queue_stats"}
+    # Names shaped like events that are not: a status, a signal, functions, a column.
+    return found - {"circuit_open", "circuit_state_changed", "queue_stats", "queue_name"}
 
 
 def _documented_events() -> set[str]:

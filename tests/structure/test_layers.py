@@ -40,6 +40,8 @@ LAYERS: list[list[str]] = [
         "patchboard.testing",
         "patchboard.management",
         "patchboard.apps",
+        "patchboard.models",
+        "patchboard.migrations",
         "patchboard._status",
         "patchboard.urls",
         "patchboard.toolbar",
@@ -161,8 +163,11 @@ def test_no_patchboard_import_inside_a_function() -> None:
 def test_each_module_imports_with_only_what_is_under_it(name: str) -> None:
     """
     Imported first, in a fresh interpreter, with the package's ``__init__``
-    left out, a module loads only modules of its own layer and below.
+    left out, a module loads only modules of its own layer and below. Every
+    module but the models imports before Django's app registry is ready (the
+    registry imports ``patchboard`` while it fills): the models need it ready.
     """
+    setup = "django.setup()" if name == "patchboard.models" else ""
     code = f"""
 import importlib, json, sys, types
 package = types.ModuleType("patchboard")
@@ -171,6 +176,7 @@ sys.modules["patchboard"] = package
 import django
 from django.conf import settings
 settings.configure()
+{setup}
 importlib.import_module({name!r})
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("patchboard."))))
 """
@@ -192,6 +198,9 @@ DJANGO_NAMES = {
     "patchboard.management.commands": "Django finds commands in ``management/commands``",
     "patchboard.management.commands.patchboard": "the command's name, ``manage.py patchboard``",
     "patchboard.toolbar": "``DEBUG_TOOLBAR_PANELS`` names its panel by dotted path",
+    "patchboard.models": "Django finds an app's models in its ``models`` module",
+    "patchboard.migrations": "Django finds an app's migrations in ``migrations``",
+    "patchboard.migrations.0001_initial": "a migration's name is its order",
 }
 """Modules whose names Django dictates: not API, and not importable under another name."""
 

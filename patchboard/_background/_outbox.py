@@ -1,0 +1,243 @@
+"""
+The outbox: background calls written to a table in the sender's transaction,
+then delivered to the Tasks backend, so a broker that is down or a process
+that dies after the commit loses nothing.
+
+The picture: a letter is not dropped in the post box while the transaction
+is open (a rollback would have to fetch it back); it is written in the
+ledger on the signal's database, in the same transaction as the data. A
+rolled-back transaction leaves no line; a committed one leaves a line that
+says "to post". After the commit the letter is posted
+(:func:`~patchboard._background._relay.deliver`) and its line marked
+delivered; a post box that refuses it leaves the line due again later, with
+backoff, and the relay (``manage.py patchboard relay``) posts what is due,
+including the lines a dead process left behind.
+
+Delivered at least once, run once per attempt: a delivery can be repeated
+(the relay and the on-commit delivery racing, a relay that died between
+enqueueing and marking), so the worker *claims* the entry before the
+listener runs (:func:`claim`): the first claim of an attempt wins, any later
+one is a duplicate and does not run. The table (``patchboard_outbox``) is
+the :class:`patchboard.models.OutboxEntry` model, looked up through the app
+registry: this module is imported before the registry is ready.
+
+Which backends get it (``PATCHBOARD["BACKGROUND"]["OUTBOX"]``): ``"auto"``
+is on for a backend outside the database (RQ, Celery) and off for
+django-tasks-db (its task row is written in the transaction already) and the
+in-process immediate and dummy backends; ``True`` and ``False`` force it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from django.apps import apps
+from django.db import connections, router
+from django.utils import timezone
+
+from patchboard._background import _framework
+from patchboard._config import get_settings
+
+BACKOFF_MIN: Final = 1.0
+BACKOFF_MAX: Final = 300.0
+"""Seconds: the bounds of the wait before a failed delivery is tried again."""
+ERROR_CHARS: Final = 500
+"""The most of a delivery error's ``Class: message`` an entry keeps."""
+
+
+def model() -> Any:
+    """
+    The ``OutboxEntry`` model.
+
+    Raises:
+        LookupError: ``"patchboard"`` is not in ``INSTALLED_APPS``.
+    """
+    return apps.get_model("patchboard", "OutboxEntry")
+
+
+def enabled(alias: str) -> bool:
+    """
+    Whether calls to the Tasks backend ``alias`` go through the outbox.
+
+    Raises:
+        UnusableBackend: ``alias`` names no usable backend (with ``"auto"``).
+    """
+    switch = get_settings().background.outbox
+    if switch != "auto":
+        return bool(switch)
+    return _framework.outside_database(_framework.backend(alias))
+
+
+def backoff(attempts: int) -> float:
+    """
+    Seconds before delivery attempt ``attempts + 1``: exponential from
+    :data:`BACKOFF_MIN`, capped at :data:`BACKOFF_MAX`, with full jitter (a
+    random share of it), so that senders a broker outage failed together do
+    not all come back in the same second.
+    """
+    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(max(attempts - 1, 0), 30))
+    return max(BACKOFF_MIN, random.uniform(0, ceiling))
+
+
+def error_text(exc: BaseException) -> str:
+    """What an entry keeps of a delivery error: its class and message, bounded."""
+    return f"{type(exc).__qualname__}: {exc}"[:ERROR_CHARS]
+
+
+def write(
+    job_json: dict[str, Any],
+    *,
+    key: str,
+    using: str,
+    task: Any,
+    delay: float,
+    error: BaseException | None = None,
+) -> None:
+    """
+    Write one entry on database ``using``: inside an atomic block, part of
+    the caller's transaction. The relay may deliver it ``delay`` seconds
+    from now; ``error`` is the delivery that already failed, if one did.
+    """
+    model().objects.using(using).create(**_fields(job_json, key, task, delay, error))
+
+
+def _fields(
+    job_json: dict[str, Any], key: str, task: Any, delay: float, error: BaseException | None
+) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "id": uuid.UUID(key),
+        "created_at": now,
+        "backend": task.backend,
+        "queue_name": task.queue_name,
+        "priority": task.priority,
+        "payload": json.dumps(job_json, separators=(",", ":")),
+        "attempts": 0 if error is None else 1,
+        "next_attempt_at": now + timedelta(seconds=delay),
+        "last_error": "" if error is None else error_text(error),
+    }
+
+
+def mark_delivered(key: str, using: str, task_id: str) -> None:
+    """One UPDATE: the entry is delivered, as task ``task_id``."""
+    model().objects.using(using).filter(pk=key).update(delivered_at=timezone.now(), task_id=task_id)
+
+
+def mark_failed(key: str, using: str, attempts: int, exc: BaseException) -> float:
+    """
+    Count a failed delivery (the entry's ``attempts`` becomes ``attempts``)
+    and make it due again after :func:`backoff`; returns that backoff.
+    """
+    wait = backoff(attempts)
+    model().objects.using(using).filter(pk=key, delivered_at__isnull=True).update(
+        attempts=attempts,
+        next_attempt_at=timezone.now() + timedelta(seconds=wait),
+        last_error=error_text(exc),
+    )
+    return wait
+
+
+def claim(key: str, using: str, attempt: int) -> bool:
+    """
+    Claim attempt ``attempt`` of the call ``key`` for this worker, before
+    its listener runs: False if this attempt was claimed already (a
+    duplicate delivery: do not run it). An entry that no longer exists (purged
+    after ``OUTBOX_RETENTION``) cannot tell: the call runs.
+    """
+    entries = model().objects.using(using).filter(pk=key)
+    if entries.filter(claimed_attempt__lt=attempt).update(claimed_attempt=attempt):
+        return True
+    return not entries.exists()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxStatistics:
+    """The outbox on one database, as the status page and the command show it."""
+
+    database: str
+    pending: int
+    """Entries not delivered yet (due or waiting for their backoff)."""
+    oldest_pending_at: datetime | None
+    failed: int
+    """Pending entries whose delivery failed at least once."""
+    last_error: str
+    """The most recent failed delivery's error ('' when none is pending)."""
+    awaiting_worker: int
+    """Delivered entries no worker has claimed yet (queued, or lost by the broker)."""
+    claimed: int
+    """Delivered entries a worker claimed: run, running, or interrupted mid-listener."""
+
+
+def statistics(using: str) -> OutboxStatistics:
+    """
+    The outbox on database ``using`` (four queries, the pending ones on the
+    relay's index).
+
+    Raises:
+        DatabaseError: the table is missing (migrations not applied) or unreachable.
+    """
+    entries = model().objects.using(using)
+    pending = entries.filter(delivered_at__isnull=True)
+    oldest = pending.order_by("created_at").values_list("created_at", flat=True).first()
+    failed = pending.filter(attempts__gt=0)
+    last = failed.order_by("-next_attempt_at").values_list("last_error", flat=True).first()
+    delivered = entries.filter(delivered_at__isnull=False)
+    return OutboxStatistics(
+        database=using,
+        pending=pending.count(),
+        oldest_pending_at=oldest,
+        failed=failed.count(),
+        last_error=last or "",
+        awaiting_worker=delivered.filter(claimed_attempt=0).count(),
+        claimed=delivered.filter(claimed_attempt__gt=0).count(),
+    )
+
+
+def databases() -> list[str]:
+    """The databases the outbox may be on: every one the router lets it migrate to."""
+    entry = model()
+    return [alias for alias in connections if router.allow_migrate_model(alias, entry)]
+
+
+def has_table(using: str) -> bool:
+    """Whether database ``using`` has the outbox table (its migration is applied)."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        return model()._meta.db_table in connection.introspection.table_names(cursor)
+
+
+def redeliver(key: str, using: str) -> bool:
+    """
+    Make entry ``key`` due now, for the relay's next pass; a delivered one
+    is delivered again and runs again (its claim is cleared: the operator's
+    decision, e.g. for a call whose worker died mid-listener). False if
+    there is no such entry.
+    """
+    return bool(
+        model()
+        .objects.using(using)
+        .filter(pk=key)
+        .update(next_attempt_at=timezone.now(), delivered_at=None, task_id=None, claimed_attempt=0)
+    )
+
+
+def redeliver_failed(using: str) -> int:
+    """Make every pending entry whose delivery failed due now; how many there were."""
+    return int(
+        model()
+        .objects.using(using)
+        .filter(delivered_at__isnull=True, attempts__gt=0)
+        .update(next_attempt_at=timezone.now())
+    )
+
+
+def purge_delivered(using: str, older_than: float) -> int:
+    """Delete entries delivered more than ``older_than`` seconds ago; how many."""
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    deleted, _ = model().objects.using(using).filter(delivered_at__lt=cutoff).delete()
+    return int(deleted)
