@@ -55,7 +55,8 @@ pytest: $(VENV)/.installed
 pytest-django52: $(VENV52)/.installed
 	$(VENV52)/bin/pytest -p no:cacheprovider -q --ignore=tests/harness/test_example_e2e.py \
 	  --ignore=tests/harness/test_bench_load.py --ignore=tests/background/test_engines.py \
-	  --ignore=tests/harness/test_stress_checks.py --ignore=tests/harness/test_metrics_e2e.py
+	  --ignore=tests/harness/test_stress_checks.py --ignore=tests/harness/test_stress_run.py \
+	  --ignore=tests/harness/test_metrics_e2e.py
 
 # Django's own dispatch and signals test suites, with patchboard.Signal swapped in.
 django-suite: $(VENV)/.installed $(VENV52)/.installed

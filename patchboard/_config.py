@@ -664,7 +664,10 @@ def _build(section: str, raw: object, path: str) -> tuple[Any, list[SettingError
         name = key.lower() if isinstance(key, str) else ""
         if name not in known or key != key.upper():
             choices = ", ".join(sorted(n.upper() for n in known))
-            errors.append(SettingError(prefix + str(key), f"unknown setting; known: {choices}"))
+            if isinstance(key, str) and key:
+                errors.append(SettingError(prefix + key, f"unknown setting; known: {choices}"))
+            else:  # "" or not a string: named in the message, not glued to the section's path
+                errors.append(SettingError(path, f"unknown setting {key!r}; known: {choices}"))
             continue
         if name == "metrics":
             value = _metrics_switch(value)

@@ -43,6 +43,9 @@ def test_nested_values_become_frozen_dataclasses() -> None:
     [
         ({"ON_EROR": "log"}, 'PATCHBOARD["ON_EROR"]: unknown setting; known: BACKGROUND'),
         ({"on_error": "log"}, 'PATCHBOARD["on_error"]: unknown setting'),
+        ({"": "log"}, "PATCHBOARD: unknown setting ''; known: BACKGROUND"),
+        ({"METRICS": {"": 0}}, "PATCHBOARD[\"METRICS\"]: unknown setting ''; known: BUCKETS"),
+        ({"BACKGROUND": {1: 0}}, 'PATCHBOARD["BACKGROUND"]: unknown setting 1; known: BACKEND'),
         ({"ON_ERROR": "skip"}, "ON_ERROR must be 'raise' or 'log', got 'skip'"),
         (
             {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 9, "MAX_WORKERS": 2}},

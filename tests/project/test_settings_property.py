@@ -71,6 +71,7 @@ def hostile_settings(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 @example(("SHORT_TERM_QUEUE.MAX_WORKERS", {"SHORT_TERM_QUEUE": {"MAX_WORKERS": 2}}))
 @example(("SHORT_TERM_QUEUE.MIN_WORKERS", {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 33}}))
 @example(("STORE", {"STORE": "redis://h:99999/0"}))
+@example(("METRICS", {"METRICS": {"": 0}}))  # a key that is no name: the section is named
 @example(("BREAKERS.carrier-x.store", {"BREAKERS": {"carrier-x": {"store": "redis://h:99999/0"}}}))
 def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str, Any]) -> None:
     path, raw = case
@@ -104,9 +105,14 @@ def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str,
             return
         if problems:
             assert [m.id for m in errors] == [E001_ID] * len(problems)
-            # The key, or for a rule between keys (MIN_WORKERS <= MAX_WORKERS) its section.
+            # The key, or for a rule between keys (MIN_WORKERS <= MAX_WORKERS) its section,
+            # or a key inside it (METRICS takes a dict: {"0": 0} is METRICS.0, unknown).
             section, _, key = path.rpartition(".")
-            named = (f'PATCHBOARD["{path}"]', f'PATCHBOARD["{section}"]: {key}')
+            named = (
+                f'PATCHBOARD["{path}"]',
+                f'PATCHBOARD["{section}"]: {key}',
+                f'PATCHBOARD["{path}.',
+            )
             assert all(any(n in m.msg for n in named) for m in errors), errors
             with pytest.raises(SettingError) as raised:
                 get_settings()
