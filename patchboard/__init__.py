@@ -21,6 +21,7 @@ from patchboard._config import Missing as Missing
 from patchboard._config import Mode as Mode
 from patchboard._config import OnError as OnError
 from patchboard._config import QueueSettings as QueueSettings
+from patchboard._config import Retry as Retry
 from patchboard._config import TripRule as TripRule
 from patchboard._dispatch import QueueChoice as QueueChoice
 from patchboard._exceptions import CircuitOpen as CircuitOpen
@@ -39,6 +40,8 @@ from patchboard._outcomes import Status as Status
 from patchboard._queue import QueueStatistics as QueueStatistics
 from patchboard._queue import ShortTermQueue as ShortTermQueue
 from patchboard._queue import queue_stats as queue_stats
+from patchboard._retry import RetryStatistics as RetryStatistics
+from patchboard._retry import retry_stats as retry_stats
 from patchboard._signals import Signal as Signal
 from patchboard._signals import Unset as Unset
 from patchboard._stream import Stream as Stream
@@ -69,6 +72,8 @@ __all__ = [
     "QueueSettings",
     "QueueStatistics",
     "Rejected",
+    "Retry",
+    "RetryStatistics",
     "ShortTermQueue",
     "Signal",
     "Status",
@@ -82,5 +87,6 @@ __all__ = [
     "outcome_counts",
     "queue_stats",
     "receiver",
+    "retry_stats",
     "thread_stats",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -32,12 +33,13 @@ import anyio
 from asgiref.sync import async_to_sync, sync_to_async
 
 from patchboard import _breaker, _clock, _deadline
-from patchboard._config import get_settings
+from patchboard._config import Guard, get_settings
 from patchboard._exceptions import CircuitOpen, Expired, ListenerTimeout, Rejected
 from patchboard._instrument import CallStart, Instrument, Span
 from patchboard._ledger import Ended, ledger
 from patchboard._log import sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
+from patchboard._retry import Attempts, budget_of
 from patchboard._threads import Job, listener_threads
 
 if TYPE_CHECKING:
@@ -98,6 +100,15 @@ class _OutOfBudget(BaseException):
         self.error = error
 
 
+def _failure(attempt: asyncio.Future[Any]) -> BaseException | None:
+    """What a finished attempt raised (a ``CancelledError`` of its own included), or None."""
+    return asyncio.CancelledError() if attempt.cancelled() else attempt.exception()
+
+
+def _failed(attempt: asyncio.Future[Any]) -> bool:
+    return _failure(attempt) is not None
+
+
 def gone_receiver(*args: Any, **kwargs: Any) -> None:
     """Stands in as ``Outcome.receiver`` for a listener collected mid-dispatch."""
 
@@ -113,6 +124,7 @@ class Call:
     """
 
     __slots__ = (
+        "attempts",
         "by_deadline",
         "ends",
         "instrument",
@@ -147,6 +159,8 @@ class Call:
         self.instrument = instrument
         self.span: Span | None = None
         """The call's span, once it started (traced dispatches only)."""
+        self.attempts = 1
+        """The attempts it made (``retry``, ``hedge_after``): its outcome reports them."""
 
     def __repr__(self) -> str:
         return f"<Call {self.listener.label} of {signal_label(self.signal)}>"
@@ -189,8 +203,14 @@ class Call:
         if by_deadline:
             assert limit is not None
             cut = "late" if _deadline.started_late(limit) else "deadline"
+        if options.hedge_after is not None:
+            func = functools.partial(self._hedged, func, options.hedge_after)
         try:
-            if guard is None:
+            if options.retry is not None:
+                # Each attempt enters the breaker: an open circuit stops the retries.
+                with _deadline.late(cut == "late"):
+                    value = await self._retrying_async(func, limit, cut, thread_runner, guard)
+            elif guard is None:
                 value = await self._invoke(func, limit, cut, thread_runner)
             else:
                 with _deadline.late(cut == "late"):  # a late call gets no probe
@@ -201,6 +221,129 @@ class Call:
         except BaseException as exc:
             return await self.failed_async(exc)
         return self.ok(func, value)
+
+    async def _retrying_async(
+        self,
+        func: Callable[..., Any],
+        limit: float | None,
+        cut: Cut,
+        thread_runner: ThreadRunner | None,
+        guard: Guard | None,
+    ) -> Any:
+        """
+        :meth:`_invoke` under ``guard``, once per attempt, until one returns or
+        the listener's ``retry`` says the failure is final (see ``_retry``).
+        """
+        retry = self.listener.options.retry
+        assert retry is not None
+        attempts = Attempts(retry, self.signal, self.listener.label, limit)
+        first = _clock.now()
+        while True:
+            began = _clock.now()
+            try:
+                if guard is None:
+                    return await self._invoke(func, limit, cut, thread_runner, began - first)
+                async with guard:
+                    return await self._invoke(func, limit, cut, thread_runner, began - first)
+            except Exception as exc:
+                wait = self._after_failure(attempts, exc, began, guard)
+                if wait is None:
+                    raise
+            await anyio.sleep(wait)
+
+    def _after_failure(
+        self, attempts: Attempts, exc: Exception, began: float, guard: Guard | None
+    ) -> float | None:
+        """The wait before the attempt after ``exc`` (None: the call ends with it)."""
+
+        def circuit_open() -> bool:
+            # Asked last: a refusal counts as a rejected call with the breaker.
+            return guard is not None and _breaker.refusal(guard) is not None
+
+        wait = attempts.wait(exc, began, circuit_open)
+        if wait is not None:
+            self.attempts = attempts.number
+        return wait
+
+    def _retrying_sync(self, attempt: Callable[[], Any], guard: Guard | None) -> Any:
+        """
+        The sync twin of :meth:`_retrying_async`, in the thread the call runs
+        in (its waits block it): ``attempt()`` once per attempt, under
+        ``guard``, within the time limit :meth:`start_in_thread` set.
+        """
+        retry = self.listener.options.retry
+        assert retry is not None
+        attempts = Attempts(retry, self.signal, self.listener.label, self._time_left())
+        while True:
+            began = _clock.now()
+            try:
+                if guard is None:
+                    return attempt()
+                with guard:
+                    return attempt()
+            except Exception as exc:
+                wait = self._after_failure(attempts, exc, began, guard)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+
+    async def _hedged(self, func: Callable[..., Any], after: float, **arguments: Any) -> Any:
+        """
+        Call the async listener ``func``; if it has not returned ``after``
+        seconds later, call it a second time beside it: the first attempt
+        to return answers, and the other is cancelled. An attempt that fails
+        while the other runs waits for it; a first attempt that fails before
+        ``after`` ends the call (hedging answers slowness, ``retry`` failures).
+
+        The second attempt is a listener call of its own in the ledger
+        (submitted as it starts), and each of the two ends as one counted
+        outcome: one as the call's (through this ``Call``), the other as
+        ``"cancelled"``, or, when it failed and the other then answered (or
+        failed too), as its own failure, logged and never propagated.
+        """
+        first = asyncio.ensure_future(func(**arguments))
+        tasks = [first]
+        loser: Call | None = None  # the second attempt's ledger entry, until it is counted
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=after)
+            if done:
+                return first.result()
+            budget = budget_of(self.signal)
+            budget.hedge("started")
+            ledger.submitted()
+            loser = Call(
+                self.listener, self.signal, self.sender, self.kwargs, None, self.instrument
+            )
+            tasks.append(asyncio.ensure_future(func(**arguments)))
+            self.attempts = 2
+            failed: BaseException | None = None
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                # A success wins over a failure that ended at the same turn.
+                for attempt in sorted(done, key=_failed):
+                    error = _failure(attempt)
+                    if failed is not None and loser is not None:  # an earlier failure lost
+                        loser.ended("error", _clock.now() - self.started, failed)
+                        loser = None
+                    if error is None:
+                        if attempt is not first:
+                            budget.hedge("won")
+                        return attempt.result()
+                    failed = error
+            assert failed is not None
+            raise failed
+        finally:
+            running = [task for task in tasks if not task.done()]
+            for task in running:
+                task.cancel()
+            if running:
+                if loser is not None:
+                    budget_of(self.signal).hedge("cancelled")
+                    loser.ended("cancelled", None)
+                # Shielded: a time limit that cut the call still waits for its attempts' ends.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(running)
 
     def refusal(self) -> CircuitOpen | None:
         """
@@ -237,7 +380,13 @@ class Call:
         limit: float | None,
         cut: Cut,
         thread_runner: ThreadRunner | None,
+        spent: float = 0.0,
     ) -> Any:
+        """
+        Call the listener once within ``limit`` seconds, of which earlier
+        attempts ``spent`` some (a retry gets what is left; its timeout
+        reports the whole limit).
+        """
         call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
         if not self.listener.is_async:
             if limit is None and thread_runner is None and self.listener.options.thread_sensitive:
@@ -246,11 +395,11 @@ class Call:
         if limit is None:
             return await call()
         started = _clock.now()
-        with anyio.CancelScope(deadline=anyio.current_time() + limit):
+        with anyio.CancelScope(deadline=anyio.current_time() + limit - spent):
             return await call()
         # Only reached when the deadline cancelled the call (a sync call's
         # thread is abandoned: it cannot be stopped).
-        elapsed = _clock.now() - started
+        elapsed = spent + _clock.now() - started
         if cut == "late":
             # Not an Exception: a circuit breaker counts a late caller running
             # out of time as nothing, not as the service's failure.
@@ -295,6 +444,8 @@ class Call:
         self.by_deadline = by_deadline
         job = self.thread_job()
         sync_call = functools.partial(func, signal=self.signal, sender=self.sender, **self.kwargs)
+        if self.listener.options.retry is not None:  # the retries run in the thread, in its limit
+            sync_call = functools.partial(self._retrying_sync, sync_call, None)
         with self.opened():  # current as the thread copies this context: it runs under the span
             started = listener_threads().start(sync_call, job, self._time_left())
         if started:
@@ -335,7 +486,12 @@ class Call:
         guard = None if breaker is None else _breaker.resolve(breaker)
         with self.opened():
             try:
-                if guard is None:
+                if self.listener.options.retry is not None:
+                    call = functools.partial(
+                        func, signal=self.signal, sender=self.sender, **self.kwargs
+                    )
+                    value = self._retrying_sync(call, guard)
+                elif guard is None:
                     value = func(signal=self.signal, sender=self.sender, **self.kwargs)
                 else:
                     with guard:
@@ -366,7 +522,7 @@ class Call:
         """The call returned ``value``: count it and make its outcome."""
         elapsed = _clock.now() - self.started
         self.ended("ok", elapsed)
-        return ok_outcome(func, value, elapsed)
+        return ok_outcome(func, value, elapsed, self.attempts)
 
     def ended(
         self,
@@ -602,4 +758,5 @@ class Call:
             error=error,
             elapsed=elapsed,
             propagate=propagate,
+            attempts=self.attempts,
         )

@@ -380,7 +380,7 @@ class _PlainRun:
                     ledger.ok_one()
                 # ok_outcome(func, value, elapsed), inlined: the hot path.
                 self.outcomes[index] = new_outcome(
-                    Outcome, (func, "ok", value, None, elapsed, None, False)
+                    Outcome, (func, "ok", value, None, elapsed, None, False, 1)
                 )
                 return
             status = failure_status(exc) if isinstance(exc, Exception) else None
@@ -475,7 +475,7 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             ended = now()
             ok_one()
             # ok_outcome(func, value, elapsed), inlined: the hot path.
-            ok = (func, "ok", value, None, ended - begun, None, False)
+            ok = (func, "ok", value, None, ended - begun, None, False, 1)
             outcomes[index] = new_outcome(Outcome, ok)
             begun = ended
         if run is None:  # every call ended here, as "ok" or "gone": none propagates

@@ -37,6 +37,7 @@ from patchboard._config import (
     Missing,
     Mode,
     OnError,
+    Retry,
     Settings,
     get_settings,
 )
@@ -291,6 +292,9 @@ def make_options(func: object, signals: Sequence[DjangoSignal], **options: Any) 
                 f"signal; side effects on an ordered signal run inline, in priority order"
             )
         features.background.check(func, made)
+    if made.hedge_after is not None and not _is_async(func):
+        # A sync attempt runs in a thread that cannot be cancelled: the loser would run on.
+        raise ValueError(f"receiver {label}: hedge_after needs an async listener (async def)")
     return made
 
 
@@ -396,6 +400,8 @@ def receiver(
     queue_name: str | None = None,
     on_commit: bool = True,
     missing_instance: Missing = "report",
+    retry: Retry | None = None,
+    hedge_after: float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
     Connect the decorated function to one signal or a list of them, with options.
@@ -423,6 +429,12 @@ def receiver(
     ``fallback``
         Called with the listener's arguments when the call never ran (expired,
         rejected, circuit open); its return value stands in.
+    ``retry``
+        A :class:`~patchboard.Retry`: try the call again after the failures
+        it names, within the call's time limit and the signal's retry budget.
+    ``hedge_after``
+        Seconds (async listeners that are idempotent): a call still running
+        then gets a second attempt beside it; the first to return answers.
 
     Returns the function unchanged.
 
@@ -442,6 +454,8 @@ def receiver(
         queue_name=queue_name,
         on_commit=on_commit,
         missing_instance=missing_instance,
+        retry=retry,
+        hedge_after=hedge_after,
     )
     signals = signal if isinstance(signal, (list, tuple)) else [signal]
 

@@ -75,6 +75,9 @@ class Outcome(NamedTuple):
     task_id: str | None = None
     propagate: bool = False
     """True when the error must reach the caller (the listener's ``on_error="raise"``)."""
+    attempts: int = 1
+    """How many times the listener was called for this outcome: more than 1 after
+    retries (its ``retry`` option), 2 when a hedged second attempt started."""
 
     @property
     def ok(self) -> bool:
@@ -93,7 +96,9 @@ new_outcome = tuple.__new__
 named tuple's Python-level ``__new__`` (the hot paths' way, see :func:`ok_outcome`)."""
 
 
-def ok_outcome(receiver: Callable[..., Any], value: Any, elapsed: float) -> Outcome:
+def ok_outcome(
+    receiver: Callable[..., Any], value: Any, elapsed: float, attempts: int = 1
+) -> Outcome:
     """
     ``Outcome(receiver=receiver, status="ok", value=value, elapsed=elapsed)``,
     built without the named tuple's Python-level ``__new__`` (about half the
@@ -102,7 +107,7 @@ def ok_outcome(receiver: Callable[..., Any], value: Any, elapsed: float) -> Outc
     ``patchboard._run`` and ``_dispatch`` inline it);
     ``tests/dispatch/test_ledger.py`` checks that the constructions agree.
     """
-    return new_outcome(Outcome, (receiver, "ok", value, None, elapsed, None, False))
+    return new_outcome(Outcome, (receiver, "ok", value, None, elapsed, None, False, attempts))
 
 
 class Collected:

@@ -410,7 +410,7 @@ def run_plain_here(dispatch: Dispatch, refs: tuple[Callable[[], Any], ...]) -> l
             break
         ended = now()
         # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
-        append(new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False)))
+        append(new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1)))
         started = ended
     returned = len(outcomes)
     if returned == len(refs):
@@ -472,7 +472,7 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
                 else:
                     ended = now()
                     # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
-                    ok = (func, "ok", value, None, ended - started, None, False)
+                    ok = (func, "ok", value, None, ended - started, None, False, 1)
                     append(new_outcome(Outcome, ok))
                     if observed:  # else counted at the end, with the others that returned
                         signal, sender = dispatch.signal, dispatch.sender

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from patchboard._metrics import Metrics
     from patchboard._outcomes import Outcome
     from patchboard._queue import ShortTermQueue
+    from patchboard._retry import RetryBudget
     from patchboard._threads import ListenerThreads
 
 
@@ -80,11 +81,18 @@ class State:
         """The rate limiter of per-item log events (see ``_log``)."""
         self.metrics: Metrics | None = None
         """The Prometheus metrics, while ``PATCHBOARD["METRICS"]`` has them on (``_metrics``)."""
+        self.retry_budgets: weakref.WeakKeyDictionary[object, RetryBudget] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Each signal's retry budget and hedging counts (``_retry``), built on first use."""
 
         # -- hooks (kept across resets: plugged in at import) -------------------------
         self.on_settings: list[Callable[[Settings], None]] = []
         """Called with the settings each time ``PATCHBOARD`` is parsed (``_config.get_settings``):
         the tracing seam chooses its instrument there."""
+        self.retry_waits = True
+        """Whether retries wait between attempts (``patchboard.testing.set_retry_waits``: a
+        test suite's switch, as stamina's ``set_testing``, kept across resets)."""
 
         # -- connection state (kept by reset) -----------------------------------------
         self.signal_names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
@@ -127,6 +135,7 @@ class State:
             self.logger = None
             self.limiter = None
             self.observers.clear()
+            self.retry_budgets.clear()
             if self.ledger is not None:
                 self.ledger.reset()
         for breaker in breakers:

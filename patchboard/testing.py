@@ -13,6 +13,8 @@ Helpers for testing code that uses patchboard: in your suite as in ours.
     (deadlines, the short-term queue, ``elapsed``, in-process breakers) and
     the running event loop read it, to test time-based behaviour without
     waiting.
+``set_retry_waits(False)``
+    Listeners' retries follow their failures at once (no back-off waits).
 """
 
 from __future__ import annotations
@@ -72,6 +74,22 @@ def capture_dispatches() -> Iterator[list[Dispatch]]:
     finally:
         if observe in state.observers:  # reset() inside the block removed it already
             state.observers.remove(observe)
+
+
+def set_retry_waits(enabled: bool) -> None:
+    """
+    Whether listeners' retries wait between attempts (on by default). Off,
+    a retry follows its failure at once, with every other rule kept
+    (attempts, budget, time limits): a suite testing listeners that retry
+    need not wait for their back-off, as with stamina's ``set_testing``.
+    Kept across :func:`reset`: a suite sets it once.
+
+    Raises:
+        TypeError: ``enabled`` is not a bool.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    state.retry_waits = enabled
 
 
 def reset() -> None:

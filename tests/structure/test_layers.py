@@ -25,7 +25,7 @@ LAYERS: list[list[str]] = [
     ["patchboard._state", "patchboard._django", "patchboard._deadline"],
     ["patchboard._config", "patchboard._log"],
     ["patchboard._ledger"],
-    ["patchboard._features", "patchboard._threads", "patchboard._instrument"],
+    ["patchboard._features", "patchboard._threads", "patchboard._instrument", "patchboard._retry"],
     ["patchboard._breaker"],
     ["patchboard._call"],
     ["patchboard._run"],
