@@ -22,7 +22,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from patchboard._breaker import BreakerStatistics, CircuitBreaker, all_breakers, get_breaker
+from patchboard._breaker import (
+    BreakerStatistics,
+    CircuitBreaker,
+    all_breakers,
+    get_breaker,
+    not_closed_circuits,
+)
 from patchboard._config import get_settings
 
 COLUMNS = (
@@ -108,8 +114,10 @@ class Command(BaseCommand):
         for name in get_settings().breakers:
             self._breaker(name)
         rows = []
-        for breaker in all_breakers():
+        breakers = all_breakers(circuits=True)
+        for breaker in breakers:
             breaker.get_state_sync()  # a fresh view of a Redis store's shared state
+        for breaker in not_closed_circuits(breakers):  # keyed: the circuits not closed
             stats = breaker.statistics()
             rows.append([_cell(stats, column) for column in COLUMNS])
         if not rows:
