@@ -16,6 +16,7 @@ from patchboard._config import BreakerConfig as BreakerConfig
 from patchboard._config import BreakerOptions as BreakerOptions
 from patchboard._config import ExcludeRule as ExcludeRule
 from patchboard._config import Guard as Guard
+from patchboard._config import KeyFunction as KeyFunction
 from patchboard._config import ListenerOptions as ListenerOptions
 from patchboard._config import Missing as Missing
 from patchboard._config import Mode as Mode
@@ -23,6 +24,7 @@ from patchboard._config import OnError as OnError
 from patchboard._config import QueueSettings as QueueSettings
 from patchboard._config import Retry as Retry
 from patchboard._config import TripRule as TripRule
+from patchboard._config import WindowType as WindowType
 from patchboard._dispatch import QueueChoice as QueueChoice
 from patchboard._exceptions import CircuitOpen as CircuitOpen
 from patchboard._exceptions import Expired as Expired
@@ -59,6 +61,7 @@ __all__ = [
     "ExcludeRule",
     "Expired",
     "Guard",
+    "KeyFunction",
     "Listener",
     "ListenerOptions",
     "ListenerTimeout",
@@ -82,6 +85,7 @@ __all__ = [
     "ThreadStatistics",
     "TripRule",
     "Unset",
+    "WindowType",
     "circuit_state_changed",
     "get_breaker",
     "outcome_counts",

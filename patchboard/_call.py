@@ -214,7 +214,7 @@ class Call:
                 value = await self._invoke(func, limit, cut, thread_runner)
             else:
                 with _deadline.late(cut == "late"):  # a late call gets no probe
-                    async with guard:
+                    async with _breaker.for_call(guard, self.sender, self.kwargs):
                         value = await self._invoke(func, limit, cut, thread_runner)
         except _OutOfBudget as cut_short:
             return await self.settle_async("timeout", cut_short.error)
@@ -358,7 +358,12 @@ class Call:
         breaker = self.listener.options.breaker
         if breaker is None:
             return None
-        return _breaker.refusal(_breaker.resolve(breaker))
+        guard = _breaker.resolve(breaker)
+        try:
+            guard = _breaker.for_call(guard, self.sender, self.kwargs)
+        except ValueError:
+            return None  # the call itself fails on its key, as its outcome
+        return _breaker.refusal(guard)
 
     def _limit(self, time_limit: float | None = None) -> tuple[float | None, bool]:
         """
@@ -494,7 +499,7 @@ class Call:
                 elif guard is None:
                     value = func(signal=self.signal, sender=self.sender, **self.kwargs)
                 else:
-                    with guard:
+                    with _breaker.for_call(guard, self.sender, self.kwargs):
                         value = func(signal=self.signal, sender=self.sender, **self.kwargs)
             except BaseException as exc:
                 return self.failed_sync(exc)

@@ -39,6 +39,9 @@ OnError: TypeAlias = Literal["raise", "log"]
 Mode: TypeAlias = Literal["inline", "background"]
 Missing: TypeAlias = Literal["report", "none"]
 TripRule: TypeAlias = Literal["count", "rate"]
+WindowType: TypeAlias = Literal["count", "time"]
+KeyFunction: TypeAlias = Callable[..., object]
+"""A keyed breaker's key: called with the listener's ``sender`` and keyword arguments."""
 ExcludeRule: TypeAlias = type[BaseException] | Callable[[BaseException], bool] | str
 """An exception class, a predicate on the exception, or the dotted path of either."""
 
@@ -299,6 +302,27 @@ DEFAULT_OPTIONS = ListenerOptions()
 # -- a circuit breaker's rules ----------------------------------------------------------
 
 
+def _imported(name: str, value: object) -> object:
+    """``value``, or the object its dotted path names (for option ``name``)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return import_string(value)
+    except ImportError as exc:
+        raise ValueError(f"{name}: cannot import {value!r} ({exc})") from None
+
+
+def _resolve_key(value: object) -> KeyFunction | None:
+    if value is None:
+        return None
+    item = _imported("key", value)
+    if not callable(item) or isinstance(item, type):
+        raise TypeError(
+            f"key must be a function of (sender, **kwargs) or its dotted path, got {value!r}"
+        )
+    return item
+
+
 def _resolve_exclude(value: object) -> tuple[tuple[type[BaseException], ...], tuple[Any, ...]]:
     if not isinstance(value, (list, tuple, set, frozenset)):
         raise TypeError(
@@ -308,12 +332,7 @@ def _resolve_exclude(value: object) -> tuple[tuple[type[BaseException], ...], tu
     types: list[type[BaseException]] = []
     predicates: list[Callable[[BaseException], bool]] = []
     for rule in value:
-        item = rule
-        if isinstance(rule, str):
-            try:
-                item = import_string(rule)
-            except ImportError as exc:
-                raise ValueError(f"exclude: cannot import {rule!r} ({exc})") from None
+        item = _imported("exclude", rule)
         if isinstance(item, type) and issubclass(item, BaseException):
             types.append(item)
         elif callable(item) and not isinstance(item, type):
@@ -340,13 +359,24 @@ class BreakerConfig:
 
     trip_rule: TripRule = "count"
     """``"count"``: ``failure_threshold`` consecutive failures open the circuit.
-    ``"rate"``: a failure rate of at least ``failure_rate`` over the last
-    ``window_size`` calls does, once ``minimum_calls`` calls are recorded."""
+    ``"rate"``: a failure rate of at least ``failure_rate`` (or a slow-call
+    rate of at least ``slow_call_rate``) over the window does, once
+    ``minimum_calls`` calls are in it."""
     failure_threshold: int = 5
     failure_rate: float = 0.5
     """A fraction, ``0 < failure_rate <= 1`` (0.5 is 50 %)."""
+    window_type: WindowType = "count"
+    """The rate rule's window: ``"count"``, the last ``window_size`` calls;
+    ``"time"``, the calls of the last ``window_size`` seconds (in buckets of
+    one second: the current second and the ``window_size - 1`` before it)."""
     window_size: int = 100
     minimum_calls: int = 10
+    slow_call_duration: float | None = None
+    """Rate rule: a call that takes at least this long counts as slow, even
+    when it succeeds; ``None``: no call is slow (nothing is timed)."""
+    slow_call_rate: float = 1.0
+    """Rate rule: the fraction of slow calls in the window that opens the
+    circuit (with ``slow_call_duration``); 1.0: every call in it was slow."""
     reset_timeout: float = 30.0
     """How long the circuit stays open before letting a probe through."""
     backoff_factor: float = 1.0
@@ -375,6 +405,14 @@ class BreakerConfig:
     patchboard's clock (``time.time()``, or the ``VirtualClock`` a test
     installed). The Redis store's shared state runs on the Redis server's
     clock instead."""
+    key: KeyFunction | str | None = None
+    """A keyed breaker: one circuit per key, ``key(sender, **kwargs)`` of the
+    listener's call (a callable or its dotted path), made on first use;
+    ``None``: one circuit. See :meth:`CircuitBreaker.circuit`."""
+    max_keys: int = 1000
+    """A keyed breaker: the circuits kept in this process; past it, the least
+    recently used closed circuit is dropped (an open one only when every
+    circuit is open, and then logged: ``circuit_key_evicted``)."""
 
     excluded_types: tuple[type[BaseException], ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -382,18 +420,37 @@ class BreakerConfig:
     excluded_predicates: tuple[Callable[[BaseException], bool], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
+    key_function: KeyFunction | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         choice("trip_rule", self.trip_rule, ("count", "rate"))
         integer("failure_threshold", self.failure_threshold, minimum=1)
         fraction("failure_rate", self.failure_rate)
-        integer("window_size", self.window_size, minimum=1, maximum=10_000)
+        choice("window_type", self.window_type, ("count", "time"))
+        # A count window is a ring of calls, a time window a bucket per second:
+        # both bounded (at most 10,000 calls, or an hour of buckets).
+        counted = self.window_type == "count"
+        integer("window_size", self.window_size, minimum=1, maximum=10_000 if counted else 3600)
         integer("minimum_calls", self.minimum_calls, minimum=1)
-        if self.minimum_calls > self.window_size:
+        if counted and self.minimum_calls > self.window_size:
             raise ValueError(
                 f"minimum_calls must be <= window_size ({self.window_size}), "
                 f"got {self.minimum_calls!r}"
             )
+        if self.slow_call_duration is not None:
+            seconds("slow_call_duration", self.slow_call_duration)
+        fraction("slow_call_rate", self.slow_call_rate)
+        if self.trip_rule == "count":
+            # Options of the rate rule would be ignored silently: refused instead.
+            for name, value, default in (
+                ("window_type", self.window_type, "count"),
+                ("slow_call_duration", self.slow_call_duration, None),
+            ):
+                if value != default:
+                    raise ValueError(
+                        f"{name} applies to trip_rule='rate' (the window), "
+                        f"not trip_rule='count'; got {value!r}"
+                    )
         seconds("reset_timeout", self.reset_timeout)
         if isinstance(self.backoff_factor, bool) or not isinstance(
             self.backoff_factor, (int, float)
@@ -424,6 +481,8 @@ class BreakerConfig:
         seconds("sync_interval", self.sync_interval, allow_zero=True)
         if self.clock is not None and not callable(self.clock):
             raise TypeError(f"clock must be a callable returning seconds, got {self.clock!r}")
+        object.__setattr__(self, "key_function", _resolve_key(self.key))
+        integer("max_keys", self.max_keys, minimum=1)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> BreakerConfig:
@@ -452,6 +511,11 @@ class BreakerConfig:
         """``failure_rate`` in parts per million, for exact integer comparisons."""
         return round(self.failure_rate * 1_000_000)
 
+    @property
+    def slow_ppm(self) -> int:
+        """``slow_call_rate`` in parts per million; 0 without ``slow_call_duration``."""
+        return 0 if self.slow_call_duration is None else round(self.slow_call_rate * 1_000_000)
+
 
 class BreakerOptions(TypedDict, total=False):
     """The keyword arguments of ``CircuitBreaker``: see :class:`BreakerConfig`."""
@@ -459,8 +523,11 @@ class BreakerOptions(TypedDict, total=False):
     trip_rule: TripRule
     failure_threshold: int
     failure_rate: float
+    window_type: WindowType
     window_size: int
     minimum_calls: int
+    slow_call_duration: float | None
+    slow_call_rate: float
     reset_timeout: float
     backoff_factor: float
     max_reset_timeout: float | None
@@ -471,6 +538,8 @@ class BreakerOptions(TypedDict, total=False):
     store: str | None
     sync_interval: float
     clock: Callable[[], float] | None
+    key: KeyFunction | str | None
+    max_keys: int
 
 
 # -- the PATCHBOARD setting --------------------------------------------------------------

@@ -71,6 +71,7 @@ from patchboard._breaker import (
     BreakerStatistics,
     all_breakers,
     get_breaker,
+    not_closed_circuits,
 )
 from patchboard._config import get_settings
 from patchboard._ledger import outcome_counts
@@ -305,8 +306,9 @@ async def snapshot() -> Snapshot:
     """
     for name in get_settings().breakers:
         get_breaker(name)
-    breakers = all_breakers()
+    breakers = all_breakers(circuits=True)
     await asyncio.gather(*(breaker.get_state() for breaker in breakers))
+    breakers = not_closed_circuits(breakers)  # a keyed breaker's circuits: those not closed
     return {
         "pid": os.getpid(),
         "generated_at": datetime.now(UTC).isoformat(),

@@ -51,7 +51,9 @@ from patchboard._breaker._circuit import BreakerStatistics as BreakerStatistics
 from patchboard._breaker._circuit import CircuitBreaker as CircuitBreaker
 from patchboard._breaker._circuit import all_breakers as all_breakers
 from patchboard._breaker._circuit import circuit_state_changed as circuit_state_changed
+from patchboard._breaker._circuit import for_call as for_call
 from patchboard._breaker._circuit import get_breaker as get_breaker
+from patchboard._breaker._circuit import not_closed_circuits as not_closed_circuits
 from patchboard._breaker._circuit import refusal as refusal
 from patchboard._breaker._circuit import resolve as resolve
 
@@ -60,7 +62,9 @@ __all__ = [
     "CircuitBreaker",
     "all_breakers",
     "circuit_state_changed",
+    "for_call",
     "get_breaker",
+    "not_closed_circuits",
     "refusal",
     "resolve",
 ]

@@ -12,9 +12,10 @@ import functools
 import inspect
 import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, overload
@@ -22,13 +23,14 @@ from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, ov
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal as DjangoSignal
 
-from patchboard import _deadline
+from patchboard import _clock, _deadline
 from patchboard._breaker._machine import (
     CLOSED,
     FAILURE,
     HALF_OPEN,
     OPEN,
     RELEASE,
+    SLOW,
     SUCCESS,
     CircuitState,
     Control,
@@ -74,6 +76,8 @@ class BreakerStatistics:
     state: CircuitState
     failures: int
     """Consecutive failures (``trip_rule="count"``), or failures in the window."""
+    slow_calls: int
+    """Slow calls in the window (``slow_call_duration``; 0 otherwise)."""
     opened_at: datetime | None
     retry_at: datetime | None
     """When an open circuit lets a probe through; ``None`` when closed or forced open."""
@@ -115,8 +119,11 @@ class _Tally:
 
 ExcType: TypeAlias = type[BaseException] | None
 Tb: TypeAlias = TracebackType | None
-_Entry: TypeAlias = tuple[Ticket | None, Any]
-"""One ``with``/``async with`` entry: its ticket (None: nested), and the entry it is in."""
+_Entry: TypeAlias = tuple[Ticket | None, Any] | tuple[Ticket, None, float]
+"""One ``with``/``async with`` entry: its ticket (None: nested), and the entry it is
+in; a breaker with ``slow_call_duration`` adds when the entry was admitted."""
+MAX_KEY_LENGTH = 200
+"""The longest key of a keyed breaker (it is part of the Redis key and of the name)."""
 
 
 def default_store() -> str:
@@ -162,15 +169,20 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
+        "_circuits",
         "_entries",
         "_excluded_predicates",
         "_excluded_types",
         "_failed",
+        "_family",
         "_fast_entry",
+        "_key_of",
+        "_keys_lock",
         "_ok",
         "_ok_add",
         "_rejected",
         "_remote",
+        "_slow",
         "_store",
         "config",
         "name",
@@ -191,6 +203,11 @@ class CircuitBreaker:
             raise TypeError(
                 f"pass either config or keyword options, not both (got {sorted(options)})"
             )
+        self._setup(name, config)
+        _register(self)
+
+    def _setup(self, name: str, config: BreakerConfig) -> None:
+        """Build the breaker (a keyed breaker's circuits are built here too, unregistered)."""
         self.name = name
         self.config = config
         self._store: MemoryStore | RedisStore | UnusableStore
@@ -203,7 +220,22 @@ class CircuitBreaker:
             # Reported by manage.py check; raised by every guarded call.
             label = mask_url(config.store) if config.store else 'PATCHBOARD["STORE"]'
             self._store = UnusableStore(label, problem)
+        self._key_of = config.key_function
+        self._family: str | None = None
+        """A keyed breaker's circuit: the keyed breaker's name."""
+        self._circuits: OrderedDict[str, CircuitBreaker] | None = None
+        if self._key_of is not None:
+            # The keyed breaker guards nothing itself: its circuits do, one per key.
+            self._circuits = OrderedDict()
+            self._keys_lock = threading.Lock()
+            self._store = UnusableStore(
+                self._store.label,
+                f"circuit breaker {name!r} is keyed: guard a call with "
+                f"breaker.circuit(key), or let a listener's call compute its key",
+                error=TypeError,
+            )
         self._remote = self._store if isinstance(self._store, RedisStore) else None
+        self._slow = config.slow_call_duration
         self._excluded_types = config.excluded_types
         self._excluded_predicates = config.excluded_predicates
         self._entries: ContextVar[_Entry | None] = ContextVar(
@@ -211,7 +243,6 @@ class CircuitBreaker:
         )
         self._fast_entry: _Entry = (self._store.admitted, None)
         self._new_tallies()
-        _register(self)
 
     # -- guards --------------------------------------------------------------
     #
@@ -399,7 +430,10 @@ class CircuitBreaker:
         return False
 
     def _push(self, ticket: Ticket) -> None:
-        self._entries.set((ticket, None))
+        if self._slow is None:
+            self._entries.set((ticket, None))
+        else:
+            self._entries.set((ticket, None, _clock.now()))
 
     def _leave(self, exc: BaseException | None) -> tuple[Ticket, Result] | None:
         """
@@ -411,16 +445,22 @@ class CircuitBreaker:
         stack = entries.get()
         if stack is None:  # __exit__ without __enter__: count nothing
             return None
-        ticket, outer = stack
+        ticket, outer = stack[0], stack[1]
         entries.set(outer)
         if ticket is None:
             return None
         if exc is not None:
-            return ticket, self._classify(exc)
-        self._ok_add()
-        if stack is self._fast_entry and self._store.fast:
-            return None
-        return ticket, SUCCESS
+            result = self._classify(exc)
+            if result == RELEASE:
+                return ticket, result
+        else:
+            self._ok_add()
+            if stack is self._fast_entry and self._store.fast:
+                return None
+            result = SUCCESS
+        if self._slow is not None and len(stack) == 3 and _clock.now() - stack[2] >= self._slow:
+            result |= SLOW
+        return ticket, result
 
     def _classify(self, exc: BaseException) -> Result:
         if not isinstance(exc, Exception) or type(exc) is _Misuse:
@@ -602,6 +642,7 @@ class CircuitBreaker:
             name=self.name,
             state=view.state,
             failures=view.failures,
+            slow_calls=view.slow_calls,
             opened_at=to_datetime(view.opened_at) if view.state != CLOSED else None,
             retry_at=to_datetime(view.retry_at) if view.state != CLOSED else None,
             rejected=self._rejected.value,
@@ -703,6 +744,107 @@ class CircuitBreaker:
         self._store.forget()
         self._store.pending.clear()
         self._new_tallies()
+        if self._circuits is not None:
+            with self._keys_lock:
+                self._circuits.clear()
+
+    # -- keyed circuits ------------------------------------------------------
+
+    @property
+    def keyed(self) -> bool:
+        """Whether this breaker keeps one circuit per key (``key=``)."""
+        return self._circuits is not None
+
+    def circuit(self, key: str) -> CircuitBreaker:
+        """
+        The circuit of ``key`` in a keyed breaker, made on first use.
+
+        Each circuit is a ``CircuitBreaker`` of its own named
+        ``"<name>[<key>]"`` (not registered: :meth:`circuits` lists them,
+        ``get_breaker("<name>[<key>]")`` finds one), with this breaker's
+        options and store; a listener's call picks its circuit with ``key``.
+        In this process at most ``max_keys`` circuits are kept, the most
+        recently used: past the bound, the least recently used *closed* one
+        is dropped (its failures with it). Only when every circuit is open
+        or half-open is the least recently used of them dropped, and logged
+        (``circuit_key_evicted``, a warning): with the memory store its
+        state is lost, and its key starts closed again on its next call;
+        with Redis the state stays in Redis and the key's next call reads
+        it back. In Redis, a circuit's keys expire an hour after last use.
+
+        Raises:
+            TypeError: this breaker is not keyed, or ``key`` is not a string.
+            ValueError: ``key`` is empty or longer than 200 characters.
+        """
+        circuits = self._circuits
+        if circuits is None:
+            raise TypeError(f"circuit breaker {self.name!r} has no key: guard calls with it")
+        with self._keys_lock:
+            child = circuits.get(key)
+            if child is not None:
+                circuits.move_to_end(key)
+                return child
+        if not isinstance(key, str):
+            raise TypeError(f"circuit breaker {self.name!r}: a key must be a str, got {key!r}")
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise ValueError(
+                f"circuit breaker {self.name!r}: a key must have 1 to {MAX_KEY_LENGTH} "
+                f"characters, got {key[: MAX_KEY_LENGTH + 1]!r}"
+            )
+        child = CircuitBreaker.__new__(CircuitBreaker)
+        child._setup(f"{self.name}[{key}]", replace(self.config, key=None))
+        child._family = self.name
+        with self._keys_lock:
+            known = circuits.setdefault(key, child)
+            if known is child and len(circuits) > self.config.max_keys:
+                self._evict(circuits)
+            return known
+
+    def circuits(self) -> dict[str, CircuitBreaker]:
+        """A keyed breaker's circuits in this process, by key, least recently used first."""
+        if self._circuits is None:
+            return {}
+        with self._keys_lock:
+            return dict(self._circuits)
+
+    def _evict(self, circuits: OrderedDict[str, CircuitBreaker]) -> None:
+        # Under _keys_lock, one circuit over the bound: the least recently used closed
+        # one, never the one just made (the last).
+        for key, child in itertools.islice(circuits.items(), len(circuits) - 1):
+            if child._store.state is CLOSED and child._store.view().forced is None:
+                del circuits[key]
+                return
+        key, child = circuits.popitem(last=False)
+        logger().warning(
+            "circuit_key_evicted",
+            breaker=self.name,
+            key=key,
+            state=child._store.state,
+            shared=child._remote is not None,
+            max_keys=self.config.max_keys,
+        )
+
+    def _for_call(self, sender: object, kwargs: dict[str, Any]) -> CircuitBreaker:
+        """
+        The circuit of a listener's call: ``key(sender, **kwargs)``'s.
+
+        Raises:
+            ValueError: the key function raised (chained) or gave no usable key.
+        """
+        assert self._key_of is not None
+        try:
+            key = self._key_of(sender, **kwargs)
+        except Exception as exc:
+            raise ValueError(
+                f"circuit breaker {self.name!r}: its key function failed on this call: {exc!r}"
+            ) from exc
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        if not isinstance(key, str):
+            raise ValueError(
+                f"circuit breaker {self.name!r}: its key function returned {key!r}, not a str"
+            )
+        return self.circuit(key)
 
     def _new_tallies(self) -> None:
         self._ok = _Tally()
@@ -765,6 +907,11 @@ def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
             f"get_breaker() takes a breaker name or a CircuitBreaker, got {name_or_instance!r}"
         )
     name = name_or_instance
+    family, bracket, key = name.partition("[")
+    if bracket and key.endswith("]") and family:
+        keyed = get_breaker(family)
+        if keyed.keyed:
+            return keyed.circuit(key[:-1])
     with state.lock:
         breaker = state.breakers.get(name)
         if breaker is not None:
@@ -785,10 +932,26 @@ def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
         return breaker
 
 
-def all_breakers() -> list[CircuitBreaker]:
-    """Every registered breaker, by name (declared ones appear once used)."""
+def all_breakers(*, circuits: bool = False) -> list[CircuitBreaker]:
+    """
+    Every registered breaker, by name (declared ones appear once used); with
+    ``circuits``, each keyed breaker followed by its circuits in this process,
+    by key.
+    """
     with state.lock:
-        return [state.breakers[name] for name in sorted(state.breakers)]
+        breakers = [state.breakers[name] for name in sorted(state.breakers)]
+    if not circuits:
+        return breakers
+    return [
+        shown
+        for breaker in breakers
+        for shown in (breaker, *(c for _, c in sorted(breaker.circuits().items())))
+    ]
+
+
+def not_closed_circuits(breakers: Iterable[CircuitBreaker]) -> list[CircuitBreaker]:
+    """``breakers`` less the keyed circuits that are closed: what an operator lists."""
+    return [b for b in breakers if b._family is None or b.state != CLOSED]
 
 
 # -- what the listener call asks -------------------------------------------------------
@@ -802,6 +965,19 @@ def resolve(breaker: str | Guard, /) -> Guard:
         ImproperlyConfigured: no breaker has that name.
     """
     return breaker if not isinstance(breaker, str) else get_breaker(breaker)
+
+
+def for_call(guard: Guard, sender: object, kwargs: dict[str, Any], /) -> Guard:
+    """
+    The guard of one listener call: a keyed breaker's circuit for the call's
+    key; any other guard as it is.
+
+    Raises:
+        ValueError: the keyed breaker's key function failed on this call.
+    """
+    if type(guard) is CircuitBreaker and guard._key_of is not None:
+        return guard._for_call(sender, kwargs)
+    return guard
 
 
 def refusal(guard: Guard, /) -> CircuitOpen | None:

@@ -54,6 +54,10 @@ FAILURE: Final = 1
 """The guarded code raised an ``Exception`` that is not excluded."""
 RELEASE: Final = 2
 """Counts as nothing (excluded exception, cancellation): only frees a probe slot."""
+SLOW: Final = 4
+"""Added to ``SUCCESS`` or ``FAILURE``: the call took ``slow_call_duration`` or longer."""
+SLOW_SUCCESS: Final = SUCCESS | SLOW
+SLOW_FAILURE: Final = FAILURE | SLOW
 
 Decision: TypeAlias = int
 ADMIT: Final = 0
@@ -110,8 +114,14 @@ class Circuit:
     state: CircuitState = CLOSED
     failures: int = 0
     """Consecutive failures (count rule), or failures in the window (rate rule)."""
-    window: deque[bool] = field(default_factory=deque)
-    """Rate rule: the outcomes of the last calls, True for a failure."""
+    slow: int = 0
+    """Rate rule: slow calls in the window."""
+    calls: int = 0
+    """Rate rule: calls in the window."""
+    window: deque[int] = field(default_factory=deque)
+    """Count window: the last calls, each 1 if it failed, plus 2 if it was slow."""
+    buckets: deque[list[int]] = field(default_factory=deque)
+    """Time window: ``[second, calls, failures, slow]`` per second with calls, oldest first."""
     opened_at: int | None = None
     retry_at: int | None = None
     """When an open circuit lets a probe through; None when closed or forced open."""
@@ -126,11 +136,21 @@ class Circuit:
 class Machine:
     """The rules of one breaker's configuration (see the module docstring)."""
 
-    __slots__ = ("config", "count_rule", "lease", "max_reset_timeout", "reset_timeout")
+    __slots__ = (
+        "config",
+        "count_rule",
+        "lease",
+        "max_reset_timeout",
+        "reset_timeout",
+        "slow_ppm",
+        "time_window",
+    )
 
     def __init__(self, config: BreakerConfig) -> None:
         self.config = config
         self.count_rule = config.trip_rule == "count"
+        self.time_window = config.window_type == "time"
+        self.slow_ppm = config.slow_ppm
         self.reset_timeout = milliseconds(config.reset_timeout)
         self.lease = milliseconds(config.lease)
         cap = config.max_reset_timeout
@@ -186,17 +206,18 @@ class Machine:
             if c.state is not CLOSED or c.forced is not None or result == RELEASE:
                 return  # a normal call's result counts only while closed and not forced
             if self.count_rule:
-                self._count(c, result == FAILURE, now, notes)
+                self._count(c, result & FAILURE == FAILURE, now, notes)
             else:
-                self._rate(c, result == FAILURE, now, notes)
+                self._rate(c, result & FAILURE, (result & SLOW) >> 1, now, notes)
             return
         if c.probes.pop(probe, None) is None or c.state is not HALF_OPEN:
             return  # a newer probe took the slot over, or the circuit moved on: too late
+        # A slow probe is a failed one: the dependency answers, but not yet as it should.
         if result == SUCCESS:
             c.probe_successes += 1
             if c.probe_successes >= self.config.success_threshold:
                 self._close(c, HALF_OPEN, notes)
-        elif result == FAILURE:
+        elif result != RELEASE:
             # Without a cap of the project's, the longest wait there is: never inf (the
             # product is compared before math.floor, which cannot take inf).
             cap = self.max_reset_timeout or milliseconds(MAX_SECONDS)
@@ -227,18 +248,46 @@ class Machine:
         if c.failures >= self.config.failure_threshold:
             self._open(c, self.reset_timeout, now, CLOSED, notes)
 
-    def _rate(self, c: Circuit, failed: bool, now: int, notes: list[Transition]) -> None:
+    def _rate(self, c: Circuit, failed: int, slow: int, now: int, notes: list[Transition]) -> None:
+        """Slide one call into the window (``failed``: 0 or 1, ``slow``: 0 or 2), then compare."""
         config = self.config
-        window = c.window
-        window.append(failed)
+        if self.time_window:
+            second = now // 1000
+            buckets = c.buckets
+            cutoff = second - config.window_size
+            while buckets and buckets[0][0] <= cutoff:
+                _, calls, failures, slows = buckets.popleft()
+                c.calls -= calls
+                c.failures -= failures
+                c.slow -= slows
+            # A clock that stepped back adds to the newest bucket: never out of order.
+            if buckets and buckets[-1][0] >= second:
+                bucket = buckets[-1]
+            else:
+                bucket = [second, 0, 0, 0]
+                buckets.append(bucket)
+            bucket[1] += 1
+            bucket[2] += failed
+            bucket[3] += slow >> 1
+        else:
+            window = c.window
+            window.append(failed | slow)
+            if len(window) > config.window_size:
+                oldest = window.popleft()
+                c.calls -= 1
+                c.failures -= oldest & 1
+                c.slow -= oldest >> 1
+        c.calls += 1
         c.failures += failed
-        if len(window) > config.window_size:
-            c.failures -= window.popleft()
-        calls = len(window)
+        c.slow += slow >> 1
+        calls = c.calls
         # Checked after every call, a success included: the call that completes
         # minimum_calls may find the rate already crossed. Integer arithmetic,
         # the same as the Lua script's: 0.7 of 10 calls is 7.
-        if calls >= config.minimum_calls and c.failures * 1_000_000 >= config.rate_ppm * calls:
+        if calls >= config.minimum_calls and (
+            c.failures * 1_000_000 >= config.rate_ppm * calls
+            or (self.slow_ppm and c.slow * 1_000_000 >= self.slow_ppm * calls)
+        ):
             self._open(c, self.reset_timeout, now, CLOSED, notes)
 
     def _open(

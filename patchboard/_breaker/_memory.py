@@ -169,6 +169,7 @@ class MemoryStore:
             return StoreView(
                 state=self.machine.effective_state(circuit, clock_ms(self.clock)),
                 failures=circuit.failures,
+                slow_calls=circuit.slow,
                 opened_at=to_seconds(circuit.opened_at),
                 retry_at=to_seconds(circuit.retry_at),
                 forced=circuit.forced,

@@ -1,9 +1,10 @@
 """
 The Redis store: a breaker's state shared by every process that uses it.
 
-The state lives in one Redis hash, ``patchboard:breaker:{<name>}``, and the
-probes' leases in a sorted set, ``patchboard:breaker:{<name>}:probes`` (the
-braces make the two keys one cluster hash slot); both expire when unused.
+The state lives in one Redis hash, ``patchboard:breaker:{<name>}``, the
+probes' leases in a sorted set, ``patchboard:breaker:{<name>}:probes``, and a
+time window's buckets in a hash, ``patchboard:breaker:{<name>}:window`` (the
+braces make the keys one cluster hash slot); all expire when unused.
 Every decision is one run of ``breaker.lua`` (``EVALSHA``): atomic, on the
 Redis server's clock (``TIME``), one round trip. Each reply carries the whole
 state, which the process keeps as its *view* for ``sync_interval`` seconds:
@@ -61,11 +62,14 @@ from patchboard import _clock
 from patchboard._breaker._machine import (
     ADMIT,
     CLOSED,
+    FAILURE,
     HALF_OPEN,
     OPEN,
     PROBE,
     REJECT,
     RELEASE,
+    SLOW_FAILURE,
+    SLOW_SUCCESS,
     SUCCESS,
     CircuitState,
     Control,
@@ -93,6 +97,14 @@ _FORCED: Final[tuple[Forced, Forced, Forced]] = (None, "open", "closed")
 _TOKEN_PREFIX: Final = os.urandom(4).hex()
 _UNAVAILABLE: Final = "circuit_store_unavailable"
 _RECOVERED: Final = "circuit_store_recovered"
+_OPS: Final = {
+    SUCCESS: "success",
+    FAILURE: "failure",
+    RELEASE: "release",
+    SLOW_SUCCESS: "slow_success",
+    SLOW_FAILURE: "slow_failure",
+}
+"""The script's operation for each result."""
 _tokens = itertools.count(1)
 
 
@@ -185,6 +197,7 @@ class _View(NamedTuple):
 
     state: CircuitState
     failures: int
+    slow_calls: int
     opened_at_ms: int
     retry_at_ms: int
     server_ms: int
@@ -442,7 +455,11 @@ class RedisStore:
         self.fallback = MemoryStore(name, config, pending=self.pending)
         self.admitted = Ticket(self, None)
         self._errors = _store_errors()
-        self._keys = (f"{key_prefix}:{{{name}}}", f"{key_prefix}:{{{name}}}:probes")
+        self._keys = (
+            f"{key_prefix}:{{{name}}}",
+            f"{key_prefix}:{{{name}}}:probes",
+            f"{key_prefix}:{{{name}}}:window",
+        )
         self._count_rule = config.trip_rule == "count"
         self._sync_interval = config.sync_interval
         # For tests only: the script's clock, instead of the server's TIME.
@@ -462,6 +479,8 @@ class RedisStore:
             str(config.success_threshold),
             str(_ms(config.lease)),
             str(_ms(key_ttl)),
+            config.window_type,
+            str(config.slow_ppm),
         )
         self._view: _View | None = None
         self._seeded = False
@@ -611,7 +630,7 @@ class RedisStore:
     def _result_op(self, ticket: Ticket, result: Result) -> str | None:
         """The script operation a result needs; ``None`` when nothing must be written."""
         if ticket.probe is not None:
-            return ("success", "failure", "release")[result]
+            return _OPS[result]
         if result == RELEASE:
             return None
         view = self._view
@@ -623,16 +642,27 @@ class RedisStore:
                 result == SUCCESS and self._count_rule and view.failures == 0
             ):
                 return None
-        return "success" if result == SUCCESS else "failure"
+        return _OPS[result]
 
     def _apply(self, reply: Reply, token: str, sent: float) -> Ticket | None:
         """Keep the reply as the view; the ticket it grants (None: a normal admission)."""
-        decision, state, failures, opened_at, retry_at, server_ms, old, forced, probes, rejected = (
-            int(x) for x in reply
-        )
+        (
+            decision,
+            state,
+            failures,
+            opened_at,
+            retry_at,
+            server_ms,
+            old,
+            forced,
+            probes,
+            rejected,
+            slow_calls,
+        ) = (int(x) for x in reply)
         view = _View(
             state=_STATES[state],
             failures=failures,
+            slow_calls=slow_calls,
             opened_at_ms=opened_at,
             retry_at_ms=retry_at,
             server_ms=server_ms,
@@ -725,6 +755,7 @@ class RedisStore:
         return StoreView(
             state=self._effective(view),
             failures=view.failures,
+            slow_calls=view.slow_calls,
             opened_at=view.opened_at_ms / 1000.0 if view.opened_at_ms >= 0 else None,
             retry_at=view.retry_at_ms / 1000.0 if view.retry_at_ms >= 0 else None,
             forced=view.forced,

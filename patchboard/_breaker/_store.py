@@ -27,6 +27,8 @@ class StoreView:
     state: CircuitState
     """Effective state: an open circuit past its ``retry_at`` reads ``"half_open"``."""
     failures: int
+    slow_calls: int
+    """Rate rule: slow calls in the window (0 otherwise)."""
     opened_at: float | None
     retry_at: float | None
     forced: Forced
@@ -100,20 +102,30 @@ class UnusableStore:
     import, and ``manage.py check`` must get to report the problem:
     ``patchboard.E001``/``E010``); every guarded call raises the problem
     instead, as an ``ImproperlyConfigured`` naming the breaker.
+
+    Also the store of a keyed breaker itself, which guards nothing (its
+    circuits do): ``error`` is then a ``TypeError`` saying so.
     """
 
     remote = False
     fast = False
     state: CircuitState = "closed"
 
-    def __init__(self, label: str, problem: ImproperlyConfigured) -> None:
+    def __init__(
+        self,
+        label: str,
+        problem: ImproperlyConfigured | str,
+        *,
+        error: type[Exception] = ImproperlyConfigured,
+    ) -> None:
         self.label = label
         self.problem = str(problem)
+        self.error = error
         self.pending: deque[Transition] = deque()
         self.admitted = Ticket(self, None)
 
     def acquire(self) -> Ticket:
-        raise ImproperlyConfigured(self.problem)
+        raise self.error(self.problem)
 
     def refusal(self) -> CircuitOpen | None:
         """None: the call goes on to :meth:`acquire`, which raises the problem."""
@@ -123,7 +135,7 @@ class UnusableStore:
         """Nothing was admitted, so nothing is recorded."""
 
     def force(self, action: Control) -> None:
-        raise ImproperlyConfigured(self.problem)
+        raise self.error(self.problem)
 
     async def aacquire(self) -> Ticket:
         return self.acquire()
@@ -138,6 +150,7 @@ class UnusableStore:
         return StoreView(
             state="closed",
             failures=0,
+            slow_calls=0,
             opened_at=None,
             retry_at=None,
             forced=None,

@@ -622,6 +622,7 @@ async def test_statistics_and_repr_show_live_state(clock) -> None:
         name="carrier-ups",
         state="open",
         failures=5,
+        slow_calls=0,
         opened_at=at(START),
         retry_at=at(START + 30),
         rejected=1,
@@ -807,9 +808,10 @@ def test_check_e010_names_each_bad_breaker_and_argument() -> None:
         breaker_error(
             "typo",
             "unknown circuit breaker argument 'reset_timout'; known: backoff_factor, clock, "
-            "exclude, failure_rate, failure_threshold, half_open_max_calls, max_reset_timeout, "
-            "minimum_calls, probe_timeout, reset_timeout, store, success_threshold, "
-            "sync_interval, trip_rule, window_size",
+            "exclude, failure_rate, failure_threshold, half_open_max_calls, key, max_keys, "
+            "max_reset_timeout, minimum_calls, probe_timeout, reset_timeout, "
+            "slow_call_duration, slow_call_rate, store, success_threshold, sync_interval, "
+            "trip_rule, window_size, window_type",
         ),
     ]
     assert {e.id for e in errors} == {E010_ID}

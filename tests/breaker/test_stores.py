@@ -37,7 +37,14 @@ from hypothesis.stateful import (
 )
 
 from patchboard import BreakerConfig, CircuitOpen
-from patchboard._breaker._machine import FAILURE, RELEASE, SUCCESS, Result
+from patchboard._breaker._machine import (
+    FAILURE,
+    RELEASE,
+    SLOW_FAILURE,
+    SLOW_SUCCESS,
+    SUCCESS,
+    Result,
+)
 from patchboard._breaker._memory import MemoryStore
 from patchboard._breaker._redis import RedisStore
 from patchboard._breaker._store import StoreView, Ticket
@@ -118,6 +125,7 @@ class Rig:
         return {
             "state": v.state,
             "failures": v.failures,
+            "slow_calls": v.slow_calls,
             "opened_at": ms(v.opened_at),
             "retry_at": ms(v.retry_at),
             "forced": v.forced,
@@ -166,6 +174,7 @@ def test_the_count_rule_opens_at_failure_threshold(make: Make) -> None:
     assert rig.view() == {
         "state": "open",
         "failures": 3,
+        "slow_calls": 0,
         "opened_at": START_MS + 7,
         "retry_at": START_MS + 7 + 30_000,
         "forced": None,
@@ -240,6 +249,90 @@ def test_the_rate_rule_window_slides(make: Make) -> None:
     assert rig.view()["state"] == "closed"
     rig.call(FAILURE)  # 2 of the last 4
     assert rig.transitions() == [("closed", "open", 2, START_MS + 30_000, False)]
+
+
+def test_a_time_window_forgets_the_seconds_that_left_it(make: Make) -> None:
+    rig = make(trip_rule="rate", window_type="time", window_size=10, minimum_calls=5)
+    trip(rig, 3)  # second 0
+    rig.advance(9_999)  # second 9: still in the window
+    rig.call(SUCCESS)
+    assert rig.view()["failures"] == 3
+    rig.advance(1)  # second 10: second 0 has left it
+    rig.call(SUCCESS)
+    assert rig.view()["failures"] == 0
+    trip(rig, 2)
+    assert rig.view()["state"] == "closed"  # 4 calls in the window: under minimum_calls
+    trip(rig, 1)  # 3 of 5
+    assert rig.transitions() == [("closed", "open", 3, START_MS + 10_000 + 30_000, False)]
+
+
+def test_a_time_window_counts_minimum_calls_in_the_window_only(make: Make) -> None:
+    rig = make(trip_rule="rate", failure_rate=1, window_type="time", window_size=2, minimum_calls=3)
+    for _ in range(5):  # one failure a second: never 3 calls within 2 seconds
+        trip(rig, 1)
+        rig.advance(1_000)
+    assert rig.view()["state"] == "closed"
+    assert rig.view()["failures"] == 2  # seconds 3 and 4, as of the last call
+    trip(rig, 2)  # second 5: seconds 4 and 5 hold 3 failures
+    assert rig.view()["state"] == "open"
+
+
+def test_a_long_silence_empties_a_time_window(make: Make) -> None:
+    rig = make(trip_rule="rate", window_type="time", window_size=5, minimum_calls=2)
+    trip(rig, 1)
+    rig.advance(3_600_000)
+    rig.call(SUCCESS)
+    view = rig.view()
+    assert (view["state"], view["failures"]) == ("closed", 0)
+    trip(rig, 1)  # 1 of 2
+    assert rig.view()["state"] == "open"
+
+
+@pytest.mark.parametrize("window_type", ["count", "time"])
+def test_slow_calls_open_the_circuit_even_when_they_succeed(make: Make, window_type) -> None:
+    rig = make(
+        trip_rule="rate",
+        window_type=window_type,
+        window_size=10,
+        minimum_calls=4,
+        slow_call_duration=2,
+        slow_call_rate=0.75,
+    )
+    rig.call(SUCCESS)
+    rig.call(SLOW_SUCCESS)
+    rig.call(SLOW_FAILURE)
+    assert rig.view()["slow_calls"] == 2
+    assert rig.view()["failures"] == 1
+    rig.call(SLOW_SUCCESS)  # 3 slow of 4 calls: 75 %; 1 failure of 4 is under 50 %
+    assert rig.transitions() == [("closed", "open", 1, START_MS + 30_000, False)]
+    assert rig.view()["slow_calls"] == 3
+
+
+def test_slow_calls_slide_out_of_a_count_window(make: Make) -> None:
+    rig = make(
+        trip_rule="rate", window_size=3, minimum_calls=3, slow_call_duration=1, slow_call_rate=1
+    )
+    rig.call(SLOW_SUCCESS)
+    rig.call(SLOW_SUCCESS)
+    rig.call(SUCCESS)
+    rig.call(SLOW_SUCCESS)
+    assert rig.view()["slow_calls"] == 2
+    rig.call(SLOW_SUCCESS)  # the fast one is still in the window
+    assert rig.view()["state"] == "closed"
+    rig.call(SLOW_SUCCESS)
+    assert rig.view()["state"] == "open"
+
+
+def test_a_slow_probe_reopens_the_circuit(make: Make) -> None:
+    rig = make(trip_rule="rate", window_size=1, minimum_calls=1, slow_call_duration=1)
+    trip(rig, 1)
+    rig.at(START_MS + 30_000)
+    rig.transitions()
+    rig.store.record(rig.probe(), SLOW_SUCCESS)
+    assert rig.transitions() == [
+        ("open", "half_open", 1, START_MS + 30_000, False),
+        ("half_open", "open", 1, START_MS + 60_000, False),
+    ]
 
 
 # -- open -----------------------------------------------------------------------------
@@ -343,6 +436,7 @@ def test_success_threshold_probes_close_the_circuit(make: Make) -> None:
     assert rig.view() == {
         "state": "closed",
         "failures": 0,
+        "slow_calls": 0,
         "opened_at": None,
         "retry_at": None,
         "forced": None,
@@ -512,6 +606,9 @@ class Rules:
     trip_rule: Literal["count", "rate"]
     failure_threshold: int
     failure_rate: Fraction
+    window_type: Literal["count", "time"]
+    slow_rate: Fraction | None
+    """``slow_call_rate`` with a ``slow_call_duration``; None: no slow calls."""
     window_size: int
     minimum_calls: int
     reset_ms: int
@@ -531,6 +628,9 @@ class Rules:
             trip_rule=self.trip_rule,
             failure_threshold=self.failure_threshold,
             failure_rate=float(self.failure_rate),
+            window_type=self.window_type,
+            slow_call_duration=None if self.slow_rate is None else 1.0,
+            slow_call_rate=1.0 if self.slow_rate is None else float(self.slow_rate),
             window_size=self.window_size,
             minimum_calls=self.minimum_calls,
             reset_timeout=self.reset_ms / 1000,
@@ -548,12 +648,18 @@ class Rules:
 def all_rules(draw: st.DrawFn) -> Rules:
     window = draw(st.integers(1, 6))
     reset_ms = draw(st.integers(1, 3_000))
+    rule = draw(st.sampled_from(["count", "rate"]))
+    rates = st.sampled_from(["0.2", "0.25", "0.3", "0.5", "0.7", "1"]).map(Fraction)
+    window_type = "count" if rule == "count" else draw(st.sampled_from(["count", "time"]))
     return Rules(
-        trip_rule=draw(st.sampled_from(["count", "rate"])),
+        trip_rule=rule,
         failure_threshold=draw(st.integers(1, 4)),
-        failure_rate=Fraction(draw(st.sampled_from(["0.2", "0.25", "0.3", "0.5", "0.7", "1"]))),
+        failure_rate=draw(rates),
+        window_type=window_type,
+        slow_rate=None if rule == "count" else draw(st.none() | rates),
         window_size=window,
-        minimum_calls=draw(st.integers(1, window)),
+        # A time window may need more calls than it has seconds.
+        minimum_calls=draw(st.integers(1, window if window_type == "count" else 8)),
         reset_ms=reset_ms,
         backoff_factor=draw(st.sampled_from([1.0, 1.5, 1.7, 2.0, 2.5])),
         max_reset_ms=draw(st.none() | st.integers(reset_ms, 8_000)),
@@ -569,7 +675,9 @@ class Model:
     The rules as the README states them, written without ``machine.py``.
 
     Closed: normal results count (consecutive failures, or the failures among
-    the last ``window_size`` calls once ``minimum_calls`` were made); open:
+    the calls of the window once ``minimum_calls`` are in it: the last
+    ``window_size`` calls, or those of the last ``window_size`` seconds as of
+    the latest call; slow calls likewise against the slow-call rate); open:
     everything is rejected until ``retry_at``; half-open: up to
     ``half_open_max_calls`` probes hold a slot each until they report, or
     until their lease has ended and a newer caller is admitted (so a probe
@@ -582,7 +690,8 @@ class Model:
     state: str = "closed"
     forced: str | None = None
     consecutive: int = 0
-    outcomes: list[bool] = field(default_factory=list)
+    outcomes: list[tuple[int, bool, bool]] = field(default_factory=list)
+    """Rate rule: the window's calls, as (second, failed, slow)."""
     opened_at: int | None = None
     retry_at: int | None = None
     timeout: int = 0
@@ -595,7 +704,13 @@ class Model:
 
     @property
     def failures(self) -> int:
-        return self.consecutive if self.rules.trip_rule == "count" else sum(self.outcomes)
+        if self.rules.trip_rule == "count":
+            return self.consecutive
+        return sum(failed for _, failed, _ in self.outcomes)
+
+    @property
+    def slow_calls(self) -> int:
+        return sum(slow for _, _, slow in self.outcomes)
 
     def effective_state(self, now: int) -> str:
         if self.state == "open" and self.retry_at is not None and now >= self.retry_at:
@@ -621,30 +736,40 @@ class Model:
     def record(self, token: int | None, result: str, now: int) -> None:
         if token is None:
             if self.state == "closed" and self.forced is None and result != "neither":
-                self._count(result == "failure", now)
+                self._count(result.endswith("failure"), result.startswith("slow"), now)
             return
         if self.probes.pop(token, None) is None:
             return  # it gave its slot up, or the circuit moved on since
-        if result == "success":
+        if result == "success":  # a slow probe fails
             self.probe_successes += 1
             if self.probe_successes >= self.rules.success_threshold:
                 self._close(None)
-        elif result == "failure":
+        elif result != "neither":
             grown = math.floor(self.timeout * self.rules.backoff_factor)
             cap = self.rules.max_reset_ms
             self._open(grown if cap is None else min(grown, cap), now)
 
-    def _count(self, failed: bool, now: int) -> None:
+    def _count(self, failed: bool, slow: bool, now: int) -> None:
         rules = self.rules
         if rules.trip_rule == "count":
             self.consecutive = self.consecutive + 1 if failed else 0
             if self.consecutive >= rules.failure_threshold:
                 self._open(rules.reset_ms, now)
             return
-        self.outcomes = [*self.outcomes, failed][-rules.window_size :]
+        if rules.window_type == "count":
+            self.outcomes = [*self.outcomes, (0, failed, slow)][-rules.window_size :]
+        else:
+            second = now // 1000
+            kept = [o for o in self.outcomes if o[0] > second - rules.window_size]
+            # The clock never steps back here, but the stores' rule says: the newest second.
+            second = max([second, *(o[0] for o in kept)])
+            self.outcomes = [*kept, (second, failed, slow)]
         calls = len(self.outcomes)
-        if calls >= rules.minimum_calls and Fraction(sum(self.outcomes), calls) >= (
-            rules.failure_rate
+        if calls < rules.minimum_calls:
+            return
+        slow_rate = rules.slow_rate
+        if Fraction(self.failures, calls) >= rules.failure_rate or (
+            slow_rate is not None and Fraction(self.slow_calls, calls) >= slow_rate
         ):
             self._open(rules.reset_ms, now)
 
@@ -687,6 +812,7 @@ class Model:
         return {
             "state": self.effective_state(now),
             "failures": self.failures,
+            "slow_calls": self.slow_calls,
             "opened_at": self.opened_at,
             "retry_at": self.retry_at,
             "forced": self.forced,
@@ -694,11 +820,15 @@ class Model:
         }
 
 
-OUTCOMES = st.sampled_from(["success", "failure", "timeout", "excluded", "cancelled"])
+OUTCOMES = st.sampled_from(
+    ["success", "failure", "timeout", "excluded", "cancelled", "slow_success", "slow_failure"]
+)
 RESULTS: dict[str, tuple[str, Result]] = {
     # The breaker's classification (tests/breaker/test_breaker.py pins it): what the store sees.
     "success": ("success", SUCCESS),
     "failure": ("failure", FAILURE),
+    "slow_success": ("slow_success", SLOW_SUCCESS),
+    "slow_failure": ("slow_failure", SLOW_FAILURE),
     "timeout": ("failure", FAILURE),
     "excluded": ("neither", RELEASE),
     "cancelled": ("neither", RELEASE),
@@ -785,6 +915,9 @@ class StoresFollowTheModel(RuleBasedStateMachine):
         return Call(self.tokens if expected[0] == "probe" else None, tickets)
 
     def report(self, call: Call, outcome: str) -> None:
+        if self.model.rules.slow_rate is None:
+            # Without slow_call_duration the breaker times nothing: no call is slow.
+            outcome = outcome.removeprefix("slow_")
         counted, result = RESULTS[outcome]
         self.model.record(call.token, counted, self.now)
         for rig, ticket in zip(self.rigs, call.tickets, strict=True):

@@ -42,7 +42,13 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from patchboard._background import _outbox, _relay
-from patchboard._breaker import BreakerStatistics, CircuitBreaker, all_breakers, get_breaker
+from patchboard._breaker import (
+    BreakerStatistics,
+    CircuitBreaker,
+    all_breakers,
+    get_breaker,
+    not_closed_circuits,
+)
 from patchboard._config import get_settings
 
 COLUMNS = (
@@ -160,8 +166,10 @@ class Command(BaseCommand):
         for name in get_settings().breakers:
             self._breaker(name)
         rows = []
-        for breaker in all_breakers():
+        breakers = all_breakers(circuits=True)
+        for breaker in breakers:
             breaker.get_state_sync()  # a fresh view of a Redis store's shared state
+        for breaker in not_closed_circuits(breakers):  # keyed: the circuits not closed
             stats = breaker.statistics()
             rows.append([_cell(stats, column) for column in COLUMNS])
         if not rows:
