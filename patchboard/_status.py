@@ -43,7 +43,7 @@ import dataclasses
 import math
 import os
 from datetime import UTC, datetime
-from typing import Final, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Final, NamedTuple, TypedDict
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
@@ -76,7 +76,11 @@ from patchboard._breaker import (
 from patchboard._config import get_settings
 from patchboard._ledger import outcome_counts
 from patchboard._queue import QueueStatistics, queue_stats
+from patchboard._state import state
 from patchboard._threads import ThreadStatistics, thread_stats
+
+if TYPE_CHECKING:
+    from patchboard._metrics import Latency  # the metrics' module imports prometheus_client
 
 TITLE: Final = "patchboard status"
 REFRESH_MIN: Final = 2
@@ -180,6 +184,9 @@ class Snapshot(TypedDict):
     outcomes: dict[str, int]
     outbox: list[OutboxStatus] | None
     """One per database the outbox may be on; None when the outbox is off."""
+    latency: list[Latency] | None
+    """Each listener's calls and p50/p99 in this process, from the metrics'
+    histograms; None when the metrics are off."""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -318,6 +325,7 @@ async def snapshot() -> Snapshot:
         "outcomes": outcome_counts(),
         # The database is sync-only: a thread, like the rendering.
         "outbox": await sync_to_async(outbox_status)(),
+        "latency": None if state.metrics is None else state.metrics.latencies(),
     }
 
 
@@ -487,6 +495,14 @@ def outbox_moment(outbox: OutboxStatus, now: datetime) -> Moment | None:
     )
 
 
+def latency_text(seconds: float) -> str:
+    """A latency as an operator reads it: ``"0.8 ms"``, ``"45 ms"``, ``"1.25 s"``."""
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    milliseconds = seconds * 1000
+    return f"{milliseconds:.2g} ms" if milliseconds < 10 else f"{milliseconds:.0f} ms"
+
+
 def _render(
     request: HttpRequest, status: Snapshot, now: datetime, refresh: int | None
 ) -> HttpResponse:
@@ -513,6 +529,10 @@ def _render(
             for name, count in status["queue"]["counters"].items()
         ],
         outbox=[(o, outbox_moment(o, generated)) for o in status["outbox"] or ()],
+        latency=[
+            (each, latency_text(each["p50_s"]), latency_text(each["p99_s"]))
+            for each in status["latency"] or ()
+        ],
         shared=[b["name"] for b in status["breakers"] if b["shared"]],
         refresh=refresh,
         refresh_choices=REFRESH_CHOICES,

@@ -244,8 +244,10 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "threads",
         "outcomes",
         "outbox",
+        "latency",
     ]
     assert data["outbox"] is None  # the ImmediateBackend: no outbox
+    assert data["latency"] is None  # the metrics are off
     assert data["pid"] == os.getpid()
     assert datetime.fromisoformat(data["generated_at"]).tzinfo is not None
     fedex, ups = data["breakers"]  # by name
@@ -687,3 +689,43 @@ def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
         ("Oldest pending", "-"),
         ("Failed deliveries", "0"),
     ]
+
+
+def test_with_the_metrics_on_each_listeners_latency_is_shown(
+    staff_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """p50 and p99 per listener, from this process's histograms (none without metrics)."""
+    from prometheus_client import CollectorRegistry
+
+    from patchboard._config import MetricsSettings
+    from patchboard._metrics import Metrics
+    from patchboard._state import state
+
+    assert "patchboard-latency" not in staff_client.get(URL).content.decode()
+    metrics = Metrics(MetricsSettings(enabled=True, buckets=(0.1, 0.5, 1.0)), CollectorRegistry())
+    metrics.install()
+    monkeypatch.setattr(state, "metrics", metrics)
+    try:
+        signal = Signal(name="tests.status.latency")
+        signal.connect(quick_quote)
+        for _ in range(3):
+            signal.collect(sender=None)
+        data = staff_client.get(URL, {"format": "json"}).json()
+        page = staff_client.get(URL).content.decode()
+    finally:
+        monkeypatch.setattr(state, "metrics", None)  # closed here, not again by reset()
+        metrics.close()
+    [latency] = data["latency"]
+    assert (latency["signal"], latency["listener"], latency["calls"]) == (
+        "tests.status.latency",
+        f"{__name__}.quick_quote",
+        3,
+    )
+    # Every call fell in the first bucket (0-0.1 s): estimated inside it.
+    assert 0 < latency["p50_s"] < latency["p99_s"] <= 0.1
+    assert 'id="patchboard-latency"' in page
+    assert f"{__name__}.quick_quote" in page
+
+
+def quick_quote(sender: object, **kwargs: object) -> int:
+    return 1
