@@ -15,7 +15,7 @@ BASE_PYTHON ?= $(shell for c in $(PY_CANDIDATES); do \
 	  "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	  && { command -v "$$c"; break; }; done)
 
-.PHONY: test lint typecheck pytest pytest-django52 django-suite bench fleet mutation demo serve stress stress-ci clean python
+.PHONY: test lint typecheck docs docs-serve pytest pytest-django52 django-suite bench fleet mutation demo serve stress stress-ci clean python
 
 python:
 	@if [ -z "$(BASE_PYTHON)" ]; then \
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | python
 	rm -rf $(VENV)
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo --group stress
+	$(PY) -m pip install --quiet -e . --group test --group lint --group bench --group demo --group stress --group docs
 	touch $@
 
 $(VENV52)/.installed: pyproject.toml | python
@@ -45,6 +45,16 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
+
+# The documentation site: mkdocs.yml, docs/ as its source, built into site/ (git-ignored)
+# with warnings as errors (a broken link, an unknown name in the API reference). Its
+# snippets run under `make pytest` (tests/docs).
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+DOCS_PORT ?= 8002
+docs-serve: $(VENV)/.installed
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
@@ -63,7 +73,7 @@ django-suite: $(VENV)/.installed $(VENV52)/.installed
 	$(PY) tests/django_suite.py
 	$(PY52) tests/django_suite.py
 
-test: lint typecheck pytest pytest-django52 django-suite stress-ci
+test: lint typecheck docs pytest pytest-django52 django-suite stress-ci
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
@@ -103,4 +113,4 @@ serve: $(VENV)/.installed
 	$(PY) -m examples.demo --serve --port $(SERVE_PORT)
 
 clean:
-	rm -rf $(VENV) $(VENV52) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) $(VENV52) .pytest_cache .mypy_cache .ruff_cache build dist site
