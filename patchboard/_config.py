@@ -612,7 +612,7 @@ class QueueSettings:
     ``PATCHBOARD["SHORT_TERM_QUEUE"]``: the per-process short-term queue.
 
     The defaults are sized for web requests, whose budget is a few seconds
-    (see the README's "Time budgets").
+    (see the docs' "Time budgets" guide).
     """
 
     min_workers: int = 4

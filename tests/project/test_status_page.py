@@ -359,7 +359,10 @@ def test_the_page_says_what_is_per_process_and_points_to_the_fleet(staff_client:
 
     scope = " ".join(re.sub(r"<[^>]+>", " ", page.split('id="patchboard-scope">')[1]).split())
     assert scope.startswith(f"Served by process {os.getpid()} at ")
-    assert "For the fleet, scrape the Prometheus metrics (see the README, Observability)" in scope
+    assert (
+        "For the fleet, scrape the Prometheus metrics (see the docs: Operations, Observability)"
+        in scope
+    )
     assert "No breaker is shared: each keeps its state in memory, in each process." in page
 
 
