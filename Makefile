@@ -50,11 +50,11 @@ typecheck: $(VENV)/.installed
 # with warnings as errors (a broken link, an unknown name in the API reference). Its
 # snippets run under `make pytest` (tests/docs).
 docs: $(VENV)/.installed
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 DOCS_PORT ?= 8002
 docs-serve: $(VENV)/.installed
-	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
