@@ -120,14 +120,26 @@ def installed(name: str, value: object, *, module: str) -> None:
         )
 
 
+REDIS_URL_PREFIXES: Final = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
+"""A Redis store URL's schemes: one server, a Redis Cluster, Redis Sentinels."""
+
+
 def store_url(name: str, value: object) -> None:
-    """``"memory"`` or a ``redis://``/``rediss://``/``unix://`` URL."""
+    """``"memory"`` or a Redis URL (one of :data:`REDIS_URL_PREFIXES`)."""
     if not isinstance(value, str) or not (
-        value == "memory" or value.startswith(("redis://", "rediss://", "unix://"))
+        value == "memory" or value.startswith(REDIS_URL_PREFIXES)
     ):
         raise ValueError(
-            f"{name} must be 'memory' or a Redis URL (redis://, rediss:// or unix://), "
-            f"got {value!r}"
+            f"{name} must be 'memory' or a Redis URL (redis://, rediss:// or unix://; "
+            f"redis+cluster://, redis+sentinel://), got {value!r}"
         )
 
 
@@ -402,8 +414,8 @@ class BreakerConfig:
     exclude: tuple[ExcludeRule, ...] = ()
     """Exceptions that count as neither success nor failure."""
     store: str | None = None
-    """``"memory"``, a ``redis://``/``rediss://`` URL, or ``None``:
-    ``PATCHBOARD["STORE"]``."""
+    """``"memory"``, a Redis URL (``redis://``, ``redis+cluster://``,
+    ``redis+sentinel://``...), or ``None``: ``PATCHBOARD["STORE"]``."""
     sync_interval: float = 1.0
     """Redis store: how long this process trusts its last view of the shared
     state before asking Redis again (0: ask on every call). A process learns
@@ -781,7 +793,8 @@ class Settings:
     """Seconds: the ``deadline`` of a collect that names none (None: no deadline)."""
     short_term_queue: QueueSettings = field(default_factory=QueueSettings)
     store: str = "memory"
-    """Default circuit breaker state store: ``"memory"`` or a ``redis://`` URL."""
+    """Default circuit breaker state store: ``"memory"`` or a Redis URL (``redis://``,
+    ``redis+cluster://``, ``redis+sentinel://``...)."""
     breakers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Named circuit breakers: name -> keyword arguments of ``CircuitBreaker``."""
     background: BackgroundSettings = field(default_factory=BackgroundSettings)

@@ -130,6 +130,8 @@ class BreakerStatus(TypedDict):
     retry_at: str | None
     probes: int
     store: str
+    store_kind: str
+    """``"memory"``, ``"redis"``, ``"redis_cluster"`` or ``"redis_sentinel"``."""
     shared: bool
     """The state lives in Redis: what the page shows and changes is every process's."""
     fallback: bool
@@ -204,6 +206,7 @@ def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
         "retry_at": _iso(stats.retry_at),
         "probes": stats.probes,
         "store": stats.store,
+        "store_kind": stats.store_kind,
         "shared": stats.store != "memory",
         "fallback": stats.fallback,
         "per_process": {

@@ -32,16 +32,17 @@ from django.core.checks import CheckMessage, Error, register
 
 from patchboard._breaker._circuit import all_breakers
 from patchboard._breaker._redis import check_url
-from patchboard._config import BreakerConfig
+from patchboard._config import REDIS_URL_PREFIXES, BreakerConfig
 from patchboard._state import state
 
 E010_ID = "patchboard.E010"
 E011_ID = "patchboard.E011"
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _URL_HINT = (
     "Give a URL redis-py can read, such as redis://127.0.0.1:6379/0 "
-    "(a port in 1-65535, a database number), or 'memory'."
+    "(a port in 1-65535, a database number), redis+cluster://host:port,host:port/ "
+    "for a Redis Cluster, redis+sentinel://host:26379,host:26379/mymaster/0 for the "
+    "primary Redis Sentinels watch, or 'memory'."
 )
 
 
@@ -71,7 +72,7 @@ def store_problem(store: object) -> str | None:
     that is not a Redis URL is not this check's business (``"memory"``; a
     bad scheme is an invalid argument or setting, reported as such).
     """
-    if not isinstance(store, str) or not store.startswith(_REDIS_SCHEMES):
+    if not isinstance(store, str) or not store.startswith(REDIS_URL_PREFIXES):
         return None
     if importlib.util.find_spec("redis") is None:
         return (

@@ -69,7 +69,7 @@ def test_nested_values_become_frozen_dataclasses() -> None:
         ({"SHORT_TERM_QUEUE": 3}, 'PATCHBOARD["SHORT_TERM_QUEUE"]: must be a dict, got 3'),
         (
             {"STORE": "memcached://x"},
-            "STORE must be 'memory' or a Redis URL (redis://, rediss:// or unix://)",
+            "STORE must be 'memory' or a Redis URL (redis://, rediss:// or unix://; ",
         ),
         ("log", "must be a dict, got 'log'"),
     ],

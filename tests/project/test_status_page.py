@@ -260,6 +260,7 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "retry_at": "2023-11-14T22:13:51+00:00",
         "probes": 0,
         "store": "memory",
+        "store_kind": "memory",
         "shared": False,
         "fallback": False,
         "per_process": {"rejected": 1, "successes": 0, "failures_total": 1},
