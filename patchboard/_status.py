@@ -14,6 +14,11 @@ Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answer
 ``POST`` with ``breaker`` (a name) and ``action`` (``open``, ``close`` or ``reset``)
     Forces that circuit open or closed, or resets it, then redirects back to
     the page (post/redirect/get). CSRF-protected like every admin form.
+``POST`` with ``outbox`` (a database alias) and ``action`` (``redeliver_failed``
+    or ``purge_delivered``)
+    Makes that database's failed deliveries due now, for the relay's next
+    pass, or deletes the entries delivered more than
+    :data:`PURGE_DELIVERED_AFTER` seconds ago, then redirects back.
 
 Who may see it, like the admin: anonymous users are redirected to the login
 page (``settings.LOGIN_URL`` when the project changed it, else the admin's login
@@ -107,6 +112,14 @@ ACTIONS: Final[dict[str, Action]] = {
     "reset": Action("areset", "Reset", "Reset circuit {!r}."),
 }
 
+OUTBOX_ACTIONS: Final[dict[str, str]] = {
+    "redeliver_failed": "Redeliver failed",
+    "purge_delivered": "Purge delivered over an hour ago",
+}
+"""The outbox's controls: a POST's ``action`` to its button's label."""
+PURGE_DELIVERED_AFTER: Final = 3600.0
+"""Seconds: an entry delivered longer ago than this has long been run (or will not be)."""
+
 
 # -- the snapshot: one shape for the page and for JSON --------------------------------
 
@@ -130,6 +143,8 @@ class BreakerStatus(TypedDict):
     retry_at: str | None
     probes: int
     store: str
+    store_kind: str
+    """``"memory"``, ``"redis"``, ``"redis_cluster"`` or ``"redis_sentinel"``."""
     shared: bool
     """The state lives in Redis: what the page shows and changes is every process's."""
     fallback: bool
@@ -204,6 +219,7 @@ def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
         "retry_at": _iso(stats.retry_at),
         "probes": stats.probes,
         "store": stats.store,
+        "store_kind": stats.store_kind,
         "shared": stats.store != "memory",
         "fallback": stats.fallback,
         "per_process": {
@@ -391,6 +407,8 @@ def refresh_period(value: str | None) -> int | None:
 
 async def _control(request: HttpRequest) -> HttpResponse:
     """Apply a POST's ``action`` to its ``breaker``, then redirect back to the page."""
+    if "outbox" in request.POST:
+        return await _control_outbox(request)
     name, action = request.POST.get("breaker", ""), request.POST.get("action", "")
     if action not in ACTIONS:
         return HttpResponseBadRequest(
@@ -420,6 +438,42 @@ async def _control(request: HttpRequest) -> HttpResponse:
     messages.success(request, message, fail_silently=True)
     # Back to the page as it was asked for: its ?refresh= stays on.
     return HttpResponseRedirect(request.get_full_path())
+
+
+async def _control_outbox(request: HttpRequest) -> HttpResponse:
+    """Apply a POST's ``action`` to the outbox on database ``outbox``, then redirect back."""
+    alias, action = request.POST["outbox"], request.POST.get("action", "")
+    if action not in OUTBOX_ACTIONS:
+        return HttpResponseBadRequest(
+            f"action must be one of {', '.join(map(repr, OUTBOX_ACTIONS))}, got {action!r}",
+            content_type="text/plain",
+        )
+    if alias not in await sync_to_async(_outbox_databases)():
+        return HttpResponseNotFound(
+            f"no outbox on database {alias!r}: the outbox is off, or the database is "
+            f"not one of {', '.join(map(repr, settings.DATABASES))}",
+            content_type="text/plain",
+        )
+    try:
+        if action == "redeliver_failed":
+            count = await sync_to_async(_outbox.redeliver_failed)(alias)
+            message = f"{count} failed deliveries on {alias!r} are due now, for the relay."
+        else:
+            count = await sync_to_async(_outbox.purge_delivered)(alias, PURGE_DELIVERED_AFTER)
+            message = f"Purged {count} entries delivered over an hour ago from {alias!r}."
+    except DatabaseError as exc:
+        return HttpResponse(
+            f"could not change the outbox on {alias!r}: {exc!r}",
+            status=503,
+            content_type="text/plain",
+        )
+    messages.success(request, message, fail_silently=True)
+    return HttpResponseRedirect(request.get_full_path())
+
+
+def _outbox_databases() -> list[str]:
+    """The databases the page may act on: those it shows an outbox for."""
+    return [each["database"] for each in outbox_status() or ()]
 
 
 # -- the page's reading of the snapshot: times as an operator wants them ------------------
@@ -537,6 +591,7 @@ def _render(
         refresh=refresh,
         refresh_choices=REFRESH_CHOICES,
         actions=ACTIONS,
+        outbox_actions=OUTBOX_ACTIONS,
     )
     return render(request, "patchboard/status.html", context)
 
