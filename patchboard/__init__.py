@@ -45,6 +45,9 @@ from patchboard._stream import Stream as Stream
 from patchboard._threads import ThreadStatistics as ThreadStatistics
 from patchboard._threads import thread_stats as thread_stats
 
+__version__ = "0.1.0"
+"""The release: the distribution's version is read from here (pyproject.toml)."""
+
 __all__ = [
     "BreakerConfig",
     "BreakerOptions",
