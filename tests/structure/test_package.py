@@ -55,7 +55,7 @@ def test_the_django_range_admits_the_matrix_djangos_and_no_other_minor() -> None
 def test_the_version_is_read_from_the_package() -> None:
     assert "version" not in PROJECT
     assert PROJECT["dynamic"] == ["version"]
-    assert PYPROJECT["tool"]["hatch"]["version"]["path"] == "patchboard/__init__.py"
+    assert PYPROJECT["tool"]["hatch"]["version"]["path"] == "patchboard/_version.py"
     assert re.fullmatch(r"\d+\.\d+\.\d+", patchboard.__version__)
 
 
