@@ -72,6 +72,7 @@ def hostile_settings(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 @example(("SHORT_TERM_QUEUE.MIN_WORKERS", {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 33}}))
 @example(("STORE", {"STORE": "redis://h:99999/0"}))
 @example(("BREAKERS.carrier-x.store", {"BREAKERS": {"carrier-x": {"store": "redis://h:99999/0"}}}))
+@example(("METRICS", {"METRICS": {"": 0}}))  # an unknown key of its own, named under it
 def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str, Any]) -> None:
     path, raw = case
     with override_settings(PATCHBOARD=raw):
@@ -105,12 +106,17 @@ def test_every_setting_refuses_bad_values_by_name_at_check_time(case: tuple[str,
         if problems:
             assert [m.id for m in errors] == [E001_ID] * len(problems)
             # The key, or for a rule between keys (MIN_WORKERS <= MAX_WORKERS) its section.
+            # Or, for a section given as a dict, a key of its own (METRICS={"": 0}).
             section, _, key = path.rpartition(".")
-            named = (f'PATCHBOARD["{path}"]', f'PATCHBOARD["{section}"]: {key}')
+            named = (
+                f'PATCHBOARD["{path}"]',
+                f'PATCHBOARD["{section}"]: {key}',
+                f'PATCHBOARD["{path}.',
+            )
             assert all(any(n in m.msg for n in named) for m in errors), errors
             with pytest.raises(SettingError) as raised:
                 get_settings()
-            assert raised.value.key in (path, section)
+            assert raised.value.key in (path, section) or raised.value.key.startswith(f"{path}.")
         elif path == "STORE" and errors:
             # A URL of the right scheme that redis-py cannot read: E010 (not a parse problem).
             assert [m.id for m in errors] == [E010_ID], errors
