@@ -58,12 +58,13 @@ matrix: $(VENV)/.installed
 # make test's share of the matrix. Django 5.2 LTS: the suite less the example's end-to-end
 # tests, bench/load.py's, the Tasks engines' and the stress harness's (they run once, on
 # Django 6; noxfile.py lists them). Python 3.12 with Django 6.0: the suite less its stress
-# and browser parts, which `make pytest` runs on Python 3.13 with Django 6.1.
+# and browser parts and the harness's own tests (tests/harness: the example and the bench
+# tools), which `make pytest` runs on Python 3.13 with Django 6.1.
 pytest-django52: $(VENV)/.installed
 	$(NOX) -s "tests-3.13(django='5.2')"
 
 pytest-django60: $(VENV)/.installed
-	$(NOX) -s "tests-3.12(django='6.0')" -- -m "not stress" \
+	$(NOX) -s "tests-3.12(django='6.0')" -- -m "not stress" --ignore=tests/harness \
 	  --ignore=tests/project/test_status_page_browser.py --ignore=tests/project/test_toolbar_browser.py
 
 # The sdist and the wheel (dist/), checked as PyPI will read them. tests/package builds

@@ -7,8 +7,9 @@ installs the project with the ``test`` group's exact pins, then the Django of th
 session over them (the ``django52`` or ``django60`` group; Django 6.1 is the
 ``test`` group's own), and runs pytest as ``make pytest`` does (Django 6) or as
 ``make pytest-django52`` does (Django 5.2 LTS). Arguments after ``--`` go to
-pytest: ``make test`` runs one session, Python 3.12 with Django 6.0, with
-``-m "not stress"`` and without the browser tests.
+pytest: ``make test`` runs two sessions, Python 3.13 with Django 5.2 LTS, and
+Python 3.12 with Django 6.0 with ``-m "not stress"`` and without the browser
+tests and tests/harness.
 
 Python is found as the Makefile finds it: pyenv's installs first, then ``PATH``.
 """
