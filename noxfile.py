@@ -17,6 +17,7 @@ Python is found as the Makefile finds it: pyenv's installs first, then ``PATH``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nox
@@ -51,12 +52,12 @@ nox.options.error_on_missing_interpreters = True
 def _put_pyenv_first() -> None:
     """pyenv's interpreters before ``PATH``'s, without its shims (they fail unless selected)."""
     versions = Path.home() / ".pyenv" / "versions"
-    found = [
-        str(bin_dir)
-        for python in PYTHONS
-        for bin_dir in sorted(versions.glob(f"{python}*/bin"), reverse=True)
-        if (bin_dir / f"python{python}").exists()
-    ]
+    found = []
+    for python in PYTHONS:
+        # Its releases, newest first (3.12.10 before 3.12.9), not its free-threaded builds.
+        releases = [p for p in versions.glob(f"{python}.*") if re.fullmatch(r"[\d.]+", p.name)]
+        releases.sort(key=lambda p: [int(part) for part in p.name.split(".")], reverse=True)
+        found += [str(p / "bin") for p in releases if (p / "bin" / f"python{python}").exists()]
     if found:
         os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
 
