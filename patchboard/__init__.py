@@ -51,6 +51,7 @@ from patchboard._signals import Unset as Unset
 from patchboard._stream import Stream as Stream
 from patchboard._threads import ThreadStatistics as ThreadStatistics
 from patchboard._threads import thread_stats as thread_stats
+from patchboard._version import __version__ as __version__
 
 __all__ = [
     "BreakerConfig",

@@ -282,10 +282,10 @@ _AS_DJANGO = pytest.mark.parametrize(
     "make", [lambda: Signal(ordered=True), DjangoSignal], ids=["ordered", "django"]
 )
 
-# Django 5.2's asend() starts its async receivers alongside the sync ones (in
-# their thread), so its own calls interleave; Django 6 runs the sync ones first.
-# An ordered signal runs them one at a time, by priority, on both.
-_ASEND_INTERLEAVES = django.VERSION < (6,)
+# Django 5.2's and 6.0's asend() start the async receivers alongside the sync ones
+# (in their thread), so their own calls interleave; Django 6.1 runs the sync ones
+# first. An ordered signal runs them one at a time, by priority, on all three.
+_ASEND_INTERLEAVES = django.VERSION < (6, 1)
 
 
 @_AS_DJANGO

@@ -21,7 +21,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "patchboard"
 
 LAYERS: list[list[str]] = [
-    ["patchboard._exceptions", "patchboard._outcomes", "patchboard._clock", "patchboard._waiter"],
+    [
+        "patchboard._exceptions",
+        "patchboard._outcomes",
+        "patchboard._clock",
+        "patchboard._waiter",
+        "patchboard._version",
+    ],
     ["patchboard._state", "patchboard._django", "patchboard._deadline"],
     ["patchboard._config", "patchboard._log"],
     ["patchboard._ledger"],
