@@ -26,7 +26,7 @@ def settings_error(problem: str) -> Error:
     """The ``patchboard.E001`` error for one problem in ``PATCHBOARD``."""
     return Error(
         problem,
-        hint="See the settings reference in patchboard's docs (docs/settings.md).",
+        hint="See the Settings page of patchboard's documentation.",
         obj="settings.PATCHBOARD",
         id=E001_ID,
     )
