@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_a_table_ends_with_a_blank_line(page: Path) -> None:
     lines = page.read_text().splitlines()
     glued = [
         f"{page.name}:{number + 2}: {after.strip()[:60]}"
-        for number, (line, after) in enumerate(zip(lines, lines[1:], strict=False))
+        for number, (line, after) in enumerate(pairwise(lines))
         if is_table_row(line) and after.strip() and not is_table_row(after)
     ]
     assert glued == []
