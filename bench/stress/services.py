@@ -1,6 +1,7 @@
 """
-What the stress run reads of the shop's worker processes from ``/proc`` (its
-private ``redis-server`` is :class:`examples.processes.RedisServer`).
+What the stress run reads of the shop's worker processes from ``/proc``, and
+of its RQ queue (its private ``redis-server`` instances are
+:class:`examples.processes.RedisServer`).
 """
 
 from __future__ import annotations
@@ -53,3 +54,25 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rq_busy(url: str) -> int:
+    """
+    Jobs of the shop's RQ queue (``default``, on the broker at ``url``) queued,
+    scheduled, being taken or running.
+    """
+    from redis import Redis
+    from rq import Queue
+    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+    with Redis.from_url(url) as connection:
+        queue = Queue("default", connection=connection)
+        scheduled = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]
+        return int(
+            len(queue)
+            + scheduled.count
+            # A worker moves a job it takes from the queue to this list, then to the
+            # started registry: counted, or a job in between looks like nothing pending.
+            + connection.llen(queue.intermediate_queue_key)
+            + StartedJobRegistry(queue=queue).count
+        )
