@@ -41,7 +41,7 @@ import httpx
 from bench import load
 from bench.report import SCRATCH, Output
 from examples.stack import Stack
-from examples.walkthrough import BREAKER, SETTINGS, TIMEOUT_S
+from examples.walkthrough import BREAKER, RULE, SETTINGS, TIMEOUT_S
 
 DEADLINE_S: float = SETTINGS["QUOTES_BUDGET"]
 """The quotes page's deadline: its p99 should stay within it."""
@@ -215,8 +215,8 @@ def table(modes: list[Mode], plan: Plan) -> str:
         f"{plan.concurrency} concurrent clients (closed loop, one shared `httpx.AsyncClient`), "
         f"{plan.rounds} rounds of {plan.duration:g} s per shop, alternating, after "
         f"{plan.warm_up:g} s of warm-up; medians over the rounds. The carrier timeout is "
-        f"{TIMEOUT_S * ms:.0f} ms; the breaker opens after {BREAKER['failure_threshold']:g} "
-        f"failures and lets a probe (a request that waits the full timeout) through every "
+        f"{TIMEOUT_S * ms:.0f} ms; a carrier's circuit opens once {RULE} "
+        f"and lets a probe (a request that waits the full timeout) through every "
         f"{RESET_TIMEOUT:g} s (`SHOP_BREAKER_RESET_TIMEOUT`; the demo's "
         f"{BREAKER['reset_timeout']:g} s would make one request in every few dozen a probe).",
         f"The shop sends its carrier calls through the short-term queue (MIN_WORKERS "

@@ -21,6 +21,13 @@ Overhead (microseconds per item, no-op listeners, a loop of calls):
 ``queue._run`` against ``Call.run_async`` with the same time limit (what
 the queue adds: its slot accounting) and without one.
 
+Criticality (goodput under twice the pool's capacity): requests of one
+call each, a quarter of them from a critical listener and the rest from a
+sheddable one, arrive at twice what ``OVERLOAD_WORKERS`` workers serve in
+``OVERLOAD_SERVICE`` seconds, each with a deadline of ``OVERLOAD_DEADLINE``;
+the share of each kind answered in time, with their criticality and with
+every listener ``"default"``.
+
 Each fan-out case is warmed up, then timed ``REPEAT`` times, the cases
 interleaved; the table gives the median and its ratio to the ideal, and a
 plot shows latency against N. Run ``python -m bench.bench_queue``
@@ -372,6 +379,99 @@ def overhead(repeat: int) -> list[Row]:
     return rows
 
 
+# -- criticality under overload ----------------------------------------------------------
+
+OVERLOAD_WORKERS = 8
+OVERLOAD_SERVICE = 0.02
+OVERLOAD_DEADLINE = 0.25
+OVERLOAD_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Goodput:
+    """The share of critical and of sheddable calls answered in time, in one run."""
+
+    case: str
+    critical: float
+    sheddable: float
+    per_second: float
+
+
+def overload(seconds: float = OVERLOAD_SECONDS) -> list[Goodput]:
+    """Goodput at twice the capacity, with criticality and without (see the module docstring)."""
+    from django.test import override_settings
+
+    import patchboard
+
+    capacity = OVERLOAD_WORKERS / OVERLOAD_SERVICE
+    interval = 1 / (2 * capacity)
+
+    async def serve(sender: Any, **kwargs: Any) -> int:
+        await asyncio.sleep(OVERLOAD_SERVICE)
+        return 1
+
+    async def run(with_criticality: bool) -> Goodput:
+        signals = {}
+        for kind in ("critical", "sheddable"):
+            signal = patchboard.Signal(name=f"bench.overload.{kind}")
+            criticality = kind if with_criticality else "default"
+            signal.connect(serve, weak=False, on_error="log", criticality=criticality)
+            signals[kind] = signal
+        answered = {"critical": 0, "sheddable": 0}
+        sent = {"critical": 0, "sheddable": 0}
+
+        async def request(kind: str) -> None:
+            collected = await signals[kind].collect_async(
+                sender=None, queue=True, deadline=OVERLOAD_DEADLINE
+            )
+            answered[kind] += sum(1 for o in collected if o.ok)
+
+        loop = asyncio.get_running_loop()
+        tasks = []
+        started = loop.time()
+        count = 0
+        while loop.time() - started < seconds:
+            kind = "critical" if count % 4 == 0 else "sheddable"
+            sent[kind] += 1
+            tasks.append(asyncio.create_task(request(kind)))
+            count += 1
+            await asyncio.sleep(max(0.0, started + count * interval - loop.time()))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - started
+        return Goodput(
+            "with criticality" if with_criticality else "all default",
+            answered["critical"] / sent["critical"],
+            answered["sheddable"] / sent["sheddable"],
+            (answered["critical"] + answered["sheddable"]) / elapsed,
+        )
+
+    pool = {"MIN_WORKERS": OVERLOAD_WORKERS, "MAX_WORKERS": OVERLOAD_WORKERS}
+    results = []
+    for with_criticality in (False, True):
+        with override_settings(PATCHBOARD={"SHORT_TERM_QUEUE": pool}):
+            results.append(asyncio.run(run(with_criticality)))
+    return results
+
+
+def overload_table(results: list[Goodput]) -> str:
+    capacity = OVERLOAD_WORKERS / OVERLOAD_SERVICE
+    lines = [
+        "### Criticality at twice the capacity",
+        "",
+        f"{OVERLOAD_WORKERS} workers, calls of {OVERLOAD_SERVICE * 1000:g} ms "
+        f"(capacity {capacity:g} calls/s), {2 * capacity:g} requests/s of which a quarter "
+        f"critical, deadline {OVERLOAD_DEADLINE:g} s: the share of each answered in time.",
+        "",
+        "| case | critical goodput | sheddable goodput | answered calls/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in results:
+        lines.append(
+            f"| {row.case} | {row.critical:.0%} | {row.sheddable:.0%} | {row.per_second:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 # -- report ----------------------------------------------------------------------------
 
 TARGET = 1.2
@@ -419,6 +519,7 @@ def main(*, quick: bool = False, output: Output | None = None) -> str:
         fan_out_plot(result, output.plot(PLOT))
         sections.append(output.image(PLOT, "Fan-out: median latency against N, per approach"))
     sections.append(overhead_table(overhead(3 if quick else 7)))
+    sections.append(overload_table(overload(1.0 if quick else OVERLOAD_SECONDS)))
     text = "\n\n".join(sections)
     print(text)
     return text

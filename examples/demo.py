@@ -189,7 +189,9 @@ def serve(port: int) -> int:
             ),
             (
                 f"curl -X POST {carriers}/control/fedex -d '{{\"fail_rate\": 1}}'",
-                "down: its breaker opens" if breakers else "down: every call errs (breakers off)",
+                "down: its circuit, carriers[fedex], opens"
+                if breakers
+                else "down: every call errs (breakers off)",
             ),
             (f"curl -X POST {carriers}/reset", "every carrier healthy"),
             (f"curl {carriers}/stats", ""),
@@ -209,7 +211,7 @@ def serve(port: int) -> int:
   status page   {shop}/patchboard/
   carriers      {carriers}
   database      {stack.database or stack.workdir / "shop.sqlite3"}
-  breakers      {"on" if breakers else "off (SHOP_BREAKERS=off)"}
+  breakers      {"on: carriers, a circuit per carrier" if breakers else "off (SHOP_BREAKERS=off)"}
 
 {examples}
 """,

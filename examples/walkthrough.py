@@ -15,10 +15,11 @@ import asyncio
 import runpy
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import httpx
@@ -29,7 +30,14 @@ from examples.stack import SHOP, Stack
 SETTINGS = runpy.run_path(str(SHOP / "shop" / "settings.py"))
 CARRIERS: list[str] = SETTINGS["CARRIERS"]
 TIMEOUT_S: float = SETTINGS["CARRIER_TIMEOUT"]
-BREAKER: dict[str, float] = SETTINGS["PATCHBOARD"]["BREAKERS"]["carrier-fedex"]
+KEYED: str = SETTINGS["CARRIER_BREAKER"]
+BREAKER: dict[str, Any] = SETTINGS["PATCHBOARD"]["BREAKERS"][KEYED]
+"""The carriers' keyed breaker: its rate rule and reset timeout hold for each circuit."""
+RULE = (
+    f"{BREAKER['failure_rate']:.0%} of the last {BREAKER['window_size']} calls failed "
+    f"(at least {BREAKER['minimum_calls']} made)"
+)
+"""When a carrier's circuit opens, in words."""
 MAX_WORKERS: int = SETTINGS["PATCHBOARD"]["SHORT_TERM_QUEUE"]["MAX_WORKERS"]
 
 SLOW, FAILING = "dhl", "fedex"
@@ -106,8 +114,8 @@ class Walkthrough:
         # (the method that plays it, its title)
         ("concurrent_quotes", "Concurrent quotes: five carts at once, six carriers each"),
         ("slow_carrier", f"A slow carrier: {SLOW} takes {SLOW_LATENCY_MS} ms"),
-        ("failing_carrier", f"A failing carrier: {FAILING} answers 503"),
-        ("recovery", f"{FAILING} heals: its breaker lets a probe through"),
+        ("failing_carrier", f"A failing carrier: {FAILING} answers 503, its circuit opens"),
+        ("recovery", f"{FAILING} heals: its circuit lets a probe through"),
         ("burst", "A burst: twenty carts at once, every carrier slowed down"),
         ("first_quote", f"The first quote wins: {FAST} answers at once, the rest are slow"),
         ("order", "An order: ordered side effects, then the receipt in the worker"),
@@ -124,6 +132,8 @@ class Walkthrough:
         self.since: dict[str, int] = {}
         self.seen: Counter[str] = Counter()
         """Every carrier outcome the shop's responses reported."""
+        self.counted: dict[str, list[bool]] = {carrier: [] for carrier in CARRIERS}
+        """Each carrier's calls its circuit counted (True: failed), as the responses said."""
         self.cancelled = 0
         """The carrier calls a first-quote request cancelled when it had its answer."""
         self.staff_password = ""
@@ -214,7 +224,8 @@ class Walkthrough:
         step.check("listener_timeout was logged", logged is not None, self.event_names())
 
     async def failing_carrier(self, step: Step) -> None:
-        threshold = int(BREAKER["failure_threshold"])
+        # fedex's circuit counted every call so far (it never opened): its window holds them.
+        threshold = failures_to_open(self.counted[FAILING])
         await self.control(FAILING, fail_rate=1.0, latency_ms=FAILING_LATENCY_MS)
         before = await self.carriers("GET", "/stats")
         responses = [await self.quote(2) for _ in range(threshold + 2)]
@@ -225,7 +236,7 @@ class Walkthrough:
         statuses = [q["status"] for q in outcomes]
         failed = all(s in ("error", "timeout") for s in statuses[:threshold])
         step.check(
-            f"{threshold} failures in a row opened the circuit",
+            f"{threshold} failures opened {circuit(FAILING)}: {RULE}",
             failed and statuses[threshold:] == ["circuit_open"] * 2,
             statuses,
         )
@@ -243,11 +254,11 @@ class Walkthrough:
             open_,
         )
         step.check(
-            "the other carriers quoted every time",
+            "the other carriers quoted every time, their circuits closed",
             all(only(r, "ok", but=FAILING) for r in responses),
             responses,
         )
-        logged = await self.logged("circuit_opened", breaker=f"carrier-{FAILING}")
+        logged = await self.logged("circuit_opened", breaker=circuit(FAILING))
         step.check("circuit_opened was logged", logged is not None, self.event_names())
 
     async def recovery(self, step: Step) -> None:
@@ -260,7 +271,7 @@ class Walkthrough:
             if waited > BREAKER["reset_timeout"] + 10:
                 break
             self.progress(
-                f"{FAILING} is healthy again; its circuit stays open for "
+                f"{FAILING} is healthy again; {circuit(FAILING)} stays open for "
                 f"{BREAKER['reset_timeout']:g} s: {waited:.1f} s"
             )
             await asyncio.sleep(0.5)
@@ -281,9 +292,8 @@ class Walkthrough:
         step.check(
             f"{FAILING} was called only by the probe and the request after it", calls == 2, calls
         )
-        breaker = f"carrier-{FAILING}"
-        half_open = await self.logged("circuit_half_opened", breaker=breaker)
-        closed = await self.logged("circuit_closed", breaker=breaker)
+        half_open = await self.logged("circuit_half_opened", breaker=circuit(FAILING))
+        closed = await self.logged("circuit_closed", breaker=circuit(FAILING))
         step.check(
             "circuit_half_opened and circuit_closed were logged",
             half_open is not None and closed is not None,
@@ -418,20 +428,25 @@ class Walkthrough:
         expected = self.seen + Counter({"ok": 3, "enqueued": 1, "cancelled": self.cancelled})
         password = self.staff_password = secrets.token_urlsafe(12)
         await asyncio.to_thread(self.stack.create_staff_user, "staff", password)
+        forced_open = circuit("ups")
         async with httpx.AsyncClient(base_url=self.stack.shop_url, timeout=30.0) as staff:
             await log_in(staff, "staff", password)
             snapshot = (await staff.get("/patchboard/", params={"format": "json"})).json()
-            html = await staff.get("/patchboard/")
             stylesheet = await staff.get("/static/admin/css/base.css")
-            await submit(staff, "/patchboard/", breaker="carrier-ups", action="open")
+            await submit(staff, "/patchboard/", breaker=forced_open, action="open")
             forced = by_carrier(await self.quote(1))["ups"]
-            await submit(staff, "/patchboard/", breaker="carrier-ups", action="reset")
+            listed = (await staff.get("/patchboard/", params={"format": "json"})).json()
+            html = await staff.get("/patchboard/")
+            await submit(staff, "/patchboard/", breaker=forced_open, action="reset")
             reset = by_carrier(await self.quote(1))["ups"]
         step.columns = ["breaker", "state", "successes", "failures", "rejected"]
-        for breaker in snapshot["breakers"]:
+        for breaker in listed["breakers"]:  # ups's circuit forced open: listed
             counters = breaker["per_process"]
+            state = breaker["state"] + (
+                f" (forced {breaker['forced']})" if breaker["forced"] else ""
+            )
             step.rows.append(
-                [breaker["name"], breaker["state"]]
+                [breaker["name"], state]
                 + [str(counters[key]) for key in ("successes", "failures_total", "rejected")]
             )
         outcomes = {status: n for status, n in snapshot["outcomes"].items() if n}
@@ -443,9 +458,8 @@ class Walkthrough:
             anonymous,
         )
         step.check(
-            "staff see every carrier's breaker, closed again",
-            {b["name"]: b["state"] for b in snapshot["breakers"]}
-            == {f"carrier-{carrier}": "closed" for carrier in CARRIERS},
+            f"staff see the keyed breaker {KEYED} and none of its circuits: all closed again",
+            [(b["name"], b["state"]) for b in snapshot["breakers"]] == [(KEYED, "closed")],
             snapshot["breakers"],
         )
         ended = {status: n for status, n in outcomes.items() if status != "submitted"}
@@ -462,15 +476,17 @@ class Walkthrough:
         step.check(
             "the HTML page, in the admin's frame and style",
             html.status_code == 200
-            and "carrier-fedex" in html.text
+            and f'data-breaker="{forced_open}"' in html.text
             and 'id="site-name"' in html.text
             and stylesheet.status_code == 200,
             (html, stylesheet),
         )
         step.check(
-            "ups forced open from the page: not asked; reset: asked again",
-            (forced["status"], reset["status"]) == ("circuit_open", "ok"),
-            (forced, reset),
+            f"{forced_open} forced open from the page: listed, ups not asked; reset: asked again",
+            [(b["name"], b["forced"]) for b in listed["breakers"]]
+            == [(KEYED, None), (forced_open, "open")]
+            and (forced["status"], reset["status"]) == ("circuit_open", "ok"),
+            (listed["breakers"], forced, reset),
         )
 
     async def metrics(self, step: Step) -> None:
@@ -521,6 +537,9 @@ class Walkthrough:
     async def quote(self, cart: int) -> Any:
         response = (await self.shop("GET", "/quotes", params={"cart": cart})).json()
         self.seen.update(q["status"] for q in response["carriers"])
+        for q in response["carriers"]:
+            if q["status"] in ("ok", "error", "timeout"):  # the calls that ran
+                self.counted[q["carrier"]].append(q["status"] != "ok")
         return response
 
     async def control(self, carrier: str, **changes: float) -> None:
@@ -579,6 +598,26 @@ async def submit(client: httpx.AsyncClient, path: str, **fields: str) -> None:
     response = await client.post(path, data={**fields, "csrfmiddlewaretoken": token})
     if not response.is_redirect:
         raise ValueError(f"POST {path} was refused: {response.status_code}")
+
+
+def circuit(carrier: str) -> str:
+    """The name of ``carrier``'s circuit, as its events and the status page give it."""
+    return f"{KEYED}[{carrier}]"
+
+
+def failures_to_open(counted: list[bool]) -> int:
+    """
+    How many failures in a row open a circuit of :data:`BREAKER` (its rate
+    rule, on a count window) that has counted ``counted`` (True: failed).
+    """
+    window = deque(counted, maxlen=BREAKER["window_size"])
+    rate = Fraction(str(BREAKER["failure_rate"]))  # exact, as the breaker's integer arithmetic
+    failures = 0
+    while True:  # ends: a window full of failures has a rate of 1
+        failures += 1
+        window.append(True)
+        if len(window) >= BREAKER["minimum_calls"] and sum(window) >= rate * len(window):
+            return failures
 
 
 def listener(carrier: str) -> str:

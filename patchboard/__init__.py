@@ -14,6 +14,7 @@ from patchboard._breaker import get_breaker as get_breaker
 from patchboard._breaker._machine import CircuitState as CircuitState
 from patchboard._config import BreakerConfig as BreakerConfig
 from patchboard._config import BreakerOptions as BreakerOptions
+from patchboard._config import Criticality as Criticality
 from patchboard._config import ExcludeRule as ExcludeRule
 from patchboard._config import Guard as Guard
 from patchboard._config import KeyFunction as KeyFunction
@@ -28,6 +29,7 @@ from patchboard._config import WindowType as WindowType
 from patchboard._dispatch import QueueChoice as QueueChoice
 from patchboard._exceptions import CircuitOpen as CircuitOpen
 from patchboard._exceptions import Expired as Expired
+from patchboard._exceptions import ListenerErrors as ListenerErrors
 from patchboard._exceptions import ListenerTimeout as ListenerTimeout
 from patchboard._exceptions import NotSerializable as NotSerializable
 from patchboard._exceptions import PatchboardError as PatchboardError
@@ -58,11 +60,13 @@ __all__ = [
     "CircuitOpen",
     "CircuitState",
     "Collected",
+    "Criticality",
     "ExcludeRule",
     "Expired",
     "Guard",
     "KeyFunction",
     "Listener",
+    "ListenerErrors",
     "ListenerOptions",
     "ListenerTimeout",
     "Missing",

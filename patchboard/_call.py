@@ -15,8 +15,8 @@ value is settled first (:meth:`Call.settle_async` or its sync twin; the
 short-term queue's calls that never left the line, :meth:`Call.never_ran_async`):
 the listener's ``fallback`` answers if the call never ran (``"expired"``,
 ``"rejected"``, ``"circuit_open"``), otherwise ``on_error`` applies
-(``"raise"`` marks the outcome to propagate, ``"log"`` lets ``default``
-stand in).
+(``"raise"`` marks the outcome to propagate, ``"group"`` to be raised with
+the others once every listener ended, ``"log"`` lets ``default`` stand in).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import anyio
 from asgiref.sync import async_to_sync, sync_to_async
@@ -92,6 +92,13 @@ def failure_status(exc: BaseException) -> Status | None:
     return None
 
 
+class Grouping(Protocol):
+    """What a call tells its dispatch (``patchboard._run.Dispatch``): that its error
+    joins the group raised once every listener ended (``on_error="group"``)."""
+
+    grouped: bool
+
+
 class _OutOfBudget(BaseException):
     """The dispatch's deadline cut a call short (carries the ``ListenerTimeout``)."""
 
@@ -126,6 +133,7 @@ class Call:
     __slots__ = (
         "attempts",
         "by_deadline",
+        "dispatch",
         "ends",
         "instrument",
         "kwargs",
@@ -145,6 +153,7 @@ class Call:
         kwargs: dict[str, Any],
         started: float | None = None,
         instrument: Instrument | None = None,
+        dispatch: Grouping | None = None,
     ) -> None:
         self.listener = listener
         self.signal = signal
@@ -161,6 +170,8 @@ class Call:
         """The call's span, once it started (traced dispatches only)."""
         self.attempts = 1
         """The attempts it made (``retry``, ``hedge_after``): its outcome reports them."""
+        self.dispatch = dispatch
+        """Its dispatch, told when the call's error joins the group (``on_error="group"``)."""
 
     def __repr__(self) -> str:
         return f"<Call {self.listener.label} of {signal_label(self.signal)}>"
@@ -699,10 +710,11 @@ class Call:
                 "expiry_s": round(expiry, 6),
                 "deadline": deadline,
                 "shed": shed,
+                "criticality": self.listener.options.criticality,
             }
         elif status == "rejected":
             error = Rejected(label, max_pending)
-            fields = {"max_pending": max_pending}
+            fields = {"max_pending": max_pending, "criticality": self.listener.options.criticality}
         else:
             assert refused is not None
             error = refused
@@ -742,18 +754,24 @@ class Call:
         propagate).
         """
         elapsed = _clock.now() - self.started
-        propagate = False
+        propagate = grouped = False
         if not fell_back:
             options = self.listener.options
-            propagate = (options.on_error or get_settings().on_error) == "raise"
-            value = None if propagate else options.default
+            policy = options.on_error or get_settings().on_error
+            # An ExceptionGroup holds Exceptions only: a CancelledError the
+            # listener raised on its own propagates as under "raise".
+            grouped = policy == "group" and isinstance(error, Exception)
+            propagate = policy == "raise" or (policy == "group" and not grouped)
+            value = None if propagate or grouped else options.default
+            if grouped and self.dispatch is not None:
+                self.dispatch.grouped = True
         self.ended(
             status,
             elapsed,
             error,
             fell_back=fell_back,
             fallback_error=fallback_error,
-            propagate=propagate,
+            propagate=propagate or grouped,  # it reaches the caller: not logged
             fields=fields,
         )
         return Outcome(
@@ -764,4 +782,5 @@ class Call:
             elapsed=elapsed,
             propagate=propagate,
             attempts=self.attempts,
+            grouped=grouped,
         )

@@ -35,7 +35,11 @@ from django.utils.module_loading import import_string
 
 from patchboard._state import state
 
-OnError: TypeAlias = Literal["raise", "log"]
+OnError: TypeAlias = Literal["raise", "log", "group"]
+Criticality: TypeAlias = Literal["critical", "default", "sheddable"]
+"""How much a listener's call matters under overload: the short-term queue sheds
+``"sheddable"`` calls first and ``"critical"`` ones last (see ``patchboard._queue``)."""
+ON_ERROR_CHOICES: Final = ("raise", "log", "group")
 Mode: TypeAlias = Literal["inline", "background"]
 Missing: TypeAlias = Literal["report", "none"]
 TripRule: TypeAlias = Literal["count", "rate"]
@@ -96,7 +100,8 @@ def fraction(name: str, value: object) -> float:
 def choice(name: str, value: object, choices: tuple[object, ...]) -> None:
     """Raise unless ``value`` is one of ``choices`` (the message lists them)."""
     if value not in choices or isinstance(value, bool):
-        listed = " or ".join(repr(c) for c in choices)
+        names = [repr(c) for c in choices]
+        listed = " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
         raise ValueError(f"{name} must be {listed}, got {value!r}")
 
 
@@ -115,14 +120,26 @@ def installed(name: str, value: object, *, module: str) -> None:
         )
 
 
+REDIS_URL_PREFIXES: Final = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
+"""A Redis store URL's schemes: one server, a Redis Cluster, Redis Sentinels."""
+
+
 def store_url(name: str, value: object) -> None:
-    """``"memory"`` or a ``redis://``/``rediss://``/``unix://`` URL."""
+    """``"memory"`` or a Redis URL (one of :data:`REDIS_URL_PREFIXES`)."""
     if not isinstance(value, str) or not (
-        value == "memory" or value.startswith(("redis://", "rediss://", "unix://"))
+        value == "memory" or value.startswith(REDIS_URL_PREFIXES)
     ):
         raise ValueError(
-            f"{name} must be 'memory' or a Redis URL (redis://, rediss:// or unix://), "
-            f"got {value!r}"
+            f"{name} must be 'memory' or a Redis URL (redis://, rediss:// or unix://; "
+            f"redis+cluster://, redis+sentinel://), got {value!r}"
         )
 
 
@@ -248,6 +265,9 @@ class ListenerOptions:
     hedge_after: float | None = None
     """Async listeners, idempotent ones: seconds after which a second attempt of a
     call still running starts; the first to return wins, the other is cancelled."""
+    criticality: Criticality = "default"
+    """Under overload, the short-term queue sheds ``"sheddable"`` calls first and
+    ``"critical"`` ones last."""
 
     def __post_init__(self) -> None:
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
@@ -255,8 +275,9 @@ class ListenerOptions:
         if self.timeout is not None:
             seconds("timeout", self.timeout)
         if self.on_error is not None:
-            choice("on_error", self.on_error, ("raise", "log"))
+            choice("on_error", self.on_error, ON_ERROR_CHOICES)
         choice("mode", self.mode, ("inline", "background"))
+        choice("criticality", self.criticality, ("critical", "default", "sheddable"))
         if self.fallback is not None and not callable(self.fallback):
             raise TypeError(f"fallback must be callable, got {self.fallback!r}")
         boolean("thread_sensitive", self.thread_sensitive)
@@ -393,8 +414,8 @@ class BreakerConfig:
     exclude: tuple[ExcludeRule, ...] = ()
     """Exceptions that count as neither success nor failure."""
     store: str | None = None
-    """``"memory"``, a ``redis://``/``rediss://`` URL, or ``None``:
-    ``PATCHBOARD["STORE"]``."""
+    """``"memory"``, a Redis URL (``redis://``, ``redis+cluster://``,
+    ``redis+sentinel://``...), or ``None``: ``PATCHBOARD["STORE"]``."""
     sync_interval: float = 1.0
     """Redis store: how long this process trusts its last view of the shared
     state before asking Redis again (0: ask on every call). A process learns
@@ -742,7 +763,7 @@ class MetricsSettings:
 
 
 _SETTINGS_FIELDS: FieldChecks = {
-    "on_error": functools.partial(choice, "ON_ERROR", choices=("raise", "log")),
+    "on_error": functools.partial(choice, "ON_ERROR", choices=ON_ERROR_CHOICES),
     "log_kwargs": functools.partial(boolean, "LOG_KWARGS"),
     "opentelemetry": functools.partial(installed, "OPENTELEMETRY", module="opentelemetry.trace"),
     "collect_queue_threshold": functools.partial(integer, "COLLECT_QUEUE_THRESHOLD", minimum=0),
@@ -772,7 +793,8 @@ class Settings:
     """Seconds: the ``deadline`` of a collect that names none (None: no deadline)."""
     short_term_queue: QueueSettings = field(default_factory=QueueSettings)
     store: str = "memory"
-    """Default circuit breaker state store: ``"memory"`` or a ``redis://`` URL."""
+    """Default circuit breaker state store: ``"memory"`` or a Redis URL (``redis://``,
+    ``redis+cluster://``, ``redis+sentinel://``...)."""
     breakers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Named circuit breakers: name -> keyword arguments of ``CircuitBreaker``."""
     background: BackgroundSettings = field(default_factory=BackgroundSettings)

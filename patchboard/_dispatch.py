@@ -33,10 +33,11 @@ from patchboard import _clock, _deadline
 from patchboard._call import failure_status
 from patchboard._config import get_settings
 from patchboard._django import log_robust_failure
-from patchboard._exceptions import SyncCallInEventLoop
+from patchboard._exceptions import ListenerErrors, SyncCallInEventLoop
 from patchboard._instrument import Span
 from patchboard._ledger import ledger
 from patchboard._listeners import Listener, errors_raise
+from patchboard._log import signal_label
 from patchboard._outcomes import Collected, Outcome, Status, new_outcome
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._run import (
@@ -148,7 +149,7 @@ def dispatch_sync(dispatch: Dispatch) -> Collected:
     # Both stop after the first outcome that must propagate: only the last can.
     if outcomes and outcomes[-1].propagate:
         dispatch.stopped = True
-    elif not state.observers:
+    elif not state.observers and not dispatch.grouped:
         return Collected(outcomes)  # finish's answer, without the call (the hot path's case)
     else:
         dispatch.stopped = False
@@ -380,7 +381,7 @@ class _PlainRun:
                     ledger.ok_one()
                 # ok_outcome(func, value, elapsed), inlined: the hot path.
                 self.outcomes[index] = new_outcome(
-                    Outcome, (func, "ok", value, None, elapsed, None, False, 1)
+                    Outcome, (func, "ok", value, None, elapsed, None, False, 1, False)
                 )
                 return
             status = failure_status(exc) if isinstance(exc, Exception) else None
@@ -475,7 +476,7 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             ended = now()
             ok_one()
             # ok_outcome(func, value, elapsed), inlined: the hot path.
-            ok = (func, "ok", value, None, ended - begun, None, False, 1)
+            ok = (func, "ok", value, None, ended - begun, None, False, 1, False)
             outcomes[index] = new_outcome(Outcome, ok)
             begun = ended
         if run is None:  # every call ended here, as "ok" or "gone": none propagates
@@ -560,9 +561,15 @@ def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
     The dispatch's result: the outcomes, or the first error that must propagate
     (looked for unless the runner knew there is none: ``Dispatch.stopped``).
 
+    A ``"raise"`` error wins over a group: it stopped the dispatch, and it
+    reaches the caller as itself (the failures grouped before it are in
+    the outcomes the observers saw, and were counted).
+
     Raises:
         Exception: the error of the first listener (in listener order) whose
             ``on_error`` is ``"raise"``.
+        ListenerErrors: otherwise, the errors of every listener whose
+            ``on_error`` is ``"group"`` and that failed.
     """
     if state.observers:
         for observer in state.observers:
@@ -573,9 +580,22 @@ def finish(dispatch: Dispatch, outcomes: list[Outcome]) -> Collected:
                 assert outcome.error is not None
                 raise outcome.error
     if not dispatch.budgeted:
-        return Collected(outcomes)
-    hit = any(getattr(outcome.error, "deadline", False) for outcome in outcomes)
-    return Collected(outcomes, deadline_hit=hit)
+        collected = Collected(outcomes)
+    else:
+        hit = any(getattr(outcome.error, "deadline", False) for outcome in outcomes)
+        collected = Collected(outcomes, deadline_hit=hit)
+    if dispatch.grouped:
+        raise listener_errors(dispatch, collected)
+    return collected
+
+
+def listener_errors(dispatch: Dispatch, collected: Collected) -> ListenerErrors:
+    """The :class:`ListenerErrors` of the grouped failures among ``collected``."""
+    failed = [outcome for outcome in collected if outcome.grouped]
+    errors = [outcome.error for outcome in failed if isinstance(outcome.error, Exception)]
+    listeners = "listener" if len(errors) == 1 else "listeners"
+    message = f"{len(errors)} {listeners} of {signal_label(dispatch.signal)} failed"
+    return ListenerErrors(message, errors, outcomes=failed, collected=collected)
 
 
 # -- Django's verbs on an ordered signal -------------------------------------------------

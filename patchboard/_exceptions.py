@@ -9,6 +9,8 @@ The hierarchy::
     ├── Expired              a queued item never ran: its expiry or the deadline
     ├── Rejected             the short-term queue was full
     ├── CircuitOpen          a circuit breaker refused the call
+    ├── ListenerErrors       (also an ExceptionGroup) the failures of the listeners
+    │                        whose ``on_error`` is ``"group"``, raised together
     ├── NotSerializable      (also a TypeError) a background argument cannot cross
     │                        the process boundary
     └── SyncCallInEventLoop  (also a RuntimeError) a sync twin was called from
@@ -20,7 +22,12 @@ never have to parse the message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from patchboard._outcomes import Collected, Outcome
 
 
 class PatchboardError(Exception):
@@ -113,3 +120,48 @@ class SyncCallInEventLoop(PatchboardError, RuntimeError):
             f"use 'await signal.{method.removesuffix('_sync')}_async(...)' instead"
         )
         self.method = method
+
+
+class ListenerErrors(ExceptionGroup[Exception], PatchboardError):
+    """
+    Every listener of a dispatch ran to its end, and those whose ``on_error``
+    is ``"group"`` and failed are raised together (Django's new-features #140).
+
+    ``exceptions`` are their errors, in listener order; ``outcomes`` their
+    outcomes, in the same order; ``collected`` the whole dispatch's
+    :class:`~patchboard.Collected` (the values of the listeners that
+    answered included). ``except* SomeError`` splits it as any
+    ``ExceptionGroup``: each part keeps the outcomes of its errors and the
+    whole ``collected``.
+    """
+
+    outcomes: tuple[Outcome, ...]
+    collected: Collected | None
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[Exception],
+        *,
+        outcomes: Sequence[Outcome] = (),
+        collected: Collected | None = None,
+    ) -> Self:
+        self = super().__new__(cls, message, exceptions)
+        self.outcomes = tuple(outcomes)
+        self.collected = collected
+        return self
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[Exception],
+        *,
+        outcomes: Sequence[Outcome] = (),
+        collected: Collected | None = None,
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> ListenerErrors:  # type: ignore[override]
+        """The part of the group holding ``excs`` (``except*``, ``split()``, ``subgroup()``)."""
+        kept = [o for o in self.outcomes if any(o.error is exc for exc in excs)]
+        return ListenerErrors(self.message, excs, outcomes=kept, collected=self.collected)

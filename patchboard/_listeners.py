@@ -32,6 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 from patchboard import _deadline
 from patchboard._config import (
     DEFAULT_OPTIONS,
+    Criticality,
     Guard,
     ListenerOptions,
     Missing,
@@ -237,7 +238,8 @@ def _calling(hook: Callable[[], None]) -> Callable[[object], None]:
 
 
 def _unwrap(outcome: Outcome) -> Any:
-    if outcome.propagate:
+    # Django's send() stops at the first error: there, a group is of one, raised as is.
+    if outcome.propagate or outcome.grouped:
         assert outcome.error is not None
         raise outcome.error
     return outcome.value
@@ -402,6 +404,7 @@ def receiver(
     missing_instance: Missing = "report",
     retry: Retry | None = None,
     hedge_after: float | None = None,
+    criticality: Criticality = "default",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
     Connect the decorated function to one signal or a list of them, with options.
@@ -417,9 +420,14 @@ def receiver(
         Seconds; an async listener is cancelled at the limit (a sync one is
         abandoned in its worker thread) and the call ends as ``"timeout"``.
     ``on_error``
-        ``"raise"`` (the error reaches the sender) or ``"log"`` (it is logged
-        as ``listener_failed`` and ``default`` stands in). Unset: the
+        ``"raise"`` (the error reaches the sender), ``"log"`` (it is logged
+        as ``listener_failed`` and ``default`` stands in) or ``"group"``
+        (every listener runs to its end, then the errors reach the sender
+        together, as a :class:`~patchboard.ListenerErrors`). Unset: the
         ``PATCHBOARD["ON_ERROR"]`` setting.
+    ``criticality``
+        ``"critical"``, ``"default"`` or ``"sheddable"``: under overload the
+        short-term queue sheds sheddable calls first, critical ones last.
     ``mode``
         ``"inline"`` (in the request) or ``"background"`` (a ``django.tasks``
         task per call).
@@ -456,6 +464,7 @@ def receiver(
         missing_instance=missing_instance,
         retry=retry,
         hedge_after=hedge_after,
+        criticality=criticality,
     )
     signals = signal if isinstance(signal, (list, tuple)) else [signal]
 

@@ -29,9 +29,10 @@ breaker's name and state; never a sender or a kwarg's value.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -249,6 +250,35 @@ class Metrics:
         for name, breaker in list(state.breakers.items()):
             self._show_state(name, breaker.state)
 
+    def latencies(self) -> list[Latency]:
+        """
+        Each listener's calls in this process and their p50 and p99 (seconds),
+        from its call-duration histogram as Prometheus's ``histogram_quantile``
+        would estimate them (see :func:`quantile`); by signal, then listener.
+        """
+        buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for family in self.call_duration.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    labels = sample.labels
+                    found = buckets.setdefault((labels["signal"], labels["listener"]), [])
+                    found.append((float(labels["le"]), sample.value))
+        found_latencies: list[Latency] = []
+        for (signal, listener), counts in sorted(buckets.items()):
+            counts.sort()
+            calls = int(counts[-1][1])  # the +Inf bucket counts them all
+            if calls:
+                found_latencies.append(
+                    {
+                        "signal": signal,
+                        "listener": listener,
+                        "calls": calls,
+                        "p50_s": quantile(0.5, counts),
+                        "p99_s": quantile(0.99, counts),
+                    }
+                )
+        return found_latencies
+
     def _show_state(self, name: str, current: CircuitState) -> None:
         for each in STATES:
             self.breaker_state.labels(name, each).set(1 if each == current else 0)
@@ -282,6 +312,39 @@ class Metrics:
         """In a forked child (gunicorn's workers): the parent's sampler thread is not there."""
         if not self._stop.is_set():
             self._start_sampler()
+
+
+class Latency(TypedDict):
+    """One listener's calls and latency quantiles, in seconds (see :meth:`Metrics.latencies`)."""
+
+    signal: str
+    listener: str
+    calls: int
+    p50_s: float
+    p99_s: float
+
+
+def quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """
+    The ``q`` quantile of a histogram's cumulative ``buckets`` (upper bound,
+    count; increasing, ``+Inf`` last), as Prometheus's ``histogram_quantile``
+    estimates it: linearly within the bucket its rank falls in, from the
+    bucket below's bound (0 for the first); a rank in the ``+Inf`` bucket is
+    given the highest finite bound.
+    """
+    rank = q * buckets[-1][1]
+    below_bound, below_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return below_bound
+            if count == below_count:
+                return bound
+            return below_bound + (bound - below_bound) * (rank - below_count) / (
+                count - below_count
+            )
+        below_bound, below_count = bound, count
+    return below_bound
 
 
 def install(config: MetricsSettings) -> Metrics:

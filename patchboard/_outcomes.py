@@ -78,6 +78,9 @@ class Outcome(NamedTuple):
     attempts: int = 1
     """How many times the listener was called for this outcome: more than 1 after
     retries (its ``retry`` option), 2 when a hedged second attempt started."""
+    grouped: bool = False
+    """True when the error is raised with the others, in a ``ListenerErrors``, once
+    every listener ended (the listener's ``on_error="group"``)."""
 
     @property
     def ok(self) -> bool:
@@ -87,7 +90,10 @@ class Outcome(NamedTuple):
     def has_value(self) -> bool:
         """Whether a response or a stand-in value counts for :meth:`Collected.values`."""
         return self.status == "ok" or (
-            self.status != "enqueued" and self.error is not None and not self.propagate
+            self.status != "enqueued"
+            and self.error is not None
+            and not self.propagate
+            and not self.grouped
         )
 
 
@@ -107,7 +113,9 @@ def ok_outcome(
     ``patchboard._run`` and ``_dispatch`` inline it);
     ``tests/dispatch/test_ledger.py`` checks that the constructions agree.
     """
-    return new_outcome(Outcome, (receiver, "ok", value, None, elapsed, None, False, attempts))
+    return new_outcome(
+        Outcome, (receiver, "ok", value, None, elapsed, None, False, attempts, False)
+    )
 
 
 class Collected:
@@ -153,7 +161,8 @@ class Collected:
 
         A failed listener whose error was collected (``on_error="log"``) or
         whose fallback answered contributes its stand-in value; background
-        listeners contribute nothing.
+        listeners, and failed ones whose error is grouped (``on_error="group"``),
+        contribute nothing.
         """
         return [o.value for o in self._outcomes if o.has_value]
 

@@ -167,6 +167,10 @@ _DRAIN_WINDOW: Final = 64
 """How many of the line's latest grants its drain rate is measured over: enough to
 average a mix of short and long calls, few enough to follow a change within a second."""
 
+_RANKS: Final = {"critical": 0, "default": 1, "sheddable": 2}
+"""A call's criticality as a rank: the higher, the sooner it is shed."""
+_SHEDDABLE: Final = 2
+
 _THREAD_EVENTS: Final = ("queue_thread_abandoned", "queue_thread_returned")
 
 _LogEvent: TypeAlias = tuple[str, str, dict[str, Any]]
@@ -222,6 +226,7 @@ class _Item:
         "enqueued",
         "expires",
         "granted_at",
+        "rank",
         "shed",
         "state",
         "waited",
@@ -238,7 +243,9 @@ class _Item:
     granted_at: float
     waiter: Waiter
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int = 1) -> None:
+        self.rank = rank
+        """Its criticality's rank (``_RANKS``): the higher, the sooner it is shed."""
         self.by_deadline = False
         self.waited = 0.0
         self.abandoned = False
@@ -355,7 +362,7 @@ class ShortTermQueue:
                 ``BaseException`` such as ``KeyboardInterrupt``); the call
                 then leaves the line, or is cancelled if it was running.
         """
-        item = _Item()
+        item = _Item(_RANKS[call.listener.options.criticality])
         refused = call.refusal()
         if refused is None:
             self._enter(item)
@@ -408,9 +415,9 @@ class ShortTermQueue:
             self._submitted += 1
             if self._running < self._workers and not self._waiters:
                 self._grant(item, now)
-            elif len(self._waiters) >= config.max_pending:
+            elif len(self._waiters) >= config.max_pending and not self._displace(item, now):
                 item.state = _REJECTED
-            elif self._too_late(len(self._waiters) + 1, item.budget, now):
+            elif self._too_late(len(self._waiters) + 1, item, now):
                 item.state = _EXPIRED
                 item.shed = True
             else:
@@ -421,24 +428,51 @@ class ShortTermQueue:
         if events:
             _emit(events)
 
-    def _too_late(self, place: int, budget: float, now: float) -> bool:
+    def _displace(self, item: _Item, now: float) -> bool:
         """
-        Under the lock: whether a call joining the line at ``place`` is
-        predicted to wait past ``AT_RISK_FRACTION`` of its ``budget``, or,
-        while the line stands with the pool as large as it may be, past
-        ``_STANDING_LIMIT`` x ``TARGET_WAIT``.
+        Under the lock, the line full: whether ``item`` takes the place of
+        the newest waiter of the least critical rank below its own, which is
+        then rejected (as if it had come last). Criticality decides who is
+        refused at a full line; the line's order stays first in, first out.
+        """
+        lowest: _Item | None = None
+        for waiter in reversed(self._waiters):
+            if waiter.rank > item.rank and (lowest is None or waiter.rank > lowest.rank):
+                lowest = waiter
+        if lowest is None:
+            return False
+        self._waiters.remove(lowest)
+        lowest.state = _REJECTED
+        lowest.waited = now - lowest.enqueued
+        lowest.wake()
+        return True
+
+    def _standing(self, now: float) -> bool:
+        """Under the lock: whether the line stands with the pool as large as it may be."""
+        config, waiters = self.config, self._waiters
+        return bool(
+            waiters
+            and self._workers >= config.max_workers
+            and now - waiters[0].enqueued >= config.target_wait
+        )
+
+    def _too_late(self, place: int, item: _Item, now: float) -> bool:
+        """
+        Under the lock: whether ``item``, joining the line at ``place``, is
+        predicted to wait past ``AT_RISK_FRACTION`` of its budget, or, while
+        the line stands with the pool as large as it may be, past
+        ``_STANDING_LIMIT`` x ``TARGET_WAIT``. By criticality: a critical
+        call is held to its budget alone (it may join a standing line), a
+        sheddable one joins no standing line at all.
         """
         per_place = self._seconds_per_place(now)
         if per_place is None:
             return False  # the line never moved yet: no prediction
         config = self.config
-        limit = config.at_risk_fraction * budget
-        waiters = self._waiters
-        if (
-            waiters
-            and self._workers >= config.max_workers
-            and now - waiters[0].enqueued >= config.target_wait
-        ):
+        limit = config.at_risk_fraction * item.budget
+        if item.rank and self._standing(now):
+            if item.rank == _SHEDDABLE:
+                return True
             limit = min(limit, _STANDING_LIMIT * config.target_wait)
         return place * per_place > limit
 
@@ -662,6 +696,8 @@ class ShortTermQueue:
             item.wake()
             granted = True
         self._shed_hopeless(now)
+        if waiters and self._standing(now):
+            self._shed_sheddable(now)
         if granted and waiters:
             waiters[0].wake()  # the new head watches the growth timer
         self._mark_line(now)
@@ -705,6 +741,22 @@ class ShortTermQueue:
         if kept is not None:
             waiters.clear()
             waiters.extend(kept)
+
+    def _shed_sheddable(self, now: float) -> None:
+        """
+        Under the lock, the line standing at ``MAX_WORKERS``: the sheddable
+        waiters leave it first (shed), so the calls that matter more move up
+        (the SRE book's criticality: the least important work is shed first).
+        """
+        waiters = self._waiters
+        if not any(item.rank == _SHEDDABLE for item in waiters):
+            return
+        kept = [item for item in waiters if item.rank != _SHEDDABLE]
+        for item in waiters:
+            if item.rank == _SHEDDABLE:
+                self._shed_late(item, now)
+        waiters.clear()
+        waiters.extend(kept)
 
     def _shed_late(self, item: _Item, now: float) -> None:
         # Under the lock: ``item`` leaves the line unstarted (its heap entry is skipped later).

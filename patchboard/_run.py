@@ -234,6 +234,7 @@ class Dispatch:
         "arguments",
         "budgeted",
         "deadline",
+        "grouped",
         "kwargs",
         "listeners",
         "ordered",
@@ -281,6 +282,9 @@ class Dispatch:
         self.stopped: bool | None = None
         """Whether an outcome must propagate, when the runner knows (None: ``finish``
         looks at every outcome)."""
+        self.grouped = False
+        """Whether a call's error joins the group raised at the end (``on_error="group"``):
+        set by the call as it is settled, so a dispatch without one looks at nothing."""
         self.traced: Instrument | None = instruments.active
         self.span: Span | None = None
 
@@ -289,7 +293,7 @@ class Dispatch:
 
     def call(self, listener: Listener, started: float | None = None) -> Call:
         """The :class:`~patchboard._call.Call` of ``listener`` in this dispatch."""
-        return Call(listener, self.signal, self.sender, self.kwargs, started, self.traced)
+        return Call(listener, self.signal, self.sender, self.kwargs, started, self.traced, self)
 
     def cancelled(self, listeners: Sequence[Listener]) -> None:
         """Count the calls of ``listeners``, which this dispatch never started, as cancelled."""
@@ -410,7 +414,9 @@ def run_plain_here(dispatch: Dispatch, refs: tuple[Callable[[], Any], ...]) -> l
             break
         ended = now()
         # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
-        append(new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1)))
+        append(
+            new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1, False))
+        )
         started = ended
     returned = len(outcomes)
     if returned == len(refs):
@@ -472,7 +478,7 @@ def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]
                 else:
                     ended = now()
                     # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
-                    ok = (func, "ok", value, None, ended - started, None, False, 1)
+                    ok = (func, "ok", value, None, ended - started, None, False, 1, False)
                     append(new_outcome(Outcome, ok))
                     if observed:  # else counted at the end, with the others that returned
                         signal, sender = dispatch.signal, dispatch.sender

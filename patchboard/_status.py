@@ -14,6 +14,11 @@ Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answer
 ``POST`` with ``breaker`` (a name) and ``action`` (``open``, ``close`` or ``reset``)
     Forces that circuit open or closed, or resets it, then redirects back to
     the page (post/redirect/get). CSRF-protected like every admin form.
+``POST`` with ``outbox`` (a database alias) and ``action`` (``redeliver_failed``
+    or ``purge_delivered``)
+    Makes that database's failed deliveries due now, for the relay's next
+    pass, or deletes the entries delivered more than
+    :data:`PURGE_DELIVERED_AFTER` seconds ago, then redirects back.
 
 Who may see it, like the admin: anonymous users are redirected to the login
 page (``settings.LOGIN_URL`` when the project changed it, else the admin's login
@@ -43,7 +48,7 @@ import dataclasses
 import math
 import os
 from datetime import UTC, datetime
-from typing import Final, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Final, NamedTuple, TypedDict
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
@@ -76,7 +81,11 @@ from patchboard._breaker import (
 from patchboard._config import get_settings
 from patchboard._ledger import outcome_counts
 from patchboard._queue import QueueStatistics, queue_stats
+from patchboard._state import state
 from patchboard._threads import ThreadStatistics, thread_stats
+
+if TYPE_CHECKING:
+    from patchboard._metrics import Latency  # the metrics' module imports prometheus_client
 
 TITLE: Final = "patchboard status"
 REFRESH_MIN: Final = 2
@@ -103,6 +112,14 @@ ACTIONS: Final[dict[str, Action]] = {
     "reset": Action("areset", "Reset", "Reset circuit {!r}."),
 }
 
+OUTBOX_ACTIONS: Final[dict[str, str]] = {
+    "redeliver_failed": "Redeliver failed",
+    "purge_delivered": "Purge delivered over an hour ago",
+}
+"""The outbox's controls: a POST's ``action`` to its button's label."""
+PURGE_DELIVERED_AFTER: Final = 3600.0
+"""Seconds: an entry delivered longer ago than this has long been run (or will not be)."""
+
 
 # -- the snapshot: one shape for the page and for JSON --------------------------------
 
@@ -126,6 +143,8 @@ class BreakerStatus(TypedDict):
     retry_at: str | None
     probes: int
     store: str
+    store_kind: str
+    """``"memory"``, ``"redis"``, ``"redis_cluster"`` or ``"redis_sentinel"``."""
     shared: bool
     """The state lives in Redis: what the page shows and changes is every process's."""
     fallback: bool
@@ -180,6 +199,9 @@ class Snapshot(TypedDict):
     outcomes: dict[str, int]
     outbox: list[OutboxStatus] | None
     """One per database the outbox may be on; None when the outbox is off."""
+    latency: list[Latency] | None
+    """Each listener's calls and p50/p99 in this process, from the metrics'
+    histograms; None when the metrics are off."""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -197,6 +219,7 @@ def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
         "retry_at": _iso(stats.retry_at),
         "probes": stats.probes,
         "store": stats.store,
+        "store_kind": stats.store_kind,
         "shared": stats.store != "memory",
         "fallback": stats.fallback,
         "per_process": {
@@ -318,6 +341,7 @@ async def snapshot() -> Snapshot:
         "outcomes": outcome_counts(),
         # The database is sync-only: a thread, like the rendering.
         "outbox": await sync_to_async(outbox_status)(),
+        "latency": None if state.metrics is None else state.metrics.latencies(),
     }
 
 
@@ -383,6 +407,8 @@ def refresh_period(value: str | None) -> int | None:
 
 async def _control(request: HttpRequest) -> HttpResponse:
     """Apply a POST's ``action`` to its ``breaker``, then redirect back to the page."""
+    if "outbox" in request.POST:
+        return await _control_outbox(request)
     name, action = request.POST.get("breaker", ""), request.POST.get("action", "")
     if action not in ACTIONS:
         return HttpResponseBadRequest(
@@ -412,6 +438,42 @@ async def _control(request: HttpRequest) -> HttpResponse:
     messages.success(request, message, fail_silently=True)
     # Back to the page as it was asked for: its ?refresh= stays on.
     return HttpResponseRedirect(request.get_full_path())
+
+
+async def _control_outbox(request: HttpRequest) -> HttpResponse:
+    """Apply a POST's ``action`` to the outbox on database ``outbox``, then redirect back."""
+    alias, action = request.POST["outbox"], request.POST.get("action", "")
+    if action not in OUTBOX_ACTIONS:
+        return HttpResponseBadRequest(
+            f"action must be one of {', '.join(map(repr, OUTBOX_ACTIONS))}, got {action!r}",
+            content_type="text/plain",
+        )
+    if alias not in await sync_to_async(_outbox_databases)():
+        return HttpResponseNotFound(
+            f"no outbox on database {alias!r}: the outbox is off, or the database is "
+            f"not one of {', '.join(map(repr, settings.DATABASES))}",
+            content_type="text/plain",
+        )
+    try:
+        if action == "redeliver_failed":
+            count = await sync_to_async(_outbox.redeliver_failed)(alias)
+            message = f"{count} failed deliveries on {alias!r} are due now, for the relay."
+        else:
+            count = await sync_to_async(_outbox.purge_delivered)(alias, PURGE_DELIVERED_AFTER)
+            message = f"Purged {count} entries delivered over an hour ago from {alias!r}."
+    except DatabaseError as exc:
+        return HttpResponse(
+            f"could not change the outbox on {alias!r}: {exc!r}",
+            status=503,
+            content_type="text/plain",
+        )
+    messages.success(request, message, fail_silently=True)
+    return HttpResponseRedirect(request.get_full_path())
+
+
+def _outbox_databases() -> list[str]:
+    """The databases the page may act on: those it shows an outbox for."""
+    return [each["database"] for each in outbox_status() or ()]
 
 
 # -- the page's reading of the snapshot: times as an operator wants them ------------------
@@ -487,6 +549,14 @@ def outbox_moment(outbox: OutboxStatus, now: datetime) -> Moment | None:
     )
 
 
+def latency_text(seconds: float) -> str:
+    """A latency as an operator reads it: ``"0.8 ms"``, ``"45 ms"``, ``"1.25 s"``."""
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    milliseconds = seconds * 1000
+    return f"{milliseconds:.2g} ms" if milliseconds < 10 else f"{milliseconds:.0f} ms"
+
+
 def _render(
     request: HttpRequest, status: Snapshot, now: datetime, refresh: int | None
 ) -> HttpResponse:
@@ -513,10 +583,15 @@ def _render(
             for name, count in status["queue"]["counters"].items()
         ],
         outbox=[(o, outbox_moment(o, generated)) for o in status["outbox"] or ()],
+        latency=[
+            (each, latency_text(each["p50_s"]), latency_text(each["p99_s"]))
+            for each in status["latency"] or ()
+        ],
         shared=[b["name"] for b in status["breakers"] if b["shared"]],
         refresh=refresh,
         refresh_choices=REFRESH_CHOICES,
         actions=ACTIONS,
+        outbox_actions=OUTBOX_ACTIONS,
     )
     return render(request, "patchboard/status.html", context)
 

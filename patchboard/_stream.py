@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from patchboard import _deadline
-from patchboard._dispatch import end_span, open_span, wait_through_cancellation
+from patchboard._dispatch import end_span, listener_errors, open_span, wait_through_cancellation
 from patchboard._ledger import ledger
 from patchboard._outcomes import Collected, Outcome
 from patchboard._run import QUEUE, Dispatch, InOwnContext, placement, run_async
@@ -93,6 +93,9 @@ class Stream:
 
         Raises:
             StopAsyncIteration: every call has ended (or the stream was closed).
+            ListenerErrors: every call has ended, and those of the listeners
+                whose ``on_error`` is ``"group"`` that failed (each was
+                yielded first) are raised together, once.
             Exception: the error of a listener whose ``on_error`` is
                 ``"raise"``, after the other calls were cancelled.
         """
@@ -102,6 +105,10 @@ class Stream:
             while not self._ended and self._failure is None:
                 if not self._pending:
                     self._observe()
+                    dispatch = self._dispatch
+                    if dispatch.grouped:
+                        dispatch.grouped = False  # raised once: the stream is over
+                        raise listener_errors(dispatch, Collected(self._seen))
                     raise StopAsyncIteration
                 self._wakeup = asyncio.get_running_loop().create_future()
                 await self._wakeup

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from examples.stack import SHOP
+from examples.walkthrough import BREAKER
 
 SHOP_SETTINGS: dict[str, Any] = runpy.run_path(str(SHOP / "shop" / "settings.py"))
 CARRIER_TIMEOUT: float = SHOP_SETTINGS["CARRIER_TIMEOUT"]
 QUEUE: dict[str, float] = SHOP_SETTINGS["PATCHBOARD"]["SHORT_TERM_QUEUE"]
-BREAKER: dict[str, float] = SHOP_SETTINGS["PATCHBOARD"]["BREAKERS"]["carrier-fedex"]
 HALF_OPEN_MAX_CALLS = int(BREAKER.get("half_open_max_calls", 1))
 REQUEST_BUDGET: float = SHOP_SETTINGS["QUOTES_BUDGET"]
 """The quotes page's deadline: whatever the carriers do, its dispatch ends within it."""
 DEADLINE_GRACE = 0.05
 """How far past its deadline a dispatch may answer: the event loop runs the deadline's
 timer late when it is busy, then the fallbacks of the calls it cut (a 5 % grace)."""
+
 
 DOWN, SLOW = "fedex", "dhl"
 """The carrier that answers every quote with a 503, and the one that takes SLOW_MS."""

@@ -84,7 +84,7 @@ def record_receipt(sender: object, *, order: Any, **kwargs: Any) -> None:
 def connect_sync_carrier(name: str) -> None:
     """Quote carrier ``name`` with a blocking HTTP client, in a listener thread."""
     # Imported here: the shop's receivers module needs the app registry ready.
-    from shop.receivers import carrier_listeners
+    from shop.receivers import carrier_circuit, carrier_listeners
     from shop.signals import quote_requested
 
     client = httpx.Client(base_url=settings.CARRIERS_URL)  # thread-safe, one pool
@@ -105,7 +105,7 @@ def connect_sync_carrier(name: str) -> None:
         dispatch_uid=f"quote-{name}",
         timeout=settings.CARRIER_TIMEOUT,
         on_error="log",
-        breaker=f"carrier-{name}",
+        breaker=carrier_circuit(name),  # carriers[gls], as the async carriers' circuits
         fallback=last_quote,
         thread_sensitive=False,  # a listener thread of its own, under MAX_THREADS
     )

@@ -284,7 +284,8 @@ def _enqueue_on_commit(options: ListenerOptions, job: Job) -> None:
             listener=job.listener,
             signal=job.signal,
         )
-        if (options.on_error or get_settings().on_error) == "raise":
+        # On commit the dispatch has returned: no group is left to join.
+        if (options.on_error or get_settings().on_error) != "log":
             raise
         return
     _log_enqueued(job, result, on_commit=True)

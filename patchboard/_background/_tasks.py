@@ -182,7 +182,7 @@ def run(payload: object, task_result: Any) -> str:
         elapsed_s=elapsed,
         **context,
     )
-    if outcome.propagate:
+    if outcome.propagate or outcome.grouped:  # a group of one: the task fails with it
         assert outcome.error is not None
         raise outcome.error
     return outcome.status
@@ -226,7 +226,7 @@ def _reschedule(job: Job, outcome: Outcome, task_result: Any, context: dict[str,
             reschedules=job.attempt - 1,
             **context,
         )
-        if outcome.propagate:
+        if outcome.propagate or outcome.grouped:
             assert error is not None
             raise error
         return "gave_up"

@@ -14,7 +14,8 @@ System checks of the circuit breakers declared in ``PATCHBOARD["BREAKERS"]``.
 
 ``patchboard.E011``
     A listener refers to a breaker by a name that is neither declared in
-    ``PATCHBOARD["BREAKERS"]`` nor created in code.
+    ``PATCHBOARD["BREAKERS"]`` nor created in code, nor names a circuit
+    (``"<name>[<key>]"``) of a keyed breaker that is.
 
 A ``BREAKERS`` value that is not a dict of dicts is ``patchboard.E001``'s
 business (:mod:`patchboard._checks`).
@@ -31,16 +32,17 @@ from django.core.checks import CheckMessage, Error, register
 
 from patchboard._breaker._circuit import all_breakers
 from patchboard._breaker._redis import check_url
-from patchboard._config import BreakerConfig
+from patchboard._config import REDIS_URL_PREFIXES, BreakerConfig
 from patchboard._state import state
 
 E010_ID = "patchboard.E010"
 E011_ID = "patchboard.E011"
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _URL_HINT = (
     "Give a URL redis-py can read, such as redis://127.0.0.1:6379/0 "
-    "(a port in 1-65535, a database number), or 'memory'."
+    "(a port in 1-65535, a database number), redis+cluster://host:port,host:port/ "
+    "for a Redis Cluster, redis+sentinel://host:26379,host:26379/mymaster/0 for the "
+    "primary Redis Sentinels watch, or 'memory'."
 )
 
 
@@ -70,7 +72,7 @@ def store_problem(store: object) -> str | None:
     that is not a Redis URL is not this check's business (``"memory"``; a
     bad scheme is an invalid argument or setting, reported as such).
     """
-    if not isinstance(store, str) or not store.startswith(_REDIS_SCHEMES):
+    if not isinstance(store, str) or not store.startswith(REDIS_URL_PREFIXES):
         return None
     if importlib.util.find_spec("redis") is None:
         return (
@@ -128,17 +130,23 @@ def check_listener_breakers(app_configs: Any = None, **kwargs: Any) -> list[Chec
     raw = getattr(settings, "PATCHBOARD", None) or {}
     declared = raw.get("BREAKERS") if isinstance(raw, Mapping) else None
     # A BREAKERS of the wrong shape is patchboard.E001's to report, not this check's to trip on.
-    names = (
-        [name for name in declared if isinstance(name, str)]
-        if isinstance(declared, Mapping)
-        else []
-    )
-    known = set(names) | {breaker.name for breaker in all_breakers()}
+    if not isinstance(declared, Mapping):
+        declared = {}
+    names = [name for name in declared if isinstance(name, str)]
+    created = all_breakers()
+    known = set(names) | {breaker.name for breaker in created}
+    # A keyed breaker's circuits are named "<name>[<key>]", each made on first use.
+    keyed = {
+        name
+        for name in names
+        if isinstance(declared[name], Mapping) and declared[name].get("key") is not None
+    } | {breaker.name for breaker in created if breaker.keyed}
     return [
         Error(
             f"listener {label} refers to circuit breaker {name!r}, which is neither "
             f'declared in PATCHBOARD["BREAKERS"] nor created in code',
-            hint=f"known breakers: {', '.join(map(repr, sorted(known))) or 'none'}",
+            hint=f"known breakers: {', '.join(map(repr, sorted(known))) or 'none'}"
+            + "".join(f"; {family}[<key>]: a circuit of {family!r}" for family in sorted(keyed)),
             obj=label,
             id=E011_ID,
         )
@@ -146,5 +154,11 @@ def check_listener_breakers(app_configs: Any = None, **kwargs: Any) -> list[Chec
             (listener.label, str(listener.options.breaker))
             for listener in list(state.named_breakers)
         )
-        if name not in known
+        if name not in known and _circuit_family(name) not in keyed
     ]
+
+
+def _circuit_family(name: str) -> str | None:
+    """The keyed breaker that ``"<name>[<key>]"`` names a circuit of, read as get_breaker does."""
+    family, bracket, key = name.partition("[")
+    return family if bracket and len(key) > 1 and key.endswith("]") and family else None

@@ -41,6 +41,7 @@ from patchboard._breaker._machine import (
 from patchboard._breaker._memory import MemoryStore
 from patchboard._breaker._redis import RedisStore, mask_url
 from patchboard._breaker._store import Ticket, UnusableStore
+from patchboard._breaker._topology import store_kind
 from patchboard._config import (
     BreakerConfig,
     BreakerOptions,
@@ -89,6 +90,8 @@ class BreakerStatistics:
     """Guarded calls in this process that counted as failures."""
     store: str
     """``"memory"`` or the Redis URL (password masked)."""
+    store_kind: Literal["memory", "redis", "redis_cluster", "redis_sentinel"]
+    """``"memory"``, ``"redis"`` (one server), ``"redis_cluster"`` or ``"redis_sentinel"``."""
     forced: Literal["open", "closed"] | None
     """Set by :meth:`CircuitBreaker.force_open` / :meth:`~CircuitBreaker.force_closed`."""
     probes: int
@@ -211,15 +214,18 @@ class CircuitBreaker:
         self.name = name
         self.config = config
         self._store: MemoryStore | RedisStore | UnusableStore
+        url = config.store
         try:
-            url = config.store or default_store()
+            url = url or default_store()
             self._store = (
                 MemoryStore(name, config) if url == "memory" else RedisStore(name, config, url)
             )
         except ImproperlyConfigured as problem:
             # Reported by manage.py check; raised by every guarded call.
             label = mask_url(config.store) if config.store else 'PATCHBOARD["STORE"]'
-            self._store = UnusableStore(label, problem)
+            # A URL that cannot be used still says what it was meant to be.
+            kind = store_kind(url) if url else "memory"
+            self._store = UnusableStore(label, problem, kind=kind)
         self._key_of = config.key_function
         self._family: str | None = None
         """A keyed breaker's circuit: the keyed breaker's name."""
@@ -233,6 +239,7 @@ class CircuitBreaker:
                 f"circuit breaker {name!r} is keyed: guard a call with "
                 f"breaker.circuit(key), or let a listener's call compute its key",
                 error=TypeError,
+                kind=self._store.kind,
             )
         self._remote = self._store if isinstance(self._store, RedisStore) else None
         self._slow = config.slow_call_duration
@@ -649,6 +656,7 @@ class CircuitBreaker:
             successes=self._ok.value,
             failures_total=self._failed.value,
             store=self._store.label,
+            store_kind=self._store.kind,
             forced=view.forced,
             probes=view.probes,
             fallback=view.fallback,

@@ -45,6 +45,7 @@ class MemoryStore:
 
     remote: Final = False
     label: Final = "memory"
+    kind: Final = "memory"
 
     def __init__(
         self, name: str, config: BreakerConfig, *, pending: deque[Transition] | None = None

@@ -79,7 +79,8 @@ from patchboard._breaker._machine import (
     to_datetime,
 )
 from patchboard._breaker._memory import MemoryStore
-from patchboard._breaker._store import StoreView, Ticket
+from patchboard._breaker._store import StoreKind, StoreView, Ticket
+from patchboard._breaker._topology import KIND_NAMES, Topology, store_kind
 from patchboard._config import MAX_SECONDS, BreakerConfig
 from patchboard._django import is_temporary_loop
 from patchboard._exceptions import CircuitOpen
@@ -149,34 +150,42 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def check_url(url: str) -> None:
+def check_url(url: str) -> Topology:
     """
-    Check a Redis store URL as redis-py will read it, without connecting.
+    Check a Redis store URL as redis-py will read it, without connecting;
+    return what it points to (one server, a Cluster, Sentinels: see
+    :mod:`._topology`).
 
     redis-py reads a URL only when it makes the first connection, so a bad
     one would fail every guarded call; this reads it at once, with
     redis-py's own parser and connection class, and adds what redis-py lets
     through but reads otherwise (port 0 connects to 6379, a database that
-    is not a number selects database 0).
+    is not a number selects database 0). A Cluster or Sentinel URL is
+    checked as its first node's plain URL, after its node list.
 
     Raises:
         ValueError: the port is not a number or not in 1-65535, the
             database is not a number, or a query parameter is unknown or
-            has an invalid value; the message shows the URL with its
-            password masked.
+            has an invalid value; a Sentinel URL has no service name, a
+            Cluster URL a database other than 0. The message names the kind
+            of store and shows the URL with its password masked.
     """
     import redis
     from redis.connection import parse_url
 
+    topology = None
     try:
-        options = parse_url(url)  # type: ignore[no-untyped-call]  # redis leaves it untyped
-        pool = redis.BlockingConnectionPool.from_url(url)
+        topology = Topology.parse(url)
+        options = parse_url(topology.url)  # type: ignore[no-untyped-call]  # redis leaves it untyped
+        pool = redis.BlockingConnectionPool.from_url(topology.url)
         pool.connection_class(**pool.connection_kwargs)  # an unknown query parameter fails here
-        problem = _misread(url, options)
+        problem = _misread(topology.url, options)
     except (TypeError, ValueError, redis.RedisError) as exc:
         problem = str(exc)
-    if problem is not None:
-        raise ValueError(f"store {mask_url(url)!r} is not a valid Redis URL: {problem}")
+    if problem is not None or topology is None:
+        kind = KIND_NAMES[store_kind(url)]
+        raise ValueError(f"store {mask_url(url)!r} is not a valid {kind} URL: {problem}")
+    return topology
 
 
 def _misread(url: str, options: dict[str, Any]) -> str | None:
@@ -259,8 +268,15 @@ class RedisLink:
         Raises:
             ValueError: ``url`` is not a valid Redis URL (see :func:`check_url`).
         """
-        check_url(url)
+        self.topology = check_url(url)
         self.url = url
+        self.script = SCRIPT
+        if self.topology.kind == "redis_sentinel":
+            # Declared a writer (Redis >= 7.0 reads the shebang's flags): a demoted
+            # primary refuses it with READONLY, which makes redis-py's Sentinel
+            # connection ask the Sentinels for the new primary. Without it, a
+            # decision that writes nothing would go on reading the replica.
+            self.script = f"#!lua\n{SCRIPT}"
         self.label = mask_url(url)
         self.down_until = 0.0
         """``_clock.now()`` until which Redis is left alone; 0 while it is up."""
@@ -295,14 +311,12 @@ class RedisLink:
         script = self._sync
         if script is None:
             # redis is an optional dependency (the [redis] extra): imported on first use.
-            import redis
             from redis.retry import Retry
 
             with self._lock:
                 if self._sync is None:
-                    pool = redis.BlockingConnectionPool.from_url(self.url, **self._options(Retry))
-                    client = redis.Redis(connection_pool=pool)
-                    self._sync = (client, client.register_script(SCRIPT))
+                    client = self.topology.sync_client(self._options(Retry))
+                    self._sync = (client, client.register_script(self.script))
                 script = self._sync
         # redis types a script's reply as Any; breaker.lua returns a list of integers.
         return script[1](keys=keys, args=args)  # type: ignore[no-any-return]
@@ -320,12 +334,10 @@ class RedisLink:
             return await anyio.to_thread.run_sync(self.run, keys, args)
         pair = self._async.get(loop)
         if pair is None:
-            import redis.asyncio
             from redis.asyncio.retry import Retry
 
-            pool = redis.asyncio.BlockingConnectionPool.from_url(self.url, **self._options(Retry))
-            client = redis.asyncio.Redis(connection_pool=pool)
-            pair = self._async[loop] = (client, client.register_script(SCRIPT))
+            client = self.topology.async_client(self._options(Retry))
+            pair = self._async[loop] = (client, client.register_script(self.script))
         # As in run(): the reply is typed Any.
         return await pair[1](keys=keys, args=args)  # type: ignore[no-any-return]
 
@@ -386,15 +398,14 @@ class RedisLink:
         """Close this event loop's async client (it is made again on next use)."""
         pair = self._async.pop(asyncio.get_running_loop(), None)
         if pair is not None:
-            await pair[0].aclose(close_connection_pool=True)
+            await pair[0].aclose()  # the client made its pool: it closes it
 
     def close(self) -> None:
         """Close the sync client and forget every loop's async client."""
         with self._lock:
             pair, self._sync = self._sync, None
         if pair is not None:
-            pair[0].close()
-            pair[0].connection_pool.disconnect()
+            pair[0].close()  # the client made its pool(s): it closes them
         self._async.clear()
 
 
@@ -408,9 +419,11 @@ def redis_link(url: str) -> RedisLink:
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
+    # RedisClusterException is no RedisError: the cluster client raises it
+    # when no startup node answers.
+    from redis.exceptions import RedisClusterException, RedisError
 
-    return (RedisError, OSError)
+    return (RedisError, RedisClusterException, OSError)
 
 
 class RedisStore:
@@ -451,6 +464,7 @@ class RedisStore:
             raise ImproperlyConfigured(f"circuit breaker {name!r}: {exc}") from None
         self.name = name
         self.label = self.link.label
+        self.kind: StoreKind = self.link.topology.kind
         self.pending: deque[Transition] = deque()
         self.fallback = MemoryStore(name, config, pending=self.pending)
         self.admitted = Ticket(self, None)

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, TypeAlias
 
 from django.core.exceptions import ImproperlyConfigured
 
 from patchboard._breaker._machine import CircuitState, Control, Forced, Result, Transition
 from patchboard._exceptions import CircuitOpen
+
+StoreKind: TypeAlias = Literal["memory", "redis", "redis_cluster", "redis_sentinel"]
+"""Where a breaker's state lives: this process, one Redis server, a Redis Cluster,
+or the primary that Redis Sentinels watch."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +84,8 @@ class BreakerStore(Protocol):
     @property
     def label(self) -> str: ...
     @property
+    def kind(self) -> StoreKind: ...
+    @property
     def state(self) -> CircuitState: ...
 
     def acquire(self) -> Ticket: ...
@@ -117,8 +123,11 @@ class UnusableStore:
         problem: ImproperlyConfigured | str,
         *,
         error: type[Exception] = ImproperlyConfigured,
+        kind: StoreKind = "memory",
     ) -> None:
         self.label = label
+        self.kind = kind
+        """The kind of store it stands in for."""
         self.problem = str(problem)
         self.error = error
         self.pending: deque[Transition] = deque()

@@ -629,6 +629,7 @@ async def test_statistics_and_repr_show_live_state(clock) -> None:
         successes=1,
         failures_total=5,
         store="memory",
+        store_kind="memory",
         forced=None,
         probes=0,
         fallback=False,
@@ -735,7 +736,7 @@ def test_sync_transitions_are_signalled_too(clock) -> None:
         (
             {"store": "postgres://db"},
             ValueError,
-            "store must be 'memory' or a Redis URL (redis://, rediss:// or unix://)",
+            "store must be 'memory' or a Redis URL (redis://, rediss:// or unix://; ",
         ),
         ({"clock": 3}, TypeError, "clock must be a callable returning seconds, got 3"),
         ({"treshold": 3}, TypeError, "unknown circuit breaker argument 'treshold'; known:"),

@@ -149,6 +149,40 @@ def test_unknown_breaker_name_is_a_check_error_and_a_loud_failure() -> None:
         quote.send_sync(sender=None)
 
 
+def carrier_of(sender, *, carrier, **kwargs) -> str:
+    return carrier
+
+
+KEYED = {"key": f"{__name__}.carrier_of", "store": "memory"}
+
+
+@override_settings(PATCHBOARD={"BREAKERS": {"declared-keyed": KEYED}})
+def test_a_listener_may_name_one_circuit_of_a_keyed_breaker() -> None:
+    """No E011 for ``"<keyed>[<key>]"``, declared or created; the call goes through that circuit."""
+    quote = Signal()
+    CircuitBreaker("created-keyed", store="memory", key=carrier_of)
+
+    @receiver(quote, breaker="declared-keyed[ups]", on_error="log")
+    def ups(sender, **kwargs):
+        raise ConnectionError("down")
+
+    @receiver(quote, breaker="created-keyed[dhl]")
+    def dhl(sender, **kwargs):
+        return "dhl"
+
+    @receiver(quote, breaker="not-keyed-at-all[dhl]")
+    def typo(sender, **kwargs):
+        return "never"
+
+    errors = [m for m in run_checks() if m.id == E011_ID and "-keyed" in m.msg]
+    assert [m.obj.rpartition(".")[2] for m in errors] == ["typo"]
+    assert "'not-keyed-at-all[dhl]'" in errors[0].msg
+    quote.disconnect(typo)
+    assert [o.status for o in quote.send_sync(sender=None)] == ["error", "ok"]
+    assert get_breaker("declared-keyed[ups]").statistics().failures_total == 1
+    assert get_breaker("created-keyed").circuits().keys() == {"dhl"}
+
+
 async def test_a_queued_call_is_refused_before_it_takes_a_place_only_while_its_circuit_is_open(
     full_queue,
 ) -> None:

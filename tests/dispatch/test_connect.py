@@ -112,7 +112,11 @@ def test_listener_sees_sender_filtering(signal) -> None:
         ),
         ({"timeout": 0}, ValueError, r"timeout must be a finite number of seconds > 0, got 0"),
         ({"timeout": "2"}, TypeError, r"timeout must be a number of seconds, got '2'"),
-        ({"on_error": "ignore"}, ValueError, r"on_error must be 'raise' or 'log', got 'ignore'"),
+        (
+            {"on_error": "ignore"},
+            ValueError,
+            r"on_error must be 'raise', 'log' or 'group', got 'ignore'",
+        ),
         ({"mode": "later"}, ValueError, r"mode must be 'inline' or 'background', got 'later'"),
         ({"priority": 1.5}, TypeError, r"priority must be an int, got 1.5"),
         ({"fallback": 3}, TypeError, r"fallback must be callable, got 3"),

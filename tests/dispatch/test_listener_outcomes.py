@@ -178,7 +178,7 @@ def test_a_failure_with_the_log_policy_is_logged_once_and_its_default_stands_in(
 
     collected = dispatch(signal, verb)
 
-    assert list(collected)[1] == (broken, "error", "stood in", error, 2.0, None, False, 1)
+    assert list(collected)[1] == (broken, "error", "stood in", error, 2.0, None, False, 1, False)
     assert collected[0].elapsed == 1.0
     assert outcome_counts()["error"] == 1
     [event] = call_events(logs)
@@ -209,7 +209,7 @@ def test_a_failure_with_the_raise_policy_reaches_the_caller_unlogged(
 
     assert caught.value is error
     [outcome] = dispatches[0].outcomes
-    assert outcome == (broken, "error", None, error, 2.0, None, True, 1)
+    assert outcome == (broken, "error", None, error, 2.0, None, True, 1, False)
     only_count("error")
     assert call_events(logs) == []
 

@@ -12,8 +12,10 @@ import pytest
 
 from bench.stress.checks import (
     CARRIERS,
+    HEALTHY,
     ORDER_CALLS,
     background_once,
+    carriers_outage,
     outcomes_add_up,
     probes_shared,
     redis_outage,
@@ -23,6 +25,7 @@ from bench.stress.checks import (
 from bench.stress.config import CI
 from bench.stress.load import Sample
 from bench.stress.run import Background, Observed, ProcSample, Snapshot
+from examples.walkthrough import KEYED, circuit
 from patchboard import Status
 
 pytestmark = pytest.mark.stress
@@ -204,3 +207,42 @@ def test_redis_outage_leaves_a_later_little_outage_its_own_pair_of_events() -> N
         (13.0, 2, "circuit_store_recovered"),
     )
     assert redis_outage(later).passed
+
+
+def carriers_with(*listed: dict[str, Any]) -> Observed:
+    """Every healthy carrier's circuit opened and closed; ``listed``: each process's page."""
+    observed = Observed(CI)
+    observed.wall = {"carriers_killed": START, "carriers_restarted": START + timedelta(seconds=2)}
+    observed.events = [
+        {
+            "event": event,
+            "breaker": circuit(name),
+            "timestamp": (START + timedelta(seconds=at)).isoformat(),
+        }
+        for name in HEALTHY
+        for event, at in (("circuit_opened", 1), ("circuit_closed", 3))
+    ]
+    observed.after = {
+        pid: Snapshot(pid, {**page({}), "breakers": list(breakers)}, 0)
+        for pid, breakers in enumerate(listed, 1)
+    }
+    return observed
+
+
+KEYED_CLOSED = {"name": KEYED, "state": "closed"}
+
+
+def test_carriers_outage_takes_a_circuit_left_off_the_page_as_closed() -> None:
+    """The page lists a keyed breaker's circuits that are not closed: none, all closed."""
+    assert carriers_outage(carriers_with([KEYED_CLOSED], [KEYED_CLOSED])).passed
+
+
+def test_carriers_outage_fails_on_a_circuit_still_listed() -> None:
+    ups = {"name": circuit(HEALTHY[0]), "state": "half_open"}
+    check = carriers_outage(carriers_with([KEYED_CLOSED], [KEYED_CLOSED, ups]))
+    assert not check.passed
+    assert circuit(HEALTHY[0]) in check.figures
+
+
+def test_carriers_outage_fails_when_a_page_does_not_list_the_keyed_breaker() -> None:
+    assert not carriers_outage(carriers_with([KEYED_CLOSED], [])).passed

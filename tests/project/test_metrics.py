@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from patchboard import CircuitBreaker, Signal
 from patchboard._config import DEFAULT_BUCKETS, MetricsSettings, parse
 from patchboard._ledger import ledger
-from patchboard._metrics import Metrics, forget_the_dead
+from patchboard._metrics import Metrics, forget_the_dead, quantile
 from patchboard._queue import ShortTermQueue
 from patchboard._state import state
 from patchboard.testing import reset
@@ -377,3 +377,52 @@ def test_the_reader_thread_writes_the_gauges_by_itself(registry: CollectorRegist
             caller.join(5)
         metrics.close()
     assert not any(thread.name == "patchboard-metrics" for thread in threading.enumerate())
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        # 50 calls up to 0.1 s, 49 more up to 0.5 s, 1 up to 1 s (cumulative counts).
+        (0.5, [(0.1, 50), (0.5, 99), (1.0, 100), (INF, 100)], 0.1),
+        (0.99, [(0.1, 50), (0.5, 99), (1.0, 100), (INF, 100)], 0.5),
+        (0.25, [(0.1, 50), (0.5, 99), (1.0, 100), (INF, 100)], 0.05),
+        (0.995, [(0.1, 50), (0.5, 99), (1.0, 100), (INF, 100)], 0.75),
+        # The rank in the +Inf bucket: the highest finite bound, as Prometheus says.
+        (0.99, [(0.1, 10), (1.0, 10), (INF, 20)], 1.0),
+        # Empty buckets below the rank are skipped: interpolated from the last bound.
+        (0.5, [(0.1, 0), (0.2, 0), (0.4, 4), (INF, 4)], 0.3),
+    ],
+)
+def test_quantile_estimates_within_the_buckets_as_prometheus_does(
+    q: float, buckets: list[tuple[float, float]], expected: float
+) -> None:
+    assert quantile(q, buckets) == pytest.approx(expected)
+
+
+def test_latencies_come_from_each_listeners_histogram(registry: CollectorRegistry) -> None:
+    metrics = Metrics(MetricsSettings(enabled=True, buckets=(0.1, 0.5, 1.0)), registry)
+    for elapsed in [0.05] * 50 + [0.3] * 49 + [0.8]:
+        metrics.call_duration.labels("orders", "shop.listeners.bill").observe(elapsed)
+    metrics.call_duration.labels("orders", "shop.listeners.ship").observe(2.0)
+    try:
+        assert metrics.latencies() == [
+            {
+                "signal": "orders",
+                "listener": "shop.listeners.bill",
+                "calls": 100,
+                "p50_s": pytest.approx(0.1),
+                "p99_s": pytest.approx(0.5),
+            },
+            {
+                "signal": "orders",
+                "listener": "shop.listeners.ship",
+                "calls": 1,
+                "p50_s": 1.0,
+                "p99_s": 1.0,
+            },
+        ]
+    finally:
+        metrics.close()

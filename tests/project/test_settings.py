@@ -46,7 +46,7 @@ def test_nested_values_become_frozen_dataclasses() -> None:
         ({"": "log"}, "PATCHBOARD: unknown setting ''; known: BACKGROUND"),
         ({"METRICS": {"": 0}}, "PATCHBOARD[\"METRICS\"]: unknown setting ''; known: BUCKETS"),
         ({"BACKGROUND": {1: 0}}, 'PATCHBOARD["BACKGROUND"]: unknown setting 1; known: BACKEND'),
-        ({"ON_ERROR": "skip"}, "ON_ERROR must be 'raise' or 'log', got 'skip'"),
+        ({"ON_ERROR": "skip"}, "ON_ERROR must be 'raise', 'log' or 'group', got 'skip'"),
         (
             {"SHORT_TERM_QUEUE": {"MIN_WORKERS": 9, "MAX_WORKERS": 2}},
             'PATCHBOARD["SHORT_TERM_QUEUE"]: MIN_WORKERS must be <= MAX_WORKERS, got 9 > 2',
@@ -69,7 +69,7 @@ def test_nested_values_become_frozen_dataclasses() -> None:
         ({"SHORT_TERM_QUEUE": 3}, 'PATCHBOARD["SHORT_TERM_QUEUE"]: must be a dict, got 3'),
         (
             {"STORE": "memcached://x"},
-            "STORE must be 'memory' or a Redis URL (redis://, rediss:// or unix://)",
+            "STORE must be 'memory' or a Redis URL (redis://, rediss:// or unix://; ",
         ),
         ("log", "must be a dict, got 'log'"),
     ],
@@ -168,7 +168,7 @@ def test_invalid_settings_are_logged_at_startup_and_stop_the_first_dispatch(logs
             ("ON_ERROR", 2),
             ("MAX_THREADS", 2),
         ]
-        assert events[0]["problem"] == "ON_ERROR must be 'raise' or 'log', got 'skip'"
+        assert events[0]["problem"] == "ON_ERROR must be 'raise', 'log' or 'group', got 'skip'"
         with pytest.raises(SettingError, match=r'PATCHBOARD\["(ON_ERROR|MAX_THREADS)"\]'):
             signal.send_sync(sender=None)
     assert signal.send_sync(sender=None).values() == ["ran"]
@@ -198,7 +198,7 @@ def test_settings_invalid_reads_as_plain_key_values(unconfigured, caplog) -> Non
     assert len(lines) == 2
     assert lines[0].startswith(
         "settings_invalid setting=ON_ERROR "
-        "problem=\"ON_ERROR must be 'raise' or 'log', got 'skip'\" problems=2 "
+        "problem=\"ON_ERROR must be 'raise', 'log' or 'group', got 'skip'\" problems=2 "
     )
     assert lines[1].startswith("settings_invalid setting=BREAKERS.carrier-x problem=")
     assert not any("\\" in line or "['" in line for line in lines)

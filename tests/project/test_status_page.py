@@ -244,8 +244,10 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "threads",
         "outcomes",
         "outbox",
+        "latency",
     ]
     assert data["outbox"] is None  # the ImmediateBackend: no outbox
+    assert data["latency"] is None  # the metrics are off
     assert data["pid"] == os.getpid()
     assert datetime.fromisoformat(data["generated_at"]).tzinfo is not None
     fedex, ups = data["breakers"]  # by name
@@ -258,6 +260,7 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "retry_at": "2023-11-14T22:13:51+00:00",
         "probes": 0,
         "store": "memory",
+        "store_kind": "memory",
         "shared": False,
         "fallback": False,
         "per_process": {"rejected": 1, "successes": 0, "failures_total": 1},
@@ -687,3 +690,92 @@ def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
         ("Oldest pending", "-"),
         ("Failed deliveries", "0"),
     ]
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_the_outbox_controls_redeliver_failed_deliveries_and_purge_old_delivered_ones(
+    staff_client: Client, settings: pytest.FixtureRequest
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from patchboard.models import OutboxEntry
+
+    settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy", "OUTBOX": True}}
+    now = timezone.now()
+
+    def entry(attempts: int, delivered: timedelta | None) -> OutboxEntry:
+        return OutboxEntry.objects.create(
+            created_at=now - timedelta(hours=3),
+            backend="dummy",
+            queue_name="default",
+            priority=0,
+            payload="{}",
+            attempts=attempts,
+            next_attempt_at=now + timedelta(minutes=5),  # backing off
+            delivered_at=None if delivered is None else now - delivered,
+        )
+
+    failed, fresh = entry(3, None), entry(0, None)
+    old, recent = entry(1, timedelta(hours=2)), entry(1, timedelta(minutes=10))
+    page = staff_client.get(URL).content.decode()
+    assert 'name="outbox" value="default"' in page and 'value="redeliver_failed"' in page
+
+    response = staff_client.post(URL, {"outbox": "default", "action": "redeliver_failed"})
+    assert response.status_code == 302
+    failed.refresh_from_db()
+    fresh.refresh_from_db()
+    assert failed.next_attempt_at <= timezone.now() < fresh.next_attempt_at
+
+    response = staff_client.post(URL, {"outbox": "default", "action": "purge_delivered"})
+    assert response.status_code == 302
+    left = set(OutboxEntry.objects.values_list("pk", flat=True))
+    assert left == {failed.pk, fresh.pk, recent.pk}
+    assert old.pk not in left  # only the one delivered 2 h ago
+    assert "Purged 1 entries" in staff_client.get(URL).content.decode()
+
+    missing = staff_client.post(URL, {"outbox": "nowhere", "action": "purge_delivered"})
+    assert missing.status_code == 404 and "'nowhere'" in missing.content.decode()
+    bad = staff_client.post(URL, {"outbox": "default", "action": "drop"})
+    assert bad.status_code == 400 and "'drop'" in bad.content.decode()
+
+
+def test_with_the_metrics_on_each_listeners_latency_is_shown(
+    staff_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """p50 and p99 per listener, from this process's histograms (none without metrics)."""
+    from prometheus_client import CollectorRegistry
+
+    from patchboard._config import MetricsSettings
+    from patchboard._metrics import Metrics
+    from patchboard._state import state
+
+    assert "patchboard-latency" not in staff_client.get(URL).content.decode()
+    metrics = Metrics(MetricsSettings(enabled=True, buckets=(0.1, 0.5, 1.0)), CollectorRegistry())
+    metrics.install()
+    monkeypatch.setattr(state, "metrics", metrics)
+    try:
+        signal = Signal(name="tests.status.latency")
+        signal.connect(quick_quote)
+        for _ in range(3):
+            signal.collect(sender=None)
+        data = staff_client.get(URL, {"format": "json"}).json()
+        page = staff_client.get(URL).content.decode()
+    finally:
+        monkeypatch.setattr(state, "metrics", None)  # closed here, not again by reset()
+        metrics.close()
+    [latency] = data["latency"]
+    assert (latency["signal"], latency["listener"], latency["calls"]) == (
+        "tests.status.latency",
+        f"{__name__}.quick_quote",
+        3,
+    )
+    # Every call fell in the first bucket (0-0.1 s): estimated inside it.
+    assert 0 < latency["p50_s"] < latency["p99_s"] <= 0.1
+    assert 'id="patchboard-latency"' in page
+    assert f"{__name__}.quick_quote" in page
+
+
+def quick_quote(sender: object, **kwargs: object) -> int:
+    return 1

@@ -18,7 +18,7 @@ client = httpx.AsyncClient(base_url=settings.CARRIERS_URL)
 """One connection pool for every carrier call this process makes."""
 
 
-# -- quotes: one listener per carrier, each behind its own circuit breaker ------------
+# -- quotes: one listener per carrier, each behind its carrier's circuit ---------------
 
 
 def connect_carriers(names: list[str]) -> None:
@@ -30,10 +30,29 @@ def connect_carriers(names: list[str]) -> None:
             dispatch_uid=f"quote-{name}",
             timeout=settings.CARRIER_TIMEOUT,
             on_error="log",  # an error or a timeout: logged, and no quote from this carrier
-            # Declared in settings.PATCHBOARD["BREAKERS"]; SHOP_BREAKERS=off goes without.
-            breaker=f"carrier-{name}" if settings.CARRIER_BREAKERS else None,
+            breaker=carrier_circuit(name),
             fallback=last_quote,  # the call never ran: circuit open, or expired in the queue
         )
+
+
+def carrier_circuit(name: str) -> str | None:
+    """
+    The circuit that guards carrier ``name``'s quotes: ``carriers[<name>]``,
+    ``name``'s circuit in the keyed breaker ``carriers`` (settings.CARRIER_BREAKER);
+    None with ``SHOP_BREAKERS=off``.
+
+    Named, not computed by the breaker's key function: one dispatch asks every
+    carrier, so its arguments name none; the listener knows its carrier.
+    """
+    return f"{settings.CARRIER_BREAKER}[{name}]" if settings.CARRIER_BREAKERS else None
+
+
+def carrier_of(sender, *, carrier, **kwargs) -> str:
+    """
+    The ``carriers`` breaker's key function, for a call whose arguments name
+    its carrier (``breaker="carriers"`` on a listener of such a signal).
+    """
+    return carrier
 
 
 def carrier_listeners(name: str):

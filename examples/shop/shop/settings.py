@@ -85,15 +85,27 @@ CARRIER_TIMEOUT = 1.0
 QUOTES_BUDGET = float(os.environ.get("SHOP_QUOTES_BUDGET", "2.0"))
 """Seconds the quotes page has in all (its deadline): whatever the carriers do, it answers."""
 CARRIER_BREAKERS = os.environ.get("SHOP_BREAKERS", "on") != "off"
-"""Whether each carrier listener calls through its breaker (``carrier-<name>`` below)."""
+"""Whether each carrier listener calls through its circuit (``carriers[<name>]`` below)."""
+CARRIER_BREAKER = "carriers"
+"""The keyed breaker of the carriers: carrier ``name``'s circuit is ``carriers[<name>]``."""
 BREAKER_RESET_TIMEOUT = float(os.environ.get("SHOP_BREAKER_RESET_TIMEOUT", "3"))
 
 PATCHBOARD = {
-    # Three failures in a row open a carrier's circuit; a probe goes through after 3 s
-    # (short, for the demo: think 30 s in production).
     "BREAKERS": {
-        f"carrier-{name}": {"failure_threshold": 3, "reset_timeout": BREAKER_RESET_TIMEOUT}
-        for name in CARRIERS
+        # One definition, one circuit per carrier: carriers[ups], carriers[fedex], ...,
+        # made on first use; when one carrier is down only its circuit opens. A circuit
+        # opens once half of its carrier's last 6 calls failed (and at least 4 were made):
+        # a carrier that fails now and then keeps its circuit closed, where a run of
+        # failures would open it. A probe goes through after 3 s (short, for the demo:
+        # think 30 s, and a window of 100 calls, in production).
+        CARRIER_BREAKER: {
+            "key": "shop.receivers.carrier_of",
+            "trip_rule": "rate",
+            "failure_rate": 0.5,
+            "window_size": 6,
+            "minimum_calls": 4,
+            "reset_timeout": BREAKER_RESET_TIMEOUT,
+        },
     },
     # At most 12 carrier calls at once in this process; a call that waited 1.5 s is
     # not worth starting any more: it expires and the carrier's fallback answers.
