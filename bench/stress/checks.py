@@ -324,7 +324,7 @@ def background_once(observed: Observed) -> Check:
         f"{twice} twice; outbox: {background.entries} entries, {background.refused} refused "
         f"while the broker was down and relayed, {background.pending} pending "
         f"{background.drained_in:.1f} s after the load; the shop's receipt sent for "
-        f"{background.receipts_sent}"
+        f"{background.receipts_sent}; the rqworker restarted {background.worker_restarts} times"
         + (f"; {len(unseen)} answered 201 and not committed" if unseen else "")
         + (f"; {strays} runs for no committed order" if strays else ""),
     )

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,8 @@ class Background:
     """Entries still undelivered at the end."""
     drained_in: float = math.nan
     """Seconds after the load until the outbox was empty and the queue idle (nan: never)."""
+    worker_restarts: int = 0
+    """How many times the rqworker exited and was started again."""
 
 
 @dataclass(slots=True)
@@ -150,7 +153,9 @@ class StressRun:
                 shop_options=["--timeout-keep-alive", "75"],
             )
             with stack:
-                stack.spawn("rqworker", [*stack.manage_command(), *RQ_WORKER])
+                # An rqworker exits when its broker goes away while it watches a job
+                # (rq 3.0): restarted, as its supervisor would in a deployment.
+                stack.spawn("rqworker", [*stack.manage_command(), *RQ_WORKER], restart=True)
                 stack.spawn("relay", [*stack.manage_command(), *RELAY])
                 asyncio.run(self.drive(stack, redis, broker))
                 self.observed.events = stack.events()
@@ -329,8 +334,10 @@ class StressRun:
         background = self.observed.background
         started = time.monotonic()
         while True:
+            stack.check_alive()
             pending = await asyncio.to_thread(outbox_pending, database)
-            if pending == 0 and await asyncio.to_thread(rq_busy, broker.url) == 0:
+            idle = partial(rq_busy, broker.url, live_workers_only=True)
+            if pending == 0 and await asyncio.to_thread(idle) == 0:
                 background.drained_in = time.monotonic() - started
                 break
             if time.monotonic() - started > DRAIN_WITHIN:
@@ -341,6 +348,7 @@ class StressRun:
                 break
             await asyncio.sleep(0.2)
         await asyncio.to_thread(read_orders, database, background)
+        background.worker_restarts = stack.service("rqworker").restarts
 
     async def set_up_carriers(self, stack: Stack) -> None:
         """One carrier down (503 to every quote), one slow; the others healthy."""
@@ -357,6 +365,8 @@ class StressRun:
     async def watch(self, stack: Stack, load_run: asyncio.Task[load.Responses]) -> None:
         """Every WATCH_INTERVAL: each worker's RSS and threads, and a status page from each."""
         while not load_run.done():
+            with contextlib.suppress(StackError):  # the harness's waits report it
+                await asyncio.to_thread(stack.check_alive)  # restarts the rqworker if need be
             now = self.elapsed()
             for pid in self.observed.worker_pids:
                 status = proc_status(pid)

@@ -56,23 +56,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rq_busy(url: str) -> int:
+def rq_busy(url: str, *, live_workers_only: bool = False) -> int:
     """
-    Jobs of the shop's RQ queue (``default``, on the broker at ``url``) queued,
-    scheduled, being taken or running.
+    Jobs of the RQ queue ``default`` (on the broker at ``url``) queued,
+    scheduled, being taken or running. Running jobs are those of the started
+    registry, or with ``live_workers_only``, the jobs of the workers whose
+    process still runs: a worker that died mid-job (an ``rqworker`` exits when
+    its broker goes away while it watches a job) leaves its job in the
+    registry until the job's heartbeat lapses, minutes later.
     """
     from redis import Redis
-    from rq import Queue
+    from rq import Queue, Worker
     from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
     with Redis.from_url(url) as connection:
         queue = Queue("default", connection=connection)
         scheduled = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]
+        if live_workers_only:
+            workers = Worker.all(queue=queue)
+            running = sum(1 for w in workers if alive(w.pid) and w.get_state() == "busy")
+        else:
+            running = StartedJobRegistry(queue=queue).count
         return int(
             len(queue)
             + scheduled.count
             # A worker moves a job it takes from the queue to this list, then to the
             # started registry: counted, or a job in between looks like nothing pending.
             + connection.llen(queue.intermediate_queue_key)
-            + StartedJobRegistry(queue=queue).count
+            + running
         )
+
+
+def alive(pid: int | None) -> bool:
+    return pid is not None and Path(f"/proc/{pid}").exists()
