@@ -115,7 +115,9 @@ demo: $(VENV)/.installed
 
 # Under load and faults (bench/stress): the example shop under uvicorn --workers 2, its
 # breakers in a private Redis that is stopped and restarted, its carriers killed and
-# restarted, clients gone mid-request; then the real Tasks engines (pytest -m stress).
+# restarted, clients gone mid-request, orders' background listeners on RQ through the
+# outbox while its broker is stopped and restarted; then the real Tasks engines
+# (pytest -m stress).
 # A one-screen report; exits 1 if any check failed. `make test` runs the bounded
 # configuration (its pytest part already ran with the rest of the suite).
 stress: $(VENV)/.installed

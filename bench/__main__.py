@@ -32,6 +32,7 @@ BENCHMARKS = {
     "connections": "bench.bench_connections",
     "deadline": "bench.bench_deadline",
     "e2e": "bench.bench_e2e",
+    "outbox": "bench.bench_outbox",
     "observability": "bench.bench_observability",
 }
 """Name (for ``--only``): module, whose ``main(quick=..., [output=...])`` returns markdown."""

@@ -81,17 +81,22 @@ class RedisServer:
     one), which may be stopped and started again on the same port. As a
     context manager, started on entry and stopped on exit.
 
+    It keeps nothing across a restart, unless ``durable``: then, as a broker
+    is deployed, every write is appended to a file of its own (fsynced before
+    the reply) and a restart loads it back.
+
     Raises:
         StackError: from the constructor, when ``binary`` is not given and no
             ``redis-server`` is on PATH; from :meth:`start`, when it does not
             answer within 10 s.
     """
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, durable: bool = False) -> None:
         binary = binary or shutil.which("redis-server")
         if binary is None:
             raise StackError("redis-server is not on PATH (apt-get install redis-server)")
         self.binary = binary
+        self.directory = tempfile.mkdtemp(prefix="patchboard-redis-") if durable else None
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
@@ -109,14 +114,21 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def start(self) -> None:
         """Start the server and wait until it answers (10 s at most)."""
+        if self.directory is None:
+            persistence = ("--appendonly", "no", "--dir", tempfile.gettempdir())
+        else:
+            persistence = ("--appendonly", "yes", "--appendfsync", "always")
+            persistence += ("--dir", self.directory)
         self.process = start_process(
             [
                 self.binary,
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir()),
+                *("--save", "", *persistence),
             ],
             output=subprocess.DEVNULL,
         )

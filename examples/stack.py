@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class Service:
     process: subprocess.Popen[bytes]
     log: Path | None
     """Where its output goes; ``None``: to this process's terminal."""
+    restart: list[str] | None = None
+    """The command to start again when the process exits (as a supervisor's
+    ``Restart=always``), or ``None``: its exit is the stack's failure."""
+    restarts: int = 0
 
     def tail(self, lines: int = 20) -> str:
         if self.log is None or not self.log.exists():
@@ -92,6 +97,9 @@ class Stack:
     tasks_worker: bool = True
     """Whether to start django-tasks-db's ``db_worker``."""
     services: list[Service] = field(default_factory=list)
+    supervising: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Held while :meth:`check_alive` looks: threads that wait on the stack both call it, and
+    one exited process must be started again once."""
     shop_url: str = ""
     carriers_url: str = ""
 
@@ -219,7 +227,24 @@ class Stack:
         finally:
             sock.close()
 
-    def spawn(self, name: str, command: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+    def spawn(
+        self,
+        name: str,
+        command: list[str],
+        pass_fds: tuple[int, ...] = (),
+        *,
+        restart: bool = False,
+    ) -> None:
+        """
+        Start process ``name``; with ``restart``, :meth:`check_alive` starts it
+        again whenever it has exited, instead of failing.
+        """
+        process, log = self.launch(name, command, pass_fds)
+        self.services.append(Service(name, process, log, restart=command if restart else None))
+
+    def launch(
+        self, name: str, command: list[str], pass_fds: tuple[int, ...] = ()
+    ) -> tuple[subprocess.Popen[bytes], Path | None]:
         log = self.workdir / f"{name}.log" if self.json_logs else None
         output: IO[bytes] | None = log.open("ab") if log else None  # a restart appends
         try:
@@ -227,7 +252,7 @@ class Stack:
         finally:
             if output:
                 output.close()
-        self.services.append(Service(name, process, log))
+        return process, log
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -236,11 +261,21 @@ class Stack:
         return service
 
     def check_alive(self) -> None:
-        """Raises StackError if a process of the stack has exited."""
-        for service in self.services:
-            code = service.process.poll()
-            if code is not None:
-                raise StackError(f"{service.name} exited with {code}:\n{service.tail()}")
+        """
+        Start a process spawned with ``restart`` again if it has exited.
+
+        Raises:
+            StackError: another process of the stack has exited.
+        """
+        with self.supervising:
+            for service in self.services:
+                code = service.process.poll()
+                if code is None:
+                    continue
+                if service.restart is None:
+                    raise StackError(f"{service.name} exited with {code}:\n{service.tail()}")
+                service.process, _ = self.launch(service.name, service.restart)
+                service.restarts += 1
 
     def wait_for_http(self, name: str, url: str, deadline: float) -> None:
         while True:

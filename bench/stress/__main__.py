@@ -78,7 +78,8 @@ def describe(config: Config) -> str:
     return (
         f"{config.concurrency} connections for {config.duration:g} s on the shop under uvicorn "
         f"--workers {config.shop_workers}, breakers in Redis; {DOWN} down (503), {SLOW} slow "
-        f"({SLOW_MS} ms), gls sync in a listener thread"
+        f"({SLOW_MS} ms), gls sync in a listener thread; an order every {config.order_every:g} s, "
+        "its background calls through the outbox to RQ"
     )
 
 

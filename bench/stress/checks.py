@@ -26,6 +26,9 @@ from examples.walkthrough import BREAKER, KEYED, circuit
 
 NEVER_RAN_OR_RAN = ("ok", "error", "timeout", "expired", "rejected", "circuit_open")
 """The outcome statuses of a listener call made in the request (``enqueued`` is not one)."""
+ORDER_CALLS = 3 + 2
+"""Listener calls per order: ``order_paid``'s three in the request, and ``order_completed``'s
+two background ones (the shop's receipt and the run's evidence), each ``"enqueued"``."""
 QUEUE_ENDINGS = (
     "completed",
     "failed",
@@ -132,18 +135,22 @@ def thread_bound(observed: Observed) -> Check:
 
 def outcomes_add_up(observed: Observed) -> Check:
     """
-    In each process: every carrier call asked for (CARRIERS per quote request
-    that reached the view, or the ``submitted`` counter where the status page
-    has one) ended as exactly one outcome. ``cancelled`` is the outcome where
-    the page has it, else the queue's counter (every carrier call is queued).
+    In each process: every listener call asked for (CARRIERS per quote
+    request that reached the view, ORDER_CALLS per order request, or the
+    ``submitted`` counter where the status page has one) ended as exactly one
+    outcome. ``cancelled`` is the outcome where the page has it, else the
+    queue's counter (every carrier call is queued).
     """
     figures, passed = [], True
     for pid in observed.after:
         outcomes = counted(observed, pid, "outcomes")
         queue = counted(observed, pid, "queue", "counters")
-        asked = CARRIERS * quotes_started(observed, pid)
+        asked = CARRIERS * quotes_started(observed, pid) + ORDER_CALLS * orders_started(
+            observed, pid
+        )
         cancelled = outcomes["cancelled"] if "cancelled" in outcomes else queue["cancelled"]
-        ended = sum(outcomes[status] for status in NEVER_RAN_OR_RAN) + cancelled
+        ended = sum(outcomes.get(status, 0) for status in (*NEVER_RAN_OR_RAN, "enqueued"))
+        ended += cancelled
         submitted = outcomes.get("submitted", asked)
         ok = asked == ended == submitted
         uncounted = queue["cancelled"] - cancelled
@@ -287,6 +294,42 @@ def disconnects_leave_nothing(observed: Observed) -> Check:
     )
 
 
+def background_once(observed: Observed) -> Check:
+    """
+    Every committed order's background call ran exactly once, counted by the
+    evidence its listener left keyed by the order (0 lost, 0 run twice), the
+    broker's outage included: some deliveries were refused while it was down
+    (else the outage tested nothing), and the outbox was empty at the end.
+    Every order the shop answered 201 for is committed.
+    """
+    background = observed.background
+    committed = set(background.committed)
+    once = sum(1 for order in committed if background.runs[order] == 1)
+    lost = sum(1 for order in committed if background.runs[order] == 0)
+    twice = sum(1 for order in committed if background.runs[order] > 1)
+    strays = sum(n for order, n in background.runs.items() if order not in committed)
+    unseen = set(background.created) - committed
+    statuses = ", ".join(
+        f"{code or 'no response'}: {n}" for code, n in sorted(background.statuses.items())
+    )
+    return Check(
+        "broker stopped and restarted: each committed order's background call ran once",
+        bool(committed)
+        and once == len(committed)
+        and not (lost or twice or strays or unseen)
+        and background.refused > 0
+        and background.pending == 0
+        and background.receipts_sent == len(committed),
+        f"{len(committed)} orders committed ({statuses}): {once} ran once, {lost} lost, "
+        f"{twice} twice; outbox: {background.entries} entries, {background.refused} refused "
+        f"while the broker was down and relayed, {background.pending} pending "
+        f"{background.drained_in:.1f} s after the load; the shop's receipt sent for "
+        f"{background.receipts_sent}; the rqworker restarted {background.worker_restarts} times"
+        + (f"; {len(unseen)} answered 201 and not committed" if unseen else "")
+        + (f"; {strays} runs for no committed order" if strays else ""),
+    )
+
+
 def harness(observed: Observed) -> Check:
     return Check(
         "the harness did what it meant to", not observed.problems, "; ".join(observed.problems)
@@ -307,6 +350,7 @@ CHECKS: list[Callable[[Observed], Check]] = [
     redis_outage,
     carriers_outage,
     disconnects_leave_nothing,
+    background_once,
     harness,
 ]
 
@@ -330,6 +374,11 @@ def page_at(page: dict[str, Any], path: tuple[str, ...]) -> Any:
 def quotes_started(observed: Observed, pid: int) -> int:
     before = observed.before[pid].quotes_started if pid in observed.before else 0
     return observed.after[pid].quotes_started - before
+
+
+def orders_started(observed: Observed, pid: int) -> int:
+    before = observed.before[pid].orders_started if pid in observed.before else 0
+    return observed.after[pid].orders_started - before
 
 
 def leftovers(page: dict[str, Any]) -> dict[str, int]:

@@ -43,6 +43,12 @@ class Config:
     warm_up: float = 0.15
     redis_down: tuple[float, float] = (0.15, 0.25)
     carriers_down: tuple[float, float] = (0.34, 0.40)
+    broker_down: tuple[float, float] = (0.26, 0.36)
+    """The background listeners' broker (RQ's Redis), stopped and started again."""
+    order_every: float = 0.4
+    """Seconds between two orders (``POST /orders``) during the load: each commits and sends
+    ``order_completed``, whose two background listeners go through the outbox to RQ. A few
+    a second: each is a work horse forked by the rqworker, on the cores the shop shares."""
     steady_from: float = 0.5
     """From here to the end no fault happens: the probes are counted and RSS must stay flat."""
 

@@ -1,19 +1,26 @@
 """
 One stress run: the example's stack with the shop under uvicorn ``--workers``,
-the breakers in a private Redis, a closed-loop load, and the faults on
-schedule (see :class:`~bench.stress.config.Config`). :meth:`StressRun.run`
+the breakers in a private Redis, background listeners on RQ (another private
+Redis, durable as a broker is, with an ``rqworker`` and the outbox's relay
+beside the shop), a closed-loop load with orders on the side, and the faults
+on schedule (see :class:`~bench.stress.config.Config`). :meth:`StressRun.run`
 returns everything the checks need (:class:`Observed`); it judges nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import secrets
+import sqlite3
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +28,8 @@ import httpx
 
 from bench.stress import load
 from bench.stress.config import DOWN, REQUEST_BUDGET, SLOW, SLOW_MS, Config
-from bench.stress.services import cpu_seconds, proc_status, workers
-from bench.stress.shop import PID_HEADER, QUOTES_HEADER
+from bench.stress.services import cpu_seconds, proc_status, rq_busy, workers
+from bench.stress.shop import ORDERS_HEADER, PID_HEADER, QUOTES_HEADER
 from examples.processes import ROOT, RedisServer, StackError
 from examples.stack import Stack
 from examples.walkthrough import log_in
@@ -33,15 +40,21 @@ SNAPSHOT_WITHIN = 20.0
 QUIET_TIMEOUT = 15.0
 WATCH_INTERVAL = 2.0
 """Seconds between two looks at the processes (each look is a few status pages)."""
+DRAIN_WITHIN = 30.0
+"""Seconds after the load for the outbox to empty and the RQ queue to go idle."""
+RQ_WORKER = ("rqworker", "default", "--job-class", "django_tasks_rq.Job", "--with-scheduler")
+"""The shop's RQ worker, as the README runs it."""
+RELAY = ("patchboard", "relay", "--interval", "0.5")
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One worker process's status page (JSON) and its count of quote requests started."""
+    """One worker process's status page (JSON) and its counts of quote and order requests."""
 
     pid: int
     page: dict[str, Any]
     quotes_started: int
+    orders_started: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,32 @@ class ProcSample:
     pid: int
     rss_kb: int
     os_threads: int
+
+
+@dataclass(slots=True)
+class Background:
+    """The orders sent during the load, and what became of their background calls."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    """The order requests' response statuses (0: no response)."""
+    created: list[int] = field(default_factory=list)
+    """The orders the shop answered 201 for, by id."""
+    committed: list[int] = field(default_factory=list)
+    """The orders in the shop's database, by id."""
+    runs: Counter[int] = field(default_factory=Counter)
+    """How many times the run's background listener ran for each order."""
+    receipts_sent: int = 0
+    """Orders the shop's own background listener (``send_receipt``) marked as sent."""
+    entries: int = 0
+    """The outbox's entries (two per order: a background call per listener)."""
+    refused: int = 0
+    """Entries whose delivery failed at least once (the broker down), relayed since."""
+    pending: int = 0
+    """Entries still undelivered at the end."""
+    drained_in: float = math.nan
+    """Seconds after the load until the outbox was empty and the queue idle (nan: never)."""
+    worker_restarts: int = 0
+    """How many times the rqworker exited and was started again."""
 
 
 @dataclass(slots=True)
@@ -75,6 +114,7 @@ class Observed:
     """Requests of the disconnecting client that were answered before it went away."""
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds each process used (the machine's cores are shared by all of them)."""
+    background: Background = field(default_factory=Background)
     events: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     """What went wrong in the harness itself (a fault that could not be applied, ...)."""
@@ -98,26 +138,36 @@ class StressRun:
             StackError: a process did not start.
         """
         workdir = Path(tempfile.mkdtemp(prefix="patchboard-stress-"))
-        with RedisServer() as redis:
+        # The broker keeps what it was handed across its restart, as a deployed one does:
+        # a queue lost with a restart would be the broker's loss, not the outbox's.
+        with RedisServer() as redis, RedisServer(durable=True) as broker:
+            environment = {"STRESS_REDIS_URL": redis.url, "STRESS_BROKER_URL": broker.url}
             stack = Stack(
                 workdir,
                 shop_workers=self.config.shop_workers,
                 settings="bench.stress.settings",
-                environment={"STRESS_REDIS_URL": redis.url, "PYTHONPATH": str(ROOT)},
+                environment={**environment, "PYTHONPATH": str(ROOT)},
                 tasks_worker=False,
                 # Behind a proxy a server keeps idle connections longer than the proxy does
                 # (nginx: 75 s); uvicorn's 5 s would race the load's next request on them.
                 shop_options=["--timeout-keep-alive", "75"],
             )
             with stack:
-                asyncio.run(self.drive(stack, redis))
+                # An rqworker exits when its broker goes away while it watches a job
+                # (rq 3.0): restarted, as its supervisor would in a deployment.
+                stack.spawn("rqworker", [*stack.manage_command(), *RQ_WORKER], restart=True)
+                stack.spawn("relay", [*stack.manage_command(), *RELAY])
+                asyncio.run(self.drive(stack, redis, broker))
                 self.observed.events = stack.events()
         return self.observed
 
-    async def drive(self, stack: Stack, redis: RedisServer) -> None:
+    async def drive(self, stack: Stack, redis: RedisServer, broker: RedisServer) -> None:
         observed, config = self.observed, self.config
         password = secrets.token_urlsafe(12)
         await asyncio.to_thread(stack.create_staff_user, "stress", password)
+        deadline = time.monotonic() + SNAPSHOT_WITHIN
+        await asyncio.to_thread(stack.wait_for_output, "rqworker", "Listening on", deadline)
+        await asyncio.to_thread(stack.wait_for_output, "relay", "Relaying", deadline)
         self.staff = httpx.AsyncClient(base_url=stack.shop_url, timeout=30.0)
         # No keep-alive for the harness's own requests: a connection the server closed
         # while idle (uvicorn keeps one 5 s) would fail the next request on it.
@@ -139,9 +189,11 @@ class StressRun:
                 )
             )
             watch = asyncio.create_task(self.watch(stack, load_run))
+            orders = asyncio.create_task(self.orders(stack, load_run))
             try:
-                await self.faults(stack, redis)
+                await self.faults(stack, redis, broker)
                 await load_run
+                await orders
                 # After the load, off its schedule: a pause in it for them pushed the
                 # faults after it late, and under it most requests have every call shed
                 # at once and answer before any cut.
@@ -150,11 +202,14 @@ class StressRun:
                 await self.disconnect(stack)
             finally:
                 watch.cancel()
+                orders.cancel()
                 load_run.cancel()
             self.phase = "quiescing"
             observed.after = await self.quiet(stack)
             if not all(busy(page.page) == 0 for page in observed.after.values()):
                 observed.problems.append("the shop never went quiet after the load")
+            self.phase = "draining the outbox"
+            await self.drain(stack, broker)
             observed.cpu = {
                 **{f"shop worker {pid}": cpu_seconds(pid) for pid in observed.worker_pids},
                 "this process (load, checks)": time.process_time(),
@@ -162,7 +217,15 @@ class StressRun:
 
     # -- faults, on schedule -----------------------------------------------------------
 
-    async def faults(self, stack: Stack, redis: RedisServer) -> None:
+    async def faults(self, stack: Stack, redis: RedisServer, broker: RedisServer) -> None:
+        broker_outage = asyncio.create_task(self.broker_outage(broker))
+        try:
+            await self.outages(stack, redis)
+            await broker_outage
+        finally:
+            broker_outage.cancel()
+
+    async def outages(self, stack: Stack, redis: RedisServer) -> None:
         config = self.config
         await self.until(config.at(config.redis_down[0]), "warm-up")
         self.mark("redis_stopped")
@@ -187,6 +250,16 @@ class StressRun:
         await self.until(config.duration, "steady")
         self.observed.down_requests["end"] = await self.carrier_requests(stack, DOWN)
         self.mark("end")
+
+    async def broker_outage(self, broker: RedisServer) -> None:
+        """The background listeners' broker stopped and started again, beside the other faults."""
+        stop, start = (self.config.at(moment) for moment in self.config.broker_down)
+        await asyncio.sleep(max(0.0, stop - self.elapsed()))
+        self.mark("broker_stopped")
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(max(0.0, start - self.elapsed()))
+        self.mark("broker_started")
+        await asyncio.to_thread(broker.start)
 
     async def until(self, moment: float, phase: str) -> None:
         self.phase = phase
@@ -227,6 +300,56 @@ class StressRun:
                 f"{first:g}-{last:g} s: nothing was cut"
             )
 
+    # -- orders and their background calls ---------------------------------------------------
+
+    async def orders(self, stack: Stack, load_run: asyncio.Task[load.Responses]) -> None:
+        """
+        An order (``POST /orders``) every ``order_every`` seconds while the load
+        runs, one at a time: each commits, and sends ``order_completed`` inside its
+        transaction.
+        """
+        background = self.observed.background
+        cart = 0
+        while not load_run.done():
+            cart += 1
+            try:
+                response = await self.http.post(
+                    f"{stack.shop_url}/orders", json={"cart": cart, "total": "12.50"}
+                )
+            except httpx.HTTPError:
+                background.statuses[0] += 1
+            else:
+                background.statuses[response.status_code] += 1
+                if response.status_code == 201:
+                    background.created.append(int(response.json()["id"]))
+            await asyncio.sleep(self.config.order_every)
+
+    async def drain(self, stack: Stack, broker: RedisServer) -> None:
+        """
+        Wait until every outbox entry is delivered and the RQ queue is idle
+        (DRAIN_WITHIN seconds at most), then read what the orders left in the
+        shop's database.
+        """
+        database = Path(stack.env["SHOP_DATABASE"])
+        background = self.observed.background
+        started = time.monotonic()
+        while True:
+            stack.check_alive()
+            pending = await asyncio.to_thread(outbox_pending, database)
+            idle = partial(rq_busy, broker.url, live_workers_only=True)
+            if pending == 0 and await asyncio.to_thread(idle) == 0:
+                background.drained_in = time.monotonic() - started
+                break
+            if time.monotonic() - started > DRAIN_WITHIN:
+                self.observed.problems.append(
+                    f"after {DRAIN_WITHIN:g} s, {pending} outbox entries were undelivered "
+                    f"or the RQ queue was busy"
+                )
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(read_orders, database, background)
+        background.worker_restarts = stack.service("rqworker").restarts
+
     async def set_up_carriers(self, stack: Stack) -> None:
         """One carrier down (503 to every quote), one slow; the others healthy."""
         control = f"{stack.carriers_url}/control"
@@ -242,6 +365,8 @@ class StressRun:
     async def watch(self, stack: Stack, load_run: asyncio.Task[load.Responses]) -> None:
         """Every WATCH_INTERVAL: each worker's RSS and threads, and a status page from each."""
         while not load_run.done():
+            with contextlib.suppress(StackError):  # the harness's waits report it
+                await asyncio.to_thread(stack.check_alive)  # restarts the rqworker if need be
             now = self.elapsed()
             for pid in self.observed.worker_pids:
                 status = proc_status(pid)
@@ -330,7 +455,12 @@ class StressRun:
         response.raise_for_status()
         page = response.json()
         assert int(response.headers[PID_HEADER]) == page["pid"]
-        return Snapshot(page["pid"], page, int(response.headers[QUOTES_HEADER]))
+        return Snapshot(
+            page["pid"],
+            page,
+            int(response.headers[QUOTES_HEADER]),
+            int(response.headers[ORDERS_HEADER]),
+        )
 
     async def quiet(self, stack: Stack, within: float = QUIET_TIMEOUT) -> dict[int, Snapshot]:
         """Each worker's page once nothing runs or waits any more (``within`` s at most)."""
@@ -351,6 +481,31 @@ class StressRun:
     def mark(self, name: str) -> None:
         self.observed.marks[name] = self.elapsed()
         self.observed.wall[name] = datetime.now(UTC)
+
+
+def outbox_pending(database: Path) -> int:
+    """The shop's undelivered outbox entries."""
+    with contextlib.closing(sqlite3.connect(database, timeout=20)) as connection:
+        query = "SELECT count(*) FROM patchboard_outbox WHERE delivered_at IS NULL"
+        return int(connection.execute(query).fetchone()[0])
+
+
+def read_orders(database: Path, background: Background) -> None:
+    """The orders, the runs of their background listeners and the outbox, from the shop's file."""
+    with contextlib.closing(sqlite3.connect(database, timeout=20)) as connection:
+        orders = connection.execute("SELECT id, receipt_sent_at IS NOT NULL FROM shop_order")
+        for order, receipt_sent in orders.fetchall():
+            background.committed.append(int(order))
+            background.receipts_sent += int(receipt_sent)
+        runs = connection.execute(
+            "SELECT order_id, count(*) FROM stress_shop_receipt GROUP BY order_id"
+        )
+        background.runs.update({int(order): int(n) for order, n in runs.fetchall()})
+        entries, refused, pending = connection.execute(
+            "SELECT count(*), coalesce(sum(attempts > 0), 0),"
+            " coalesce(sum(delivered_at IS NULL), 0) FROM patchboard_outbox"
+        ).fetchone()
+        background.entries, background.refused, background.pending = entries, refused, pending
 
 
 def busy(page: dict[str, Any]) -> int:

@@ -1,6 +1,7 @@
 """
-What the stress run reads of the shop's worker processes from ``/proc`` (its
-private ``redis-server`` is :class:`examples.processes.RedisServer`).
+What the stress run reads of the shop's worker processes from ``/proc``, and
+of its RQ queue (its private ``redis-server`` instances are
+:class:`examples.processes.RedisServer`).
 """
 
 from __future__ import annotations
@@ -53,3 +54,38 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rq_busy(url: str, *, live_workers_only: bool = False) -> int:
+    """
+    Jobs of the RQ queue ``default`` (on the broker at ``url``) queued,
+    scheduled, being taken or running. Running jobs are those of the started
+    registry, or with ``live_workers_only``, the jobs of the workers whose
+    process still runs: a worker that died mid-job (an ``rqworker`` exits when
+    its broker goes away while it watches a job) leaves its job in the
+    registry until the job's heartbeat lapses, minutes later.
+    """
+    from redis import Redis
+    from rq import Queue, Worker
+    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+    with Redis.from_url(url) as connection:
+        queue = Queue("default", connection=connection)
+        scheduled = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]
+        if live_workers_only:
+            workers = Worker.all(queue=queue)
+            running = sum(1 for w in workers if alive(w.pid) and w.get_state() == "busy")
+        else:
+            running = StartedJobRegistry(queue=queue).count
+        return int(
+            len(queue)
+            + scheduled.count
+            # A worker moves a job it takes from the queue to this list, then to the
+            # started registry: counted, or a job in between looks like nothing pending.
+            + connection.llen(queue.intermediate_queue_key)
+            + running
+        )
+
+
+def alive(pid: int | None) -> bool:
+    return pid is not None and Path(f"/proc/{pid}").exists()

@@ -9,8 +9,14 @@ own (examples/shop/shop/settings.py), with
   (``bench.stress.shop``), so the run also loads the thread bound, which is
   set below the queue's;
 * a middleware that stamps each response with the process that served it and
-  how many quote requests that process started (the run's exact count of
-  listener calls asked for, per process);
+  how many quote and order requests that process started (the run's exact
+  count of listener calls asked for, per process);
+* background listeners on RQ (django-tasks-rq), its broker another private
+  ``redis-server`` (``STRESS_BROKER_URL``, which the run also stops and
+  starts), worked by an ``rqworker`` beside the shop, with the outbox on (its
+  default for RQ) and ``manage.py patchboard relay`` running too; the run's
+  own background listener of ``order_completed`` leaves its evidence in the
+  shop's database (the ``stress_shop`` app's ``Receipt``);
 * ``DEBUG`` off, as deployed;
 * the carriers' circuits (one keyed breaker, as in the shop) opening after
   three failures in a row, the rule the run's checks were written for, not
@@ -31,11 +37,14 @@ SYNC_CARRIER = "gls"
 CARRIERS = [name for name in CARRIERS if name != SYNC_CARRIER]
 """The async carriers the shop connects; ``bench.stress.shop`` connects the sync one."""
 
-INSTALLED_APPS = [*INSTALLED_APPS, "bench.stress.shop.StressShopConfig"]
+INSTALLED_APPS = [*INSTALLED_APPS, "django_rq", "bench.stress.shop.StressShopConfig"]
 MIDDLEWARE = [*MIDDLEWARE, "bench.stress.shop.stamp_process"]
 
 MAX_THREADS = 4
 """Below the queue's MAX_WORKERS (12): the thread bound is the one that binds."""
+
+RQ_QUEUES = {"default": {"URL": os.environ["STRESS_BROKER_URL"]}}
+TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
 
 _CARRIERS = PATCHBOARD["BREAKERS"][CARRIER_BREAKER]
 PATCHBOARD = {

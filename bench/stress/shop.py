@@ -1,7 +1,9 @@
 """
 What the stress run adds to the example shop's processes (see
-:mod:`bench.stress.settings`): the sync carrier listener and the middleware
-that says which process served a response.
+:mod:`bench.stress.settings`): the sync carrier listener, the middleware
+that says which process served a response, and a background listener of
+``order_completed`` that leaves one :class:`~bench.stress.models.Receipt`
+per run, for the run to count.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from django.utils.decorators import async_only_middleware
 
 PID_HEADER = "X-Stress-Pid"
 QUOTES_HEADER = "X-Stress-Quotes-Started"
+ORDERS_HEADER = "X-Stress-Orders-Started"
 
 
 class Counters:
-    """This process's quote requests that reached the view (they each dispatch every carrier)."""
+    """
+    This process's quote requests that reached the view (they each dispatch
+    every carrier), and its order requests (each dispatches ``order_paid``
+    and ``order_completed``).
+    """
 
     quotes_started = 0
+    orders_started = 0
 
 
 @async_only_middleware
@@ -32,18 +40,21 @@ def stamp_process(
     get_response: Callable[[HttpRequest], Awaitable[HttpResponse]],
 ) -> Callable[[HttpRequest], Awaitable[HttpResponse]]:
     """
-    Counts the quote requests this process starts and stamps every response
-    with the pid and that count. Last in ``MIDDLEWARE``: nothing suspends
-    between the count and the view's dispatch, so a request that is counted
-    has submitted its calls, even if its client goes away.
+    Counts the quote and order requests this process starts and stamps every
+    response with the pid and those counts. Last in ``MIDDLEWARE``: nothing
+    suspends between the count and the view's dispatch, so a request that is
+    counted has submitted its calls, even if its client goes away.
     """
 
     async def middleware(request: HttpRequest) -> HttpResponse:
         if request.path == "/quotes":
             Counters.quotes_started += 1
+        elif request.path == "/orders":
+            Counters.orders_started += 1
         response = await get_response(request)
         response[PID_HEADER] = str(os.getpid())
         response[QUOTES_HEADER] = str(Counters.quotes_started)
+        response[ORDERS_HEADER] = str(Counters.orders_started)
         return response
 
     return middleware
@@ -55,6 +66,19 @@ class StressShopConfig(AppConfig):
 
     def ready(self) -> None:
         connect_sync_carrier(settings.SYNC_CARRIER)
+        # Imported here: shop.signals is the example's, on the path once Django is set up.
+        from shop.signals import order_completed
+
+        # In the shop, which sends it inside the order's transaction, and in the
+        # rqworker, which runs it.
+        order_completed.connect(record_receipt, mode="background", dispatch_uid="stress-receipt")
+
+
+def record_receipt(sender: object, *, order: Any, **kwargs: Any) -> None:
+    """Leave the evidence of this run, keyed by the order the signal was sent for."""
+    from bench.stress.models import Receipt
+
+    Receipt.objects.create(order_id=order.pk)
 
 
 def connect_sync_carrier(name: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from bench.stress.services import rq_busy
 from tests.background.test_e2e import ROOT, Project, Run, fresh_postgres_database
 from tests.services import RedisServer, require_module, require_redis_server
 
@@ -121,29 +122,11 @@ def log_lines(output: str) -> list[dict[str, Any]]:
     return found
 
 
-def sent(project: Project, command: str) -> tuple[Any, list[dict[str, Any]]]:
+def sent(project: Project, command: str, *args: str) -> tuple[Any, list[dict[str, Any]]]:
     """Run one of the scenario's sending commands: its result and the sender's log events."""
-    output = project.run("-m", "tests.e2e.scenario", command)
+    output = project.run("-m", "tests.e2e.scenario", command, *args)
     [line] = [line for line in output.splitlines() if line.startswith("RESULT ")]
     return json.loads(line.removeprefix("RESULT ")), log_lines(output)
-
-
-def rq_pending(url: str) -> int:
-    """Jobs queued, scheduled, being taken or running in the RQ queue."""
-    from redis import Redis
-    from rq import Queue
-    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
-
-    with Redis.from_url(url) as connection:
-        queue = Queue("default", connection=connection)
-        return (
-            len(queue)
-            + ScheduledJobRegistry(queue=queue).count
-            # A worker moves a job it takes from the queue to this list, then to the
-            # started registry: counted, or a job in between looks like nothing pending.
-            + connection.llen(queue.intermediate_queue_key)
-            + StartedJobRegistry(queue=queue).count
-        )
 
 
 def wait_for(
@@ -176,7 +159,7 @@ def work_rq(project: Project, server: RedisServer, log: Path) -> Worker:
     """Run the real ``rqworker`` until nothing is pending in the queue; the stopped worker."""
     worker = Worker(project, RQ_WORKER, log)
     try:
-        wait_for(lambda: rq_pending(server.url) == 0, worker, "an idle RQ queue")
+        wait_for(lambda: rq_busy(server.url) == 0, worker, "an idle RQ queue")
     finally:
         worker.stop()
     return worker
@@ -191,9 +174,7 @@ def rq_run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     project = rq_project(redis_server, workdir)
     ids = project.scenario("send")
     worker = Worker(project, RQ_WORKER, workdir / "worker.log")
-    return worked(
-        project, ids, worker, lambda: rq_pending(redis_server.url) == 0, "an idle RQ queue"
-    )
+    return worked(project, ids, worker, lambda: rq_busy(redis_server.url) == 0, "an idle RQ queue")
 
 
 def worked(
@@ -369,16 +350,22 @@ def killed_mid_task(
     command: tuple[str, ...],
     workdir: Path,
     rerun: Callable[[], bool] | None = None,
+    *,
+    in_transaction: bool = False,
 ) -> dict[str, Any]:
     """
-    Send one slow background call, kill its worker (SIGKILL) while the
+    Send one slow background call (``in_transaction``: inside
+    ``atomic()``, so through the outbox), kill its worker (SIGKILL) while the
     listener runs, start a worker again and let it run for a while: what
     happened, from the sender's and the workers' logs and the evidence.
-    With ``rerun``, the restarted worker is expected to run the call again:
+    With ``rerun``, the restarted worker is expected to take the call again:
     it runs until ``rerun()`` is true, and is killed in its turn.
     """
-    ids, sender_events = sent(project, "slow")
-    task_id = ids["slow"]
+    _, sender_events = sent(project, "slow", *(["in_transaction"] if in_transaction else []))
+    # Enqueued at once, or after the commit by the outbox's delivery: the event names the task.
+    sent_as = "background_outbox_delivered" if in_transaction else "background_enqueued"
+    [enqueued] = named(sender_events, sent_as)
+    task_id = enqueued["task_id"]
     first = Worker(project, command, workdir / "first.log")
     try:
         wait_for(lambda: started(project), first, "the listener starting")
@@ -399,6 +386,7 @@ def killed_mid_task(
             second.stop()
     return {
         "task_id": task_id,
+        "sent_as": sent_as,
         "sender": sender_events,
         "first": events(first.log),
         "second": events(second.log),
@@ -416,12 +404,13 @@ def named(found: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 def assert_enqueued_once_and_logged(seen: dict[str, Any]) -> None:
     task_id = seen["task_id"]
-    [enqueued] = named(seen["sender"], "background_enqueued")
+    [enqueued] = named(seen["sender"], seen["sent_as"])
     assert enqueued["task_id"] == task_id  # patchboard enqueued it once, and said so
     [began] = named(seen["first"], "background_started")
     assert began["task_id"] == task_id  # the killed worker said it started ...
     assert named(seen["first"], "background_finished") == []  # ... and never that it ended
-    assert named(seen["second"], "background_enqueued") == []  # nothing enqueued it again
+    for name in ("background_enqueued", "background_outbox_delivered"):
+        assert named(seen["second"], name) == []  # nothing enqueued it again
 
 
 def test_rq_worker_killed_mid_task(
@@ -501,7 +490,9 @@ def test_celery_acks_late_worker_killed_mid_task(
     acknowledged when the task ends; a worker killed mid-task leaves it
     unacknowledged, and once the transport's ``visibility_timeout`` passes
     (an hour by default on Redis; 2 s here) a worker delivers it again:
-    at least once, so the listener runs a second time, with the same task id.
+    at least once. A call enqueued at once (outside a transaction) carries
+    no idempotency key, so the listener runs a second time, with the same
+    task id.
     """
     workdir = tmp_path_factory.mktemp("celery-acks-late")
     project = celery_project(private_redis, workdir, acks_late=True)
@@ -511,3 +502,33 @@ def test_celery_acks_late_worker_killed_mid_task(
     assert again["task_id"] == seen["task_id"]
     report = project.scenario("report")
     assert [e["kind"] for e in report["evidence"]] == ["slow_started", "slow_started"]
+
+
+def test_celery_acks_late_redelivered_outbox_call_is_a_duplicate(
+    private_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """
+    The same redelivery, of a call sent inside a transaction: it went through
+    the outbox and carries its entry's id as its key, which the killed worker
+    claimed before the listener started. The redelivered message finds that
+    attempt claimed: ``"duplicate"``, logged, and the listener is not run again.
+    """
+    workdir = tmp_path_factory.mktemp("celery-acks-late-outbox")
+    project = celery_project(private_redis, workdir, acks_late=True)
+
+    def redelivered() -> bool:
+        return bool(named(events(workdir / "second.log"), "background_duplicate"))
+
+    seen = killed_mid_task(project, CELERY_WORKER, workdir, rerun=redelivered, in_transaction=True)
+    assert_enqueued_once_and_logged(seen)
+    [duplicate] = named(seen["second"], "background_duplicate")
+    assert duplicate["task_id"] == seen["task_id"]
+    [entry] = project.scenario("outbox")["entries"]
+    assert (duplicate["entry"], entry["task_id"], entry["claimed_attempt"]) == (
+        entry["id"],
+        seen["task_id"],
+        1,
+    )
+    assert named(seen["second"], "background_finished") == []
+    report = project.scenario("report")
+    assert [e["kind"] for e in report["evidence"]] == ["slow_started"]  # run once

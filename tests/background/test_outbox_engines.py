@@ -1,11 +1,12 @@
 """
 The outbox on a real broker (part of ``make stress``): RQ through
-django-tasks-rq, its real ``rqworker`` and the real relay
+django-tasks-rq and its real ``rqworker``, and Celery through
+django-tasks-celery and a real ``celery worker``, with the real relay
 (``manage.py patchboard relay``), on a private ``redis-server`` that the test
 stops and starts, with the project's rows in PostgreSQL (a database of the
-test's own) and in an SQLite file.
+test's own) and, on RQ, in an SQLite file too.
 
-One run per database: a burst of committed transactions with the broker up,
+One run per engine and database: a burst of committed transactions with the broker up,
 then down; a call sent from async code while it is down; the broker back; a
 sender killed by its own commit before it could deliver; the relay until
 the outbox is empty; one delivery repeated on purpose; the worker until the
@@ -26,15 +27,61 @@ from typing import Any
 
 import pytest
 
+from bench.stress.services import rq_busy
 from tests.background.test_e2e import ROOT, Project, fresh_postgres_database
-from tests.background.test_engines import RQ_WORKER, Worker, events, rq_pending
-from tests.services import RedisServer, require_redis_server
+from tests.background.test_engines import (
+    CELERY_WORKER,
+    RQ_WORKER,
+    Worker,
+    celery_broker,
+    celery_unfinished,
+    events,
+)
+from tests.services import RedisServer, require_module, require_redis_server
 
 pytestmark = [pytest.mark.stress, pytest.mark.redis]
 
 UP, DOWN = 6, 6
 """Transactions committed with the broker up, then down."""
 DEADLINE_S = 40.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Engine:
+    """A Tasks engine on the private Redis: how to run its worker and to tell it is idle."""
+
+    name: str
+    module: str
+    url_variable: str
+    """The variable that makes this engine the Tasks backend (tests/e2e/settings.py)."""
+    worker: tuple[str, ...]
+    refused_by: str
+    """The exception class a delivery to a stopped broker fails with, as the entry records it."""
+
+    def idle(self, url: str, task_ids: set[str]) -> bool:
+        """Nothing queued or running; on Celery, every task of ``task_ids`` finished too."""
+        if self.name == "rq":
+            return rq_busy(url) == 0
+        # A Celery worker acknowledges a message as the task starts: an empty queue and
+        # no unacknowledged message still leave a task that runs; its result says.
+        return celery_broker(url) == (0, 0) and not celery_unfinished(url, task_ids)
+
+
+RQ = Engine(
+    name="rq",
+    module="django_tasks_rq",
+    url_variable="PATCHBOARD_E2E_RQ_URL",
+    worker=RQ_WORKER,
+    refused_by="ConnectionError",  # redis-py's, from django-rq's connection
+)
+CELERY = Engine(
+    name="celery",
+    module="django_tasks_celery",
+    url_variable="PATCHBOARD_E2E_CELERY_URL",
+    worker=CELERY_WORKER,
+    # Celery subscribes to the result first: its Redis result backend gives up so.
+    refused_by="RuntimeError",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +95,7 @@ class OutboxRun:
     after_relay: list[dict[str, Any]]
     final: list[dict[str, Any]]
     """The outbox's rows once the worker is idle."""
+    engine: Engine
     duplicate: dict[str, Any]
     evidence: list[dict[str, Any]]
     relay_log: str
@@ -99,25 +147,33 @@ def relay_until_empty(project: Project, log: Path) -> tuple[int, str]:
     return relay.returncode, log.read_text()
 
 
-def work(project: Project, server: RedisServer, log: Path) -> list[dict[str, Any]]:
-    """The real ``rqworker`` until the queue is idle; its log events."""
-    worker = Worker(project, RQ_WORKER, log)
+def delivered_tasks(project: Project) -> set[str]:
+    """The task ids of the outbox's delivered entries."""
+    return {row["task_id"] for row in project.scenario("outbox")["entries"] if row["task_id"]}
+
+
+def work(
+    project: Project, engine: Engine, server: RedisServer, log: Path, task_ids: set[str]
+) -> list[dict[str, Any]]:
+    """The engine's real worker until it is idle, ``task_ids`` finished; its log events."""
+    worker = Worker(project, engine.worker, log)
     try:
         deadline = time.monotonic() + DEADLINE_S
-        while rq_pending(server.url):
+        while not engine.idle(server.url, task_ids):
             worker.alive()
-            assert time.monotonic() < deadline, f"the RQ queue is not idle:\n{worker.tail()}"
+            assert time.monotonic() < deadline, f"{engine.name} is not idle:\n{worker.tail()}"
             time.sleep(0.1)
     finally:
         worker.stop()
     return events(log)
 
 
-def outbox_run(project: Project, server: RedisServer, workdir: Path) -> OutboxRun:
+def outbox_run(project: Project, engine: Engine, server: RedisServer, workdir: Path) -> OutboxRun:
     project.scenario("burst", "0", str(UP))
     # Run before the broker stops: this Redis keeps nothing across a restart, and
     # what it lost once delivered is the broker's durability, not the outbox's.
-    first = work(project, server, workdir / "worker-first.log")
+    up = delivered_tasks(project)
+    first = work(project, engine, server, workdir / "worker-first.log", up)
     server.stop()
     project.scenario("burst", str(UP), str(UP + DOWN))
     while_down = project.scenario("outbox")["entries"]
@@ -128,8 +184,11 @@ def outbox_run(project: Project, server: RedisServer, workdir: Path) -> OutboxRu
     returncode, relay_log = relay_until_empty(project, workdir / "relay.log")
     after_relay = project.scenario("outbox")["entries"]
     duplicate = project.scenario("duplicate")
-    then = work(project, server, workdir / "worker-then.log")
+    # The first tasks' results went with the restarted Redis (Celery keeps them there).
+    later = delivered_tasks(project) - up | {duplicate["task_id"]}
+    then = work(project, engine, server, workdir / "worker-then.log", later)
     return OutboxRun(
+        engine=engine,
         while_down=while_down,
         async_outcomes=async_outcomes,
         before_relay=before_relay,
@@ -143,27 +202,33 @@ def outbox_run(project: Project, server: RedisServer, workdir: Path) -> OutboxRu
     )
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+@pytest.fixture(
+    scope="module",
+    # Celery on PostgreSQL only: the claim's SQL is the database's, already run on both.
+    params=[(RQ, "postgresql"), (RQ, "sqlite"), (CELERY, "postgresql")],
+    ids=["rq-postgresql", "rq-sqlite", "celery-postgresql"],
+)
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> OutboxRun:
-    pytest.importorskip("django_tasks_rq", reason="the stress group is not installed")
-    workdir = tmp_path_factory.mktemp(f"outbox-{request.param}")
+    engine, kind = request.param
+    require_module(engine.module, "the stress group: pip install --group stress")
+    workdir = tmp_path_factory.mktemp(f"outbox-{engine.name}-{kind}")
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(require_redis_server())
-        if request.param == "sqlite":
+        if kind == "sqlite":
             database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(workdir / "db.sqlite3")}
         else:
-            database = stack.enter_context(fresh_postgres_database("pb_c_outbox"))
+            database = stack.enter_context(fresh_postgres_database("pb_b_outbox"))
         project = Project(database, workdir)
-        project.env["PATCHBOARD_E2E_RQ_URL"] = server.url
+        project.env[engine.url_variable] = server.url
         project.run("-m", "django", "migrate", "--run-syncdb", "--verbosity", "0")
-        return outbox_run(project, server, workdir)
+        return outbox_run(project, engine, server, workdir)
 
 
 def test_while_the_broker_is_down_committed_calls_wait_in_the_outbox(run: OutboxRun) -> None:
     waiting = pending(run.while_down)
     assert len(waiting) == DOWN
     assert {row["attempts"] for row in waiting} == {1}
-    assert {row["last_error"].split(":")[0] for row in waiting} == {"ConnectionError"}
+    assert {row["last_error"].split(":")[0] for row in waiting} == {run.engine.refused_by}
     assert len(run.while_down) - len(waiting) == UP  # delivered on commit while it was up
 
 

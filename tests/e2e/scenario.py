@@ -2,6 +2,7 @@
 The end-to-end scenario's sender and reporter, run as processes of their own::
 
     python -m tests.e2e.scenario send     # sends the signals; prints task ids as JSON
+    python -m tests.e2e.scenario slow [in_transaction]   # one call that holds its worker
     python -m tests.e2e.scenario report   # prints the evidence and the task rows as JSON
     python -m tests.e2e.scenario traced   # one background call sent from a request's span
     python -m tests.e2e.scenario burst 0 10   # orders B-0 .. B-9, one transaction each
@@ -12,6 +13,7 @@ with ``DJANGO_SETTINGS_MODULE=tests.e2e.settings``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -112,11 +114,19 @@ def send() -> dict[str, Any]:
     return ids
 
 
-def slow() -> dict[str, Any]:
-    """One background call that holds its worker for a minute (``e2e.slow_requested``)."""
+def slow(where: str = "outside") -> dict[str, Any]:
+    """
+    One background call that holds its worker for a minute
+    (``e2e.slow_requested``), sent outside a transaction (enqueued at once),
+    or ``in_transaction`` (through the outbox, delivered on commit: no
+    task id yet).
+    """
+    from django.db import transaction
+
     from tests.e2e.listeners import slow_requested
 
-    [outcome] = slow_requested.send_sync(sender=None, reference="SLOW", hold_s=60.0)
+    with transaction.atomic() if where == "in_transaction" else contextlib.nullcontext():
+        [outcome] = slow_requested.send_sync(sender=None, reference="SLOW", hold_s=60.0)
     return {"slow": outcome.task_id}
 
 
@@ -222,6 +232,7 @@ def outbox() -> dict[str, Any]:
                 "delivered": e.delivered_at is not None,
                 "claimed_attempt": e.claimed_attempt,
                 "last_error": e.last_error,
+                "task_id": e.task_id,
                 "listener": json.loads(e.payload)["listener"],
             }
             for e in OutboxEntry.objects.order_by("created_at")

@@ -42,6 +42,10 @@ if CELERY_URL:
     CELERY_RESULT_BACKEND = CELERY_URL  # the report reads the tasks' results there
     CELERY_RESULT_EXTENDED = True  # results name their task and keep its arguments
     CELERY_TASK_TRACK_STARTED = True  # a task being run reads RUNNING, as on RQ
+    # A sender subscribes to each task's result before publishing it, and by default
+    # retries that 20 times a second apart while Redis is down: every delivery to a
+    # stopped broker would then take 20 s before the outbox could count it failed.
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
     # patchboard's JSON log lines go to stdout as they are, for the test to read.
     CELERY_WORKER_REDIRECT_STDOUTS = False
     if os.environ.get("PATCHBOARD_E2E_CELERY_ACKS_LATE"):

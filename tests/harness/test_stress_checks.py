@@ -13,6 +13,8 @@ import pytest
 from bench.stress.checks import (
     CARRIERS,
     HEALTHY,
+    ORDER_CALLS,
+    background_once,
     carriers_outage,
     outcomes_add_up,
     probes_shared,
@@ -22,7 +24,7 @@ from bench.stress.checks import (
 )
 from bench.stress.config import CI
 from bench.stress.load import Sample
-from bench.stress.run import Observed, ProcSample, Snapshot
+from bench.stress.run import Background, Observed, ProcSample, Snapshot
 from examples.walkthrough import KEYED, circuit
 from patchboard import Status
 
@@ -51,9 +53,11 @@ def page(outcomes: dict[str, int], cancelled: int = 0, busy: int = 0) -> dict[st
     }
 
 
-def observed_with(after: dict[str, int], quotes: int, queue_cancelled: int = 0) -> Observed:
+def observed_with(
+    after: dict[str, int], quotes: int, queue_cancelled: int = 0, orders: int = 0
+) -> Observed:
     observed = Observed(CI)
-    observed.after = {1: Snapshot(1, page(after, queue_cancelled), quotes)}
+    observed.after = {1: Snapshot(1, page(after, queue_cancelled), quotes, orders)}
     return observed
 
 
@@ -73,6 +77,56 @@ def test_outcomes_add_up_fails_on_a_call_only_the_queue_counted_cancelled() -> N
     asked = CARRIERS * 2
     lost = observed_with({"submitted": asked, "ok": asked - 1}, 2, queue_cancelled=1)
     assert not outcomes_add_up(lost).passed
+
+
+def test_outcomes_add_up_counts_each_orders_calls_and_their_enqueued_outcomes() -> None:
+    asked = CARRIERS * 2 + ORDER_CALLS * 3
+    ended = {"ok": CARRIERS * 2 + 3 * 3, "enqueued": 2 * 3}
+    check = outcomes_add_up(observed_with({"submitted": asked, **ended}, 2, orders=3))
+    assert check.passed, check.figures
+    ended["enqueued"] -= 1  # a background call never said it was enqueued
+    check = outcomes_add_up(observed_with({"submitted": asked, **ended}, 2, orders=3))
+    assert not check.passed
+
+
+def background(runs: dict[int, int], **fields: Any) -> Observed:
+    """Orders 1..3 committed and their receipts sent, with ``runs`` and ``fields`` as given."""
+    observed = Observed(CI)
+    observed.background = Background(
+        **{
+            "committed": [1, 2, 3],
+            "created": [1, 2, 3],
+            "receipts_sent": 3,
+            "entries": 6,
+            "refused": 2,
+            "drained_in": 0.5,
+            **fields,
+        }
+    )
+    observed.background.runs.update(runs)
+    return observed
+
+
+def test_background_once_passes_when_each_committed_order_ran_once() -> None:
+    check = background_once(background({1: 1, 2: 1, 3: 1}))
+    assert check.passed, check.figures
+
+
+@pytest.mark.parametrize(
+    ("runs", "fields"),
+    [
+        pytest.param({1: 1, 2: 1}, {}, id="one lost"),
+        pytest.param({1: 1, 2: 2, 3: 1}, {}, id="one run twice"),
+        pytest.param({1: 1, 2: 1, 3: 1, 4: 1}, {}, id="a run for no committed order"),
+        pytest.param({1: 1, 2: 1, 3: 1}, {"created": [1, 2, 3, 4]}, id="a 201 not committed"),
+        pytest.param({1: 1, 2: 1, 3: 1}, {"refused": 0}, id="the outage refused nothing"),
+        pytest.param({1: 1, 2: 1, 3: 1}, {"pending": 1}, id="an entry left undelivered"),
+        pytest.param({1: 1, 2: 1, 3: 1}, {"receipts_sent": 2}, id="the shop's receipt lost"),
+        pytest.param({}, {"committed": [], "created": []}, id="no order at all"),
+    ],
+)
+def test_background_once_fails(runs: dict[int, int], fields: dict[str, Any]) -> None:
+    assert not background_once(background(runs, **fields)).passed
 
 
 def test_requests_accounted_fails_when_more_reached_the_view_than_were_cut() -> None:
