@@ -10,6 +10,7 @@ of its own, on a link of its own), and ``Topology`` is read directly.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -73,17 +74,20 @@ def test_cluster_and_sentinel_urls_are_read_as_written() -> None:
             "redis+sentinel://s1/mymaster/0?socket_timout=1",
             "store 'redis+sentinel://s1/mymaster/0?socket_timout=1' is not a valid Redis "
             "Sentinel URL: AbstractConnection.__init__() got an unexpected keyword argument "
-            "'socket_timout'. Did you mean 'socket_timeout'?",
+            "'socket_timout'",
         ),
     ],
 )
 def test_a_malformed_cluster_or_sentinel_url_is_reported_with_its_kind(url, message) -> None:
+    # Python 3.13 adds a suggestion to an unexpected keyword's TypeError; 3.12 does not.
+    told = re.escape(message) + r"(\. Did you mean '\w+'\?)?"
     with pytest.raises(ValueError) as caught:
         check_url(url)
-    assert str(caught.value) == message
+    assert re.fullmatch(told, str(caught.value))
     with override_settings(PATCHBOARD={"BREAKERS": {"ups": {"store": url}}}):
         errors = [e for e in run_checks() if e.id == E010_ID]
-        assert [e.msg for e in errors] == [f"circuit breaker 'ups': {message}"]
+        assert len(errors) == 1
+        assert re.fullmatch("circuit breaker 'ups': " + told, errors[0].msg)
         assert get_breaker("ups").statistics().store_kind == store_kind(url)
 
 
