@@ -221,7 +221,12 @@ def redis_outage(observed: Observed) -> Check:
     answered = sum(1 for s in during if s.status == 200)
     down = (wall["redis_stopped"], wall["redis_started"])
     unavailable = per_pid(observed, "circuit_store_unavailable", *down)
-    pids = observed.worker_pids
+    # Only a process that called its breakers while Redis was down can have noticed:
+    # the load's keep-alive connections may all belong to one worker (the other then
+    # serves the orders' connection alone, which calls no breaker).
+    serving = {s.pid for s in during}
+    pids = [pid for pid in observed.worker_pids if pid in serving]
+    idle = [pid for pid in observed.worker_pids if pid not in serving]
     # A process tries Redis again only `retry_after` (1 s) after its last failure, so
     # its return may come after the next fault has started: each process's returns are
     # counted up to its own next `circuit_store_unavailable`. Later, a Redis command of
@@ -241,10 +246,12 @@ def redis_outage(observed: Observed) -> Check:
         "Redis stopped and restarted: served throughout, back to Redis once",
         answered > 0
         and len(during) == answered
+        and bool(pids)
         and all(unavailable[pid] >= 1 for pid in pids)
         and all(recovered[pid] == 1 for pid in pids),
-        f"{answered}/{len(during)} answered while down; per process: unavailable "
-        f"{[unavailable[p] for p in pids]}, recovered {[recovered[p] for p in pids]}"
+        f"{answered}/{len(during)} answered while down; per process serving quotes: "
+        f"unavailable {[unavailable[p] for p in pids]}, recovered {[recovered[p] for p in pids]}"
+        + (f"; {len(idle)} process(es) served no quote meanwhile" if idle else "")
         + (f"; later, {later} Redis command(s) timed out (0.25 s) in a busy loop" if later else ""),
     )
 

@@ -63,7 +63,11 @@ def rq_busy(url: str, *, live_workers_only: bool = False) -> int:
     registry, or with ``live_workers_only``, the jobs of the workers whose
     process still runs: a worker that died mid-job (an ``rqworker`` exits when
     its broker goes away while it watches a job) leaves its job in the
-    registry until the job's heartbeat lapses, minutes later.
+    registry until the job's heartbeat lapses, minutes later, and one that
+    died while taking a job leaves it in the intermediate list until a
+    worker's maintenance pass: with ``live_workers_only`` that list is not
+    counted either (a live worker's job passes through it in a moment: ask
+    twice, apart, to be sure the queue is idle).
     """
     from redis import Redis
     from rq import Queue, Worker
@@ -82,7 +86,7 @@ def rq_busy(url: str, *, live_workers_only: bool = False) -> int:
             + scheduled.count
             # A worker moves a job it takes from the queue to this list, then to the
             # started registry: counted, or a job in between looks like nothing pending.
-            + connection.llen(queue.intermediate_queue_key)
+            + (0 if live_workers_only else connection.llen(queue.intermediate_queue_key))
             + running
         )
 

@@ -159,13 +159,16 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 OUTAGE = {"redis_stopped": 3.0, "redis_started": 5.0, "disconnects": 6.0, "end": 24.0}
 
 
-def outage_with(*events: tuple[float, int, str]) -> Observed:
-    """Two shop processes (1 and 2) through the Redis outage; ``events``: (second, pid, name)."""
+def outage_with(*events: tuple[float, int, str], serving: tuple[int, ...] = (1, 2)) -> Observed:
+    """
+    Two shop processes (1 and 2) through the Redis outage, ``serving`` quotes
+    while it lasts; ``events``: (second, pid, name).
+    """
     observed = Observed(CI)
     observed.worker_pids = [1, 2]
     observed.marks = dict(OUTAGE)
     observed.wall = {name: START + timedelta(seconds=at) for name, at in OUTAGE.items()}
-    observed.load.samples = [Sample(at=4.0, latency=0.1, status=200, pid=1)]
+    observed.load.samples = [Sample(at=4.0, latency=0.1, status=200, pid=pid) for pid in serving]
     observed.events = [
         {"event": name, "pid": pid, "timestamp": (START + timedelta(seconds=at)).isoformat()}
         for at, pid, name in events
@@ -186,6 +189,14 @@ def test_redis_outage_counts_a_return_that_comes_after_the_next_fault_began() ->
 
 def test_redis_outage_fails_when_a_process_never_returns_to_redis() -> None:
     assert not redis_outage(outage_with(*DOWN, (5.1, 1, "circuit_store_recovered"))).passed
+
+
+def test_redis_outage_asks_nothing_of_a_process_that_served_no_quote_meanwhile() -> None:
+    """Its keep-alive connections all on the other worker: it called no breaker."""
+    alone = [(3.1, 1, "circuit_store_unavailable"), (5.1, 1, "circuit_store_recovered")]
+    assert redis_outage(outage_with(*alone, serving=(1,))).passed
+    assert not redis_outage(outage_with(*alone, serving=(1, 2))).passed
+    assert not redis_outage(outage_with(serving=())).passed  # nobody served: nothing shown
 
 
 def test_redis_outage_fails_when_a_process_flaps_back_and_forth() -> None:
