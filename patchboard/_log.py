@@ -104,12 +104,14 @@ def start_timer(delay: float, function: Callable[[], None]) -> threading.Timer:
 class _Window:
     """One (event, key)'s interval: when it began, how many were dropped, the last one dropped."""
 
-    __slots__ = ("dropped", "last", "started")
+    __slots__ = ("dropped", "last", "last_at", "started")
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.dropped = 0
         self.last: tuple[str, dict[str, Any]] | None = None
+        self.last_at = 0.0
+        """When ``last`` happened (the limiter's clock)."""
         """(level, fields) of the last event dropped, logged at the interval's end."""
 
 
@@ -124,7 +126,8 @@ class Limiter:
     ``suppressed=N``, how many were dropped before it, and an interval that
     ends with drops and no event after them lets its last dropped event
     through at its end (on ``timer``, a thread that waits, one at a time),
-    carrying how many were dropped before that one. Lines plus ``suppressed``
+    carrying how many were dropped before that one and ``deferred_s``, how
+    late it is logged (lines after it may tell of what happened later). Lines plus ``suppressed``
     add up to every event; the counters (``queue_stats()``,
     ``outcome_counts()``) count every item anyway.
     """
@@ -163,7 +166,7 @@ class Limiter:
                 return 0
             if now - window.started < self.interval:
                 window.dropped += 1
-                window.last = dropped
+                window.last, window.last_at = dropped, now
                 if dropped is not None:
                     self._schedule(window.started + self.interval - now)
                 return None
@@ -206,6 +209,8 @@ class Limiter:
                 level, fields = window.last
                 if window.dropped > 1:
                     fields["suppressed"] = window.dropped - 1
+                # Logged late, after what happened since (a circuit opening, say): say so.
+                fields["deferred_s"] = round(now - window.last_at, 3)
                 due.append((level, event, fields))
                 # It is let through now: a new interval begins.
                 window.started, window.dropped, window.last = now, 0, None

@@ -226,12 +226,14 @@ def test_drops_with_nothing_after_them_are_told_at_the_end_of_the_interval(logs)
     clock.advance(0.5)
     timers.fire()
     first, last = logs.entries
-    assert "suppressed" not in first
-    # The last one dropped, told at the end, with how many were dropped before it.
-    assert (last["event"], last["running"], last["suppressed"]) == (
+    assert "suppressed" not in first and "deferred_s" not in first
+    # The last one dropped, told at the end, with how many were dropped before it
+    # and how late (it happened at 0, with the others).
+    assert (last["event"], last["running"], last["suppressed"], last["deferred_s"]) == (
         "listener_thread_abandoned",
         40,
         38,
+        1.0,
     )
     assert timers.waiting == []  # nothing left to tell: no timer
 
