@@ -12,7 +12,7 @@ instruments are enabled, and :attr:`Instruments.active` holds them (or None).
 
 With none active, a dispatch pays one attribute read (``Dispatch.traced``)
 and nothing per listener. With one active, the engine's fast paths
-(``_run.run_plain_here``, ``_run.run_here``'s direct calls,
+(``_dispatch.dispatch_plain``, ``_run.run_here``'s direct calls,
 ``_dispatch.run_plain``, ``_run.run_async``'s direct call) are skipped in
 favour of the general path through ``patchboard._call.Call``, which opens
 each call's span, the way they are skipped while the ledger is observed.

@@ -138,7 +138,7 @@ class Resolved:
             else None
         )
         """Their functions' references, when a sync caller calls each function
-        itself (:func:`run_plain_here`), or None."""
+        itself (``_dispatch.dispatch_plain``), or None."""
         self.loopless = tuple(
             all(listener.places[budgeted] in LOOPLESS for listener in listeners)
             for budgeted in (False, True)
@@ -184,7 +184,7 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
     unpacked from a dict.
     """
     if not kwargs:
-        return _apply_none, (signal, sender)
+        return apply_none, (signal, sender)
     names = tuple(kwargs)
     apply = _APPLIERS.get(names)
     if apply is None:
@@ -198,7 +198,7 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
     return apply, (signal, sender, *kwargs.values())
 
 
-def _apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:
+def apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:
     return func(signal=a[0], sender=a[1])
 
 
@@ -266,7 +266,7 @@ class Dispatch:
         self.kwargs = kwargs
         # applier's answer, without the call where it knows the names (the hot path's case)
         if not kwargs:
-            self.apply, self.arguments = _apply_none, (signal, sender)
+            self.apply, self.arguments = apply_none, (signal, sender)
         elif (apply := _APPLIERS.get(tuple(kwargs))) is not None:
             self.apply, self.arguments = apply, (signal, sender, *kwargs.values())
         else:
@@ -385,60 +385,6 @@ def run_sync(listener: Listener, dispatch: Dispatch) -> Outcome:
         # In the calling thread: the enqueue sees the caller's transaction.
         return features.background.enqueue_sync(call)
     return call.run_sync()
-
-
-def run_plain_here(dispatch: Dispatch, refs: tuple[Callable[[], Any], ...]) -> list[Outcome]:
-    """
-    :func:`run_here` for a dispatch whose listeners a sync caller all calls
-    itself (``Resolved.plain_refs``), while nobody observes the ledger: the
-    sync hot path (no per-listener checks; the calls counted here, the
-    successes submitted and ended at once).
-
-    A listener that raises, or whose function is gone, is settled through
-    its ``Call``; the listeners after it run through :func:`run_here`.
-    """
-    outcomes: list[Outcome] = []
-    append = outcomes.append
-    copy_context = contextvars.copy_context
-    apply, arguments = dispatch.apply, dispatch.arguments
-    now = _clock.now
-    error: BaseException | None = None
-    started = now()
-    for ref in refs:
-        if (func := ref()) is None:
-            break
-        try:
-            value = copy_context().run(apply, func, arguments)
-        except BaseException as exc:
-            error = exc
-            break
-        ended = now()
-        # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
-        append(
-            new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1, False))
-        )
-        started = ended
-    returned = len(outcomes)
-    if returned == len(refs):
-        ledger.returned(returned)
-        return outcomes
-    if returned:
-        ledger.returned(returned)
-    listeners = dispatch.listeners
-    ledger.submitted(len(listeners) - returned)
-    call = dispatch.call(listeners[returned], started)
-    try:
-        outcome = call.gone() if error is None else call.failed_sync(error)
-    except BaseException:
-        # It counted its own cancellation; the ones after it never ran.
-        dispatch.cancelled(listeners[returned + 1 :])
-        raise
-    append(outcome)
-    if outcome.propagate:
-        dispatch.cancelled(listeners[returned + 1 :])
-    else:
-        outcomes += run_here(listeners[returned + 1 :], dispatch)
-    return outcomes
 
 
 def run_here(listeners: Sequence[Listener], dispatch: Dispatch) -> list[Outcome]:
