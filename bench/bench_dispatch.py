@@ -251,10 +251,19 @@ def sync_overhead(repeat: int) -> str:
             func(signal=None, sender=None)
 
     collect, options, note = _collect_choice("collect", LISTENERS)
+    # A collect's outcomes are built when first read: the rows after the verb's own
+    # read them, as a caller would (Django's send returns its pairs built).
+    read = (
+        "The sync verbs build a call's `Outcome` only when it is first read: the "
+        "`.values()` and `list(...)` rows read the result, as a caller would."
+    )
+    note = f"{note} {read}" if note else read
     django_send = "Django send"
     cases = {
         django_send: _loop_sync(lambda: theirs.send(None)),
         collect: _loop_sync(partial(ours.collect, None, **options)),
+        f"{collect}, then `.values()`": _loop_sync(lambda: ours.collect(None, **options).values()),
+        f"{collect}, then `list(...)`": _loop_sync(lambda: list(ours.collect(None, **options))),
         "patchboard send_sync": _loop_sync(lambda: ours.send_sync(None)),
         "patchboard send (Django's verb)": _loop_sync(lambda: ours.send(None)),
         "blinker send": _loop_sync(lambda: blinks.send(None)),

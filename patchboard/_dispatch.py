@@ -38,7 +38,14 @@ from patchboard._instrument import Span, instruments
 from patchboard._ledger import ledger
 from patchboard._listeners import Listener, errors_raise
 from patchboard._log import signal_label
-from patchboard._outcomes import Collected, Outcome, Status, new_outcome
+from patchboard._outcomes import (
+    Collected,
+    Outcome,
+    Returned,
+    Status,
+    new_outcome,
+    returned_outcomes,
+)
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._run import (
     HERE,
@@ -176,11 +183,12 @@ def dispatch_plain(
     here before building any ``Dispatch``), and None means it does not apply.
 
     One clock reading, one context copy and no frame of ours per listener; the
-    calls submitted and counted at once. The ``Dispatch`` (``dispatch``, or
-    one built here) is needed only past the loop: a listener that raised,
-    or whose function is gone, is settled through its ``Call`` and the
-    listeners after it run through :func:`run_here`; dispatch observers see
-    the outcomes through :func:`finish`.
+    calls submitted and counted at once; when every call returned, their
+    outcomes built only if they are read (``_outcomes.Returned``). The
+    ``Dispatch`` (``dispatch``, or one built here) is needed only past the
+    loop: a listener that raised, or whose function is gone, is settled
+    through its ``Call`` and the listeners after it run through
+    :func:`run_here`; dispatch observers see the outcomes through :func:`finish`.
 
     Raises:
         Exception: as :func:`finish`.
@@ -202,42 +210,41 @@ def dispatch_plain(
         apply, arguments = apply_none, (signal, sender)
     else:
         apply, arguments = applier(signal, sender, kwargs)
-    outcomes: list[Outcome] = []
-    append = outcomes.append
+    funcs: list[Callable[..., Any]] = []
+    values: list[Any] = []
     copy_context = contextvars.copy_context
     now = _clock.now
+    stamps = [now()]
+    add_func, add_value, stamp = funcs.append, values.append, stamps.append
     error: BaseException | None = None
-    started = now()
     for ref in refs:
         if (func := ref()) is None:
             break
         try:
-            value = copy_context().run(apply, func, arguments)
+            add_value(copy_context().run(apply, func, arguments))
         except BaseException as exc:
             error = exc
             break
-        ended = now()
-        # ok_outcome(func, value, elapsed), inlined: a frame less per listener.
-        append(
-            new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1, False))
-        )
-        started = ended
-    returned = len(outcomes)
+        stamp(now())
+        add_func(func)
+    returned = len(funcs)
     if returned == len(refs):
         ledger.returned(returned)
         if not state.observers:
-            return Collected(outcomes)  # finish's answer, without the call
+            return Returned(funcs, values, stamps)  # finish's answer, without the call
         if dispatch is None:
             dispatch = _plain_dispatch(signal, sender, kwargs, resolved)
         dispatch.stopped = False
-        return finish(dispatch, outcomes)
+        return finish(dispatch, returned_outcomes(funcs, values, stamps))
+    outcomes = returned_outcomes(funcs, values, stamps)
+    append = outcomes.append
     if returned:
         ledger.returned(returned)
     if dispatch is None:
         dispatch = _plain_dispatch(signal, sender, kwargs, resolved)
     listeners = dispatch.listeners
     ledger.submitted(len(listeners) - returned)
-    call = dispatch.call(listeners[returned], started)
+    call = dispatch.call(listeners[returned], stamps[-1])
     try:
         outcome = call.gone() if error is None else call.failed_sync(error)
     except BaseException:

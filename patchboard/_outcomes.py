@@ -180,3 +180,60 @@ class Collected:
     def by_status(self, status: Status) -> list[Outcome]:
         """The outcomes that ended with ``status``."""
         return [o for o in self._outcomes if o.status == status]
+
+
+class Returned(Collected):
+    """
+    The :class:`Collected` of a dispatch whose every listener returned (the
+    sync hot path, ``_dispatch.dispatch_plain``): built from the functions,
+    their values and the clock readings around the calls (``stamps``, one
+    more than the calls: each call's ``elapsed`` is the difference of its
+    two), it builds its :class:`Outcome` objects when they are first read,
+    once. A caller that reads nothing (``send_sync``'s usual one) or only
+    :meth:`values`, ``len()`` or :meth:`errors` never pays for them (about
+    0.1 us each); one that reads them pays then what the dispatch would have.
+    """
+
+    __slots__ = ("_funcs", "_stamps", "_values")
+
+    def __init__(
+        self, funcs: list[Callable[..., Any]], values: list[Any], stamps: list[float]
+    ) -> None:
+        self._funcs = funcs
+        self._values = values
+        self._stamps = stamps
+        self.deadline_hit = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Only an unset slot gets here: ``_outcomes``, until its first read.
+        if name != "_outcomes":
+            raise AttributeError(name)
+        outcomes = self._outcomes = returned_outcomes(self._funcs, self._values, self._stamps)
+        return outcomes
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def values(self) -> list[Any]:
+        """As :meth:`Collected.values`: every listener returned, so every value counts."""
+        return list(self._values)
+
+    def errors(self) -> dict[Callable[..., Any], BaseException]:
+        """As :meth:`Collected.errors`: none failed."""
+        return {}
+
+
+def returned_outcomes(
+    funcs: list[Callable[..., Any]], values: list[Any], stamps: list[float]
+) -> list[Outcome]:
+    """
+    The ``"ok"`` outcomes of the calls of ``funcs`` that returned ``values``,
+    each timed by two consecutive ``stamps`` (see :class:`Returned`).
+    """
+    return [
+        new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1, False))
+        for func, value, started, ended in zip(funcs, values, stamps, stamps[1:], strict=False)
+    ]

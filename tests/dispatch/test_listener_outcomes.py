@@ -23,7 +23,16 @@ from django.test import override_settings
 
 import patchboard._clock
 import patchboard._listeners
-from patchboard import CircuitBreaker, CircuitOpen, Listener, ListenerOptions, Signal, receiver
+from patchboard import (
+    CircuitBreaker,
+    CircuitOpen,
+    Collected,
+    Listener,
+    ListenerOptions,
+    Outcome,
+    Signal,
+    receiver,
+)
 from patchboard._call import Call, gone_receiver
 from patchboard._dispatch import run_plain, run_without_loop
 from patchboard._ledger import outcome_counts
@@ -503,6 +512,57 @@ def test_a_plain_sync_collect_settles_its_failing_listener_and_goes_on_as_its_po
     counts = outcome_counts()
     assert (counts["submitted"], counts["ok"], counts["error"]) == (3, 2, 1)
     assert sum(counts.values()) == 6
+
+
+@pytest.mark.parametrize("verb", ["collect", "send_sync"])
+def test_a_plain_sync_dispatch_whose_listeners_all_returned_reads_as_its_outcomes(
+    clock: VirtualClock, verb: str
+) -> None:
+    # The hot path builds the outcomes only when they are first read (_outcomes.Returned):
+    # every way of reading them agrees with a Collected of the outcomes themselves.
+    signal = Signal(name=f"tests.outcomes.returned.{verb}")
+    answer = [2]
+    first, second = taking(clock, 1, "sync", 1), taking(clock, 2, "sync", answer)
+    signal.connect(first, weak=False)
+    signal.connect(second, weak=False)
+
+    collected = getattr(signal, verb)(sender=Shop, n=1)
+
+    values = collected.values()
+    assert values == [1, [2]] and values[1] is answer
+    values.append(3)  # the caller's own list
+    assert (len(collected), bool(collected), collected.values()) == (2, True, [1, [2]])
+    assert collected.errors() == {} and not collected.deadline_hit
+    outcomes = list(collected)
+    assert outcomes == [
+        Outcome(receiver=first, status="ok", value=1, elapsed=1.0),
+        Outcome(receiver=second, status="ok", value=[2], elapsed=2.0),
+    ]
+    assert all(type(outcome) is Outcome for outcome in outcomes)
+    assert collected[0] is outcomes[0] and list(collected)[1] is outcomes[1]  # built once
+    eager = Collected(outcomes)
+    assert collected.as_pairs() == eager.as_pairs() == [(first, 1), (second, [2])]
+    assert collected.by_status("ok") == outcomes and collected.by_status("error") == []
+    assert repr(collected) == repr(eager) == "<Collected 2 outcomes: ok=2>"
+    counts = outcome_counts()
+    assert (counts["submitted"], counts["ok"], sum(counts.values())) == (2, 2, 4)
+
+
+@pytest.mark.parametrize("verb", ["collect", "send_sync"])
+def test_a_dispatch_observer_sees_a_plain_sync_dispatch_whose_listeners_all_returned(
+    clock: VirtualClock, verb: str
+) -> None:
+    signal = Signal(name=f"tests.outcomes.observed.{verb}")
+    listener = taking(clock, 1, "sync", "v")
+    signal.connect(listener, weak=False)
+
+    with capture_dispatches() as dispatches:
+        collected = getattr(signal, verb)(sender=Shop)
+
+    [seen] = dispatches
+    assert (seen.signal, seen.sender, seen.statuses()) == (signal, Shop, ["ok"])
+    assert list(seen.outcomes) == list(collected)
+    assert collected[0] == Outcome(receiver=listener, status="ok", value="v", elapsed=1.0)
 
 
 def test_a_sync_listeners_own_cancelled_error_without_a_loop_is_its_error() -> None:
