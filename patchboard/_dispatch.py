@@ -44,7 +44,6 @@ from patchboard._outcomes import (
     Returned,
     Status,
     new_outcome,
-    returned_outcomes,
 )
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._run import (
@@ -210,48 +209,49 @@ def dispatch_plain(
         apply, arguments = apply_none, (signal, sender)
     else:
         apply, arguments = applier(signal, sender, kwargs)
-    funcs: list[Callable[..., Any]] = []
-    values: list[Any] = []
+    # Each call's outcome as the tuple of its fields, in order (a Returned makes them
+    # Outcomes if they are read: ok_outcome(func, value, elapsed), inlined).
+    fields: list[tuple[Any, ...]] = []
+    append = fields.append
     copy_context = contextvars.copy_context
     now = _clock.now
-    stamps = [now()]
-    add_func, add_value, stamp = funcs.append, values.append, stamps.append
     error: BaseException | None = None
+    started = now()
     for ref in refs:
         if (func := ref()) is None:
             break
         try:
-            add_value(copy_context().run(apply, func, arguments))
+            value = copy_context().run(apply, func, arguments)
         except BaseException as exc:
             error = exc
             break
-        stamp(now())
-        add_func(func)
-    returned = len(funcs)
+        ended = now()
+        append((func, "ok", value, None, ended - started, None, False, 1, False))
+        started = ended
+    returned = len(fields)
     if returned == len(refs):
         ledger.returned(returned)
         if not state.observers:
-            return Returned(funcs, values, stamps)  # finish's answer, without the call
+            return Returned(fields)  # finish's answer, without the call
         if dispatch is None:
             dispatch = _plain_dispatch(signal, sender, kwargs, resolved)
         dispatch.stopped = False
-        return finish(dispatch, returned_outcomes(funcs, values, stamps))
-    outcomes = returned_outcomes(funcs, values, stamps)
-    append = outcomes.append
+        return finish(dispatch, list(Returned(fields)))
+    outcomes = list(Returned(fields))
     if returned:
         ledger.returned(returned)
     if dispatch is None:
         dispatch = _plain_dispatch(signal, sender, kwargs, resolved)
     listeners = dispatch.listeners
     ledger.submitted(len(listeners) - returned)
-    call = dispatch.call(listeners[returned], stamps[-1])
+    call = dispatch.call(listeners[returned], started)
     try:
         outcome = call.gone() if error is None else call.failed_sync(error)
     except BaseException:
         # It counted its own cancellation; the ones after it never ran.
         dispatch.cancelled(listeners[returned + 1 :])
         raise
-    append(outcome)
+    outcomes.append(outcome)
     if outcome.propagate:
         dispatch.cancelled(listeners[returned + 1 :])
         dispatch.stopped = True

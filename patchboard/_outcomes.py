@@ -8,6 +8,8 @@ collector's business.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -185,55 +187,46 @@ class Collected:
 class Returned(Collected):
     """
     The :class:`Collected` of a dispatch whose every listener returned (the
-    sync hot path, ``_dispatch.dispatch_plain``): built from the functions,
-    their values and the clock readings around the calls (``stamps``, one
-    more than the calls: each call's ``elapsed`` is the difference of its
-    two), it builds its :class:`Outcome` objects when they are first read,
-    once. A caller that reads nothing (``send_sync``'s usual one) or only
-    :meth:`values`, ``len()`` or :meth:`errors` never pays for them (about
-    0.1 us each); one that reads them pays then what the dispatch would have.
+    sync hot path, ``_dispatch.dispatch_plain``), holding each call's
+    outcome as the plain tuple of its fields (``fields``, in ``Outcome``'s
+    order): it makes them :class:`Outcome` objects when they are first
+    read, once. A caller that reads nothing (``send_sync``'s usual one) or
+    only :meth:`values`, ``len()`` or :meth:`errors` never pays for them
+    (about 0.1 us each); one that reads them pays then what the dispatch
+    would have.
     """
 
-    __slots__ = ("_funcs", "_stamps", "_values")
+    __slots__ = ("_built", "_fields")
 
-    def __init__(
-        self, funcs: list[Callable[..., Any]], values: list[Any], stamps: list[float]
-    ) -> None:
-        self._funcs = funcs
-        self._values = values
-        self._stamps = stamps
+    def __init__(self, fields: list[tuple[Any, ...]]) -> None:
+        self._fields = fields
+        self._built: list[Outcome] | None = None
         self.deadline_hit = False
 
-    def __getattr__(self, name: str) -> Any:
-        # Only an unset slot gets here: ``_outcomes``, until its first read.
-        if name != "_outcomes":
-            raise AttributeError(name)
-        outcomes = self._outcomes = returned_outcomes(self._funcs, self._values, self._stamps)
-        return outcomes
+    @property
+    def _outcomes(self) -> list[Outcome]:  # type: ignore[override]  # Collected's slot, read only
+        # Every read of Collected's goes through here (not a __getattr__ on the unset
+        # slot: raising its AttributeError would cost more than building them).
+        built = self._built
+        if built is None:
+            built = self._built = list(map(_make_outcome, self._fields))
+        return built
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._fields)
 
     def __bool__(self) -> bool:
-        return bool(self._values)
+        return bool(self._fields)
 
     def values(self) -> list[Any]:
         """As :meth:`Collected.values`: every listener returned, so every value counts."""
-        return list(self._values)
+        return list(map(_value_of, self._fields))
 
     def errors(self) -> dict[Callable[..., Any], BaseException]:
         """As :meth:`Collected.errors`: none failed."""
         return {}
 
 
-def returned_outcomes(
-    funcs: list[Callable[..., Any]], values: list[Any], stamps: list[float]
-) -> list[Outcome]:
-    """
-    The ``"ok"`` outcomes of the calls of ``funcs`` that returned ``values``,
-    each timed by two consecutive ``stamps`` (see :class:`Returned`).
-    """
-    return [
-        new_outcome(Outcome, (func, "ok", value, None, ended - started, None, False, 1, False))
-        for func, value, started, ended in zip(funcs, values, stamps, stamps[1:], strict=False)
-    ]
+_make_outcome: Callable[[tuple[Any, ...]], Outcome] = functools.partial(new_outcome, Outcome)
+"""An Outcome from the tuple of its fields (a C call: mapped over a Returned's fields)."""
+_value_of = operator.itemgetter(Outcome._fields.index("value"))
