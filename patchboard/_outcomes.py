@@ -190,7 +190,8 @@ class Returned(Collected):
     sync hot path, ``_dispatch.dispatch_plain``), holding each call's
     outcome as the plain tuple of its fields (``fields``, in ``Outcome``'s
     order): it makes them :class:`Outcome` objects when they are first
-    read, once. A caller that reads nothing (``send_sync``'s usual one) or
+    read (once; two threads reading at the same moment may each build
+    them). A caller that reads nothing (``send_sync``'s usual one) or
     only :meth:`values`, ``len()`` or :meth:`errors` never pays for them
     (about 0.1 us each); one that reads them pays then what the dispatch
     would have.
