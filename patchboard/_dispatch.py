@@ -38,13 +38,7 @@ from patchboard._instrument import Span, instruments
 from patchboard._ledger import ledger
 from patchboard._listeners import Listener, errors_raise
 from patchboard._log import signal_label
-from patchboard._outcomes import (
-    Collected,
-    Outcome,
-    Returned,
-    Status,
-    new_outcome,
-)
+from patchboard._outcomes import Collected, Outcome, Returned, Status, new_outcome
 from patchboard._queue import ShortTermQueue, get_queue
 from patchboard._run import (
     HERE,
@@ -270,9 +264,12 @@ def dispatch_plain(
 def _plain_dispatch(
     signal: Any, sender: Any, kwargs: dict[str, Any], resolved: Resolved
 ) -> Dispatch:
-    # The Dispatch a sync twin would have built (dispatch_plain needs it past its loop).
-    ordered = getattr(signal, "ordered", False)
-    return Dispatch(signal, sender, kwargs, resolved.listeners, resolved, ordered=ordered)
+    # The Dispatch a sync twin would have built as it started (dispatch_plain needs it past
+    # its loop): untraced, as the dispatch started, whatever a listener changed meanwhile.
+    listeners, ordered = resolved.listeners, signal.ordered
+    dispatch = Dispatch(signal, sender, kwargs, listeners, resolved, ordered=ordered)
+    dispatch.traced = None
+    return dispatch
 
 
 def open_span(dispatch: Dispatch) -> Span:

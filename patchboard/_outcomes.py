@@ -205,13 +205,18 @@ class Returned(Collected):
         self.deadline_hit = False
 
     @property
-    def _outcomes(self) -> list[Outcome]:  # type: ignore[override]  # Collected's slot, read only
+    def _outcomes(self) -> list[Outcome]:
         # Every read of Collected's goes through here (not a __getattr__ on the unset
         # slot: raising its AttributeError would cost more than building them).
         built = self._built
         if built is None:
             built = self._built = list(map(_make_outcome, self._fields))
         return built
+
+    @_outcomes.setter
+    def _outcomes(self, outcomes: list[Outcome]) -> None:
+        # What copy and pickle restore (they read every slot, this one built).
+        self._built = outcomes
 
     def __len__(self) -> int:
         return len(self._fields)

@@ -10,7 +10,9 @@ listeners move themselves, so each outcome's ``elapsed`` is pinned exactly, neve
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -546,6 +548,32 @@ def test_a_plain_sync_dispatch_whose_listeners_all_returned_reads_as_its_outcome
     assert repr(collected) == repr(eager) == "<Collected 2 outcomes: ok=2>"
     counts = outcome_counts()
     assert (counts["submitted"], counts["ok"], sum(counts.values())) == (2, 2, 4)
+
+
+def answers(signal: Any, sender: Any, **kwargs: Any) -> int:
+    return 42
+
+
+def pickled(collected: Collected) -> Collected:
+    copied: Collected = pickle.loads(pickle.dumps(collected))
+    return copied
+
+
+@pytest.mark.parametrize("duplicate", [copy.copy, copy.deepcopy, pickled])
+def test_a_plain_sync_collects_result_copies_and_pickles_as_a_collected(
+    duplicate: Callable[[Collected], Collected],
+) -> None:
+    """Regression: copying the hot path's Collected restored its outcomes into a read-only
+    property (AttributeError)."""
+    signal = Signal(name="tests.outcomes.copied")
+    signal.connect(answers, weak=False)
+    collected = signal.collect(sender=Shop)
+
+    copied = duplicate(collected)
+
+    assert isinstance(copied, Collected)
+    assert list(copied) == list(collected) and copied.values() == [42]
+    assert (len(copied), copied.deadline_hit) == (1, False)
 
 
 @pytest.mark.parametrize("verb", ["collect", "send_sync"])
