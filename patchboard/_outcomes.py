@@ -200,7 +200,7 @@ class Returned(Collected):
     __slots__ = ("_built", "_fields")
 
     def __init__(self, fields: list[tuple[Any, ...]]) -> None:
-        self._fields = fields
+        self._fields: list[tuple[Any, ...]] | list[Outcome] = fields
         self._built: list[Outcome] | None = None
         self.deadline_hit = False
 
@@ -210,13 +210,14 @@ class Returned(Collected):
         # slot: raising its AttributeError would cost more than building them).
         built = self._built
         if built is None:
-            built = self._built = list(map(_make_outcome, self._fields))
+            # The outcomes hold the same fields: they stand for the tuples from now on.
+            built = self._built = self._fields = list(map(_make_outcome, self._fields))
         return built
 
     @_outcomes.setter
     def _outcomes(self, outcomes: list[Outcome]) -> None:
         # What copy and pickle restore (they read every slot, this one built).
-        self._built = outcomes
+        self._built = self._fields = outcomes
 
     def __len__(self) -> int:
         return len(self._fields)
