@@ -170,11 +170,14 @@ def work(
     engine: Engine,
     server: RedisServer,
     log: Path,
+    *,
     extra: frozenset[str] = frozenset(),
+    before: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """
     The engine's real worker until every outbox entry is claimed and the
-    engine is idle, the claiming tasks and ``extra`` finished; its log events.
+    engine is idle, the claiming tasks (but those of ``before``) and
+    ``extra`` finished; its log events.
     """
     worker = Worker(project, engine.worker, log)
     try:
@@ -183,7 +186,8 @@ def work(
             worker.alive()
             assert time.monotonic() < deadline, f"entries left unclaimed:\n{worker.tail()}"
             time.sleep(0.2)
-        task_ids = claimed_tasks(project) | extra
+        task_ids = claimed_tasks(project) - before | extra
+        deadline = time.monotonic() + DEADLINE_S
         while not engine.idle(server.url, task_ids):
             worker.alive()
             assert time.monotonic() < deadline, f"{engine.name} is not idle:\n{worker.tail()}"
@@ -196,6 +200,8 @@ def work(
 def outbox_run(project: Project, engine: Engine, server: RedisServer, workdir: Path) -> OutboxRun:
     project.scenario("burst", "0", str(UP))
     first = work(project, engine, server, workdir / "worker-first.log")
+    # Their results go with the restarted Redis (Celery keeps them there).
+    up = frozenset(claimed_tasks(project))
     # Enqueued on commit, and lost: no worker runs them before the broker stops, and
     # this Redis keeps nothing across a restart (a broker's loss, or a dead worker's job).
     project.scenario("burst", str(UP), str(UP + LOST))
@@ -210,7 +216,7 @@ def outbox_run(project: Project, engine: Engine, server: RedisServer, workdir: P
     after_relay = project.scenario("outbox")["entries"]
     duplicate = project.scenario("duplicate")
     repeated = frozenset([duplicate["task_id"]])
-    then = work(project, engine, server, workdir / "worker-then.log", repeated)
+    then = work(project, engine, server, workdir / "worker-then.log", extra=repeated, before=up)
     return OutboxRun(
         engine=engine,
         while_down=while_down,
