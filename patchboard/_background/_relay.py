@@ -63,6 +63,10 @@ def deliver(
     entry due again after a backoff and logs ``background_outbox_retry``
     (limited per backend to one a second, the next one carrying how many
     were dropped): the relay delivers it later.
+
+    Raises:
+        DatabaseError: recording the relay's delivery, or a failed one, failed
+            (the entry stays unclaimed and due: it is delivered again).
     """
     fields = {"entry": key, "listener": job_json.get("listener"), "database": using}
     by = "commit" if relayed is None else "relay"
@@ -160,10 +164,8 @@ def _deliver_all(entries: list[Any], using: str) -> tuple[int, int]:
     for entry in entries:
         task = task_for(entry.backend, entry.queue_name, entry.priority)
         key, job_json = str(entry.id), json.loads(entry.payload)
-        relayed = entry.deliveries
-        if not deliver(
-            task, job_json, key=key, using=using, attempts=entry.attempts, relayed=relayed
-        ):
+        attempts, relayed = entry.attempts, entry.deliveries
+        if not deliver(task, job_json, key=key, using=using, attempts=attempts, relayed=relayed):
             # The broker is likely down: one entry per pass probes it, the rest stay due.
             return done, 1
         done += 1
