@@ -235,8 +235,8 @@ def main(*, quick: bool = False) -> str:
         "The outbox's INSERT rides in the sender's transaction and its commit, as the "
         "reference row does; after the commit, a delivery the backend takes writes nothing "
         "(the worker's claim marks the entry delivered, in the worker's own UPDATE). The "
-        "rest of the extra over the reference is the entry's encoding and the on-commit "
-        "delivery's work.",
+        "rest of the extra over the reference is the entry's two indexes (its key, the "
+        "relay's) and the preparation of its values.",
         *notes,
     ]
     text = "\n".join(lines)
