@@ -688,9 +688,10 @@ class BackgroundSettings:
     """Write each call to the outbox table first: ``"auto"`` when the backend is outside
     the database (not django-tasks-db, not the immediate or dummy backends)."""
     outbox_grace: float = 5.0
-    """Seconds the relay leaves a fresh entry to its own on-commit delivery."""
+    """Seconds the relay leaves a fresh entry to its own on-commit delivery and a worker's
+    claim before delivering it (again); the wait before each later delivery doubles from it."""
     outbox_retention: float = 7 * 86400.0
-    """Seconds delivered entries are kept (for the run-once check) before the relay purges them."""
+    """Seconds claimed entries are kept (for the run-once check) before the relay purges them."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _BACKGROUND_FIELDS)

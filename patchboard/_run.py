@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import keyword
+import unicodedata
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -180,15 +181,15 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
     with the values in the tuple ``arguments``: a call spelled that way costs
     about half of one that unpacks a dict (``func(**arguments)`` builds the
     keyword names again at every call), per listener. Names that cannot be
-    spelled so (not identifiers, or ``signal``/``sender`` again) are
-    unpacked from a dict.
+    spelled so (not identifiers, identifiers the compiler would normalize,
+    or ``signal``/``sender`` again) are unpacked from a dict.
     """
     if not kwargs:
         return apply_none, (signal, sender)
     names = tuple(kwargs)
     apply = _APPLIERS.get(names)
     if apply is None:
-        spelled = all(name.isidentifier() and not keyword.iskeyword(name) for name in names)
+        spelled = all(_spellable(name) for name in names)
         if not spelled or "signal" in kwargs or "sender" in kwargs:
             return _apply_dict, {"signal": signal, "sender": sender, **kwargs}
         apply = _compile_apply(names)
@@ -196,6 +197,17 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
             _APPLIERS.clear()  # names come from code, so they are few; but stay bounded
         _APPLIERS[names] = apply
     return apply, (signal, sender, *kwargs.values())
+
+
+def _spellable(name: str) -> bool:
+    # An identifier the compiler keeps as written: it rewrites identifiers to their
+    # NFKC form, so "\u00b5" (the micro sign) in source would reach the listener as
+    # "\u03bc" (a Greek mu).
+    return (
+        name.isidentifier()
+        and not keyword.iskeyword(name)
+        and unicodedata.normalize("NFKC", name) == name
+    )
 
 
 def apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:

@@ -17,7 +17,7 @@ Mounted with ``path("patchboard/", include("patchboard.urls"))``, one URL answer
 ``POST`` with ``outbox`` (a database alias) and ``action`` (``redeliver_failed``
     or ``purge_delivered``)
     Makes that database's failed deliveries due now, for the relay's next
-    pass, or deletes the entries delivered more than
+    pass, or deletes the entries a worker claimed (delivered) more than
     :data:`PURGE_DELIVERED_AFTER` seconds ago, then redirects back.
 
 Who may see it, like the admin: anonymous users are redirected to the login
@@ -114,11 +114,11 @@ ACTIONS: Final[dict[str, Action]] = {
 
 OUTBOX_ACTIONS: Final[dict[str, str]] = {
     "redeliver_failed": "Redeliver failed",
-    "purge_delivered": "Purge delivered over an hour ago",
+    "purge_delivered": "Purge claimed over an hour ago",
 }
 """The outbox's controls: a POST's ``action`` to its button's label."""
 PURGE_DELIVERED_AFTER: Final = 3600.0
-"""Seconds: an entry delivered longer ago than this has long been run (or will not be)."""
+"""Seconds: an entry claimed longer ago than this has long been run (or will not be)."""
 
 
 # -- the snapshot: one shape for the page and for JSON --------------------------------
@@ -177,7 +177,10 @@ class OutboxStatus(TypedDict):
     """
     The outbox on one database (see :class:`OutboxStatistics`), shared by
     every process; ``error`` says why the numbers are missing (no table yet,
-    an unreachable database), else it is None.
+    an unreachable database), else it is None. ``pending`` counts the
+    entries no worker has claimed (queued in the broker included: the
+    outbox cannot tell them from lost ones), ``awaiting_worker`` those of
+    them the relay delivered again, ``claimed`` those a worker took.
     """
 
     database: str
@@ -185,6 +188,8 @@ class OutboxStatus(TypedDict):
     oldest_pending_at: str | None
     failed: int | None
     last_error: str
+    awaiting_worker: int | None
+    claimed: int | None
     error: str | None
 
 
@@ -299,6 +304,8 @@ def outbox_status() -> list[OutboxStatus] | None:
                     "oldest_pending_at": None,
                     "failed": None,
                     "last_error": "",
+                    "awaiting_worker": None,
+                    "claimed": None,
                     "error": f"{type(exc).__qualname__}: {exc}"[:500],
                 }
             )
@@ -310,6 +317,8 @@ def outbox_status() -> list[OutboxStatus] | None:
                 "oldest_pending_at": _iso(stats.oldest_pending_at),
                 "failed": stats.failed,
                 "last_error": stats.last_error,
+                "awaiting_worker": stats.awaiting_worker,
+                "claimed": stats.claimed,
                 "error": None,
             }
         )
@@ -460,7 +469,7 @@ async def _control_outbox(request: HttpRequest) -> HttpResponse:
             message = f"{count} failed deliveries on {alias!r} are due now, for the relay."
         else:
             count = await sync_to_async(_outbox.purge_delivered)(alias, PURGE_DELIVERED_AFTER)
-            message = f"Purged {count} entries delivered over an hour ago from {alias!r}."
+            message = f"Purged {count} entries claimed over an hour ago from {alias!r}."
     except DatabaseError as exc:
         return HttpResponse(
             f"could not change the outbox on {alias!r}: {exc!r}",
@@ -539,7 +548,7 @@ def breaker_moments(breaker: BreakerStatus, now: datetime) -> list[Moment]:
 
 
 def outbox_moment(outbox: OutboxStatus, now: datetime) -> Moment | None:
-    """How old the oldest pending entry is (``4 s``), or None when nothing is pending."""
+    """How old the oldest unclaimed entry is (``4 s``), or None when every entry is claimed."""
     if outbox["oldest_pending_at"] is None:
         return None
     oldest = datetime.fromisoformat(outbox["oldest_pending_at"])

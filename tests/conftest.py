@@ -20,8 +20,10 @@ from tests.services import RedisServer, require_postgres, require_redis, require
 # CI draws the same examples on every run (derandomized, no example database):
 # a property test can only turn CI red through a change, never by chance. The
 # random search stays on developers' machines, where a failure it finds is
-# kept in .hypothesis/ and, once understood, pinned with @example.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+# kept in .hypothesis/ and, once understood, pinned with @example. No deadline in
+# CI: its two cores also run the suite's workers and servers, and an example slowed by
+# them is not a failure of the property.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
 

@@ -306,8 +306,8 @@ def background_once(observed: Observed) -> Check:
     Every committed order's background call ran exactly once, counted by the
     evidence its listener left keyed by the order (0 lost, 0 run twice), the
     broker's outage included: some deliveries were refused while it was down
-    (else the outage tested nothing), and the outbox was empty at the end.
-    Every order the shop answered 201 for is committed.
+    (else the outage tested nothing), and a worker had claimed every outbox
+    entry at the end. Every order the shop answered 201 for is committed.
     """
     background = observed.background
     committed = set(background.committed)
@@ -325,11 +325,12 @@ def background_once(observed: Observed) -> Check:
         and once == len(committed)
         and not (lost or twice or strays or unseen)
         and background.refused > 0
-        and background.pending == 0
+        and background.unclaimed == 0
         and background.receipts_sent == len(committed),
         f"{len(committed)} orders committed ({statuses}): {once} ran once, {lost} lost, "
         f"{twice} twice; outbox: {background.entries} entries, {background.refused} refused "
-        f"while the broker was down and relayed, {background.pending} pending "
+        f"while the broker was down, {background.relayed} relayed unclaimed, "
+        f"{background.unclaimed} unclaimed "
         f"{background.drained_in:.1f} s after the load; the shop's receipt sent for "
         f"{background.receipts_sent}; the rqworker restarted {background.worker_restarts} times"
         + (f"; {len(unseen)} answered 201 and not committed" if unseen else "")

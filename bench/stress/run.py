@@ -41,7 +41,8 @@ QUIET_TIMEOUT = 15.0
 WATCH_INTERVAL = 2.0
 """Seconds between two looks at the processes (each look is a few status pages)."""
 DRAIN_WITHIN = 30.0
-"""Seconds after the load for the outbox to empty and the RQ queue to go idle."""
+"""Seconds after the load for every outbox entry to be claimed and the RQ queue to go idle
+(the relay delivers a lost task again after ``OUTBOX_GRACE``, 2 s in the run's settings)."""
 RQ_WORKER = ("rqworker", "default", "--job-class", "django_tasks_rq.Job", "--with-scheduler")
 """The shop's RQ worker, as the README runs it."""
 RELAY = ("patchboard", "relay", "--interval", "0.5")
@@ -83,10 +84,12 @@ class Background:
     """The outbox's entries (two per order: a background call per listener)."""
     refused: int = 0
     """Entries whose delivery failed at least once (the broker down), relayed since."""
-    pending: int = 0
-    """Entries still undelivered at the end."""
+    relayed: int = 0
+    """Entries the relay delivered while no worker had claimed them (refused, or lost)."""
+    unclaimed: int = 0
+    """Entries no worker had claimed (run) at the end: queued, lost, or never delivered."""
     drained_in: float = math.nan
-    """Seconds after the load until the outbox was empty and the queue idle (nan: never)."""
+    """Seconds after the load until every entry was claimed and the queue idle (nan: never)."""
     worker_restarts: int = 0
     """How many times the rqworker exited and was started again."""
 
@@ -326,18 +329,18 @@ class StressRun:
 
     async def drain(self, stack: Stack, broker: RedisServer) -> None:
         """
-        Wait until every outbox entry is delivered and the RQ queue is idle
-        (DRAIN_WITHIN seconds at most), then read what the orders left in the
-        shop's database.
+        Wait until a worker has claimed every outbox entry and the RQ queue is
+        idle (DRAIN_WITHIN seconds at most), then read what the orders left in
+        the shop's database.
         """
         database = Path(stack.env["SHOP_DATABASE"])
         background = self.observed.background
         started = time.monotonic()
         while True:
             stack.check_alive()
-            pending = await asyncio.to_thread(outbox_pending, database)
+            unclaimed = await asyncio.to_thread(outbox_unclaimed, database)
             idle = partial(rq_busy, broker.url, live_workers_only=True)
-            if pending == 0 and await asyncio.to_thread(idle) == 0:
+            if unclaimed == 0 and await asyncio.to_thread(idle) == 0:
                 # Twice, apart: a job a live worker is taking is in none of what rq_busy
                 # counts for a moment (a dead worker's stays in the intermediate list).
                 await asyncio.sleep(1.0)
@@ -346,7 +349,7 @@ class StressRun:
                     break
             if time.monotonic() - started > DRAIN_WITHIN:
                 self.observed.problems.append(
-                    f"after {DRAIN_WITHIN:g} s, {pending} outbox entries were undelivered "
+                    f"after {DRAIN_WITHIN:g} s, {unclaimed} outbox entries were unclaimed "
                     f"or the RQ queue was busy"
                 )
                 break
@@ -487,8 +490,11 @@ class StressRun:
         self.observed.wall[name] = datetime.now(UTC)
 
 
-def outbox_pending(database: Path) -> int:
-    """The shop's undelivered outbox entries."""
+def outbox_unclaimed(database: Path) -> int:
+    """
+    The shop's outbox entries no worker has claimed (``delivered_at`` is the
+    claim's stamp): queued in the broker, lost by it, or not delivered yet.
+    """
     with contextlib.closing(sqlite3.connect(database, timeout=20)) as connection:
         query = "SELECT count(*) FROM patchboard_outbox WHERE delivered_at IS NULL"
         return int(connection.execute(query).fetchone()[0])
@@ -505,11 +511,12 @@ def read_orders(database: Path, background: Background) -> None:
             "SELECT order_id, count(*) FROM stress_shop_receipt GROUP BY order_id"
         )
         background.runs.update({int(order): int(n) for order, n in runs.fetchall()})
-        entries, refused, pending = connection.execute(
-            "SELECT count(*), coalesce(sum(attempts > 0), 0),"
+        entries, refused, relayed, unclaimed = connection.execute(
+            "SELECT count(*), coalesce(sum(attempts > 0), 0), coalesce(sum(deliveries > 0), 0),"
             " coalesce(sum(delivered_at IS NULL), 0) FROM patchboard_outbox"
         ).fetchone()
-        background.entries, background.refused, background.pending = entries, refused, pending
+        background.entries, background.refused = entries, refused
+        background.relayed, background.unclaimed = relayed, unclaimed
 
 
 def busy(page: dict[str, Any]) -> int:

@@ -14,7 +14,10 @@ own (examples/shop/shop/settings.py), with
 * background listeners on RQ (django-tasks-rq), its broker another private
   ``redis-server`` (``STRESS_BROKER_URL``, which the run also stops and
   starts), worked by an ``rqworker`` beside the shop, with the outbox on (its
-  default for RQ) and ``manage.py patchboard relay`` running too; the run's
+  default for RQ) and ``manage.py patchboard relay`` running too, its
+  ``OUTBOX_GRACE`` 2 s (the relay delivers a task the broker lost, or a dead
+  rqworker dropped, again 2 s after its last delivery, then 4, 8, ...: well
+  within the drain's 30 s after the load); the run's
   own background listener of ``order_completed`` leaves its evidence in the
   shop's database (the ``stress_shop`` app's ``Receipt``);
 * ``DEBUG`` off, as deployed;
@@ -51,6 +54,7 @@ PATCHBOARD = {
     **PATCHBOARD,
     "STORE": os.environ["STRESS_REDIS_URL"],
     "MAX_THREADS": MAX_THREADS,
+    "BACKGROUND": {"OUTBOX_GRACE": 2.0},
     "BREAKERS": {
         CARRIER_BREAKER: {
             "key": _CARRIERS["key"],

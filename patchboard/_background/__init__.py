@@ -12,8 +12,9 @@ calls the listener through the same machinery as an inline call, so its
 ``timeout``, ``on_error`` and ``breaker`` apply there; :mod:`._checks` holds
 the system checks. With a backend outside the database, :mod:`._outbox`
 writes each call to a table in the sender's transaction first and
-:mod:`._relay` delivers it, after the commit and again for what is left
-(``manage.py patchboard relay``); the worker claims each attempt once.
+:mod:`._relay` delivers it, after the commit and again for what no worker
+has claimed (``manage.py patchboard relay``); the worker claims each
+attempt once, and its claim is what marks the entry delivered.
 
 Open circuits. When the listener's circuit is open in the worker, the task
 does not fail: it enqueues its next attempt to run at the circuit's

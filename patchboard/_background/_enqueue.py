@@ -22,10 +22,12 @@ it is posted on commit, and the worker's span of the call is that span's
 child. With none, the letter carries nothing of the kind.
 With the outbox on (:mod:`._outbox`; a backend outside the database), the
 letter is first written in the ledger: inside ``atomic()`` an entry is
-inserted in the transaction and delivered on commit; outside, or from async
-code, the task is enqueued at once, and only if the backend refuses it is
-an entry written instead, for the relay. Either way the outcome is
-``"enqueued"``: the call is not lost.
+inserted in the transaction (the request's one extra query) and delivered
+on commit (nothing more is written unless the backend refuses it: the
+worker's claim marks it delivered, and the relay delivers again what no
+worker claims); outside, or from async code, the task is enqueued at once,
+and only if the backend refuses it is an entry written instead, for the
+relay. Either way the outcome is ``"enqueued"``: the call is not lost.
 """
 
 from __future__ import annotations
@@ -211,10 +213,10 @@ def _keyed(job: Job, using: str) -> tuple[str, dict[str, Any]]:
 
 def _deliver_on_commit(task: Any, payload: dict[str, Any], key: str, using: str) -> None:
     try:
-        _relay.deliver(task, payload, key=key, using=using, attempts=0, by="commit")
+        _relay.deliver(task, payload, key=key, using=using, attempts=0, relayed=None)
     except Exception as exc:
-        # Marking it failed: it stays in the outbox, and the relay delivers it
-        # (again, if the enqueue went through: the worker's claim runs it once).
+        # Marking it failed: it stays unclaimed in the outbox, and the relay delivers
+        # it (again, if the enqueue went through: the worker's claim runs it once).
         logger().error(
             "background_failed",
             exc_info=exc,
@@ -315,7 +317,7 @@ def _log_enqueued(job: Job, result: Any, *, on_commit: bool) -> None:
 
 
 def _log_written(job: Job, key: str, using: str, task: Any, *, error: BaseException | None) -> None:
-    # In a transaction, the usual path: debug (background_outbox_delivered follows).
+    # In a transaction, the usual path: debug (background_outbox_delivered follows on commit).
     fields = {
         "entry": key,
         "listener": job.listener,

@@ -1,9 +1,12 @@
 """
 Delivering outbox entries to the Tasks backend: once after the commit that
-wrote them, and by the relay (``manage.py patchboard relay``) for what is due
-since: entries whose delivery failed (after their backoff), and entries a
-process wrote and died before delivering (after ``OUTBOX_GRACE``, which
-leaves a fresh entry to its own on-commit delivery).
+wrote them (which writes nothing more when the backend takes the task), and
+by the relay (``manage.py patchboard relay``) for every entry no worker has
+claimed once it is due: entries whose delivery failed (after their backoff),
+entries a process wrote and died before delivering, and entries whose task
+the broker lost or no worker has taken yet (after ``OUTBOX_GRACE``, which
+leaves a fresh entry to its own on-commit delivery and a worker; then again
+after a wait that doubles with each of the relay's deliveries, up to an hour).
 
 Several relays may run on PostgreSQL: each takes its batch with ``SELECT
 ... FOR UPDATE SKIP LOCKED``, so two relays never hold the same entry. Where
@@ -31,7 +34,7 @@ from patchboard._log import log_limited, logger
 BATCH: Final = 100
 """Entries a relay takes per query (and holds locked, on PostgreSQL, while it delivers them)."""
 PURGE_EVERY: Final = 300.0
-"""Seconds between two purges of delivered entries past ``OUTBOX_RETENTION``, per relay."""
+"""Seconds between two purges of claimed entries past ``OUTBOX_RETENTION``, per relay."""
 
 
 def task_for(backend: str, queue_name: str, priority: int) -> Any:
@@ -40,17 +43,33 @@ def task_for(backend: str, queue_name: str, priority: int) -> Any:
 
 
 def deliver(
-    task: Any, job_json: dict[str, Any], *, key: str, using: str, attempts: int, by: str
+    task: Any,
+    job_json: dict[str, Any],
+    *,
+    key: str,
+    using: str,
+    attempts: int,
+    relayed: int | None,
 ) -> bool:
     """
-    Enqueue one entry's job, then mark the entry delivered (one UPDATE);
-    True if it was. A backend that refuses it counts the failed attempt
-    (``attempts`` failed ones before this), makes the entry due again after
-    a backoff and logs ``background_outbox_retry`` (limited per backend to
-    one a second, the next one carrying how many were dropped): the relay
-    delivers it later. ``by`` says who delivers: ``"commit"`` or ``"relay"``.
+    Enqueue one entry's job; True if the backend took it. ``relayed`` says
+    who delivers: None for the on-commit delivery, which writes nothing more
+    (the worker's claim marks the entry delivered); else the relay, and how
+    many times it delivered the entry before: one UPDATE counts this
+    delivery and makes the entry due again after a growing wait, in case no
+    worker claims it. Logs ``background_outbox_delivered`` (``by``:
+    ``"commit"`` or ``"relay"``). A backend that refuses it counts
+    the failed attempt (``attempts`` failed ones before this), makes the
+    entry due again after a backoff and logs ``background_outbox_retry``
+    (limited per backend to one a second, the next one carrying how many
+    were dropped): the relay delivers it later.
+
+    Raises:
+        DatabaseError: recording the relay's delivery, or a failed one, failed
+            (the entry stays unclaimed and due: it is delivered again).
     """
     fields = {"entry": key, "listener": job_json.get("listener"), "database": using}
+    by = "commit" if relayed is None else "relay"
     try:
         result = task.enqueue(job_json)
     except Exception as exc:
@@ -67,7 +86,8 @@ def deliver(
             by=by,
         )
         return False
-    _outbox.mark_delivered(key, using, result.id)
+    if relayed is not None:
+        _outbox.mark_relayed(key, using, relayed + 1, grace())
     logger().info(
         "background_outbox_delivered",
         **fields,
@@ -75,6 +95,7 @@ def deliver(
         backend=result.backend,
         queue_name=result.task.queue_name,
         attempts=attempts,
+        deliveries=relayed + 1 if relayed is not None else 0,
         by=by,
     )
     return True
@@ -97,9 +118,9 @@ def relay_once(
     Deliver the entries of database ``using`` that are due, ``batch`` at a
     time, until none is left, a delivery fails (the broker is likely down:
     the rest waits for the next pass, one entry probing it per pass) or
-    ``stop`` is set; then, with
-    ``purge``, delete the entries delivered more than ``OUTBOX_RETENTION``
-    seconds ago. Logs ``background_outbox_relayed`` when it did anything.
+    ``stop`` is set; then, with ``purge``, delete the entries a worker
+    claimed more than ``OUTBOX_RETENTION`` seconds ago. Logs
+    ``background_outbox_relayed`` when it did anything.
     """
     delivered = failed = 0
     while stop is None or not stop.is_set():
@@ -132,7 +153,7 @@ def _batch(using: str, size: int) -> tuple[int, int]:
     )
     if not connection.features.has_select_for_update_skip_locked:
         # SQLite: no row locks to take, and a write transaction held while a broker
-        # answers would lock every sender out; each entry is marked on its own.
+        # answers would lock every sender out; each entry is recorded on its own.
         return _deliver_all(list(due[:size]), using)
     with transaction.atomic(using=using):
         return _deliver_all(list(due.select_for_update(skip_locked=True)[:size]), using)
@@ -143,7 +164,8 @@ def _deliver_all(entries: list[Any], using: str) -> tuple[int, int]:
     for entry in entries:
         task = task_for(entry.backend, entry.queue_name, entry.priority)
         key, job_json = str(entry.id), json.loads(entry.payload)
-        if not deliver(task, job_json, key=key, using=using, attempts=entry.attempts, by="relay"):
+        attempts, relayed = entry.attempts, entry.deliveries
+        if not deliver(task, job_json, key=key, using=using, attempts=attempts, relayed=relayed):
             # The broker is likely down: one entry per pass probes it, the rest stay due.
             return done, 1
         done += 1
@@ -156,7 +178,7 @@ def relay_forever(
     """
     Relay passes over ``databases`` every ``interval`` seconds until ``stop``
     is set (a SIGTERM handler sets it: the relay stops between batches, never
-    between enqueueing an entry and marking it); delivered entries are purged
+    between enqueueing an entry and recording it); claimed entries are purged
     every :data:`PURGE_EVERY` seconds.
     """
     purged_at: float | None = None

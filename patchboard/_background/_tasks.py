@@ -52,11 +52,13 @@ def run_listener(context: Any, payload: dict[str, Any]) -> str:
     ``on_error="log"``), ``"rescheduled"``, ``"gave_up"``,
     ``"instance_missing"``, ``"refused"`` or ``"duplicate"``.
 
-    A call that went through the outbox carries its idempotency key: before
-    the listener runs, the worker claims the key's attempt on the entry's
-    database; a delivery of an attempt already claimed is a duplicate and
-    does not run (``background_duplicate``). An entry purged since
-    (``OUTBOX_RETENTION``) cannot tell, and the call runs.
+    A call that went through the outbox carries its idempotency key: first
+    of all, the worker claims the key's attempt on the entry's database,
+    which marks the entry delivered (the relay stops delivering it, even if
+    the call is then refused or its instance is missing); a delivery of an
+    attempt already claimed is a duplicate and does not run
+    (``background_duplicate``). An entry purged since (``OUTBOX_RETENTION``)
+    cannot tell, and the call runs.
 
     Raises:
         Exception: the listener's error when its ``on_error`` is ``"raise"``,
@@ -131,8 +133,7 @@ def run(payload: object, task_result: Any) -> str:
     task_id = task_result.id
     try:
         job = Job.from_json(payload)
-        found = candidates(job.listener, job.signal)
-    except (PayloadError, Refused) as exc:
+    except PayloadError as exc:
         return _refuse(payload, task_id, exc)
     context = {
         "listener": job.listener,
@@ -140,6 +141,19 @@ def run(payload: object, task_result: Any) -> str:
         "task_id": task_id,
         "attempt": job.attempt,
     }
+    # Claimed first, whatever follows (refused, instance missing, run): a worker took
+    # the call, so the relay no longer delivers it, and a duplicate does not get further.
+    if (
+        job.key is not None
+        and job.db is not None
+        and not claim(job.key, job.db, job.attempt, task_id)
+    ):
+        log.info("background_duplicate", entry=job.key, database=job.db, **context)
+        return "duplicate"
+    try:
+        found = candidates(job.listener, job.signal)
+    except Refused as exc:
+        return _refuse(payload, task_id, exc)
     log.info("background_started", **context)
     try:
         missing = found[0].listener.options.missing_instance
@@ -157,9 +171,6 @@ def run(payload: object, task_result: Any) -> str:
         return "instance_missing"
     except (PayloadError, Refused) as exc:
         return _refuse(payload, task_id, exc)
-    if job.key is not None and job.db is not None and not claim(job.key, job.db, job.attempt):
-        log.info("background_duplicate", entry=job.key, database=job.db, **context)
-        return "duplicate"
     # A task is not bound by the deadline of the request that enqueued it
     # (an immediate backend runs it inside that request).
     with _deadline.none(), _resumed(job):

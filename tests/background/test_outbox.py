@@ -2,11 +2,13 @@
 The outbox of background listeners, on the test database (SQLite), with the
 DummyBackend as the broker (``OUTBOX: True``; ``"auto"`` leaves it off for
 in-process backends): the write in the sender's transaction, the delivery on
-commit, retries with backoff, the relay, the worker's run-once claim, the
-setting, the system check and the management command.
+commit, retries with backoff, the relay, the worker's run-once claim (which
+marks an entry delivered), the relay's redelivery of what no worker claimed,
+the setting, the system check and the management command.
 
 A refusing broker is the DummyBackend's ``enqueue`` replaced by one that
-raises; the real broker stopped and started is in test_outbox_engines.py.
+raises; a broker that loses a task is the DummyBackend cleared; the real
+broker stopped and started is in test_outbox_engines.py.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import transaction
+from django.db import connection, transaction
 from django.dispatch import Signal as DjangoSignal
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 try:
@@ -121,7 +124,7 @@ def events(logs: LogCapture, name: str) -> list[dict[str, Any]]:
 
 
 def make_due() -> None:
-    """Time passes: every pending entry's backoff or grace is over."""
+    """Time passes: every unclaimed entry's backoff, grace or wait is over."""
     OutboxEntry.objects.filter(delivered_at__isnull=True).update(
         next_attempt_at=timezone.now() - timedelta(seconds=1)
     )
@@ -157,7 +160,13 @@ def test_committed_transaction_writes_one_entry_and_delivers_it(
     [result] = outbox.results
     [entry] = entries()
     assert outcome.task_id is None
-    assert (entry.delivered_at is not None, entry.task_id, entry.attempts) == (True, result.id, 0)
+    # Enqueued, not yet delivered: a worker's claim marks it so.
+    assert (entry.delivered_at, entry.task_id, entry.attempts, entry.deliveries) == (
+        None,
+        None,
+        0,
+        0,
+    )
     assert (entry.backend, entry.queue_name, entry.priority) == ("dummy", "default", 0)
     payload = result.args[0]
     assert json.loads(entry.payload) == payload
@@ -172,7 +181,26 @@ def test_committed_transaction_writes_one_entry_and_delivers_it(
 
     assert run_pending(outbox) == ["ok"]
     assert ran == [{"n": 1}]
-    assert OutboxEntry.objects.get().claimed_attempt == 1
+    entry = OutboxEntry.objects.get()
+    assert (entry.claimed_attempt, entry.task_id) == (1, result.id)
+    assert entry.delivered_at is not None  # the claim delivered it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sender_writes_one_insert_and_nothing_after_the_commit(
+    outbox: DummyBackend,
+) -> None:
+    """The outbox costs the request one INSERT: a delivery that succeeds writes nothing."""
+    with CaptureQueriesContext(connection) as queries:
+        with transaction.atomic():
+            outbox_signal.send_sync(sender=None, n=1)
+        assert len(outbox.results) == 1  # delivered on commit, inside the capture
+
+    touched = [q["sql"] for q in queries.captured_queries if "patchboard_outbox" in q["sql"]]
+    assert len(touched) == 1, touched
+    assert touched[0].startswith("INSERT INTO")
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert writes == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -223,9 +251,10 @@ def test_refused_on_commit_the_entry_waits_its_backoff_then_the_relay_delivers_i
     make_due()
     assert _relay.relay_once("default").delivered == 1
     entry = OutboxEntry.objects.get()
-    assert (entry.delivered_at is not None, entry.attempts) == (True, 2)
+    assert (entry.delivered_at, entry.attempts, entry.deliveries) == (None, 2, 1)
     assert run_pending(outbox) == ["ok"]
     assert ran == [{"n": 1}]
+    assert OutboxEntry.objects.get().delivered_at is not None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -334,7 +363,7 @@ def test_a_duplicate_delivery_runs_the_listener_once(
         key=str(entry.id),
         using="default",
         attempts=0,
-        by="relay",
+        relayed=0,
     )
     assert len(outbox.results) == 2
 
@@ -371,8 +400,92 @@ def test_a_purged_entry_cannot_tell_and_the_call_runs(outbox: DummyBackend) -> N
     assert ran == [{"n": 1}]
 
 
+# -- what no worker claims: the relay delivers it again ---------------------------------
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_relay_purges_delivered_entries_past_the_retention(
+def test_a_task_the_broker_lost_is_delivered_again_after_the_grace_and_runs_once(
+    outbox: DummyBackend, logs: LogCapture
+) -> None:
+    with transaction.atomic():
+        outbox_signal.send_sync(sender=None, n=1)
+    assert len(outbox.results) == 1
+    outbox.clear()  # the broker lost it (a restart without persistence, a dead worker's job)
+
+    assert _relay.relay_once("default").delivered == 0  # within the grace: left to a worker
+    make_due()
+    before = timezone.now()
+    assert _relay.relay_once("default").delivered == 1
+    after = timezone.now()
+    [entry] = entries()
+    grace = timedelta(seconds=get_settings().background.outbox_grace)
+    assert (entry.delivered_at, entry.deliveries) == (None, 1)
+    assert before + grace <= entry.next_attempt_at <= after + grace  # due again after the grace
+    assert _relay.relay_once("default").delivered == 0  # not due again yet
+
+    assert run_pending(outbox) == ["ok"]
+    assert ran == [{"n": 1}]
+    assert OutboxEntry.objects.get().delivered_at is not None
+    make_due()
+    assert _relay.relay_once("default").delivered == 0  # claimed: the relay is done with it
+    relayed = [e for e in events(logs, "background_outbox_delivered") if e["by"] == "relay"]
+    assert [(e["entry"], e["deliveries"]) for e in relayed] == [(str(entry.id), 1)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unclaimed_entry_is_delivered_again_after_a_doubling_wait_and_runs_once(
+    outbox: DummyBackend,
+) -> None:
+    """No worker runs (a stopped fleet): each relay delivery waits twice as long as the last."""
+    with transaction.atomic():
+        outbox_signal.send_sync(sender=None, n=1)
+    grace = get_settings().background.outbox_grace
+    waits = []
+    for _ in range(3):
+        make_due()
+        before = timezone.now()
+        assert _relay.relay_once("default").delivered == 1
+        entry = OutboxEntry.objects.get()
+        waits.append(round((entry.next_attempt_at - before).total_seconds() / grace))
+    assert waits == [1, 2, 4]
+    assert OutboxEntry.objects.get().deliveries == 3
+    assert len(outbox.results) == 4  # on commit, then the relay three times
+
+    assert sorted(run_pending(outbox)) == ["duplicate", "duplicate", "duplicate", "ok"]
+    assert ran == [{"n": 1}]
+
+
+def test_the_redelivery_wait_doubles_from_the_grace_up_to_an_hour() -> None:
+    assert [_outbox.redelivery_wait(d, 5.0) for d in (1, 2, 3, 4, 10, 11, 100)] == [
+        5,
+        10,
+        20,
+        40,
+        2560,
+        3600,
+        3600,
+    ]
+    assert _outbox.redelivery_wait(1, 0.0) == _outbox.BACKOFF_MIN  # a zero grace: not a busy loop
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_call_the_worker_refuses_is_claimed_so_the_relay_leaves_it(
+    outbox: DummyBackend, logs: LogCapture
+) -> None:
+    """A refusal is final, as without the outbox: the claim comes before it."""
+    with transaction.atomic():
+        outbox_signal.send_sync(sender=None, n=1)
+    outbox_signal.disconnect(record)  # this worker does not know the listener
+
+    assert run_pending(outbox) == ["refused"]
+    assert OutboxEntry.objects.get().claimed_attempt == 1
+    make_due()
+    assert _relay.relay_once("default").delivered == 0
+    assert len(events(logs, "background_refused")) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_purges_claimed_entries_past_the_retention_never_unclaimed_ones(
     outbox: DummyBackend, settings: Any
 ) -> None:
     settings.PATCHBOARD = {
@@ -381,13 +494,16 @@ def test_the_relay_purges_delivered_entries_past_the_retention(
     for n in range(2):
         with transaction.atomic():
             outbox_signal.send_sync(sender=None, n=n)
-    old, recent = entries()
-    OutboxEntry.objects.filter(pk=old.pk).update(
-        delivered_at=timezone.now() - timedelta(seconds=61)
-    )
+    assert run_pending(outbox) == ["ok", "ok"]
+    with transaction.atomic():
+        outbox_signal.send_sync(sender=None, n=2)  # enqueued, never claimed
+    old, recent, unclaimed = entries()
+    long_ago = timezone.now() - timedelta(seconds=61)
+    OutboxEntry.objects.filter(pk=old.pk).update(delivered_at=long_ago)
+    OutboxEntry.objects.filter(pk=unclaimed.pk).update(created_at=long_ago)
 
     assert _relay.relay_once("default").purged == 1
-    assert [e.pk for e in entries()] == [recent.pk]
+    assert [e.pk for e in entries()] == [unclaimed.pk, recent.pk]
 
 
 # -- the setting ----------------------------------------------------------------------
@@ -524,19 +640,28 @@ def test_outbox_command_lists_redelivers_and_purges(
 
     call_command("patchboard", "outbox", "--database", "default", stdout=out)
 
-    assert "default: pending 1 (oldest 0 s), failed deliveries 1" in out.getvalue()
+    # Both unclaimed: the refused one, and the one enqueued that no worker ran yet.
+    assert "default: unclaimed 2 (oldest 0 s), failed deliveries 1" in out.getvalue()
+    assert "relayed again and not yet claimed 0, claimed by a worker 0" in out.getvalue()
     assert "last error: ConnectionError: broker down" in out.getvalue()
     out = StringIO()
     call_command("patchboard", "outbox", "--database", "default", "--redeliver-failed", stdout=out)
     assert "default: 1 failed deliveries due now." in out.getvalue()
-    call_command("patchboard", "relay", "--once", "--database", "default", stdout=StringIO())
+    out = StringIO()
+    call_command("patchboard", "relay", "--once", "--database", "default", stdout=out)
+    assert "default: delivered 1, failed 0" in out.getvalue()
+    out = StringIO()
+    call_command("patchboard", "outbox", "--database", "default", stdout=out)
+    assert "relayed again and not yet claimed 1, claimed by a worker 0" in out.getvalue()
+    assert run_pending(outbox) == ["ok", "ok"]
     assert OutboxEntry.objects.filter(delivered_at__isnull=True).count() == 0
 
     out = StringIO()
     call_command(
         "patchboard", "outbox", "--database", "default", "--purge-delivered", "0", stdout=out
     )
-    assert "default: purged 2 delivered entries." in out.getvalue()
+    assert "default: purged 2 claimed entries." in out.getvalue()
+    assert "default: unclaimed 0 (oldest -)" in out.getvalue()
     assert entries() == []
 
 
@@ -556,10 +681,13 @@ def test_redelivering_a_claimed_entry_runs_it_again(outbox: DummyBackend) -> Non
         str(entry.id),
         stdout=StringIO(),
     )
+    entry.refresh_from_db()
+    assert (entry.delivered_at, entry.claimed_attempt, entry.deliveries) == (None, 0, 0)
     call_command("patchboard", "relay", "--once", "--database", "default", stdout=StringIO())
 
     assert run_pending(outbox) == ["ok"]
     assert ran == [{"n": 1}, {"n": 1}]
+    assert OutboxEntry.objects.get().claimed_attempt == 1
 
 
 @pytest.mark.django_db

@@ -6,11 +6,15 @@ django-tasks-celery and a real ``celery worker``, with the real relay
 stops and starts, with the project's rows in PostgreSQL (a database of the
 test's own) and, on RQ, in an SQLite file too.
 
-One run per engine and database: a burst of committed transactions with the broker up,
-then down; a call sent from async code while it is down; the broker back; a
-sender killed by its own commit before it could deliver; the relay until
-the outbox is empty; one delivery repeated on purpose; the worker until the
-queue is idle. Then what the listeners wrote: each order's evidence exactly once.
+One run per engine and database: a burst of committed transactions with the
+broker up, run by the worker; a second one with the broker up and no worker,
+whose tasks the broker then loses (this Redis keeps nothing across a
+restart); a third with the broker down; a call sent from async code while
+it is down; the broker back; a sender killed by its own commit before it
+could deliver; the relay until it has delivered every unclaimed entry; one
+delivery repeated on purpose; the worker until every entry is claimed and
+the queue is idle. Then what the listeners wrote: each order's evidence
+exactly once.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ from tests.services import RedisServer, require_module, require_redis_server
 
 pytestmark = [pytest.mark.stress, pytest.mark.redis]
 
-UP, DOWN = 6, 6
-"""Transactions committed with the broker up, then down."""
+UP, LOST, DOWN = 6, 3, 6
+"""Transactions committed with the broker up (run), up (then lost with it), then down."""
+ALL = UP + LOST + DOWN + 2
+"""Every entry: the three bursts, the async send, DIED."""
 DEADLINE_S = 40.0
 
 
@@ -89,12 +95,12 @@ class OutboxRun:
     """What one run left behind."""
 
     while_down: list[dict[str, Any]]
-    """The outbox's rows right after the broker went down and the burst was sent."""
+    """The outbox's rows right after the broker went down and the last burst was sent."""
     async_outcomes: list[list[Any]]
     before_relay: list[dict[str, Any]]
     after_relay: list[dict[str, Any]]
     final: list[dict[str, Any]]
-    """The outbox's rows once the worker is idle."""
+    """The outbox's rows once every entry is claimed and the worker is idle."""
     engine: Engine
     duplicate: dict[str, Any]
     evidence: list[dict[str, Any]]
@@ -107,7 +113,8 @@ class OutboxRun:
 
 
 def pending(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row for row in rows if not row["delivered"]]
+    """The entries no worker has claimed (the outbox's to deliver)."""
+    return [row for row in rows if not row["claimed"]]
 
 
 def wait_until(condition: Any, what: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -121,7 +128,11 @@ def wait_until(condition: Any, what: str, process: subprocess.Popen[bytes], log:
 
 
 def relay_until_empty(project: Project, log: Path) -> tuple[int, str]:
-    """The real relay, in a loop, until every entry is delivered; then SIGTERM."""
+    """
+    The real relay, in a loop, until it has delivered every unclaimed entry
+    (no worker runs: they stay unclaimed, and may be delivered more than once,
+    the wait between two deliveries doubling from the 1 s grace); then SIGTERM.
+    """
     with log.open("w") as out:
         relay = subprocess.Popen(
             [sys.executable, "-m", "django", "patchboard", "relay", "--interval", "0.2"],
@@ -132,8 +143,10 @@ def relay_until_empty(project: Project, log: Path) -> tuple[int, str]:
         )
         try:
             wait_until(
-                lambda: not pending(project.scenario("outbox")["entries"]),
-                "the relay delivering every entry",
+                lambda: all(
+                    row["deliveries"] for row in pending(project.scenario("outbox")["entries"])
+                ),
+                "the relay delivering every unclaimed entry",
                 relay,
                 log,
             )
@@ -147,17 +160,33 @@ def relay_until_empty(project: Project, log: Path) -> tuple[int, str]:
     return relay.returncode, log.read_text()
 
 
-def delivered_tasks(project: Project) -> set[str]:
-    """The task ids of the outbox's delivered entries."""
+def claimed_tasks(project: Project) -> set[str]:
+    """The task ids of the outbox's claimed entries (the tasks that claimed them)."""
     return {row["task_id"] for row in project.scenario("outbox")["entries"] if row["task_id"]}
 
 
 def work(
-    project: Project, engine: Engine, server: RedisServer, log: Path, task_ids: set[str]
+    project: Project,
+    engine: Engine,
+    server: RedisServer,
+    log: Path,
+    *,
+    extra: frozenset[str] = frozenset(),
+    before: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """The engine's real worker until it is idle, ``task_ids`` finished; its log events."""
+    """
+    The engine's real worker until every outbox entry is claimed and the
+    engine is idle, the claiming tasks (but those of ``before``) and
+    ``extra`` finished; its log events.
+    """
     worker = Worker(project, engine.worker, log)
     try:
+        deadline = time.monotonic() + DEADLINE_S
+        while pending(project.scenario("outbox")["entries"]):
+            worker.alive()
+            assert time.monotonic() < deadline, f"entries left unclaimed:\n{worker.tail()}"
+            time.sleep(0.2)
+        task_ids = claimed_tasks(project) - before | extra
         deadline = time.monotonic() + DEADLINE_S
         while not engine.idle(server.url, task_ids):
             worker.alive()
@@ -170,12 +199,14 @@ def work(
 
 def outbox_run(project: Project, engine: Engine, server: RedisServer, workdir: Path) -> OutboxRun:
     project.scenario("burst", "0", str(UP))
-    # Run before the broker stops: this Redis keeps nothing across a restart, and
-    # what it lost once delivered is the broker's durability, not the outbox's.
-    up = delivered_tasks(project)
-    first = work(project, engine, server, workdir / "worker-first.log", up)
+    first = work(project, engine, server, workdir / "worker-first.log")
+    # Their results go with the restarted Redis (Celery keeps them there).
+    up = frozenset(claimed_tasks(project))
+    # Enqueued on commit, and lost: no worker runs them before the broker stops, and
+    # this Redis keeps nothing across a restart (a broker's loss, or a dead worker's job).
+    project.scenario("burst", str(UP), str(UP + LOST))
     server.stop()
-    project.scenario("burst", str(UP), str(UP + DOWN))
+    project.scenario("burst", str(UP + LOST), str(UP + LOST + DOWN))
     while_down = project.scenario("outbox")["entries"]
     async_outcomes = project.scenario("send_async")["outcomes"]
     server.start()
@@ -184,9 +215,8 @@ def outbox_run(project: Project, engine: Engine, server: RedisServer, workdir: P
     returncode, relay_log = relay_until_empty(project, workdir / "relay.log")
     after_relay = project.scenario("outbox")["entries"]
     duplicate = project.scenario("duplicate")
-    # The first tasks' results went with the restarted Redis (Celery keeps them there).
-    later = delivered_tasks(project) - up | {duplicate["task_id"]}
-    then = work(project, engine, server, workdir / "worker-then.log", later)
+    repeated = frozenset([duplicate["task_id"]])
+    then = work(project, engine, server, workdir / "worker-then.log", extra=repeated, before=up)
     return OutboxRun(
         engine=engine,
         while_down=while_down,
@@ -226,46 +256,55 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 def test_while_the_broker_is_down_committed_calls_wait_in_the_outbox(run: OutboxRun) -> None:
     waiting = pending(run.while_down)
-    assert len(waiting) == DOWN
-    assert {row["attempts"] for row in waiting} == {1}
-    assert {row["last_error"].split(":")[0] for row in waiting} == {run.engine.refused_by}
-    assert len(run.while_down) - len(waiting) == UP  # delivered on commit while it was up
+    refused = [row for row in waiting if row["attempts"]]
+    assert len(refused) == DOWN
+    assert {row["attempts"] for row in refused} == {1}
+    assert {row["last_error"].split(":")[0] for row in refused} == {run.engine.refused_by}
+    # Delivered on commit, never claimed: the outbox cannot tell them from queued ones.
+    assert len(waiting) - len(refused) == LOST
+    assert len(run.while_down) - len(waiting) == UP  # claimed by the worker
 
 
 def test_an_async_send_while_the_broker_is_down_is_written_not_lost(run: OutboxRun) -> None:
     assert run.async_outcomes == [["enqueued", None]]
     [written] = [r for r in run.before_relay if r["listener"] == "tests.e2e.listeners.receipt"]
-    assert (written["delivered"], written["attempts"]) == (False, 1)
+    assert (written["claimed"], written["attempts"]) == (False, 1)
 
 
 def test_a_sender_killed_by_its_commit_left_its_call_for_the_relay(run: OutboxRun) -> None:
-    never_tried = [row for row in pending(run.before_relay) if row["attempts"] == 0]
-    assert len(never_tried) == 1  # DIED: committed, its delivery never ran
+    never_refused = [row for row in pending(run.before_relay) if row["attempts"] == 0]
+    assert len(never_refused) == LOST + 1  # the lost ones, and DIED: its delivery never ran
     assert "DIED" in run.evidence_of("post_save")
 
 
-def test_the_relay_delivers_everything_and_stops_cleanly_on_sigterm(run: OutboxRun) -> None:
-    assert pending(run.after_relay) == []
-    assert len(run.after_relay) == UP + DOWN + 2  # the burst, the async send, DIED
+def test_the_relay_delivers_every_unclaimed_entry_and_stops_cleanly_on_sigterm(
+    run: OutboxRun,
+) -> None:
+    unclaimed = {row["id"] for row in pending(run.before_relay)}
+    assert len(unclaimed) == LOST + DOWN + 2  # the lost ones, the refused ones, async, DIED
+    assert all(row["deliveries"] for row in pending(run.after_relay))
     assert run.relay_returncode == 0
     assert "Relay stopped." in run.relay_log
     relayed = [json.loads(line) for line in run.relay_log.splitlines() if line.startswith("{")]
     delivered = [e for e in relayed if e["event"] == "background_outbox_delivered"]
-    assert len(delivered) == DOWN + 2
+    # Each at least once (again after a doubling wait while no worker claims it).
+    assert {e["entry"] for e in delivered} == unclaimed
     assert {e["by"] for e in delivered} == {"relay"}
 
 
 def test_nothing_lost_and_nothing_run_twice(run: OutboxRun) -> None:
-    burst = [f"B-{n}" for n in range(UP + DOWN)]
+    burst = [f"B-{n}" for n in range(UP + LOST + DOWN)]
     assert run.evidence_of("post_save") == sorted([*burst, "DIED"])  # each exactly once
     assert run.evidence_of("receipt") == ["ASYNC"]
-    # Every call claimed by a worker, on its first attempt, the repeated one included.
-    assert [row["claimed_attempt"] for row in run.final] == [1] * (UP + DOWN + 2)
+    # Every call claimed by a worker, on its first attempt, the repeated ones included.
+    assert [row["claimed_attempt"] for row in run.final] == [1] * ALL
+    assert pending(run.final) == []
 
 
 def test_a_repeated_delivery_is_a_logged_duplicate(run: OutboxRun) -> None:
-    [duplicate] = [e for e in run.worker_events if e.get("event") == "background_duplicate"]
-    assert duplicate["entry"] == run.duplicate["entry"]
-    assert duplicate["task_id"] == run.duplicate["task_id"]
+    duplicates = [e for e in run.worker_events if e.get("event") == "background_duplicate"]
+    [repeated] = [e for e in duplicates if e["task_id"] == run.duplicate["task_id"]]
+    assert repeated["entry"] == run.duplicate["entry"]
+    # Any other duplicate is one of the relay's deliveries beyond the first: never run.
     finished = [e for e in run.worker_events if e.get("event") == "background_finished"]
-    assert len(finished) == UP + DOWN + 2
+    assert len(finished) == ALL

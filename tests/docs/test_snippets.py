@@ -59,12 +59,7 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
 
-SKIPPED: dict[str, list[str]] = {
-    "docs/operations.md": [
-        "sets the process's global OpenTelemetry tracer provider, which can be set once "
-        "(tests/tracing sets its own)",
-    ],
-}
+SKIPPED: dict[str, list[str]] = {}
 """Per page, the reason of each block that is skipped, in page order."""
 
 MODULE_HEADER = re.compile(r"# (?P<path>\w+(?:/\w+)+)\.py\b")
@@ -131,10 +126,32 @@ def structlog_untouched() -> Iterator[None]:
     structlog.configure(**saved)
 
 
+@pytest.fixture
+def tracer_provider_untouched() -> Iterator[None]:
+    """
+    A page may install OpenTelemetry's global tracer provider (the operations
+    guide does), which a process can set once: the page gets a fresh
+    set-once, and tests/tracing's provider is put back afterwards. The reset
+    is what opentelemetry-test-utils' ``reset_trace_globals`` does.
+    """
+    try:
+        from opentelemetry import trace
+        from opentelemetry.util._once import Once
+    except ImportError:  # the opentelemetry extra is not installed: nothing to keep
+        yield
+        return
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()
+    try:
+        yield
+    finally:
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("page", PAGES)
 def test_every_python_snippet_of_the_page_runs(
-    page: str, settings: Any, structlog_untouched: None
+    page: str, settings: Any, structlog_untouched: None, tracer_provider_untouched: None
 ) -> None:
     run = PageRun()
     sybil = Sybil(parsers=[CodeBlockParser(language="python", evaluator=run), SkipParser()])

@@ -212,7 +212,7 @@ def send_async() -> dict[str, Any]:
 
 
 def duplicate() -> dict[str, Any]:
-    """Deliver the first delivered outbox entry once more, as a racing relay would."""
+    """Deliver the first claimed outbox entry once more, as a racing relay would."""
     from patchboard._background._relay import task_for
     from patchboard.models import OutboxEntry
 
@@ -229,7 +229,8 @@ def outbox() -> dict[str, Any]:
             {
                 "id": str(e.id),
                 "attempts": e.attempts,
-                "delivered": e.delivered_at is not None,
+                "claimed": e.delivered_at is not None,  # delivered: a worker took it
+                "deliveries": e.deliveries,
                 "claimed_attempt": e.claimed_attempt,
                 "last_error": e.last_error,
                 "task_id": e.task_id,

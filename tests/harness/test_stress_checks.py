@@ -120,7 +120,7 @@ def test_background_once_passes_when_each_committed_order_ran_once() -> None:
         pytest.param({1: 1, 2: 1, 3: 1, 4: 1}, {}, id="a run for no committed order"),
         pytest.param({1: 1, 2: 1, 3: 1}, {"created": [1, 2, 3, 4]}, id="a 201 not committed"),
         pytest.param({1: 1, 2: 1, 3: 1}, {"refused": 0}, id="the outage refused nothing"),
-        pytest.param({1: 1, 2: 1, 3: 1}, {"pending": 1}, id="an entry left undelivered"),
+        pytest.param({1: 1, 2: 1, 3: 1}, {"unclaimed": 1}, id="an entry left unclaimed"),
         pytest.param({1: 1, 2: 1, 3: 1}, {"receipts_sent": 2}, id="the shop's receipt lost"),
         pytest.param({}, {"committed": [], "created": []}, id="no order at all"),
     ],

@@ -648,10 +648,13 @@ async def test_the_page_and_its_controls_work_on_an_event_loop(
 
 
 @pytest.mark.django_db(databases=["default", "other"])
-def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
+def test_the_outbox_shows_unclaimed_entries_their_age_failed_deliveries_and_claimed_ones(
     staff_client: Client, settings: pytest.FixtureRequest
 ) -> None:
-    """With the outbox on: per database, read from its table (every process's entries)."""
+    """
+    With the outbox on: per database, read from its table (every process's
+    entries). Unclaimed (``pending``): no worker has started them, enqueued or not.
+    """
     from datetime import timedelta
 
     from django.utils import timezone
@@ -660,9 +663,13 @@ def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
 
     settings.PATCHBOARD = {"BACKGROUND": {"BACKEND": "dummy", "OUTBOX": True}}
     written = timezone.now() - timedelta(seconds=125)
-    for attempts, error in ((0, ""), (3, "ConnectionError: broker down")):
+    for attempts, error, deliveries, claimed in (
+        (0, "", 0, False),
+        (3, "ConnectionError: broker down", 1, False),
+        (0, "", 0, True),
+    ):
         OutboxEntry.objects.create(
-            created_at=written,
+            created_at=written + timedelta(seconds=60 * claimed),
             backend="dummy",
             queue_name="default",
             priority=0,
@@ -670,6 +677,9 @@ def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
             attempts=attempts,
             next_attempt_at=written,
             last_error=error,
+            deliveries=deliveries,
+            delivered_at=timezone.now() if claimed else None,
+            claimed_attempt=int(claimed),
         )
 
     data = staff_client.get(URL, {"format": "json"}).json()
@@ -677,6 +687,7 @@ def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
     assert (default["database"], default["pending"], default["failed"]) == ("default", 2, 1)
     assert datetime.fromisoformat(default["oldest_pending_at"]) == written
     assert (default["last_error"], default["error"]) == ("ConnectionError: broker down", None)
+    assert (default["awaiting_worker"], default["claimed"]) == (1, 1)
     assert (other["database"], other["pending"], other["oldest_pending_at"]) == ("other", 0, None)
     page = staff_client.get(URL).content.decode()
     found = re.search(r'<div class="module" id="patchboard-outbox">(.*?)</div>', page, re.S)
@@ -686,17 +697,21 @@ def test_the_outbox_shows_pending_entries_their_age_and_failed_deliveries(
     # Humanized like the rest of the page; the seconds go on while the test runs.
     assert re.fullmatch(r"2 min [5-9] s", cells[1][1]), cells[1]
     assert cells[:1] + cells[2:] == [
-        ("Pending (default)", "2"),
+        ("Unclaimed (default)", "2"),
         ("Failed deliveries", "1"),
         ("Last error", "ConnectionError: broker down"),
-        ("Pending (other)", "0"),
-        ("Oldest pending", "-"),
+        ("Relayed again, unclaimed", "1"),
+        ("Claimed by a worker", "1"),
+        ("Unclaimed (other)", "0"),
+        ("Oldest unclaimed", "-"),
         ("Failed deliveries", "0"),
+        ("Relayed again, unclaimed", "0"),
+        ("Claimed by a worker", "0"),
     ]
 
 
 @pytest.mark.django_db(databases=["default", "other"])
-def test_the_outbox_controls_redeliver_failed_deliveries_and_purge_old_delivered_ones(
+def test_the_outbox_controls_redeliver_failed_deliveries_and_purge_old_claimed_ones(
     staff_client: Client, settings: pytest.FixtureRequest
 ) -> None:
     from datetime import timedelta
@@ -735,7 +750,7 @@ def test_the_outbox_controls_redeliver_failed_deliveries_and_purge_old_delivered
     assert response.status_code == 302
     left = set(OutboxEntry.objects.values_list("pk", flat=True))
     assert left == {failed.pk, fresh.pk, recent.pk}
-    assert old.pk not in left  # only the one delivered 2 h ago
+    assert old.pk not in left  # only the one a worker claimed 2 h ago
     assert "Purged 1 entries" in staff_client.get(URL).content.decode()
 
     missing = staff_client.post(URL, {"outbox": "nowhere", "action": "purge_delivered"})

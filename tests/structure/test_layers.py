@@ -207,6 +207,7 @@ DJANGO_NAMES = {
     "patchboard.models": "Django finds an app's models in its ``models`` module",
     "patchboard.migrations": "Django finds an app's migrations in ``migrations``",
     "patchboard.migrations.0001_initial": "a migration's name is its order",
+    "patchboard.migrations.0002_deliveries": "a migration's name is its order",
 }
 """Modules whose names Django dictates: not API, and not importable under another name."""
 

@@ -13,18 +13,21 @@
     Forces the circuit open (until reset), forces it closed (failures not
     counted until reset), or resets it to a clean closed state, then lists.
 ``manage.py patchboard relay [--once] [--interval S] [--database ALIAS]``
-    Delivers the outbox entries that are due (failed deliveries after their
-    backoff, entries a dead process left behind after ``OUTBOX_GRACE``), and
-    purges delivered ones past ``OUTBOX_RETENTION``; loops until SIGTERM or
+    Delivers the outbox entries no worker has claimed once they are due
+    (failed deliveries after their backoff; entries a dead process left
+    behind, or whose task the broker lost or no worker took, after
+    ``OUTBOX_GRACE`` and then after a wait doubling up to an hour), and
+    purges claimed ones past ``OUTBOX_RETENTION``; loops until SIGTERM or
     SIGINT (it stops between batches), or makes one pass with ``--once``.
 ``manage.py patchboard outbox [--database ALIAS]``
-    Lists the outbox per database: pending entries, the oldest one's age,
-    failed deliveries and the last error, delivered entries not yet run and
-    those a worker claimed.
+    Lists the outbox per database: unclaimed entries (no worker started
+    them: queued in the broker, lost, or not delivered yet), the oldest
+    one's age, failed deliveries and the last error, unclaimed entries the
+    relay delivered again, and the entries a worker claimed (delivered).
 ``manage.py patchboard outbox --redeliver ID | --redeliver-failed | --purge-delivered S``
-    Makes one entry due now (a delivered one runs again: its claim is
+    Makes one entry due now (a claimed one runs again: its claim is
     cleared), makes every failed delivery due now, or deletes the entries
-    delivered more than S seconds ago; then lists.
+    a worker claimed more than S seconds ago; then lists.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class Command(BaseCommand):
         )
         relay.add_argument("--database", action="append", metavar="ALIAS", help=DATABASE_HELP)
         outbox = subcommands.add_parser(
-            "outbox", help="List the outbox; redeliver entries or purge delivered ones."
+            "outbox", help="List the outbox; redeliver entries or purge claimed (delivered) ones."
         )
         outbox.add_argument("--database", action="append", metavar="ALIAS", help=DATABASE_HELP)
         act = outbox.add_mutually_exclusive_group()
@@ -126,7 +129,7 @@ class Command(BaseCommand):
             "--purge-delivered",
             type=float,
             metavar="OLDER_THAN_S",
-            help="Delete entries delivered more than this many seconds ago.",
+            help="Delete entries a worker claimed more than this many seconds ago.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -235,7 +238,7 @@ class Command(BaseCommand):
                 )
             for alias in databases:
                 count = _outbox.purge_delivered(alias, older_than)
-                self.stdout.write(f"{alias}: purged {count} delivered entries.")
+                self.stdout.write(f"{alias}: purged {count} claimed entries.")
         for alias in databases:
             self._outbox_summary(_outbox.statistics(alias))
 
@@ -245,8 +248,8 @@ class Command(BaseCommand):
             age = max(0, math.floor((timezone.now() - stats.oldest_pending_at).total_seconds()))
             oldest = f"{age} s"
         self.stdout.write(
-            f"{stats.database}: pending {stats.pending} (oldest {oldest}), "
-            f"failed deliveries {stats.failed}, delivered and not yet run "
+            f"{stats.database}: unclaimed {stats.pending} (oldest {oldest}), "
+            f"failed deliveries {stats.failed}, relayed again and not yet claimed "
             f"{stats.awaiting_worker}, claimed by a worker {stats.claimed}"
         )
         if stats.last_error:
