@@ -34,7 +34,7 @@ from patchboard._call import failure_status
 from patchboard._config import get_settings
 from patchboard._django import log_robust_failure
 from patchboard._exceptions import ListenerErrors, SyncCallInEventLoop
-from patchboard._instrument import Span, instruments
+from patchboard._instrument import Span
 from patchboard._ledger import ledger
 from patchboard._listeners import Listener, errors_raise
 from patchboard._log import signal_label
@@ -45,9 +45,6 @@ from patchboard._run import (
     QUEUE,
     Dispatch,
     InOwnContext,
-    Resolved,
-    applier,
-    apply_none,
     placement,
     run_async,
     run_here,
@@ -142,10 +139,7 @@ def dispatch_sync(dispatch: Dispatch) -> Collected:
         return async_to_sync(dispatch_async)(dispatch)
     refs = resolved.plain_refs
     if refs is not None and not budgeted and not ledger.observers and dispatch.traced is None:
-        signal, sender, kwargs = dispatch.signal, dispatch.sender, dispatch.kwargs
-        collected = dispatch_plain(signal, sender, kwargs, resolved, dispatch)
-        assert collected is not None  # given its dispatch, it applies
-        return collected
+        return dispatch_plain(dispatch, refs)
     ledger.submitted(len(dispatch.listeners))
     if not resolved.here or budgeted:
         return finish(dispatch, run_without_loop(dispatch))
@@ -160,49 +154,24 @@ def dispatch_sync(dispatch: Dispatch) -> Collected:
     return finish(dispatch, outcomes)
 
 
-def dispatch_plain(
-    signal: Any,
-    sender: Any,
-    kwargs: dict[str, Any],
-    resolved: Resolved,
-    dispatch: Dispatch | None = None,
-) -> Collected | None:
+def dispatch_plain(dispatch: Dispatch, refs: tuple[Callable[[], Any], ...]) -> Collected:
     """
-    The sync twins' hot path: :func:`dispatch_sync` for listeners a sync
-    caller all calls itself (``Resolved.plain_refs``), in a thread without an
-    event loop, with no deadline in force, no instrument active and nobody
-    observing the ledger. Given its ``dispatch``, :func:`dispatch_sync` checked;
-    without, this checks the rest (``Signal.collect`` and ``send_sync`` come
-    here before building any ``Dispatch``), and None means it does not apply.
+    :func:`dispatch_sync` for a dispatch whose listeners a sync caller all
+    calls itself (``Resolved.plain_refs``, ``refs``), with no deadline in
+    force, no instrument active and nobody observing the ledger: the sync
+    twins' hot path.
 
-    One clock reading, one context copy and no frame of ours per listener; the
-    calls submitted and counted at once; when every call returned, their
-    outcomes built only if they are read (``_outcomes.Returned``). The
-    ``Dispatch`` (``dispatch``, or one built here) is needed only past the
-    loop: a listener that raised, or whose function is gone, is settled
-    through its ``Call`` and the listeners after it run through
-    :func:`run_here`; dispatch observers see the outcomes through :func:`finish`.
+    One clock reading, one context copy and no frame of ours per listener;
+    the calls submitted and counted at once; when every call returned, their
+    outcomes built only if they are read (``_outcomes.Returned``). A listener
+    that raised, or whose function is gone, is settled through its ``Call``
+    and the listeners after it run through :func:`run_here`; dispatch
+    observers see the outcomes through :func:`finish`.
 
     Raises:
         Exception: as :func:`finish`.
     """
-    refs = resolved.plain_refs
-    assert refs is not None
-    if dispatch is not None:
-        apply, arguments = dispatch.apply, dispatch.arguments
-    elif (
-        asyncio._get_running_loop() is not None  # the verb raises SyncCallInEventLoop
-        or _deadline.in_force() is not None
-        or ledger.observers
-        or instruments.active is not None
-    ):
-        return None
-    elif not refs:
-        return Collected([])
-    elif not kwargs:  # applier's answer, without the call (the hot path's case)
-        apply, arguments = apply_none, (signal, sender)
-    else:
-        apply, arguments = applier(signal, sender, kwargs)
+    apply, arguments = dispatch.apply, dispatch.arguments
     # Each call's outcome as the tuple of its fields, in order (a Returned makes them
     # Outcomes if they are read: ok_outcome(func, value, elapsed), inlined).
     fields: list[tuple[Any, ...]] = []
@@ -227,15 +196,11 @@ def dispatch_plain(
         ledger.returned(returned)
         if not state.observers:
             return Returned(fields)  # finish's answer, without the call
-        if dispatch is None:
-            dispatch = _plain_dispatch(signal, sender, kwargs, resolved)
         dispatch.stopped = False
         return finish(dispatch, list(Returned(fields)))
     outcomes = list(Returned(fields))
     if returned:
         ledger.returned(returned)
-    if dispatch is None:
-        dispatch = _plain_dispatch(signal, sender, kwargs, resolved)
     listeners = dispatch.listeners
     ledger.submitted(len(listeners) - returned)
     call = dispatch.call(listeners[returned], started)
@@ -259,17 +224,6 @@ def dispatch_plain(
     else:
         dispatch.stopped = False
     return finish(dispatch, outcomes)
-
-
-def _plain_dispatch(
-    signal: Any, sender: Any, kwargs: dict[str, Any], resolved: Resolved
-) -> Dispatch:
-    # The Dispatch a sync twin would have built as it started (dispatch_plain needs it past
-    # its loop): untraced, as the dispatch started, whatever a listener changed meanwhile.
-    listeners, ordered = resolved.listeners, signal.ordered
-    dispatch = Dispatch(signal, sender, kwargs, listeners, resolved, ordered=ordered)
-    dispatch.traced = None
-    return dispatch
 
 
 def open_span(dispatch: Dispatch) -> Span:

@@ -185,7 +185,7 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
     or ``signal``/``sender`` again) are unpacked from a dict.
     """
     if not kwargs:
-        return apply_none, (signal, sender)
+        return _apply_none, (signal, sender)
     names = tuple(kwargs)
     apply = _APPLIERS.get(names)
     if apply is None:
@@ -210,7 +210,7 @@ def _spellable(name: str) -> bool:
     )
 
 
-def apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:
+def _apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:
     return func(signal=a[0], sender=a[1])
 
 
@@ -278,7 +278,7 @@ class Dispatch:
         self.kwargs = kwargs
         # applier's answer, without the call where it knows the names (the hot path's case)
         if not kwargs:
-            self.apply, self.arguments = apply_none, (signal, sender)
+            self.apply, self.arguments = _apply_none, (signal, sender)
         elif (apply := _APPLIERS.get(tuple(kwargs))) is not None:
             self.apply, self.arguments = apply, (signal, sender, *kwargs.values())
         else:

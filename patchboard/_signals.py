@@ -345,15 +345,7 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`send_async`.
         """
-        resolved = None
-        if deadline is None and queue is False:  # the defaults: maybe the hot path
-            state.settings or get_settings()  # as _build: an invalid PATCHBOARD raises
-            resolved = self._live(sender)
-            if resolved.plain_refs is not None:
-                collected = _dispatch.dispatch_plain(self, sender, named, resolved)
-                if collected is not None:
-                    return collected
-        dispatch = self._build(sender, named, queue, deadline, resolved)  # a bad deadline first
+        dispatch = self._build(sender, named, queue, deadline)  # a bad deadline is named first
         check_no_loop("send_sync")
         return _dispatch.dispatch_sync(dispatch)
 
@@ -372,20 +364,8 @@ class Signal(DjangoSignal):
             SyncCallInEventLoop: called from a thread running an event loop.
             Exception: as :meth:`collect_async`.
         """
-        resolved = None
-        if deadline is UNSET and queue == "auto":  # the defaults: maybe the hot path
-            settings = state.settings or get_settings()  # as _build: an invalid PATCHBOARD raises
-            if settings.default_deadline is None:
-                resolved = self._live(sender)
-                if resolved.plain_refs is not None and (
-                    # queue="auto" leaves them out of the short-term queue
-                    self.ordered or len(resolved.listeners) <= settings.collect_queue_threshold
-                ):
-                    collected = _dispatch.dispatch_plain(self, sender, named, resolved)
-                    if collected is not None:
-                        return collected
-        dispatch = self._build(sender, named, queue, deadline, resolved)  # a bad deadline first
-        if _get_running_loop() is not None:  # check_no_loop, inlined: a hot path
+        dispatch = self._build(sender, named, queue, deadline)  # a bad deadline is named first
+        if _get_running_loop() is not None:  # check_no_loop, inlined: the hot path
             raise SyncCallInEventLoop("collect")
         return _dispatch.dispatch_sync(dispatch)
 
@@ -395,15 +375,13 @@ class Signal(DjangoSignal):
         named: dict[str, Any],
         queue: QueueChoice,
         deadline: float | Unset | None,
-        resolved: Resolved | None = None,
         *,
         stream: bool = False,
     ) -> Dispatch:
         """
         The dispatch of one verb call: its deadline in seconds (``UNSET``:
-        ``PATCHBOARD["DEFAULT_DEADLINE"]``), its live listeners (``resolved``, if
-        the verb resolved them already) and the queue they use (chosen only when
-        there are listeners, or a stream).
+        ``PATCHBOARD["DEFAULT_DEADLINE"]``), its live listeners and the queue
+        they use (chosen only when there are listeners, or a stream).
 
         Raises:
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
@@ -417,8 +395,7 @@ class Signal(DjangoSignal):
         else:
             until = None if deadline is None else seconds("deadline", deadline)
             settings = settings or get_settings()
-        if resolved is None:
-            resolved = self._live(sender)
+        resolved = self._live(sender)
         listeners = resolved.listeners
         ordered = self.ordered
         if queue == "auto" and (ordered or len(listeners) <= settings.collect_queue_threshold):
