@@ -4,7 +4,8 @@ The Redis store: a breaker's state shared by every process that uses it.
 The state lives in one Redis hash, ``patchboard:breaker:{<name>}``, the
 probes' leases in a sorted set, ``patchboard:breaker:{<name>}:probes``, and a
 time window's buckets in a hash, ``patchboard:breaker:{<name>}:window`` (the
-braces make the keys one cluster hash slot); all expire when unused.
+braces make the keys one cluster hash slot; a name with a brace in it is
+escaped, see :func:`state_key`); all expire when unused.
 Every decision is one run of ``breaker.lua`` (``EVALSHA``): atomic, on the
 Redis server's clock (``TIME``), one round trip. Each reply carries the whole
 state, which the process keeps as its *view* for ``sync_interval`` seconds:
@@ -186,6 +187,43 @@ def check_url(url: str) -> Topology:
         kind = KIND_NAMES[store_kind(url)]
         raise ValueError(f"store {mask_url(url)!r} is not a valid {kind} URL: {problem}")
     return topology
+
+
+KEY_PREFIX: Final = "patchboard:breaker"
+
+
+def state_key(name: str, prefix: str = KEY_PREFIX) -> str:
+    """
+    The Redis hash of breaker ``name``'s state; its probes' and window's keys
+    add ``:probes`` and ``:window``. The name in braces is the keys' cluster
+    hash tag, so the three share one slot. A brace in the name would break
+    the tag (a name starting with ``}`` makes it ``{}``, empty, and Redis
+    hashes each whole key instead): such a name has ``%``, ``{`` and ``}``
+    escaped (``%25``, ``%7B``, ``%7D``) inside ``%{...}``, a form no other
+    name's key takes. Every other name keeps the key it always had.
+    """
+    if "{" in name or "}" in name:
+        escaped = name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        return f"{prefix}:%{{{escaped}}}"
+    return f"{prefix}:{{{name}}}"
+
+
+def name_of_key(key: str, prefix: str = KEY_PREFIX) -> str | None:
+    """The breaker name whose :func:`state_key` ``key`` is; None for any other key."""
+    head = f"{prefix}:"
+    if not key.startswith(head) or not key.endswith("}"):
+        return None
+    tag = key[len(head) :]
+    if tag.startswith("%{"):
+        try:
+            name = unquote(tag[2:-1], errors="strict")
+        except UnicodeDecodeError:
+            return None
+        return name if state_key(name, prefix) == key else None
+    name = tag[1:-1]
+    if tag.startswith("{") and name and "{" not in name and "}" not in name:
+        return name
+    return None
 
 
 def _misread(url: str, options: dict[str, Any]) -> str | None:
@@ -447,7 +485,7 @@ class RedisStore:
         config: BreakerConfig,
         url: str,
         *,
-        key_prefix: str = "patchboard:breaker",
+        key_prefix: str = KEY_PREFIX,
         key_ttl: float = 3600.0,
         server_clock: Callable[[], float] | None = None,
     ) -> None:
@@ -469,11 +507,8 @@ class RedisStore:
         self.fallback = MemoryStore(name, config, pending=self.pending)
         self.admitted = Ticket(self, None)
         self._errors = _store_errors()
-        self._keys = (
-            f"{key_prefix}:{{{name}}}",
-            f"{key_prefix}:{{{name}}}:probes",
-            f"{key_prefix}:{{{name}}}:window",
-        )
+        key = state_key(name, key_prefix)
+        self._keys = (key, f"{key}:probes", f"{key}:window")
         self._count_rule = config.trip_rule == "count"
         self._sync_interval = config.sync_interval
         # For tests only: the script's clock, instead of the server's TIME.
