@@ -40,7 +40,13 @@ from patchboard._breaker._machine import (
     to_datetime,
 )
 from patchboard._breaker._memory import MemoryStore
-from patchboard._breaker._redis import RedisStore, mask_url
+from patchboard._breaker._redis import (
+    RedisStore,
+    mask_url,
+    open_circuit_names,
+    redis_link,
+    store_errors,
+)
 from patchboard._breaker._store import Ticket, UnusableStore
 from patchboard._breaker._topology import store_kind
 from patchboard._config import (
@@ -140,6 +146,8 @@ _Entry: TypeAlias = tuple[Ticket | None, Any] | tuple[Ticket, None, float]
 in; a breaker with ``slow_call_duration`` adds when the entry was admitted."""
 MAX_KEY_LENGTH = 200
 """The longest key of a keyed breaker (it is part of the Redis key and of the name)."""
+LISTED_FROM_STORE = 100
+"""At most this many circuits of one keyed breaker, read from Redis, are listed."""
 
 
 def default_store() -> str:
@@ -902,14 +910,55 @@ class CircuitBreaker:
                 f"circuit breaker {self.name!r}: a key must have 1 to {MAX_KEY_LENGTH} "
                 f"characters, got {key[: MAX_KEY_LENGTH + 1]!r}"
             )
-        child = CircuitBreaker.__new__(CircuitBreaker)
-        child._setup(f"{self.name}[{key}]", replace(self.config, key=None))
-        child._family = self.name
+        child = self._new_circuit(key)
         with self._keys_lock:
             known = circuits.setdefault(key, child)
             if known is child and len(circuits) > self.config.max_keys:
                 self._evict(circuits)
             return known
+
+    def _new_circuit(self, key: str) -> CircuitBreaker:
+        """The circuit of ``key``, made (neither registered nor kept)."""
+        child = CircuitBreaker.__new__(CircuitBreaker)
+        child._setup(f"{self.name}[{key}]", replace(self.config, key=None))
+        child._family = self.name
+        return child
+
+    def _circuits_in_store(
+        self, known: dict[str, CircuitBreaker]
+    ) -> tuple[list[CircuitBreaker], str | None]:
+        """
+        A keyed breaker's circuits that its Redis store holds open or
+        half-open, less the ``known`` keys, each made for the caller (not
+        kept); and a note for an operator when the listing is incomplete.
+        Nothing for a memory store. Blocking I/O (see ``open_circuit_names``).
+        """
+        try:
+            url = self.config.store or default_store()
+            link = None if url == "memory" else redis_link(url)
+            errors = store_errors()
+        except (ImproperlyConfigured, ValueError, ImportError):
+            return [], None  # a store that cannot be used: manage.py check reports it
+        if link is None:
+            return [], None
+        if link.down_until:
+            return [], f"{self.name}: Redis is unreachable, its circuits there are not listed"
+        try:
+            names, capped = open_circuit_names(link, self.name, LISTED_FROM_STORE)
+        except errors as exc:
+            return [], f"{self.name}: its circuits in Redis could not be listed ({exc!r})"
+        found = []
+        for name in names:
+            key = name[len(self.name) + 1 : -1]
+            if key not in known and 0 < len(key) <= MAX_KEY_LENGTH:
+                found.append(self._new_circuit(key))
+        note = None
+        if capped:
+            note = (
+                f"{self.name}: more than {LISTED_FROM_STORE} of its circuits are not closed "
+                f"in Redis; {LISTED_FROM_STORE} of them are listed"
+            )
+        return found, note
 
     def circuits(self) -> dict[str, CircuitBreaker]:
         """A keyed breaker's circuits in this process, by key, least recently used first."""
@@ -1061,21 +1110,35 @@ def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
         return breaker
 
 
-def all_breakers(*, circuits: bool = False) -> list[CircuitBreaker]:
-    """
-    Every registered breaker, by name (declared ones appear once used); with
-    ``circuits``, each keyed breaker followed by its circuits in this process,
-    by key.
-    """
+def all_breakers() -> list[CircuitBreaker]:
+    """Every registered breaker, by name (declared ones appear once used)."""
     with state.lock:
-        breakers = [state.breakers[name] for name in sorted(state.breakers)]
-    if not circuits:
-        return breakers
-    return [
-        shown
-        for breaker in breakers
-        for shown in (breaker, *(c for _, c in sorted(breaker.circuits().items())))
-    ]
+        return [state.breakers[name] for name in sorted(state.breakers)]
+
+
+def listed_breakers() -> tuple[list[CircuitBreaker], list[str]]:
+    """
+    What an operator lists (the status page, ``manage.py patchboard breakers``),
+    before :func:`not_closed_circuits`: every breaker, each keyed one followed
+    by its circuits, by name. Those this process has made, and, with a Redis
+    store, those Redis holds open or half-open (other processes' included;
+    at most ``LISTED_FROM_STORE`` per keyed breaker, each made for the
+    listing and not kept). Also a note per keyed breaker whose listing is
+    incomplete (capped; Redis unreachable). Their states are not refreshed.
+    Blocking I/O.
+    """
+    listed: list[CircuitBreaker] = []
+    notes: list[str] = []
+    for breaker in all_breakers():
+        listed.append(breaker)
+        if not breaker.keyed:
+            continue
+        known = breaker.circuits()
+        found, note = breaker._circuits_in_store(known)
+        listed += sorted([*known.values(), *found], key=lambda circuit: circuit.name)
+        if note is not None:
+            notes.append(note)
+    return listed, notes
 
 
 def not_closed_circuits(breakers: Iterable[CircuitBreaker]) -> list[CircuitBreaker]:

@@ -203,9 +203,12 @@ def state_key(name: str, prefix: str = KEY_PREFIX) -> str:
     name's key takes. Every other name keeps the key it always had.
     """
     if "{" in name or "}" in name:
-        escaped = name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-        return f"{prefix}:%{{{escaped}}}"
+        return f"{prefix}:%{{{_escape(name)}}}"
     return f"{prefix}:{{{name}}}"
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 def name_of_key(key: str, prefix: str = KEY_PREFIX) -> str | None:
@@ -224,6 +227,70 @@ def name_of_key(key: str, prefix: str = KEY_PREFIX) -> str | None:
     if tag.startswith("{") and name and "{" not in name and "}" not in name:
         return name
     return None
+
+
+SCAN_COUNT: Final = 1000
+"""The ``COUNT`` hint of each ``SCAN`` that lists a keyed breaker's circuits."""
+
+
+def open_circuit_names(
+    link: RedisLink, family: str, limit: int, prefix: str = KEY_PREFIX
+) -> tuple[list[str], bool]:
+    """
+    The names (``family[key]``, sorted) of the keyed breaker ``family``'s
+    circuits whose state in Redis is open or half-open, at most ``limit`` of
+    them, and whether there were more. Read with ``SCAN`` (``MATCH`` on the
+    family's keys, ``COUNT`` :data:`SCAN_COUNT`; on every primary of a
+    cluster), then the state field of the keys found, a pipeline per batch.
+    Blocking I/O: it walks the database's key space once.
+
+    Raises:
+        redis.RedisError, OSError: Redis could not be read.
+    """
+    client = link.sync_client()
+    head = f"{family}["
+    # Each circuit's key has the plain form or, with a brace in its key, the escaped one.
+    patterns = [_glob(f"{prefix}:%{{{_escape(head)}") + "*]}"]
+    if "{" not in family and "}" not in family:
+        patterns.append(_glob(f"{prefix}:{{{head}") + "*]}")
+    found: list[str] = []
+    for pattern in patterns:
+        batch: list[str] = []
+        for raw in client.scan_iter(match=pattern, count=SCAN_COUNT):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            name = name_of_key(key, prefix)
+            if name is not None and name.startswith(head) and name.endswith("]"):
+                batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                found += _not_closed(client, batch, prefix)
+                batch = []
+            if len(found) > limit:
+                break
+        found += _not_closed(client, batch, prefix)
+        if len(found) > limit:
+            break
+    names = sorted(set(found))
+    return names[:limit], len(names) > limit
+
+
+def _not_closed(client: Any, keys: list[str], prefix: str) -> list[str]:
+    """The names of the state ``keys`` whose circuit is open or half-open (one pipeline)."""
+    if not keys:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "s")
+    states = pipe.execute()
+    return [
+        name
+        for key, state in zip(keys, states, strict=True)
+        if state in (b"o", b"h", "o", "h") and (name := name_of_key(key, prefix)) is not None
+    ]
+
+
+def _glob(text: str) -> str:
+    """``text`` as a ``SCAN MATCH`` pattern matching itself only."""
+    return "".join(f"\\{char}" if char in "\\*?[]" else char for char in text)
 
 
 def _misread(url: str, options: dict[str, Any]) -> str | None:
@@ -346,8 +413,16 @@ class RedisLink:
 
     def run(self, keys: Sequence[str], args: list[str]) -> Reply:
         """Run the script on the sync client (blocking I/O)."""
-        script = self._sync
-        if script is None:
+        # redis types a script's reply as Any; breaker.lua returns a list of integers.
+        return self._sync_pair()[1](keys=keys, args=args)  # type: ignore[no-any-return]
+
+    def sync_client(self) -> Any:
+        """The sync client (``redis.Redis`` or ``RedisCluster``), made on first use."""
+        return self._sync_pair()[0]
+
+    def _sync_pair(self) -> tuple[Any, Any]:
+        pair = self._sync
+        if pair is None:
             # redis is an optional dependency (the [redis] extra): imported on first use.
             from redis.retry import Retry
 
@@ -355,9 +430,8 @@ class RedisLink:
                 if self._sync is None:
                     client = self.topology.sync_client(self._options(Retry))
                     self._sync = (client, client.register_script(self.script))
-                script = self._sync
-        # redis types a script's reply as Any; breaker.lua returns a list of integers.
-        return script[1](keys=keys, args=args)  # type: ignore[no-any-return]
+                pair = self._sync
+        return pair
 
     async def arun(self, keys: Sequence[str], args: list[str]) -> Reply:
         """
@@ -456,7 +530,7 @@ def redis_link(url: str) -> RedisLink:
     return link
 
 
-def _store_errors() -> tuple[type[BaseException], ...]:
+def store_errors() -> tuple[type[BaseException], ...]:
     # RedisClusterException is no RedisError: the cluster client raises it
     # when no startup node answers.
     from redis.exceptions import RedisClusterException, RedisError
@@ -506,7 +580,7 @@ class RedisStore:
         self.pending: deque[Transition] = deque()
         self.fallback = MemoryStore(name, config, pending=self.pending)
         self.admitted = Ticket(self, None)
-        self._errors = _store_errors()
+        self._errors = store_errors()
         key = state_key(name, key_prefix)
         self._keys = (key, f"{key}:probes", f"{key}:window")
         self._count_rule = config.trip_rule == "count"

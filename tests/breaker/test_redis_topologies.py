@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from patchboard import CircuitBreaker, CircuitOpen, get_breaker
+from patchboard._breaker import listed_breakers
 from patchboard._breaker._checks import E010_ID
 from patchboard._breaker._redis import RedisLink, RedisStore, check_url, name_of_key, state_key
 from patchboard._breaker._topology import Topology, store_kind
@@ -271,3 +272,23 @@ def test_a_name_with_braces_is_shared_through_a_cluster(cluster) -> None:
         other = RedisStore(name, breaker.config, cluster.url(order=(2, 0, 1)))
         with pytest.raises(CircuitOpen):
             other.acquire()  # another process sees it open
+
+
+@pytest.mark.redis
+def test_a_keyed_breakers_open_circuits_are_listed_from_every_primary(cluster) -> None:
+    family = "listed-carriers"
+    keys: dict[int, str] = {}
+    for i in range(1000):
+        owner = cluster.owner(state_key(f"{family}[k{i}]"))
+        keys.setdefault(owner, f"k{i}")
+        if len(keys) == len(cluster.ports):
+            break
+    assert len(keys) == len(cluster.ports)
+    carriers = CircuitBreaker(family, store=cluster.url(), key=lambda sender, **kwargs: "")
+    for key in keys.values():  # another process's circuits, one on each primary
+        RedisStore(f"{family}[{key}]", carriers.config, cluster.url()).force("force_open")
+
+    listed, notes = listed_breakers()
+
+    assert [b.name for b in listed] == [family, *sorted(f"{family}[{k}]" for k in keys.values())]
+    assert notes == []
