@@ -551,7 +551,6 @@ class RedisStore:
     """
 
     remote: Final = True
-    fast: Final = False
 
     def __init__(
         self,
@@ -749,6 +748,26 @@ class RedisStore:
         ):
             raise CircuitOpen(self.name, _ms_datetime(view.retry_at_ms))
         return None
+
+    @property
+    def fast(self) -> bool:
+        """
+        Whether a normal call is admitted, and its success reported, without
+        a word to Redis: a fresh closed view with no failure counted (count
+        rule), Redis up, and nothing learned by the fallback since. What
+        :meth:`_local_decision` and :meth:`_result_op` decide then, told
+        without their coroutines.
+        """
+        view = self._view
+        return (
+            view is not None
+            and view.state is CLOSED
+            and view.failures == 0
+            and self._count_rule
+            and not self._seeded
+            and not self.link.down_until
+            and _clock.now() - view.fetched < self._sync_interval
+        )
 
     def _result_op(self, ticket: Ticket, result: Result) -> str | None:
         """The script operation a result needs; ``None`` when nothing must be written."""
