@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, overload
 
 from django.core.exceptions import ImproperlyConfigured
@@ -305,7 +305,9 @@ class CircuitBreaker:
     # cannot await; a ``with`` block may, so inside a running loop ``with``
     # never marks its thread). The async forms and every entry off the fast
     # path keep to the context stack; a thread is only marked by an entry with
-    # an empty stack, so the two never disagree.
+    # an empty stack, so the two never disagree. What the mark cannot tell: an
+    # entry its guarded code makes in another thread with a copy of its
+    # context (async_to_sync's loop), nested before, is now a call of its own.
 
     async def __aenter__(self) -> Self:
         """
@@ -478,12 +480,16 @@ class CircuitBreaker:
     async def _run_async(
         self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        fast = self._enter_fast()
-        if not fast and self._needs_store():
+        entries = self._entries
+        # A thread with a fast sync entry in flight (rare): _needs_store tells whose.
+        fast = entries.get() is None and self._store.fast and not self._busy
+        if fast:
+            entries.set(self._fast_entry)  # built once: no allocation per call
+        elif self._needs_store():
             self._push(await self._aacquire())
         try:
             awaitable = fn(*args, **kwargs)
-            if not hasattr(awaitable, "__await__"):
+            if type(awaitable) is not CoroutineType and not hasattr(awaitable, "__await__"):
                 raise _Misuse(
                     f"breaker.call() awaits what {_name(fn)} returns, but it returned "
                     f"{type(awaitable).__qualname__}: use breaker.call_sync() for a sync function"
@@ -493,25 +499,13 @@ class CircuitBreaker:
             await self.__aexit__(None, exc, None)
             raise
         if fast and self._store.fast:
-            self._entries.set(None)
+            entries.set(None)
             self._ok_add()
         else:
             await self.__aexit__(None, None, None)
         return result
 
     # -- the bookkeeping shared by every form ----------------------------------
-
-    def _enter_fast(self) -> bool:
-        """Enter on the fast path, if this entry is on it (closed, not nested)."""
-        entries = self._entries
-        if (
-            entries.get() is None
-            and self._store.fast
-            and not (self._busy and self._in_busy_thread())
-        ):
-            entries.set(self._fast_entry)  # built once: no allocation per call
-            return True
-        return False
 
     def _in_busy_thread(self) -> bool:
         """Whether this thread has a fast sync entry in flight: an entry now is nested in it."""

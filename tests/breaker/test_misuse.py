@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from patchboard import CircuitBreaker, CircuitOpen
 from patchboard.testing import VirtualClock
@@ -236,3 +237,19 @@ async def test_a_sync_with_block_that_awaits_is_one_tasks_entry_not_anothers(bre
 
     await asyncio.gather(guarded(), guarded())
     assert breaker.statistics().successes == 2
+
+
+async def test_a_sync_entry_in_another_thread_with_the_outer_entrys_context_is_nested(
+    breaker,
+) -> None:
+    """sync_to_async runs the sync function in a thread with a copy of the caller's
+    context: the async entry's stack travels with it, so the inner entry is nested."""
+
+    @breaker
+    def inner() -> str:
+        with breaker:
+            return "ok"
+
+    async with breaker:
+        assert await sync_to_async(inner)() == "ok"
+    assert breaker.statistics().successes == 1
