@@ -306,8 +306,8 @@ class CircuitBreaker:
     # never marks its thread). The async forms and every entry off the fast
     # path keep to the context stack; a thread is only marked by an entry with
     # an empty stack, so the two never disagree. What the mark cannot tell: an
-    # entry its guarded code makes in another thread with a copy of its
-    # context (async_to_sync's loop), nested before, is now a call of its own.
+    # entry that its guarded code makes in another thread, with a copy of its
+    # context (async_to_sync's loop), is a call of its own.
 
     async def __aenter__(self) -> Self:
         """
