@@ -257,7 +257,10 @@ def open_circuit_names(
     for pattern in patterns:
         batch: list[str] = []
         for raw in client.scan_iter(match=pattern, count=SCAN_COUNT):
-            key = raw.decode() if isinstance(raw, bytes) else raw
+            try:
+                key = raw.decode() if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError:
+                continue  # not a key patchboard writes (names are written as UTF-8)
             name = name_of_key(key, prefix)
             if name is not None and name.startswith(head) and name.endswith("]"):
                 batch.append(key)
@@ -280,7 +283,7 @@ def _not_closed(client: Any, keys: list[str], prefix: str) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.hget(key, "s")
-    states = pipe.execute()
+    states = pipe.execute(raise_on_error=False)  # a key of another type: an error, skipped
     return [
         name
         for key, state in zip(keys, states, strict=True)

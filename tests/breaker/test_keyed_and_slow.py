@@ -279,3 +279,23 @@ def test_the_command_lists_the_keyed_circuits_open_in_redis_and_says_when_capped
         f"Note: {breaker_name}: more than 1 of its circuits are not closed in Redis; "
         "1 of them are listed."
     )
+
+
+@pytest.mark.redis
+def test_keys_of_other_shapes_under_the_prefix_are_left_out_of_the_listing(
+    redis_url: str, breaker_name: str
+) -> None:
+    CircuitBreaker(breaker_name, store=redis_url, key=carrier_of)
+    RedisStore(f"{breaker_name}[dhl]", BreakerConfig(), redis_url).force("force_open")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # Not a hash, not UTF-8: written by something else under the same prefix.
+        client.set(f"patchboard:breaker:{{{breaker_name}[ups]}}", "x", ex=60)
+        not_utf8 = b"patchboard:breaker:{" + breaker_name.encode() + b"[\xff]}"
+        client.hset(not_utf8, "s", "o")
+        client.expire(not_utf8, 60)
+        listed, notes = _circuit.listed_breakers()
+    finally:
+        client.close()
+    assert [b.name for b in listed] == [breaker_name, f"{breaker_name}[dhl]"]
+    assert notes == []
