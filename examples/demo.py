@@ -183,6 +183,7 @@ def serve(port: int) -> int:
         commands = [
             (f"curl '{shop}/quotes?cart=3'", ""),
             (f"curl '{shop}/quotes/first?cart=3'", "the first quote wins"),
+            (f"curl '{shop}/quotes/fedex?cart=3'", "one carrier: its circuit keyed by the call"),
             (
                 f"curl -X POST {carriers}/control/dhl -d '{{\"latency_ms\": 3000}}'",
                 "slow: a timeout",

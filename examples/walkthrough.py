@@ -260,6 +260,13 @@ class Walkthrough:
         )
         logged = await self.logged("circuit_opened", breaker=circuit(FAILING))
         step.check("circuit_opened was logged", logged is not None, self.event_names())
+        chosen = await self.quote_from(FAILING, 2)
+        step.check(
+            f"GET /quotes/{FAILING}, whose call names the carrier: breaker={KEYED!r} keys it "
+            f"to the same circuit, open, so {FAILING} was not asked",
+            chosen["status"] == "circuit_open",
+            chosen,
+        )
 
     async def recovery(self, step: Step) -> None:
         await self.control(FAILING, fail_rate=0.0, latency_ms=LATENCY_MS[FAILING])
@@ -540,6 +547,13 @@ class Walkthrough:
         for q in response["carriers"]:
             if q["status"] in ("ok", "error", "timeout"):  # the calls that ran
                 self.counted[q["carrier"]].append(q["status"] != "ok")
+        return response
+
+    async def quote_from(self, carrier: str, cart: int) -> Any:
+        """One carrier's quote (``GET /quotes/<carrier>``): its listener's circuit comes
+        from the call's ``carrier`` argument."""
+        response = (await self.shop("GET", f"/quotes/{carrier}", params={"cart": cart})).json()
+        self.seen.update([response["status"]])
         return response
 
     async def control(self, carrier: str, **changes: float) -> None:

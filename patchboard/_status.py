@@ -74,8 +74,8 @@ from patchboard import _clock
 from patchboard._background import _outbox
 from patchboard._breaker import (
     BreakerStatistics,
-    all_breakers,
     get_breaker,
+    listed_breakers,
     not_closed_circuits,
 )
 from patchboard._config import get_settings
@@ -207,6 +207,9 @@ class Snapshot(TypedDict):
     latency: list[Latency] | None
     """Each listener's calls and p50/p99 in this process, from the metrics'
     histograms; None when the metrics are off."""
+    breaker_notes: list[str]
+    """What the breakers' listing leaves out: a keyed breaker's circuits in
+    Redis past the cap, or not read (Redis unreachable)."""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -331,14 +334,17 @@ async def snapshot() -> Snapshot:
     this process has not used them yet), the queue, the listener threads and
     the outcome counts.
     Redis-backed breakers are read from Redis first, concurrently; one that
-    cannot be reached shows this process's fallback state.
+    cannot be reached shows this process's fallback state. A keyed breaker's
+    circuits that are not closed are listed: this process's, and with Redis
+    those other processes opened (see ``listed_breakers``).
 
     Raises:
         ImproperlyConfigured: ``PATCHBOARD`` or a declared breaker is invalid.
     """
     for name in get_settings().breakers:
         get_breaker(name)
-    breakers = all_breakers(circuits=True)
+    # Blocking (a keyed breaker's circuits in Redis, by SCAN): in a thread.
+    breakers, notes = await sync_to_async(listed_breakers, thread_sensitive=False)()
     await asyncio.gather(*(breaker.get_state() for breaker in breakers))
     breakers = not_closed_circuits(breakers)  # a keyed breaker's circuits: those not closed
     return {
@@ -351,6 +357,7 @@ async def snapshot() -> Snapshot:
         # The database is sync-only: a thread, like the rendering.
         "outbox": await sync_to_async(outbox_status)(),
         "latency": None if state.metrics is None else state.metrics.latencies(),
+        "breaker_notes": notes,
     }
 
 

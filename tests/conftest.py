@@ -65,6 +65,7 @@ def breaker_name(redis_url: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"patchboard:breaker:{{{unique}*"))
+        keys += list(client.scan_iter(match=f"patchboard:breaker:%{{{unique}*"))  # escaped names
         keys += list(client.scan_iter(match=f"{unique}:*"))
         if keys:
             client.delete(*keys)

@@ -53,6 +53,7 @@ from patchboard._breaker._circuit import all_breakers as all_breakers
 from patchboard._breaker._circuit import circuit_state_changed as circuit_state_changed
 from patchboard._breaker._circuit import for_call as for_call
 from patchboard._breaker._circuit import get_breaker as get_breaker
+from patchboard._breaker._circuit import listed_breakers as listed_breakers
 from patchboard._breaker._circuit import not_closed_circuits as not_closed_circuits
 from patchboard._breaker._circuit import refusal as refusal
 from patchboard._breaker._circuit import resolve as resolve
@@ -64,6 +65,7 @@ __all__ = [
     "circuit_state_changed",
     "for_call",
     "get_breaker",
+    "listed_breakers",
     "not_closed_circuits",
     "refusal",
     "resolve",

@@ -12,12 +12,13 @@ import functools
 import inspect
 import itertools
 import threading
+from asyncio import _get_running_loop
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeAlias, TypeVar, Unpack, overload
 
 from django.core.exceptions import ImproperlyConfigured
@@ -39,7 +40,13 @@ from patchboard._breaker._machine import (
     to_datetime,
 )
 from patchboard._breaker._memory import MemoryStore
-from patchboard._breaker._redis import RedisStore, mask_url
+from patchboard._breaker._redis import (
+    RedisStore,
+    mask_url,
+    open_circuit_names,
+    redis_link,
+    store_errors,
+)
 from patchboard._breaker._store import Ticket, UnusableStore
 from patchboard._breaker._topology import store_kind
 from patchboard._config import (
@@ -53,6 +60,10 @@ from patchboard._config import (
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger, name_signal
 from patchboard._state import state
+
+# Bound once: a fast sync entry marks its thread (gevent's monkey-patching, which
+# makes it a greenlet, must come before importing patchboard, as gevent requires).
+get_ident = threading.get_ident
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -101,23 +112,31 @@ class BreakerStatistics:
 
 
 class _Tally:
-    """A counter that threads can bump without a lock (``itertools.count`` is atomic)."""
+    """
+    A counter that threads can bump without a lock (``itertools.count`` is
+    atomic); ``add`` never changes, so the hot path may keep it.
+    """
 
-    __slots__ = ("_count", "_lock", "_reads", "add")
+    __slots__ = ("_count", "_lock", "_taken", "add")
 
     def __init__(self) -> None:
         self._count = itertools.count()
         self.add = self._count.__next__
-        self._reads = 0
+        self._taken = 0
+        """Numbers taken by reads and resets, not by ``add``."""
         self._lock = threading.Lock()
 
     @property
     def value(self) -> int:
-        # Every read takes one number too; subtract the reads made so far.
+        # Every read takes one number too.
         with self._lock:
-            value = next(self._count) - self._reads
-            self._reads += 1
+            value = next(self._count) - self._taken
+            self._taken += 1
             return value
+
+    def reset(self) -> None:
+        with self._lock:
+            self._taken = next(self._count) + 1
 
 
 ExcType: TypeAlias = type[BaseException] | None
@@ -127,6 +146,8 @@ _Entry: TypeAlias = tuple[Ticket | None, Any] | tuple[Ticket, None, float]
 in; a breaker with ``slow_call_duration`` adds when the entry was admitted."""
 MAX_KEY_LENGTH = 200
 """The longest key of a keyed breaker (it is part of the Redis key and of the name)."""
+LISTED_FROM_STORE = 100
+"""At most this many circuits of one keyed breaker, read from Redis, are listed."""
 
 
 def default_store() -> str:
@@ -172,6 +193,8 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
+        "_busy",
+        "_call_sync",
         "_circuits",
         "_entries",
         "_excluded_predicates",
@@ -179,6 +202,7 @@ class CircuitBreaker:
         "_failed",
         "_family",
         "_fast_entry",
+        "_in_context",
         "_key_of",
         "_keys_lock",
         "_ok",
@@ -249,7 +273,11 @@ class CircuitBreaker:
             f"patchboard._breaker.{name}", default=None
         )
         self._fast_entry: _Entry = (self._store.admitted, None)
+        self._busy: dict[int, bool] = {}
+        """The threads with a fast sync entry in flight, by ident (see the guards)."""
+        self._in_context = self._entries.get
         self._new_tallies()
+        self._call_sync = self._guard_sync(_apply)
 
     # -- guards --------------------------------------------------------------
     #
@@ -267,6 +295,19 @@ class CircuitBreaker:
     # no ticket: it is neither admitted nor counted, and the outer entry
     # decides, so re-entry can neither refuse a call already admitted nor
     # count one call twice.
+    #
+    # A context variable's write costs more than the rest of a fast entry, so
+    # a sync entry on the fast path (``call_sync()``, a decorated function,
+    # ``with`` outside an event loop) writes none: it marks its thread busy
+    # instead (``self._busy[thread ident]``, a key only that thread writes)
+    # until it leaves. While its thread is busy, any entry of that thread is
+    # nested in it: nothing else runs in the thread meanwhile (a sync function
+    # cannot await; a ``with`` block may, so inside a running loop ``with``
+    # never marks its thread). The async forms and every entry off the fast
+    # path keep to the context stack; a thread is only marked by an entry with
+    # an empty stack, so the two never disagree. What the mark cannot tell: an
+    # entry that its guarded code makes in another thread, with a copy of its
+    # context (async_to_sync's loop), is a call of its own.
 
     async def __aenter__(self) -> Self:
         """
@@ -292,11 +333,28 @@ class CircuitBreaker:
         Raises:
             CircuitOpen: the circuit is open; the block does not run.
         """
+        if self._store.fast and _get_running_loop() is None and self._in_context() is None:
+            me = get_ident()
+            busy = self._busy
+            if me not in busy:  # the thread's fast entry: see above
+                busy[me] = True
+                return self
         if self._needs_store():
             self._push(self._acquire())
         return self
 
     def __exit__(self, exc_type: ExcType, exc: BaseException | None, tb: Tb) -> None:
+        if self._in_context() is None:
+            # The thread's fast entry, or an __exit__ without __enter__ (counts nothing).
+            me = get_ident()
+            busy = self._busy
+            if me in busy:
+                del busy[me]
+                if exc is None and self._store.fast:
+                    self._ok_add()
+                else:
+                    self._leave_fast(exc)
+            return
         report = self._leave(exc)
         if report is not None:
             self._record(*report)
@@ -328,7 +386,8 @@ class CircuitBreaker:
                 (use :meth:`call`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
-        return self._run_sync(fn, args, kwargs)
+        result: R = self._call_sync(fn, args, kwargs)
+        return result
 
     @overload
     def __call__(
@@ -349,14 +408,15 @@ class CircuitBreaker:
             raise TypeError(
                 f"a circuit breaker cannot guard the generator function {fn.__qualname__}"
             )
-        run = self._run_async if inspect.iscoroutinefunction(fn) else self._run_sync
+        if not inspect.iscoroutinefunction(fn):
+            return functools.wraps(fn)(self._guard_sync(fn))
+        run = self._run_async
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
             return run(fn, args, kwargs)
 
-        if run == self._run_async:
-            inspect.markcoroutinefunction(guarded)  # it returns _run_async's coroutine
+        inspect.markcoroutinefunction(guarded)  # it returns _run_async's coroutine
         return guarded
 
     # The call forms are ``with self`` / ``async with self`` around the call,
@@ -364,38 +424,72 @@ class CircuitBreaker:
     # the rest of an entry on the fast path (closed, not nested), which is
     # therefore inline here; its steps are _needs_store's and _leave's.
 
-    def _run_sync(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        fast = self._enter_fast()
-        if not fast and self._needs_store():
+    def _guard_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """
+        ``fn`` guarded, for a sync call form (``call_sync()`` guards
+        :func:`_apply`). The fast path is inline, reading only the closure's
+        cells: a frame or an attribute lookup more would cost as much as the
+        rest of it.
+        """
+        store = self._store
+        in_context = self._in_context
+        busy = self._busy
+        ok_add = self._ok_add
+        leave_fast = self._leave_fast
+        run_in_context = self._run_sync_in_context
+
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            if store.fast and in_context() is None:
+                me = get_ident()
+                if me not in busy:  # the thread's fast entry: see the guards
+                    busy[me] = True
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        del busy[me]
+                        leave_fast(exc)
+                        raise
+                    del busy[me]
+                    if result is not None and hasattr(result, "__await__"):
+                        raise _refuse_awaitable(fn, result)  # counts nothing
+                    if store.fast:
+                        ok_add()
+                    else:
+                        leave_fast(None)
+                    return result
+            return run_in_context(fn, args, kwargs)
+
+        return guarded
+
+    def _run_sync_in_context(
+        self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        """A sync call form's entry on the context stack (see the guards)."""
+        if self._needs_store():
             self._push(self._acquire())
         try:
             result = fn(*args, **kwargs)
-            if hasattr(result, "__await__"):  # an async function (its body has not run)
-                if inspect.iscoroutine(result):
-                    result.close()  # never awaited: no "was never awaited" warning
-                raise _Misuse(
-                    f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
-                    f"returned a {type(result).__qualname__}; use await breaker.call(...)"
-                )
+            if hasattr(result, "__await__"):
+                raise _refuse_awaitable(fn, result)
         except BaseException as exc:
             self.__exit__(None, exc, None)
             raise
-        if fast and self._store.fast:
-            self._entries.set(None)
-            self._ok_add()
-        else:
-            self.__exit__(None, None, None)
+        self.__exit__(None, None, None)
         return result
 
     async def _run_async(
         self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        fast = self._enter_fast()
-        if not fast and self._needs_store():
+        entries = self._entries
+        # A thread with a fast sync entry in flight (rare): _needs_store tells whose.
+        fast = entries.get() is None and self._store.fast and not self._busy
+        if fast:
+            entries.set(self._fast_entry)  # built once: no allocation per call
+        elif self._needs_store():
             self._push(await self._aacquire())
         try:
             awaitable = fn(*args, **kwargs)
-            if not hasattr(awaitable, "__await__"):
+            if type(awaitable) is not CoroutineType and not hasattr(awaitable, "__await__"):
                 raise _Misuse(
                     f"breaker.call() awaits what {_name(fn)} returns, but it returned "
                     f"{type(awaitable).__qualname__}: use breaker.call_sync() for a sync function"
@@ -405,7 +499,7 @@ class CircuitBreaker:
             await self.__aexit__(None, exc, None)
             raise
         if fast and self._store.fast:
-            self._entries.set(None)
+            entries.set(None)
             self._ok_add()
         else:
             await self.__aexit__(None, None, None)
@@ -413,13 +507,9 @@ class CircuitBreaker:
 
     # -- the bookkeeping shared by every form ----------------------------------
 
-    def _enter_fast(self) -> bool:
-        """Enter on the fast path, if this entry is on it (closed, not nested)."""
-        entries = self._entries
-        if entries.get() is None and self._store.fast:
-            entries.set(self._fast_entry)  # built once: no allocation per call
-            return True
-        return False
+    def _in_busy_thread(self) -> bool:
+        """Whether this thread has a fast sync entry in flight: an entry now is nested in it."""
+        return get_ident() in self._busy
 
     def _needs_store(self) -> bool:
         """
@@ -428,7 +518,7 @@ class CircuitBreaker:
         """
         entries = self._entries
         stack = entries.get()
-        if stack is not None:
+        if stack is not None or (self._busy and self._in_busy_thread()):
             entries.set((None, stack))  # inside this breaker already: the outer entry decides
             return False
         if not self._store.fast:
@@ -468,6 +558,20 @@ class CircuitBreaker:
         if self._slow is not None and len(stack) == 3 and _clock.now() - stack[2] >= self._slow:
             result |= SLOW
         return ticket, result
+
+    def _leave_fast(self, exc: BaseException | None) -> None:
+        """Count the result of a thread's fast sync entry (left), and report it if needed."""
+        store = self._store
+        if exc is None:
+            self._ok_add()
+            if store.fast:
+                return
+            result = SUCCESS  # a failure elsewhere meanwhile: the store hears of it
+        else:
+            result = self._classify(exc)
+            if result == RELEASE:
+                return  # a normal admission holds nothing to give back
+        self._record(store.admitted, result)
 
     def _classify(self, exc: BaseException) -> Result:
         if not isinstance(exc, Exception) or type(exc) is _Misuse:
@@ -751,7 +855,8 @@ class CircuitBreaker:
         """A fresh closed state and zeroed counters, reporting nothing (``testing.reset``)."""
         self._store.forget()
         self._store.pending.clear()
-        self._new_tallies()
+        for tally in (self._ok, self._failed, self._rejected):
+            tally.reset()
         if self._circuits is not None:
             with self._keys_lock:
                 self._circuits.clear()
@@ -799,14 +904,55 @@ class CircuitBreaker:
                 f"circuit breaker {self.name!r}: a key must have 1 to {MAX_KEY_LENGTH} "
                 f"characters, got {key[: MAX_KEY_LENGTH + 1]!r}"
             )
-        child = CircuitBreaker.__new__(CircuitBreaker)
-        child._setup(f"{self.name}[{key}]", replace(self.config, key=None))
-        child._family = self.name
+        child = self._new_circuit(key)
         with self._keys_lock:
             known = circuits.setdefault(key, child)
             if known is child and len(circuits) > self.config.max_keys:
                 self._evict(circuits)
             return known
+
+    def _new_circuit(self, key: str) -> CircuitBreaker:
+        """The circuit of ``key``, made (neither registered nor kept)."""
+        child = CircuitBreaker.__new__(CircuitBreaker)
+        child._setup(f"{self.name}[{key}]", replace(self.config, key=None))
+        child._family = self.name
+        return child
+
+    def _circuits_in_store(
+        self, known: dict[str, CircuitBreaker]
+    ) -> tuple[list[CircuitBreaker], str | None]:
+        """
+        A keyed breaker's circuits that its Redis store holds open or
+        half-open, less the ``known`` keys, each made for the caller (not
+        kept); and a note for an operator when the listing is incomplete.
+        Nothing for a memory store. Blocking I/O (see ``open_circuit_names``).
+        """
+        try:
+            url = self.config.store or default_store()
+            link = None if url == "memory" else redis_link(url)
+            errors = store_errors()
+        except (ImproperlyConfigured, ValueError, ImportError):
+            return [], None  # a store that cannot be used: manage.py check reports it
+        if link is None:
+            return [], None
+        if link.down_until:
+            return [], f"{self.name}: Redis is unreachable, its circuits there are not listed"
+        try:
+            names, capped = open_circuit_names(link, self.name, LISTED_FROM_STORE)
+        except errors as exc:
+            return [], f"{self.name}: its circuits in Redis could not be listed ({exc!r})"
+        found = []
+        for name in names:
+            key = name[len(self.name) + 1 : -1]
+            if key not in known and 0 < len(key) <= MAX_KEY_LENGTH:
+                found.append(self._new_circuit(key))
+        note = None
+        if capped:
+            note = (
+                f"{self.name}: more than {LISTED_FROM_STORE} of its circuits are not closed "
+                f"in Redis; {LISTED_FROM_STORE} of them are listed"
+            )
+        return found, note
 
     def circuits(self) -> dict[str, CircuitBreaker]:
         """A keyed breaker's circuits in this process, by key, least recently used first."""
@@ -867,6 +1013,24 @@ class _Misuse(TypeError):
 
 def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _apply[T](fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """``fn(*args, **kwargs)`` for ``call_sync()``: an awaitable is refused, naming ``fn``."""
+    result = fn(*args, **kwargs)
+    if result is not None and hasattr(result, "__await__"):
+        raise _refuse_awaitable(fn, result)
+    return result
+
+
+def _refuse_awaitable(fn: object, result: object) -> _Misuse:
+    """What ``call_sync()`` raises when ``fn`` returned an awaitable (an async function)."""
+    if inspect.iscoroutine(result):
+        result.close()  # never awaited: no "was never awaited" warning
+    return _Misuse(
+        f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
+        f"returned a {type(result).__qualname__}; use await breaker.call(...)"
+    )
 
 
 _TRANSITION_EVENTS: dict[CircuitState, tuple[str, str]] = {
@@ -940,21 +1104,35 @@ def get_breaker(name_or_instance: str | CircuitBreaker) -> CircuitBreaker:
         return breaker
 
 
-def all_breakers(*, circuits: bool = False) -> list[CircuitBreaker]:
-    """
-    Every registered breaker, by name (declared ones appear once used); with
-    ``circuits``, each keyed breaker followed by its circuits in this process,
-    by key.
-    """
+def all_breakers() -> list[CircuitBreaker]:
+    """Every registered breaker, by name (declared ones appear once used)."""
     with state.lock:
-        breakers = [state.breakers[name] for name in sorted(state.breakers)]
-    if not circuits:
-        return breakers
-    return [
-        shown
-        for breaker in breakers
-        for shown in (breaker, *(c for _, c in sorted(breaker.circuits().items())))
-    ]
+        return [state.breakers[name] for name in sorted(state.breakers)]
+
+
+def listed_breakers() -> tuple[list[CircuitBreaker], list[str]]:
+    """
+    What an operator lists (the status page, ``manage.py patchboard breakers``),
+    before :func:`not_closed_circuits`: every breaker, each keyed one followed
+    by its circuits, by name. Those this process has made, and, with a Redis
+    store, those Redis holds open or half-open (other processes' included;
+    at most ``LISTED_FROM_STORE`` per keyed breaker, each made for the
+    listing and not kept). Also a note per keyed breaker whose listing is
+    incomplete (capped; Redis unreachable). Their states are not refreshed.
+    Blocking I/O.
+    """
+    listed: list[CircuitBreaker] = []
+    notes: list[str] = []
+    for breaker in all_breakers():
+        listed.append(breaker)
+        if not breaker.keyed:
+            continue
+        known = breaker.circuits()
+        found, note = breaker._circuits_in_store(known)
+        listed += sorted([*known.values(), *found], key=lambda circuit: circuit.name)
+        if note is not None:
+            notes.append(note)
+    return listed, notes
 
 
 def not_closed_circuits(breakers: Iterable[CircuitBreaker]) -> list[CircuitBreaker]:

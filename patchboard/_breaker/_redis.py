@@ -4,7 +4,8 @@ The Redis store: a breaker's state shared by every process that uses it.
 The state lives in one Redis hash, ``patchboard:breaker:{<name>}``, the
 probes' leases in a sorted set, ``patchboard:breaker:{<name>}:probes``, and a
 time window's buckets in a hash, ``patchboard:breaker:{<name>}:window`` (the
-braces make the keys one cluster hash slot); all expire when unused.
+braces make the keys one cluster hash slot; a name with a brace in it is
+escaped, see :func:`state_key`); all expire when unused.
 Every decision is one run of ``breaker.lua`` (``EVALSHA``): atomic, on the
 Redis server's clock (``TIME``), one round trip. Each reply carries the whole
 state, which the process keeps as its *view* for ``sync_interval`` seconds:
@@ -188,6 +189,113 @@ def check_url(url: str) -> Topology:
     return topology
 
 
+KEY_PREFIX: Final = "patchboard:breaker"
+
+
+def state_key(name: str, prefix: str = KEY_PREFIX) -> str:
+    """
+    The Redis hash of breaker ``name``'s state; its probes' and window's keys
+    add ``:probes`` and ``:window``. The name in braces is the keys' cluster
+    hash tag, so the three share one slot. A brace in the name would break
+    the tag (a name starting with ``}`` makes it ``{}``, empty, and Redis
+    hashes each whole key instead): such a name has ``%``, ``{`` and ``}``
+    escaped (``%25``, ``%7B``, ``%7D``) inside ``%{...}``, a form no other
+    name's key takes. Every other name keeps the key it always had.
+    """
+    if "{" in name or "}" in name:
+        return f"{prefix}:%{{{_escape(name)}}}"
+    return f"{prefix}:{{{name}}}"
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def name_of_key(key: str, prefix: str = KEY_PREFIX) -> str | None:
+    """The breaker name whose :func:`state_key` ``key`` is; None for any other key."""
+    head = f"{prefix}:"
+    if not key.startswith(head) or not key.endswith("}"):
+        return None
+    tag = key[len(head) :]
+    if tag.startswith("%{"):
+        try:
+            name = unquote(tag[2:-1], errors="strict")
+        except UnicodeDecodeError:
+            return None
+        return name if state_key(name, prefix) == key else None
+    name = tag[1:-1]
+    if tag.startswith("{") and name and "{" not in name and "}" not in name:
+        return name
+    return None
+
+
+SCAN_COUNT: Final = 1000
+"""The ``COUNT`` hint of each ``SCAN`` that lists a keyed breaker's circuits."""
+
+
+def open_circuit_names(
+    link: RedisLink, family: str, limit: int, prefix: str = KEY_PREFIX
+) -> tuple[list[str], bool]:
+    """
+    The names (``family[key]``, sorted) of the keyed breaker ``family``'s
+    circuits whose state in Redis is open or half-open, at most ``limit`` of
+    them, and whether there were more. Read with ``SCAN`` (``MATCH`` on the
+    family's keys, ``COUNT`` :data:`SCAN_COUNT`; on every primary of a
+    cluster), then the state field of the keys found, a pipeline per batch.
+    Blocking I/O: it walks the database's key space once.
+
+    Raises:
+        redis.RedisError, OSError: Redis could not be read.
+    """
+    client = link.sync_client()
+    head = f"{family}["
+    # Each circuit's key has the plain form or, with a brace in its key, the escaped one.
+    patterns = [_glob(f"{prefix}:%{{{_escape(head)}") + "*]}"]
+    if "{" not in family and "}" not in family:
+        patterns.append(_glob(f"{prefix}:{{{head}") + "*]}")
+    found: list[str] = []
+    for pattern in patterns:
+        batch: list[str] = []
+        for raw in client.scan_iter(match=pattern, count=SCAN_COUNT):
+            try:
+                key = raw.decode() if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError:
+                continue  # not a key patchboard writes (names are written as UTF-8)
+            name = name_of_key(key, prefix)
+            if name is not None and name.startswith(head) and name.endswith("]"):
+                batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                found += _not_closed(client, batch, prefix)
+                batch = []
+            if len(found) > limit:
+                break
+        found += _not_closed(client, batch, prefix)
+        if len(found) > limit:
+            break
+    names = sorted(set(found))
+    return names[:limit], len(names) > limit
+
+
+def _not_closed(client: Any, keys: list[str], prefix: str) -> list[str]:
+    """The names of the state ``keys`` whose circuit is open or half-open (one pipeline)."""
+    if not keys:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "s")
+    states = pipe.execute(raise_on_error=False)  # a key of another type: an error, skipped
+    return [
+        name
+        for key, state in zip(keys, states, strict=True)
+        if state in (b"o", b"h", "o", "h") and (name := name_of_key(key, prefix)) is not None
+    ]
+
+
+def _glob(text: str) -> str:
+    """``text`` as a ``SCAN MATCH`` pattern matching itself only."""
+    return "".join(f"\\{char}" if char in "\\*?[]" else char for char in text)
+
+
 def _misread(url: str, options: dict[str, Any]) -> str | None:
     """What redis-py accepts in ``url`` but does not read as written."""
     parts = urlsplit(url)
@@ -308,8 +416,16 @@ class RedisLink:
 
     def run(self, keys: Sequence[str], args: list[str]) -> Reply:
         """Run the script on the sync client (blocking I/O)."""
-        script = self._sync
-        if script is None:
+        # redis types a script's reply as Any; breaker.lua returns a list of integers.
+        return self._sync_pair()[1](keys=keys, args=args)  # type: ignore[no-any-return]
+
+    def sync_client(self) -> Any:
+        """The sync client (``redis.Redis`` or ``RedisCluster``), made on first use."""
+        return self._sync_pair()[0]
+
+    def _sync_pair(self) -> tuple[Any, Any]:
+        pair = self._sync
+        if pair is None:
             # redis is an optional dependency (the [redis] extra): imported on first use.
             from redis.retry import Retry
 
@@ -317,9 +433,8 @@ class RedisLink:
                 if self._sync is None:
                     client = self.topology.sync_client(self._options(Retry))
                     self._sync = (client, client.register_script(self.script))
-                script = self._sync
-        # redis types a script's reply as Any; breaker.lua returns a list of integers.
-        return script[1](keys=keys, args=args)  # type: ignore[no-any-return]
+                pair = self._sync
+        return pair
 
     async def arun(self, keys: Sequence[str], args: list[str]) -> Reply:
         """
@@ -418,7 +533,7 @@ def redis_link(url: str) -> RedisLink:
     return link
 
 
-def _store_errors() -> tuple[type[BaseException], ...]:
+def store_errors() -> tuple[type[BaseException], ...]:
     # RedisClusterException is no RedisError: the cluster client raises it
     # when no startup node answers.
     from redis.exceptions import RedisClusterException, RedisError
@@ -439,7 +554,6 @@ class RedisStore:
     """
 
     remote: Final = True
-    fast: Final = False
 
     def __init__(
         self,
@@ -447,7 +561,7 @@ class RedisStore:
         config: BreakerConfig,
         url: str,
         *,
-        key_prefix: str = "patchboard:breaker",
+        key_prefix: str = KEY_PREFIX,
         key_ttl: float = 3600.0,
         server_clock: Callable[[], float] | None = None,
     ) -> None:
@@ -468,12 +582,9 @@ class RedisStore:
         self.pending: deque[Transition] = deque()
         self.fallback = MemoryStore(name, config, pending=self.pending)
         self.admitted = Ticket(self, None)
-        self._errors = _store_errors()
-        self._keys = (
-            f"{key_prefix}:{{{name}}}",
-            f"{key_prefix}:{{{name}}}:probes",
-            f"{key_prefix}:{{{name}}}:window",
-        )
+        self._errors = store_errors()
+        key = state_key(name, key_prefix)
+        self._keys = (key, f"{key}:probes", f"{key}:window")
         self._count_rule = config.trip_rule == "count"
         self._sync_interval = config.sync_interval
         # For tests only: the script's clock, instead of the server's TIME.
@@ -640,6 +751,26 @@ class RedisStore:
         ):
             raise CircuitOpen(self.name, _ms_datetime(view.retry_at_ms))
         return None
+
+    @property
+    def fast(self) -> bool:
+        """
+        Whether a normal call is admitted, and its success reported, without
+        a word to Redis: a fresh closed view with no failure counted (count
+        rule), Redis up, and nothing learned by the fallback since. What
+        :meth:`_local_decision` and :meth:`_result_op` decide then, told
+        without their coroutines.
+        """
+        view = self._view
+        return (
+            view is not None
+            and view.state is CLOSED
+            and view.failures == 0
+            and self._count_rule
+            and not self._seeded
+            and not self.link.down_until
+            and _clock.now() - view.fetched < self._sync_interval
+        )
 
     def _result_op(self, ticket: Ticket, result: Result) -> str | None:
         """The script operation a result needs; ``None`` when nothing must be written."""

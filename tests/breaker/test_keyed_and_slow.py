@@ -7,13 +7,17 @@ virtual time. (The window rules themselves are pinned on both stores in
 from __future__ import annotations
 
 import asyncio
+from io import StringIO
 
 import pytest
 import redis
 import structlog
+from django.core.management import call_command
 from django.test import override_settings
 
 from patchboard import BreakerConfig, CircuitBreaker, CircuitOpen, Signal, get_breaker
+from patchboard._breaker import _circuit
+from patchboard._breaker._redis import RedisStore
 from patchboard.testing import VirtualClock
 
 
@@ -243,3 +247,55 @@ def test_a_keyed_circuit_in_redis_expires_and_survives_eviction(
         carriers.circuit("ups")  # drops "dhl" here; Redis keeps its state
         assert list(carriers.circuits()) == ["ups"]
         assert carriers.circuit("dhl").get_state_sync() == "open"
+
+
+@pytest.mark.redis
+def test_the_command_lists_the_keyed_circuits_open_in_redis_and_says_when_capped(
+    redis_url: str, breaker_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carriers = CircuitBreaker(breaker_name, store=redis_url, key=carrier_of)
+    config = BreakerConfig(failure_threshold=1)
+    # Another process's circuits: stores of their own, which this breaker has never used.
+    for key in ("dhl", "ups", "}fedex"):
+        RedisStore(f"{breaker_name}[{key}]", config, redis_url).force("force_open")
+    RedisStore(f"{breaker_name}[tnt]", config, redis_url).force("force_closed")
+    out = StringIO()
+    call_command("patchboard", "breakers", stdout=out)
+    listed = [line.split()[:2] for line in out.getvalue().splitlines()[1:-1]]
+    assert listed == [
+        [breaker_name, "closed"],
+        [f"{breaker_name}[dhl]", "open"],
+        [f"{breaker_name}[ups]", "open"],
+        [f"{breaker_name}[}}fedex]", "open"],
+    ]
+    assert carriers.circuits() == {}
+
+    monkeypatch.setattr(_circuit, "LISTED_FROM_STORE", 1)
+    out = StringIO()
+    call_command("patchboard", "breakers", stdout=out)
+    *rows, note, _ = out.getvalue().splitlines()
+    assert len(rows) == 1 + 1 + 1  # the header, the keyed breaker, one circuit
+    assert note == (
+        f"Note: {breaker_name}: more than 1 of its circuits are not closed in Redis; "
+        "1 of them are listed."
+    )
+
+
+@pytest.mark.redis
+def test_keys_of_other_shapes_under_the_prefix_are_left_out_of_the_listing(
+    redis_url: str, breaker_name: str
+) -> None:
+    CircuitBreaker(breaker_name, store=redis_url, key=carrier_of)
+    RedisStore(f"{breaker_name}[dhl]", BreakerConfig(), redis_url).force("force_open")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # Not a hash, not UTF-8: written by something else under the same prefix.
+        client.set(f"patchboard:breaker:{{{breaker_name}[ups]}}", "x", ex=60)
+        not_utf8 = b"patchboard:breaker:{" + breaker_name.encode() + b"[\xff]}"
+        client.hset(not_utf8, "s", "o")
+        client.expire(not_utf8, 60)
+        listed, notes = _circuit.listed_breakers()
+    finally:
+        client.close()
+    assert [b.name for b in listed] == [breaker_name, f"{breaker_name}[dhl]"]
+    assert notes == []

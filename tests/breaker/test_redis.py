@@ -810,3 +810,34 @@ def test_a_blocking_operation_that_suspends_is_reported_as_the_bug_it_is() -> No
 
     with pytest.raises(RuntimeError, match=r"^a blocking Redis store operation suspended$"):
         run_blocking(suspends())
+
+
+def test_the_sync_forms_go_without_redis_while_the_view_is_fresh_and_closed(
+    redis_url, name, round_trips
+) -> None:
+    """A fresh closed view with no failure counted: the store is ``fast``, and every sync
+    form takes the fast path (no round trip, each success counted once); a stale view,
+    a failure, or a circuit opened elsewhere send the next call to Redis."""
+    with VirtualClock(autojump=False) as clock:
+        b = CircuitBreaker(name, failure_threshold=3, sync_interval=5, store=redis_url)
+        guarded = b(lambda: "ok")
+        b.get_state_sync()
+        assert b._store.fast
+        before = round_trips[0]
+        for _ in range(5):
+            with b:
+                assert guarded() == b.call_sync(lambda: "ok") == "ok"
+            assert guarded() == b.call_sync(lambda: "ok") == "ok"
+        assert round_trips[0] - before == 0
+        assert b.statistics().successes == 15
+
+        clock.advance(5)  # the view is stale: the next call asks Redis
+        assert not b._store.fast
+        before = round_trips[0]
+        assert guarded() == "ok"
+        assert (round_trips[0] - before, b._store.fast) == (1, True)
+
+        with pytest.raises(Boom), b:  # admitted on the fast path; its failure is written
+            raise Boom()
+        assert (b.statistics().failures, b._store.fast) == (1, False)
+        assert b.statistics().failures_total == 1

@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 from datetime import datetime
+from typing import Any
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from django.test import AsyncClient, Client, modify_settings, override_settings
 from django.urls import include, path
 
 from patchboard import CircuitBreaker, Signal, get_breaker, outcome_counts, queue_stats
+from patchboard._breaker import _circuit
 from patchboard._status import QUEUE_COUNTER_LABELS, QUEUE_GAUGES, duration
 from patchboard.testing import VirtualClock, reset
 from tests.conftest import CLOCK_WALL_START
@@ -245,6 +247,7 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "outcomes",
         "outbox",
         "latency",
+        "breaker_notes",
     ]
     assert data["outbox"] is None  # the ImmediateBackend: no outbox
     assert data["latency"] is None  # the metrics are off
@@ -582,6 +585,47 @@ def test_a_post_changes_the_shared_state(
 
     reset()  # another process: a fresh instance reads Redis
     assert CircuitBreaker(breaker_name, store=redis_url).get_state_sync() == "open"
+
+
+@pytest.mark.redis
+def test_the_page_lists_the_keyed_circuits_other_processes_opened(
+    staff_client: Client, redis_url: str, breaker_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options: dict[str, Any] = {
+        "store": redis_url,
+        "failure_threshold": 2,
+        "key": lambda sender, **kwargs: kwargs["carrier"],
+    }
+    # "Another process": an instance this process then forgets. It opens three
+    # circuits (one key with braces) and leaves one closed with a failure.
+    other = CircuitBreaker(breaker_name, **options)
+    for key in ("dhl", "{ups}", "fedex", "tnt"):
+        for _ in range(1 if key == "tnt" else 2):
+            trip(other.circuit(key))
+    reset()
+    mine = CircuitBreaker(breaker_name, **options)
+    assert mine.circuit("dhl").get_state_sync() == "open"  # one this process knows too
+
+    data = staff_client.get(URL, {"format": "json"}).json()
+
+    listed = [(b["name"], b["state"], b["shared"]) for b in data["breakers"]]
+    assert listed == [
+        (breaker_name, "closed", True),
+        (f"{breaker_name}[dhl]", "open", True),
+        (f"{breaker_name}[fedex]", "open", True),
+        (f"{breaker_name}[{{ups}}]", "open", True),
+    ]
+    assert data["breaker_notes"] == []
+    assert list(mine.circuits()) == ["dhl"]  # the others were read for the page, not kept
+
+    monkeypatch.setattr(_circuit, "LISTED_FROM_STORE", 2)
+    data = staff_client.get(URL, {"format": "json"}).json()
+    assert len(data["breakers"]) == 1 + 2
+    note = (
+        f"{breaker_name}: more than 2 of its circuits are not closed in Redis; 2 of them are listed"
+    )
+    assert data["breaker_notes"] == [note]
+    assert f"{note}." in html.unescape(staff_client.get(URL).content.decode())
 
 
 @pytest.mark.redis

@@ -10,7 +10,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from patchboard import receiver
-from shop.signals import order_completed, order_paid, quote_requested
+from shop.signals import carrier_quote_requested, order_completed, order_paid, quote_requested
 
 log = structlog.get_logger("shop")
 
@@ -50,20 +50,26 @@ def carrier_circuit(name: str) -> str | None:
 def carrier_of(sender, *, carrier, **kwargs) -> str:
     """
     The ``carriers`` breaker's key function, for a call whose arguments name
-    its carrier (``breaker="carriers"`` on a listener of such a signal).
+    its carrier (``breaker="carriers"`` on a listener of such a signal:
+    :func:`quote_from`).
     """
     return carrier
+
+
+async def ask_for_quote(carrier: str, cart: int):
+    """Carrier ``carrier``'s quote for ``cart`` (kept for the fallback)."""
+    response = await client.get(f"/quote/{carrier}", params={"cart": cart})
+    response.raise_for_status()
+    offer = response.json()
+    await cache.aset(f"quote:{carrier}:{cart}", offer, timeout=3600)
+    return offer
 
 
 def carrier_listeners(name: str):
     """The listener that asks carrier ``name`` for a quote, and its fallback."""
 
     async def quote(sender, *, cart, **kwargs):
-        response = await client.get(f"/quote/{name}", params={"cart": cart})
-        response.raise_for_status()
-        offer = response.json()
-        await cache.aset(f"quote:{name}:{cart}", offer, timeout=3600)
-        return offer
+        return await ask_for_quote(name, cart)
 
     async def last_quote(sender, *, cart, **kwargs):
         cached = await cache.aget(f"quote:{name}:{cart}")
@@ -72,6 +78,21 @@ def carrier_listeners(name: str):
     quote.__qualname__ = f"quote_{name}"  # how logs name the listener: shop.receivers.quote_ups
     quote.carrier = name  # how the view names its outcome
     return quote, last_quote
+
+
+# -- one carrier's quote: the call names the carrier, the breaker computes the key --------
+
+
+@receiver(
+    carrier_quote_requested,
+    # The keyed breaker itself: each call's circuit is carriers[carrier_of(...)], the
+    # very circuit that carrier's own quote listener goes through (None: SHOP_BREAKERS=off).
+    breaker=settings.CARRIER_BREAKER if settings.CARRIER_BREAKERS else None,
+    timeout=settings.CARRIER_TIMEOUT,
+    on_error="log",
+)
+async def quote_from(sender, *, carrier, cart, **kwargs):
+    return await ask_for_quote(carrier, cart)
 
 
 # -- an order is paid: side effects in the request, by priority -------------------------

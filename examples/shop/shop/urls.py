@@ -7,6 +7,7 @@ from shop import views
 urlpatterns = [
     path("quotes", views.quotes),
     path("quotes/first", views.first_quote),
+    path("quotes/<str:carrier>", views.quote_from),
     path("orders", views.orders),
     path("orders/<int:pk>", views.order_detail),
     path("admin/", admin.site.urls),

@@ -6,7 +6,7 @@ from time import perf_counter
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import aget_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -19,7 +19,7 @@ from prometheus_client import (
 )
 
 from shop.models import Order
-from shop.signals import order_completed, order_paid, quote_requested
+from shop.signals import carrier_quote_requested, order_completed, order_paid, quote_requested
 
 
 @require_GET
@@ -71,9 +71,24 @@ async def first_quote(request):
     )
 
 
-def carrier_quote(outcome):
+@require_GET
+async def quote_from(request, carrier):
+    """One carrier's quote (the one the customer picked), through that carrier's circuit."""
+    if carrier not in settings.CARRIERS:
+        raise Http404(f"no carrier {carrier!r}")
+    try:
+        cart = int(request.GET["cart"])
+    except (KeyError, ValueError):
+        return HttpResponseBadRequest("cart must be an integer")
+    collected = await carrier_quote_requested.collect_async(
+        sender=None, carrier=carrier, cart=cart, deadline=settings.QUOTES_BUDGET
+    )
+    return JsonResponse({"cart": cart, **carrier_quote(collected[0], carrier)})
+
+
+def carrier_quote(outcome, carrier=None):
     return {
-        "carrier": outcome.receiver.carrier,
+        "carrier": carrier or outcome.receiver.carrier,
         "status": outcome.status,  # ok, error, timeout, circuit_open, expired, rejected
         "price": outcome.value and outcome.value["price"],
         "cached": bool(outcome.value and outcome.value.get("cached")),

@@ -48,8 +48,8 @@ from patchboard._background import _outbox, _relay
 from patchboard._breaker import (
     BreakerStatistics,
     CircuitBreaker,
-    all_breakers,
     get_breaker,
+    listed_breakers,
     not_closed_circuits,
 )
 from patchboard._config import get_settings
@@ -169,7 +169,7 @@ class Command(BaseCommand):
         for name in get_settings().breakers:
             self._breaker(name)
         rows = []
-        breakers = all_breakers(circuits=True)
+        breakers, notes = listed_breakers()  # with a keyed breaker's circuits in Redis
         for breaker in breakers:
             breaker.get_state_sync()  # a fresh view of a Redis store's shared state
         for breaker in not_closed_circuits(breakers):  # keyed: the circuits not closed
@@ -183,6 +183,8 @@ class Command(BaseCommand):
         for row in [header, *rows]:
             line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
             self.stdout.write(line.rstrip())
+        for note in notes:
+            self.stdout.write(f"Note: {note}.")
         self.stdout.write(PER_PROCESS_NOTE)
 
     # -- the outbox ---------------------------------------------------------------------
