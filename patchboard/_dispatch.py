@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal, TypeAlias
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -106,10 +106,14 @@ async def dispatch_async(dispatch: Dispatch) -> Collected:
     else:
         with _deadline.budget(dispatch.deadline):
             outcomes = await _outcomes_async(dispatch)
+    if isinstance(outcomes, Returned):  # run_plain's: every call returned, none propagates
+        if not state.observers:
+            return outcomes  # finish's answer, without the call
+        outcomes = list(outcomes)
     return finish(dispatch, outcomes)
 
 
-def _outcomes_async(dispatch: Dispatch) -> Awaitable[list[Outcome]]:
+def _outcomes_async(dispatch: Dispatch) -> Awaitable[list[Outcome] | Returned]:
     # The runner's coroutine, awaited by the caller: no coroutine of its own
     # in between (here and in run_concurrently: one frame less per level).
     dispatch.budgeted = _deadline.current() is not None
@@ -330,7 +334,7 @@ def _one_at_a_time(dispatch: Dispatch) -> list[Outcome]:
     return outcomes
 
 
-def run_concurrently(dispatch: Dispatch) -> Awaitable[list[Outcome]]:
+def run_concurrently(dispatch: Dispatch) -> Awaitable[list[Outcome] | Returned]:
     """
     Run every listener at once; return their outcomes in listener order.
 
@@ -477,11 +481,13 @@ class _PlainRun:
             waiter.set_result(None)
 
 
-async def run_plain(dispatch: Dispatch) -> list[Outcome]:
+async def run_plain(dispatch: Dispatch) -> list[Outcome] | Returned:
     """
     Run plain async listeners (``Resolved.own_tasks``: nothing to apply but
     their error policy) at once, without a deadline or a queue; return their
-    outcomes in listener order.
+    outcomes in listener order: a :class:`Returned` when every call returned
+    without suspending (their outcomes built only if they are read, as on
+    the sync twins' hot path).
 
     What :func:`run_concurrently` does, with each listener's own coroutine as
     its eagerly started task instead of a coroutine of ours around it (the
@@ -496,7 +502,9 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
     """
     loop = asyncio.get_running_loop()
     listeners = dispatch.listeners
-    outcomes: list[Outcome | None] = [None] * len(listeners)
+    # Each call's Outcome, or the plain tuple of its fields for one that returned
+    # without suspending (made an Outcome at the end, or by a Returned when read).
+    outcomes: list[Any] = [None] * len(listeners)
     # Built by the first call that needs more than a value (see _PlainRun):
     # none, when every listener returned without suspending.
     run: _PlainRun | None = None
@@ -545,13 +553,14 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
             # once (it never reaches _end_all).
             ended = now()
             ok_one()
-            # ok_outcome(func, value, elapsed), inlined: the hot path.
-            ok = (func, "ok", value, None, ended - begun, None, False, 1, False)
-            outcomes[index] = new_outcome(Outcome, ok)
+            # ok_outcome(func, value, elapsed)'s fields, inlined: the hot path.
+            outcomes[index] = (func, "ok", value, None, ended - begun, None, False, 1, False)
             begun = ended
         if run is None:  # every call ended here, as "ok" or "gone": none propagates
             dispatch.stopped = False
-            return outcomes  # type: ignore[return-value]  # none is None
+            if all(type(outcome) is tuple for outcome in outcomes):
+                return Returned(outcomes)
+            return _built(outcomes)
         if run.pending and not run.stop:
             run.waiter = loop.create_future()
             await run.waiter
@@ -565,7 +574,12 @@ async def run_plain(dispatch: Dispatch) -> list[Outcome]:
         await _end_all(run, tasks)
     if run.failure is not None:
         raise run.failure
-    return [outcome for outcome in outcomes if outcome is not None]
+    return _built(outcome for outcome in outcomes if outcome is not None)
+
+
+def _built(outcomes: Iterable[Any]) -> list[Outcome]:
+    # run_plain's outcomes, the plain tuples among them made Outcomes.
+    return [o if type(o) is not tuple else new_outcome(Outcome, o) for o in outcomes]
 
 
 async def _end_all(

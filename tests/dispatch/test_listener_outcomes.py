@@ -516,19 +516,30 @@ def test_a_plain_sync_collect_settles_its_failing_listener_and_goes_on_as_its_po
     assert sum(counts.values()) == 6
 
 
-@pytest.mark.parametrize("verb", ["collect", "send_sync"])
-def test_a_plain_sync_dispatch_whose_listeners_all_returned_reads_as_its_outcomes(
-    clock: VirtualClock, verb: str
+PLAIN_VERBS = [("collect", "sync"), ("send_sync", "sync"), ("collect_async", "async")]
+PLAIN_VERBS += [("send_async", "async")]
+"""The verbs with a hot path for plain listeners of a kind, and that kind."""
+
+
+def dispatched(signal: Signal, verb: str, **named: Any) -> Collected:
+    result = getattr(signal, verb)(**named)
+    collected: Collected = asyncio.run(result) if verb.endswith("_async") else result
+    return collected
+
+
+@pytest.mark.parametrize(("verb", "kind"), PLAIN_VERBS)
+def test_a_plain_dispatch_whose_listeners_all_returned_reads_as_its_outcomes(
+    clock: VirtualClock, verb: str, kind: str
 ) -> None:
-    # The hot path builds the outcomes only when they are first read (_outcomes.Returned):
+    # The hot paths build the outcomes only when they are first read (_outcomes.Returned):
     # every way of reading them agrees with a Collected of the outcomes themselves.
     signal = Signal(name=f"tests.outcomes.returned.{verb}")
     answer = [2]
-    first, second = taking(clock, 1, "sync", 1), taking(clock, 2, "sync", answer)
+    first, second = taking(clock, 1, kind, 1), taking(clock, 2, kind, answer)
     signal.connect(first, weak=False)
     signal.connect(second, weak=False)
 
-    collected = getattr(signal, verb)(sender=Shop, n=1)
+    collected = dispatched(signal, verb, sender=Shop, n=1)
 
     values = collected.values()
     assert values == [1, [2]] and values[1] is answer
@@ -548,6 +559,30 @@ def test_a_plain_sync_dispatch_whose_listeners_all_returned_reads_as_its_outcome
     assert repr(collected) == repr(eager) == "<Collected 2 outcomes: ok=2>"
     counts = outcome_counts()
     assert (counts["submitted"], counts["ok"], sum(counts.values())) == (2, 2, 4)
+
+
+def test_plain_async_listeners_that_returned_beside_one_that_suspended_are_outcomes(
+    clock: VirtualClock,
+) -> None:
+    # run_plain keeps a call that returned at once as its fields' tuple: one that
+    # suspended after it makes the dispatch build them all.
+    signal = Signal(name="tests.outcomes.mixed")
+    first = taking(clock, 1, "async", "at once")
+
+    async def suspends(signal: Any, sender: Any, **kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        return "later"
+
+    signal.connect(first, weak=False)
+    signal.connect(suspends, weak=False)
+    collected = asyncio.run(signal.collect_async(sender=Shop))
+    assert [type(o) for o in collected] == [Outcome, Outcome]
+    assert collected[0] == Outcome(receiver=first, status="ok", value="at once", elapsed=1.0)
+    assert (collected[1].receiver, collected[1].status, collected[1].value) == (
+        suspends,
+        "ok",
+        "later",
+    )
 
 
 def answers(signal: Any, sender: Any, **kwargs: Any) -> int:
@@ -576,16 +611,16 @@ def test_a_plain_sync_collects_result_copies_and_pickles_as_a_collected(
     assert (len(copied), copied.deadline_hit) == (1, False)
 
 
-@pytest.mark.parametrize("verb", ["collect", "send_sync"])
-def test_a_dispatch_observer_sees_a_plain_sync_dispatch_whose_listeners_all_returned(
-    clock: VirtualClock, verb: str
+@pytest.mark.parametrize(("verb", "kind"), PLAIN_VERBS)
+def test_a_dispatch_observer_sees_a_plain_dispatch_whose_listeners_all_returned(
+    clock: VirtualClock, verb: str, kind: str
 ) -> None:
     signal = Signal(name=f"tests.outcomes.observed.{verb}")
-    listener = taking(clock, 1, "sync", "v")
+    listener = taking(clock, 1, kind, "v")
     signal.connect(listener, weak=False)
 
     with capture_dispatches() as dispatches:
-        collected = getattr(signal, verb)(sender=Shop)
+        collected = dispatched(signal, verb, sender=Shop)
 
     [seen] = dispatches
     assert (seen.signal, seen.sender, seen.statuses()) == (signal, Shop, ["ok"])
