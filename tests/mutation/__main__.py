@@ -91,6 +91,14 @@ TARGETS: dict[str, Target] = {
             "tests/dispatch/test_connect.py",
             "tests/dispatch/test_django_signals.py",
             "tests/threads/test_threads.py",
+            # The engine's policies and hooks live in these modules too: retries and
+            # hedging (_call), the error group (_dispatch), the traced paths (_dispatch,
+            # _call), criticality's shedding (_call's refusal).
+            "tests/dispatch/test_retry.py",
+            "tests/dispatch/test_hedging.py",
+            "tests/dispatch/test_error_group.py",
+            "tests/tracing/test_opentelemetry.py",
+            "tests/short_term_queue/test_criticality.py",
         ),
         goal=85.0,
         sample=120,
