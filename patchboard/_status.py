@@ -148,6 +148,8 @@ class BreakerStatus(TypedDict):
     shared: bool
     """The state lives in Redis: what the page shows and changes is every process's."""
     fallback: bool
+    keyed: bool
+    """A keyed breaker: no state of its own, no controls; its circuits (``name[key]``) have them."""
     per_process: BreakerCounters
 
 
@@ -216,8 +218,8 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
-    """The page's view of one breaker."""
+def breaker_status(stats: BreakerStatistics, *, keyed: bool = False) -> BreakerStatus:
+    """The page's view of one breaker (``keyed``: a keyed breaker itself, not a circuit of it)."""
     return {
         "name": stats.name,
         "state": stats.state,
@@ -230,6 +232,7 @@ def breaker_status(stats: BreakerStatistics) -> BreakerStatus:
         "store_kind": stats.store_kind,
         "shared": stats.store != "memory",
         "fallback": stats.fallback,
+        "keyed": keyed,
         "per_process": {
             "rejected": stats.rejected,
             "successes": stats.successes,
@@ -350,7 +353,7 @@ async def snapshot() -> Snapshot:
     return {
         "pid": os.getpid(),
         "generated_at": datetime.now(UTC).isoformat(),
-        "breakers": [breaker_status(breaker.statistics()) for breaker in breakers],
+        "breakers": [breaker_status(b.statistics(), keyed=b.keyed) for b in breakers],
         "queue": queue_status(queue_stats()),
         "threads": threads_status(thread_stats()),
         "outcomes": outcome_counts(),
@@ -435,6 +438,12 @@ async def _control(request: HttpRequest) -> HttpResponse:
         breaker = get_breaker(name)
     except ImproperlyConfigured as exc:
         return HttpResponseNotFound(str(exc), content_type="text/plain")
+    if breaker.keyed:
+        return HttpResponseBadRequest(
+            f"circuit breaker {name!r} is keyed: it has no state of its own; force or "
+            f"reset one of its circuits ({name}[<key>]), which the page lists",
+            content_type="text/plain",
+        )
     control = ACTIONS[action]
     try:
         await getattr(breaker, control.method)()

@@ -949,8 +949,8 @@ class CircuitBreaker:
         note = None
         if capped:
             note = (
-                f"{self.name}: more than {LISTED_FROM_STORE} of its circuits are not closed "
-                f"in Redis; {LISTED_FROM_STORE} of them are listed"
+                f"{self.name}: more than {LISTED_FROM_STORE} of its circuits are open, "
+                f"half-open or forced in Redis; {LISTED_FROM_STORE} of them are listed"
             )
         return found, note
 
@@ -1136,8 +1136,16 @@ def listed_breakers() -> tuple[list[CircuitBreaker], list[str]]:
 
 
 def not_closed_circuits(breakers: Iterable[CircuitBreaker]) -> list[CircuitBreaker]:
-    """``breakers`` less the keyed circuits that are closed: what an operator lists."""
-    return [b for b in breakers if b._family is None or b.state != CLOSED]
+    """
+    ``breakers`` less the keyed circuits that are closed on their own: what an
+    operator lists (a circuit forced closed stays listed until it is reset,
+    so the force can be seen and lifted).
+    """
+    return [
+        b
+        for b in breakers
+        if b._family is None or b.state != CLOSED or b._store.view().forced is not None
+    ]
 
 
 # -- what the listener call asks -------------------------------------------------------

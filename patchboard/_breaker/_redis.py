@@ -277,17 +277,23 @@ def open_circuit_names(
 
 
 def _not_closed(client: Any, keys: list[str], prefix: str) -> list[str]:
-    """The names of the state ``keys`` whose circuit is open or half-open (one pipeline)."""
+    """
+    The names of the state ``keys`` whose circuit is open or half-open, or
+    forced (open or closed: an operator's decision, listed until it is
+    reset), in one pipeline.
+    """
     if not keys:
         return []
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.hget(key, "s")
-    states = pipe.execute(raise_on_error=False)  # a key of another type: an error, skipped
+        pipe.hmget(key, "s", "fo")
+    replies = pipe.execute(raise_on_error=False)  # a key of another type: an error, skipped
     return [
         name
-        for key, state in zip(keys, states, strict=True)
-        if state in (b"o", b"h", "o", "h") and (name := name_of_key(key, prefix)) is not None
+        for key, reply in zip(keys, replies, strict=True)
+        if isinstance(reply, list)
+        and (reply[0] in (b"o", b"h", "o", "h") or reply[1] not in (None, b"", ""))
+        and (name := name_of_key(key, prefix)) is not None
     ]
 
 

@@ -265,6 +265,7 @@ def test_the_command_lists_the_keyed_circuits_open_in_redis_and_says_when_capped
     assert listed == [
         [breaker_name, "closed"],
         [f"{breaker_name}[dhl]", "open"],
+        [f"{breaker_name}[tnt]", "closed"],  # forced: listed until it is reset
         [f"{breaker_name}[ups]", "open"],
         [f"{breaker_name}[}}fedex]", "open"],
     ]
@@ -276,8 +277,8 @@ def test_the_command_lists_the_keyed_circuits_open_in_redis_and_says_when_capped
     *rows, note, _ = out.getvalue().splitlines()
     assert len(rows) == 1 + 1 + 1  # the header, the keyed breaker, one circuit
     assert note == (
-        f"Note: {breaker_name}: more than 1 of its circuits are not closed in Redis; "
-        "1 of them are listed."
+        f"Note: {breaker_name}: more than 1 of its circuits are open, half-open or forced "
+        "in Redis; 1 of them are listed."
     )
 
 

@@ -266,6 +266,7 @@ def test_json_has_stable_keys_and_reflects_real_state(
         "store_kind": "memory",
         "shared": False,
         "fallback": False,
+        "keyed": False,
         "per_process": {"rejected": 1, "successes": 0, "failures_total": 1},
     }
     assert fedex["state"] == "closed"
@@ -622,10 +623,57 @@ def test_the_page_lists_the_keyed_circuits_other_processes_opened(
     data = staff_client.get(URL, {"format": "json"}).json()
     assert len(data["breakers"]) == 1 + 2
     note = (
-        f"{breaker_name}: more than 2 of its circuits are not closed in Redis; 2 of them are listed"
+        f"{breaker_name}: more than 2 of its circuits are open, half-open or forced in Redis; "
+        "2 of them are listed"
     )
     assert data["breaker_notes"] == [note]
     assert f"{note}." in html.unescape(staff_client.get(URL).content.decode())
+
+
+@pytest.mark.redis
+def test_a_keyed_circuit_forced_closed_stays_listed_until_it_is_reset(
+    staff_client: Client, redis_url: str, breaker_name: str
+) -> None:
+    """Regression (a new user's try): forcing one key's circuit closed hid it from the page
+    and the command, so the force could be neither seen nor lifted from there."""
+    options: dict[str, Any] = {"store": redis_url, "key": lambda sender, **kwargs: "k"}
+    # "Another process" forces one circuit closed, and leaves another closed on its own.
+    other = CircuitBreaker(breaker_name, **options)
+    other.circuit("dhl").force_closed()
+    other.circuit("ups").get_state_sync()
+    reset()
+    mine = CircuitBreaker(breaker_name, **options)
+    mine.circuit("fedex").force_closed()  # one this process forced
+
+    data = staff_client.get(URL, {"format": "json"}).json()
+
+    listed = [(b["name"], b["state"], b["forced"]) for b in data["breakers"]]
+    assert listed == [
+        (breaker_name, "closed", None),
+        (f"{breaker_name}[dhl]", "closed", "closed"),
+        (f"{breaker_name}[fedex]", "closed", "closed"),
+    ]
+    mine.circuit("dhl").reset()
+    mine.circuit("fedex").reset()
+    data = staff_client.get(URL, {"format": "json"}).json()
+    assert [b["name"] for b in data["breakers"]] == [breaker_name]
+
+
+def test_a_keyed_breaker_has_no_controls_and_refuses_a_post(staff_client: Client) -> None:
+    """Regression (a new user's try): the keyed breaker's own row offered the buttons, and a
+    press answered 503 saying the state changed anyway; it has no state of its own."""
+    CircuitBreaker("carriers-keyed", key=lambda sender, **kwargs: "k")
+
+    (shown,) = staff_client.get(URL, {"format": "json"}).json()["breakers"]
+    assert (shown["name"], shown["keyed"]) == ("carriers-keyed", True)
+    cells = row(staff_client.get(URL).content.decode(), "carriers-keyed")
+    assert "keyed: its circuits, carriers-keyed[<key>]" in cells[-1]
+    assert "Force open" not in cells[-1]
+
+    response = staff_client.post(URL, {"breaker": "carriers-keyed", "action": "open"})
+
+    assert response.status_code == 400
+    assert response.content.decode().startswith("circuit breaker 'carriers-keyed' is keyed: ")
 
 
 @pytest.mark.redis
