@@ -110,6 +110,10 @@ TARGETS: dict[str, Target] = {
             "tests/breaker/test_breaker.py",
             "tests/breaker/test_misuse.py",
             "tests/breaker/test_listener.py",
+            # The trip rules beside consecutive failures (the machine's failure-rate and
+            # slow-call windows) and keyed circuits: the scenario suite over both stores.
+            "tests/breaker/test_stores.py",
+            "tests/breaker/test_keyed_and_slow.py",
         ),
         goal=95.0,
     ),
