@@ -981,3 +981,27 @@ def test_the_stores_follow_the_model(request: pytest.FixtureRequest, stores: str
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_what_the_memory_store_writes_back_to_redis_after_an_outage(clock: VirtualClock) -> None:
+    """
+    ``MemoryStore.opened()``: what an open circuit has left (ms, 0 once due for a probe),
+    its reset timeout and its failures; None while closed, or forced (the Redis store
+    writes it back when Redis returns: tests/breaker/test_redis_link.py, end to end).
+    """
+    clock.set(START_MS / 1000)
+    config = BreakerConfig(clock=clock, failure_threshold=2, reset_timeout=30)
+    store = MemoryStore("opened", config)
+    assert store.opened() is None
+    store.record(store.acquire(), FAILURE)
+    assert store.opened() is None  # one failure: still closed
+    store.record(store.acquire(), FAILURE)
+    assert store.opened() == (30_000, 30_000, 2)
+    clock.advance(12.5)
+    assert store.opened() == (17_500, 30_000, 2)
+    clock.advance(40)
+    assert store.opened() == (0, 30_000, 2)  # due for a probe: nothing left, not negative
+    store.force("force_open")
+    assert store.opened() is None  # forced: the operator's, not written back
+    store.force("reset")
+    assert store.opened() is None
