@@ -170,6 +170,8 @@ TARGETS: dict[str, Target] = {
             "tests/breaker/test_redis_link.py",
             "tests/breaker/test_store_urls.py",
             "tests/breaker/test_stores.py",
+            # Keyed circuits in Redis: their keys' names and the listing that reads them.
+            "tests/breaker/test_keyed_and_slow.py",
         ),
         goal=85.0,
         sample=80,
