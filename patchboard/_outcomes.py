@@ -187,7 +187,8 @@ class Collected:
 class Returned(Collected):
     """
     The :class:`Collected` of a dispatch whose every listener returned (the
-    sync hot path, ``_dispatch.dispatch_plain``), holding each call's
+    hot paths: ``_dispatch.dispatch_plain`` for sync listeners,
+    ``_dispatch.run_plain`` for async ones that never suspended), holding each call's
     outcome as the plain tuple of its fields (``fields``, in ``Outcome``'s
     order): it makes them :class:`Outcome` objects when they are first
     read (once; two threads reading at the same moment may each build

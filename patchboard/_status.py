@@ -338,7 +338,7 @@ async def snapshot() -> Snapshot:
     the outcome counts.
     Redis-backed breakers are read from Redis first, concurrently; one that
     cannot be reached shows this process's fallback state. A keyed breaker's
-    circuits that are not closed are listed: this process's, and with Redis
+    circuits that are open, half-open or forced are listed: this process's, and with Redis
     those other processes opened (see ``listed_breakers``).
 
     Raises:
@@ -349,7 +349,7 @@ async def snapshot() -> Snapshot:
     # Blocking (a keyed breaker's circuits in Redis, by SCAN): in a thread.
     breakers, notes = await sync_to_async(listed_breakers, thread_sensitive=False)()
     await asyncio.gather(*(breaker.get_state() for breaker in breakers))
-    breakers = not_closed_circuits(breakers)  # a keyed breaker's circuits: those not closed
+    breakers = not_closed_circuits(breakers)  # a keyed breaker's circuits: not closed, or forced
     return {
         "pid": os.getpid(),
         "generated_at": datetime.now(UTC).isoformat(),

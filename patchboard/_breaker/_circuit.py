@@ -922,8 +922,8 @@ class CircuitBreaker:
         self, known: dict[str, CircuitBreaker]
     ) -> tuple[list[CircuitBreaker], str | None]:
         """
-        A keyed breaker's circuits that its Redis store holds open or
-        half-open, less the ``known`` keys, each made for the caller (not
+        A keyed breaker's circuits that its Redis store holds open,
+        half-open or forced, less the ``known`` keys, each made for the caller (not
         kept); and a note for an operator when the listing is incomplete.
         Nothing for a memory store. Blocking I/O (see ``open_circuit_names``).
         """
@@ -1115,7 +1115,7 @@ def listed_breakers() -> tuple[list[CircuitBreaker], list[str]]:
     What an operator lists (the status page, ``manage.py patchboard breakers``),
     before :func:`not_closed_circuits`: every breaker, each keyed one followed
     by its circuits, by name. Those this process has made, and, with a Redis
-    store, those Redis holds open or half-open (other processes' included;
+    store, those Redis holds open, half-open or forced (other processes' included;
     at most ``LISTED_FROM_STORE`` per keyed breaker, each made for the
     listing and not kept). Also a note per keyed breaker whose listing is
     incomplete (capped; Redis unreachable). Their states are not refreshed.

@@ -238,10 +238,11 @@ def open_circuit_names(
 ) -> tuple[list[str], bool]:
     """
     The names (``family[key]``, sorted) of the keyed breaker ``family``'s
-    circuits whose state in Redis is open or half-open, at most ``limit`` of
-    them, and whether there were more. Read with ``SCAN`` (``MATCH`` on the
-    family's keys, ``COUNT`` :data:`SCAN_COUNT`; on every primary of a
-    cluster), then the state field of the keys found, a pipeline per batch.
+    circuits whose state in Redis is open or half-open, or forced (see
+    :func:`_not_closed`), at most ``limit`` of them, and whether there
+    were more. Read with ``SCAN`` (``MATCH`` on the family's keys,
+    ``COUNT`` :data:`SCAN_COUNT`; on every primary of a cluster), then the
+    state fields of the keys found, a pipeline per batch.
     Blocking I/O: it walks the database's key space once.
 
     Raises:
