@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import keyword
-import unicodedata
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,6 +36,7 @@ from patchboard._features import features
 from patchboard._instrument import Instrument, Span, instruments
 from patchboard._ledger import ledger
 from patchboard._outcomes import Outcome, new_outcome, ok_outcome
+from patchboard._source import compiled, spellable
 
 if TYPE_CHECKING:
     from django.dispatch import Signal as DjangoSignal
@@ -189,7 +188,7 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
     names = tuple(kwargs)
     apply = _APPLIERS.get(names)
     if apply is None:
-        spelled = all(_spellable(name) for name in names)
+        spelled = all(spellable(name) for name in names)
         if not spelled or "signal" in kwargs or "sender" in kwargs:
             return _apply_dict, {"signal": signal, "sender": sender, **kwargs}
         apply = _compile_apply(names)
@@ -197,17 +196,6 @@ def applier(signal: Any, sender: Any, kwargs: dict[str, Any]) -> tuple[Apply, An
             _APPLIERS.clear()  # names come from code, so they are few; but stay bounded
         _APPLIERS[names] = apply
     return apply, (signal, sender, *kwargs.values())
-
-
-def _spellable(name: str) -> bool:
-    # An identifier the compiler keeps as written: it rewrites identifiers to their
-    # NFKC form, so "\u00b5" (the micro sign) in source would reach the listener as
-    # "\u03bc" (a Greek mu).
-    return (
-        name.isidentifier()
-        and not keyword.iskeyword(name)
-        and unicodedata.normalize("NFKC", name) == name
-    )
 
 
 def _apply_none(func: Callable[..., Any], a: tuple[Any, Any]) -> Any:
@@ -219,12 +207,10 @@ def _apply_dict(func: Callable[..., Any], arguments: dict[str, Any]) -> Any:
 
 
 def _compile_apply(names: tuple[str, ...]) -> Apply:
-    # Only identifiers that are not keywords reach the source (see applier).
+    # Only spellable names reach the source (see applier).
     keywords = "".join(f", {name}=a[{i}]" for i, name in enumerate(names, start=2))
     source = f"def apply(func, a):\n    return func(signal=a[0], sender=a[1]{keywords})\n"
-    namespace: dict[str, Any] = {}
-    exec(source, namespace)
-    apply: Apply = namespace["apply"]
+    apply: Apply = compiled(source, "apply")
     return apply
 
 

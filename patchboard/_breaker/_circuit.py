@@ -59,6 +59,7 @@ from patchboard._config import (
 )
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger, name_signal
+from patchboard._source import GENERIC, Forwarding, compiled, copy_defaults, forwarding
 from patchboard._state import state
 
 # Bound once: a fast sync entry marks its thread (gevent's monkey-patching, which
@@ -114,14 +115,15 @@ class BreakerStatistics:
 class _Tally:
     """
     A counter that threads can bump without a lock (``itertools.count`` is
-    atomic); ``add`` never changes, so the hot path may keep it.
+    atomic); ``counter`` and ``add`` never change, so the hot path may keep
+    them (``next(counter)`` is what ``add()`` does, for a little less).
     """
 
-    __slots__ = ("_count", "_lock", "_taken", "add")
+    __slots__ = ("_lock", "_taken", "add", "counter")
 
     def __init__(self) -> None:
-        self._count = itertools.count()
-        self.add = self._count.__next__
+        self.counter = itertools.count()
+        self.add = self.counter.__next__
         self._taken = 0
         """Numbers taken by reads and resets, not by ``add``."""
         self._lock = threading.Lock()
@@ -130,13 +132,13 @@ class _Tally:
     def value(self) -> int:
         # Every read takes one number too.
         with self._lock:
-            value = next(self._count) - self._taken
+            value = next(self.counter) - self._taken
             self._taken += 1
             return value
 
     def reset(self) -> None:
         with self._lock:
-            self._taken = next(self._count) + 1
+            self._taken = next(self.counter) + 1
 
 
 ExcType: TypeAlias = type[BaseException] | None
@@ -194,6 +196,7 @@ class CircuitBreaker:
     __slots__ = (
         "__weakref__",
         "_busy",
+        "_call_async",
         "_call_sync",
         "_circuits",
         "_entries",
@@ -273,11 +276,12 @@ class CircuitBreaker:
             f"patchboard._breaker.{name}", default=None
         )
         self._fast_entry: _Entry = (self._store.admitted, None)
-        self._busy: dict[int, bool] = {}
+        self._busy: set[int] = set()
         """The threads with a fast sync entry in flight, by ident (see the guards)."""
         self._in_context = self._entries.get
         self._new_tallies()
-        self._call_sync = self._guard_sync(_apply)
+        self._call_sync = self._guard(None, _SYNC_GUARD)
+        self._call_async = self._guard(None, _ASYNC_GUARD)
 
     # -- guards --------------------------------------------------------------
     #
@@ -299,7 +303,7 @@ class CircuitBreaker:
     # A context variable's write costs more than the rest of a fast entry, so
     # a sync entry on the fast path (``call_sync()``, a decorated function,
     # ``with`` outside an event loop) writes none: it marks its thread busy
-    # instead (``self._busy[thread ident]``, a key only that thread writes)
+    # instead (its ident in ``self._busy``, which only that thread adds or removes)
     # until it leaves. While its thread is busy, any entry of that thread is
     # nested in it: nothing else runs in the thread meanwhile (a sync function
     # cannot await; a ``with`` block may, so inside a running loop ``with``
@@ -337,7 +341,7 @@ class CircuitBreaker:
             me = get_ident()
             busy = self._busy
             if me not in busy:  # the thread's fast entry: see above
-                busy[me] = True
+                busy.add(me)
                 return self
         if self._needs_store():
             self._push(self._acquire())
@@ -349,7 +353,7 @@ class CircuitBreaker:
             me = get_ident()
             busy = self._busy
             if me in busy:
-                del busy[me]
+                busy.discard(me)
                 if exc is None and self._store.fast:
                     self._ok_add()
                 else:
@@ -371,7 +375,8 @@ class CircuitBreaker:
                 :meth:`call_sync`); neither success nor failure is counted.
             Exception: whatever ``fn`` raised, unchanged (and counted).
         """
-        return await self._run_async(fn, args, kwargs)
+        result: R = await self._call_async(fn, args, kwargs)
+        return result
 
     def call_sync(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """
@@ -409,56 +414,43 @@ class CircuitBreaker:
                 f"a circuit breaker cannot guard the generator function {fn.__qualname__}"
             )
         if not inspect.iscoroutinefunction(fn):
-            return functools.wraps(fn)(self._guard_sync(fn))
-        run = self._run_async
-
-        @functools.wraps(fn)
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return run(fn, args, kwargs)
-
-        inspect.markcoroutinefunction(guarded)  # it returns _run_async's coroutine
-        return guarded
+            return functools.wraps(fn)(self._guard(fn, _SYNC_GUARD))
+        return functools.wraps(fn)(self._guard(fn, _ASYNC_GUARD))
 
     # The call forms are ``with self`` / ``async with self`` around the call,
     # spelled out: the context-manager protocol and the helpers cost more than
     # the rest of an entry on the fast path (closed, not nested), which is
     # therefore inline here; its steps are _needs_store's and _leave's.
 
-    def _guard_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+    def _guard(self, fn: Callable[..., Any] | None, template: str) -> Callable[..., Any]:
         """
-        ``fn`` guarded, for a sync call form (``call_sync()`` guards
-        :func:`_apply`). The fast path is inline, reading only the closure's
-        cells: a frame or an attribute lookup more would cost as much as the
-        rest of it.
+        ``fn`` guarded by the decorator (``template`` is :data:`_SYNC_GUARD` or
+        :data:`_ASYNC_GUARD`); with None, the guard of ``call_sync()`` or ``call()``,
+        called with ``(fn, args, kwargs)``.
         """
-        store = self._store
-        in_context = self._in_context
-        busy = self._busy
-        ok_add = self._ok_add
-        leave_fast = self._leave_fast
-        run_in_context = self._run_sync_in_context
-
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            if store.fast and in_context() is None:
-                me = get_ident()
-                if me not in busy:  # the thread's fast entry: see the guards
-                    busy[me] = True
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        del busy[me]
-                        leave_fast(exc)
-                        raise
-                    del busy[me]
-                    if result is not None and hasattr(result, "__await__"):
-                        raise _refuse_awaitable(fn, result)  # counts nothing
-                    if store.fast:
-                        ok_add()
-                    else:
-                        leave_fast(None)
-                    return result
-            return run_in_context(fn, args, kwargs)
-
+        if fn is None:
+            spelled, callee = _CALL, "fn"
+        else:
+            spelled, callee = forwarding(fn, reserved="_pb_") or GENERIC, "_pb_fn"
+        make = compiled(template.format(f=spelled, fn=callee), "make", _GUARD_GLOBALS)
+        guarded: Callable[..., Any] = make(
+            fn,
+            self._store,
+            self._in_context,
+            self._busy,
+            self._busy.add,
+            self._busy.discard,
+            self._ok.counter,
+            self._leave_fast,
+            self._entries,
+            self._fast_entry,
+            self.__aexit__,
+            self._run_sync_in_context,
+            self._run_async_in_context,
+            _refuse_awaitable,
+        )
+        if fn is not None and spelled is not GENERIC:
+            copy_defaults(guarded, fn)
         return guarded
 
     def _run_sync_in_context(
@@ -477,32 +469,21 @@ class CircuitBreaker:
         self.__exit__(None, None, None)
         return result
 
-    async def _run_async(
+    async def _run_async_in_context(
         self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        entries = self._entries
-        # A thread with a fast sync entry in flight (rare): _needs_store tells whose.
-        fast = entries.get() is None and self._store.fast and not self._busy
-        if fast:
-            entries.set(self._fast_entry)  # built once: no allocation per call
-        elif self._needs_store():
+        """An async call form's entry off the fast path (see the guards)."""
+        if self._needs_store():
             self._push(await self._aacquire())
         try:
             awaitable = fn(*args, **kwargs)
             if type(awaitable) is not CoroutineType and not hasattr(awaitable, "__await__"):
-                raise _Misuse(
-                    f"breaker.call() awaits what {_name(fn)} returns, but it returned "
-                    f"{type(awaitable).__qualname__}: use breaker.call_sync() for a sync function"
-                )
+                raise _not_awaitable(fn, awaitable)
             result = await awaitable
         except BaseException as exc:
             await self.__aexit__(None, exc, None)
             raise
-        if fast and self._store.fast:
-            entries.set(None)
-            self._ok_add()
-        else:
-            await self.__aexit__(None, None, None)
+        await self.__aexit__(None, None, None)
         return result
 
     # -- the bookkeeping shared by every form ----------------------------------
@@ -1015,12 +996,12 @@ def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _apply[T](fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-    """``fn(*args, **kwargs)`` for ``call_sync()``: an awaitable is refused, naming ``fn``."""
-    result = fn(*args, **kwargs)
-    if result is not None and hasattr(result, "__await__"):
-        raise _refuse_awaitable(fn, result)
-    return result
+def _not_awaitable(fn: object, result: object) -> _Misuse:
+    """What ``call()`` raises when ``fn`` returned something it cannot await."""
+    return _Misuse(
+        f"breaker.call() awaits what {_name(fn)} returns, but it returned "
+        f"{type(result).__qualname__}: use breaker.call_sync() for a sync function"
+    )
 
 
 def _refuse_awaitable(fn: object, result: object) -> _Misuse:
@@ -1031,6 +1012,85 @@ def _refuse_awaitable(fn: object, result: object) -> _Misuse:
         f"breaker.call_sync() cannot call the async function {_name(fn)}: it "
         f"returned a {type(result).__qualname__}; use await breaker.call(...)"
     )
+
+
+_SYNC_GUARD = """
+def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_ok, _pb_leave_fast,
+         _pb_entries, _pb_fast_entry, _pb_aexit, _pb_in_context_run, _pb_in_context_arun,
+         _pb_refuse):
+    def guarded({f.parameters}):
+        if _pb_store.fast and _pb_in_context() is None:
+            _pb_me = _pb_get_ident()
+            if _pb_me not in _pb_busy:  # the thread's fast entry: see the guards
+                _pb_mark(_pb_me)
+                try:
+                    _pb_result = {fn}({f.call})
+                except _pb_BaseException as _pb_exc:
+                    _pb_unmark(_pb_me)
+                    _pb_leave_fast(_pb_exc)
+                    raise
+                _pb_unmark(_pb_me)
+                if _pb_result is not None and _pb_hasattr(_pb_result, "__await__"):
+                    raise _pb_refuse({fn}, _pb_result)  # counts nothing
+                if _pb_store.fast:
+                    _pb_next(_pb_ok)
+                else:
+                    _pb_leave_fast(None)
+                return _pb_result
+        return _pb_in_context_run({fn}, ({f.args}), {{{f.kwargs}}})
+    return guarded
+"""
+"""
+The sync guard of a function: its fast path (closed, not nested) is inline and
+reads only the closure's cells, since a frame or an attribute lookup more would
+cost as much as the rest of it; every other entry goes on the context stack
+(``_run_sync_in_context``). The guard has the function's own parameters where
+they can be spelled (``patchboard._source``): passing them on by name costs a
+fifth of what ``*args, **kwargs`` would. Names starting with ``_pb_`` are the
+guard's own (builtins too: a parameter may be called ``hasattr``). The guard of
+``call_sync()`` calls the function it is given (``fn``).
+"""
+_ASYNC_GUARD = """
+def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_ok, _pb_leave_fast,
+         _pb_entries, _pb_fast_entry, _pb_aexit, _pb_in_context_run, _pb_in_context_arun,
+         _pb_refuse):
+    async def guarded({f.parameters}):
+        # A thread with a fast sync entry in flight (rare): _needs_store tells whose.
+        _pb_fast = _pb_in_context() is None and _pb_store.fast and not _pb_busy
+        if _pb_fast:
+            _pb_entries.set(_pb_fast_entry)  # built once: no allocation per call
+            try:
+                _pb_awaitable = {fn}({f.call})
+                if type(_pb_awaitable) is not _pb_CoroutineType and not _pb_hasattr(
+                    _pb_awaitable, "__await__"
+                ):
+                    raise _pb_not_awaitable({fn}, _pb_awaitable)
+                _pb_result = await _pb_awaitable
+            except _pb_BaseException as _pb_exc:
+                await _pb_aexit(None, _pb_exc, None)
+                raise
+            if _pb_store.fast:
+                _pb_entries.set(None)
+                _pb_next(_pb_ok)
+            else:
+                await _pb_aexit(None, None, None)
+            return _pb_result
+        return await _pb_in_context_arun({fn}, ({f.args}), {{{f.kwargs}}})
+    return guarded
+"""
+"""
+The async guard of a function: :data:`_SYNC_GUARD`'s twin, for ``call()`` and a
+decorated ``async def``. Its fast entry is the context stack's shared entry.
+"""
+_GUARD_GLOBALS = {
+    "_pb_get_ident": get_ident,
+    "_pb_hasattr": hasattr,
+    "_pb_next": next,
+    "_pb_BaseException": BaseException,
+    "_pb_CoroutineType": CoroutineType,
+    "_pb_not_awaitable": _not_awaitable,
+}
+_CALL = Forwarding("fn, args, kwargs", "*args, **kwargs", "*args,", "**kwargs")
 
 
 _TRANSITION_EVENTS: dict[CircuitState, tuple[str, str]] = {

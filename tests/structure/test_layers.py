@@ -27,6 +27,7 @@ LAYERS: list[list[str]] = [
         "patchboard._clock",
         "patchboard._waiter",
         "patchboard._version",
+        "patchboard._source",
     ],
     ["patchboard._state", "patchboard._django", "patchboard._deadline"],
     ["patchboard._config", "patchboard._log"],
