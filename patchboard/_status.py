@@ -76,7 +76,7 @@ from patchboard._breaker import (
     BreakerStatistics,
     get_breaker,
     listed_breakers,
-    not_closed_circuits,
+    listed_circuits,
 )
 from patchboard._config import get_settings
 from patchboard._ledger import outcome_counts
@@ -349,7 +349,7 @@ async def snapshot() -> Snapshot:
     # Blocking (a keyed breaker's circuits in Redis, by SCAN): in a thread.
     breakers, notes = await sync_to_async(listed_breakers, thread_sensitive=False)()
     await asyncio.gather(*(breaker.get_state() for breaker in breakers))
-    breakers = not_closed_circuits(breakers)  # a keyed breaker's circuits: not closed, or forced
+    breakers = listed_circuits(breakers)  # a keyed breaker's circuits: not closed, or forced
     return {
         "pid": os.getpid(),
         "generated_at": datetime.now(UTC).isoformat(),

@@ -54,7 +54,7 @@ from patchboard._breaker._circuit import circuit_state_changed as circuit_state_
 from patchboard._breaker._circuit import for_call as for_call
 from patchboard._breaker._circuit import get_breaker as get_breaker
 from patchboard._breaker._circuit import listed_breakers as listed_breakers
-from patchboard._breaker._circuit import not_closed_circuits as not_closed_circuits
+from patchboard._breaker._circuit import listed_circuits as listed_circuits
 from patchboard._breaker._circuit import refusal as refusal
 from patchboard._breaker._circuit import resolve as resolve
 
@@ -66,7 +66,7 @@ __all__ = [
     "for_call",
     "get_breaker",
     "listed_breakers",
-    "not_closed_circuits",
+    "listed_circuits",
     "refusal",
     "resolve",
 ]

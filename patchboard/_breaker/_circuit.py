@@ -42,8 +42,8 @@ from patchboard._breaker._machine import (
 from patchboard._breaker._memory import MemoryStore
 from patchboard._breaker._redis import (
     RedisStore,
+    listed_circuit_names,
     mask_url,
-    open_circuit_names,
     redis_link,
     store_errors,
 )
@@ -906,7 +906,7 @@ class CircuitBreaker:
         A keyed breaker's circuits that its Redis store holds open,
         half-open or forced, less the ``known`` keys, each made for the caller (not
         kept); and a note for an operator when the listing is incomplete.
-        Nothing for a memory store. Blocking I/O (see ``open_circuit_names``).
+        Nothing for a memory store. Blocking I/O (see ``listed_circuit_names``).
         """
         try:
             url = self.config.store or default_store()
@@ -919,7 +919,7 @@ class CircuitBreaker:
         if link.down_until:
             return [], f"{self.name}: Redis is unreachable, its circuits there are not listed"
         try:
-            names, capped = open_circuit_names(link, self.name, LISTED_FROM_STORE)
+            names, capped = listed_circuit_names(link, self.name, LISTED_FROM_STORE)
         except errors as exc:
             return [], f"{self.name}: its circuits in Redis could not be listed ({exc!r})"
         found = []
@@ -1173,7 +1173,7 @@ def all_breakers() -> list[CircuitBreaker]:
 def listed_breakers() -> tuple[list[CircuitBreaker], list[str]]:
     """
     What an operator lists (the status page, ``manage.py patchboard breakers``),
-    before :func:`not_closed_circuits`: every breaker, each keyed one followed
+    before :func:`listed_circuits`: every breaker, each keyed one followed
     by its circuits, by name. Those this process has made, and, with a Redis
     store, those Redis holds open, half-open or forced (other processes' included;
     at most ``LISTED_FROM_STORE`` per keyed breaker, each made for the
@@ -1195,7 +1195,7 @@ def listed_breakers() -> tuple[list[CircuitBreaker], list[str]]:
     return listed, notes
 
 
-def not_closed_circuits(breakers: Iterable[CircuitBreaker]) -> list[CircuitBreaker]:
+def listed_circuits(breakers: Iterable[CircuitBreaker]) -> list[CircuitBreaker]:
     """
     ``breakers`` less the keyed circuits that are closed on their own: what an
     operator lists (a circuit forced closed stays listed until it is reset,

@@ -233,7 +233,7 @@ SCAN_COUNT: Final = 1000
 """The ``COUNT`` hint of each ``SCAN`` that lists a keyed breaker's circuits."""
 
 
-def open_circuit_names(
+def listed_circuit_names(
     link: RedisLink, family: str, limit: int, prefix: str = KEY_PREFIX
 ) -> tuple[list[str], bool]:
     """

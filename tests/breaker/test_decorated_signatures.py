@@ -67,7 +67,12 @@ def shapes(draw: st.DrawFn) -> Shape:
     keyword_only = tuple((name, draw(st.booleans())) for name in names[cut[1] :])
     defaults = draw(st.integers(0, len(positional_only) + len(positional)))
     return Shape(
-        positional_only, positional, defaults, draw(st.booleans()), keyword_only, draw(st.booleans())
+        positional_only,
+        positional,
+        defaults,
+        draw(st.booleans()),
+        keyword_only,
+        draw(st.booleans()),
     )
 
 

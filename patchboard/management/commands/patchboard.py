@@ -50,7 +50,7 @@ from patchboard._breaker import (
     CircuitBreaker,
     get_breaker,
     listed_breakers,
-    not_closed_circuits,
+    listed_circuits,
 )
 from patchboard._config import get_settings
 
@@ -172,7 +172,7 @@ class Command(BaseCommand):
         breakers, notes = listed_breakers()  # with a keyed breaker's circuits in Redis
         for breaker in breakers:
             breaker.get_state_sync()  # a fresh view of a Redis store's shared state
-        for breaker in not_closed_circuits(breakers):  # keyed: not closed, or forced
+        for breaker in listed_circuits(breakers):  # keyed: not closed, or forced
             stats = breaker.statistics()
             rows.append([_cell(stats, column) for column in COLUMNS])
         if not rows:
