@@ -1061,7 +1061,7 @@ def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_
             _pb_entries.set(_pb_fast_entry)  # built once: no allocation per call
             try:
                 _pb_awaitable = {fn}({f.call})
-                if type(_pb_awaitable) is not _pb_CoroutineType and not _pb_hasattr(
+                if _pb_type(_pb_awaitable) is not _pb_CoroutineType and not _pb_hasattr(
                     _pb_awaitable, "__await__"
                 ):
                     raise _pb_not_awaitable({fn}, _pb_awaitable)
@@ -1085,6 +1085,7 @@ decorated ``async def``. Its fast entry is the context stack's shared entry.
 _GUARD_GLOBALS = {
     "_pb_get_ident": get_ident,
     "_pb_hasattr": hasattr,
+    "_pb_type": type,
     "_pb_next": next,
     "_pb_BaseException": BaseException,
     "_pb_CoroutineType": CoroutineType,

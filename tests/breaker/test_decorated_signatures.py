@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from patchboard import CircuitBreaker
 
-NAMES = ("a", "b", "c", "d", "fn", "args", "kwargs", "hasattr", "self", "result", "_pb_x")
+NAMES = ("a", "b", "c", "fn", "args", "kwargs", "hasattr", "type", "next", "self", "_pb_x")
 """Parameter names: plain ones, the guard's own words, and one of its reserved prefix."""
 
 
