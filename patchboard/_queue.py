@@ -243,7 +243,7 @@ class _Item:
     granted_at: float
     waiter: Waiter
 
-    def __init__(self, rank: int = 1) -> None:
+    def __init__(self, rank: int) -> None:
         self.rank = rank
         """Its criticality's rank (``_RANKS``): the higher, the sooner it is shed."""
         self.by_deadline = False
@@ -415,7 +415,7 @@ class ShortTermQueue:
             self._submitted += 1
             if self._running < self._workers and not self._waiters:
                 self._grant(item, now)
-            elif len(self._waiters) >= config.max_pending and not self._displace(item, now):
+            elif len(self._waiters) >= config.max_pending and not self._displace(item):
                 item.state = _REJECTED
             elif self._too_late(len(self._waiters) + 1, item, now):
                 item.state = _EXPIRED
@@ -428,7 +428,7 @@ class ShortTermQueue:
         if events:
             _emit(events)
 
-    def _displace(self, item: _Item, now: float) -> bool:
+    def _displace(self, item: _Item) -> bool:
         """
         Under the lock, the line full: whether ``item`` takes the place of
         the newest waiter of the least critical rank below its own, which is
@@ -442,8 +442,7 @@ class ShortTermQueue:
         if lowest is None:
             return False
         self._waiters.remove(lowest)
-        lowest.state = _REJECTED
-        lowest.waited = now - lowest.enqueued
+        lowest.state = _REJECTED  # its outcome names the full line, not how long it waited
         lowest.wake()
         return True
 

@@ -125,6 +125,9 @@ TARGETS: dict[str, Target] = {
             "tests/short_term_queue/test_scaling.py",
             "tests/short_term_queue/test_standing.py",
             "tests/short_term_queue/test_property.py",
+            # Criticality: displacing a less critical waiter from a full line, shedding
+            # the sheddable ones from a standing line.
+            "tests/short_term_queue/test_criticality.py",
         ),
         goal=95.0,
     ),

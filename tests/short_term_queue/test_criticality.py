@@ -5,7 +5,8 @@ the outcome stays ``"expired"`` or ``"rejected"``, with the criticality in
 its log event.
 
 Through public dispatch on an autojumping ``VirtualClock`` (see
-``test_standing.py``, whose queue settings and line helpers these reuse).
+``test_standing.py``, whose queue settings and line helpers these reuse), but
+one test that needs a queue of its own, on a clock no loop follows.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import pytest
 from anyio.abc import TaskGroup
 
-from patchboard import Outcome, queue_stats
+from patchboard import Outcome, Signal, queue_stats
+from patchboard._call import Call
+from patchboard._config import QueueSettings
+from patchboard._queue import ShortTermQueue
 from patchboard.testing import VirtualClock
-from tests.short_term_queue.support import Blocker, all_blocked, dispatch
+from tests.short_term_queue.support import Blocker, all_blocked, dispatch, listener
 from tests.short_term_queue.test_standing import (
     Configure,
     _line_moved_after,
@@ -89,24 +94,87 @@ async def test_a_sheddable_call_joins_no_standing_line_even_at_its_head(
     assert [o.status for o in told] == ["expired"]
 
 
-async def test_sheddable_waiters_leave_a_line_once_it_stands_and_the_others_move_up(
-    logs: Any, clock: VirtualClock, configure_queue: Configure
+@pytest.mark.parametrize(
+    ("line", "change", "left"),
+    [
+        # The calls that matter more move up.
+        (["sheddable", "critical", "sheddable"], "default", 2),
+        # None does, the sheddable ones leave all the same. (The line never moved
+        # yet: no prediction turns the sheddable newcomer away as it arrives.)
+        (["sheddable"], "sheddable", 0),
+    ],
+)
+async def test_sheddable_waiters_leave_a_line_once_it_stands(
+    logs: Any,
+    clock: VirtualClock,
+    configure_queue: Configure,
+    line: list[str],
+    change: str,
+    left: int,
 ) -> None:
     make_queue(configure_queue, min_workers=1, max_workers=1)
     blocker = Blocker()
     shed: list[Outcome] = []
     async with anyio.create_task_group() as tg:
         await submit(tg, blocker.run, "default")  # runs
-        await submit(tg, blocker.run, "sheddable", shed)  # the head
-        await submit(tg, blocker.run, "critical")
-        await submit(tg, blocker.run, "sheddable", shed)
+        for criticality in line:  # the first is the head
+            await submit(tg, blocker.run, criticality, shed if criticality == "sheddable" else None)
         clock.advance(100)  # the head has waited TARGET_WAIT at MAX_WORKERS
-        await submit(tg, blocker.run, "default")  # a change: the rules run
+        # A change: the rules run.
+        await submit(tg, blocker.run, change, shed if change == "sheddable" else None)
         stats = queue_stats()
-        assert (stats.waiting, stats.shed) == (2, 2)
+        assert (stats.waiting, stats.shed) == (left, 2)
         blocker.release()
     assert [o.status for o in shed] == ["expired", "expired"]
     assert {e["criticality"] for e in events(logs, "queue_item_expired")} == {"sheddable"}
+
+
+async def test_a_sheddable_call_is_turned_away_by_a_standing_head_expiring_as_it_arrives() -> None:
+    """
+    The line stood until that very moment (its head waited out its whole
+    budget): the newcomer is judged on the line it found, not on the young
+    line left once the head is gone. A queue of its own, on a clock no loop
+    follows: nothing happens but what the test does.
+    """
+    clock = VirtualClock(0)
+    settings = QueueSettings(
+        min_workers=1, max_workers=1, target_wait=100, item_expiry=150, at_risk_fraction=0.9
+    )
+    queue = ShortTermQueue(settings, clock=clock)
+    signal = Signal(name="tests.queue_criticality")
+
+    def call(func: Callable[..., Any], criticality: str = "default") -> Call:
+        return Call(listener(func, on_error="log", criticality=criticality), signal, None, {})
+
+    async def noop(sender: Any, **kwargs: Any) -> None:
+        return None
+
+    first, second = Blocker(), Blocker()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue._run, call(first.run))
+        for _ in range(8):  # the line moves 8 places at once: 150 / 8 s per place at 150 s
+            tg.start_soon(queue._run, call(noop))
+        await all_blocked()
+        first.release()
+        await all_blocked()
+        tg.start_soon(queue._run, call(second.run))  # runs
+        tg.start_soon(queue._run, call(second.run))  # the head
+        await all_blocked()
+        clock.advance(100)
+        tg.start_soon(queue._run, call(second.run))  # joins the standing line
+        await all_blocked()
+        clock.advance(50)  # the head expires now; the line left has stood 50 s
+        told: list[Outcome] = []
+
+        async def sheddable() -> None:
+            told.append(await queue._run(call(second.run, "sheddable")))  # place 3: 56 s away
+
+        tg.start_soon(sheddable)
+        await all_blocked()
+        stats = queue.statistics()
+        assert (stats.waiting, stats.expired, stats.shed) == (1, 2, 1)
+        assert [o.status for o in told] == ["expired"]
+        second.release()
 
 
 async def test_at_a_full_line_a_critical_call_takes_the_place_of_the_newest_sheddable(

@@ -760,6 +760,28 @@ async def test_a_call_its_guard_refuses_on_a_worker_counts_as_circuit_open() -> 
     assert (stats.submitted, stats.circuit_open, stats.failed) == (1, 1, 0)
 
 
+async def test_the_wait_observer_sees_how_long_each_call_that_ran_waited_in_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """0.0 for a call that found a worker free, its wait for one that waited; none if refused."""
+    waits: list[float] = []
+    monkeypatch.setattr(ShortTermQueue, "wait_observer", waits.append)
+    clock = VirtualClock(1000)
+    settings = QueueSettings(min_workers=1, max_workers=1, target_wait=3000, max_pending=1)
+    queue = ShortTermQueue(settings, clock=clock)
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue._run, Call(listener(blocker.run), SIGNAL, None, {}))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(queue._run, Call(listener(blocker.run), SIGNAL, None, {}))  # waits
+        await anyio.wait_all_tasks_blocked()
+        refused = await queue._run(Call(listener(blocker.run, on_error="log"), SIGNAL, None, {}))
+        assert refused.status == "rejected"  # the line is full
+        clock.advance(3)
+        blocker.release()
+    assert waits == [0.0, 3.0]
+
+
 async def test_repr_shows_live_state() -> None:
     queue = ShortTermQueue(QueueSettings(min_workers=1, max_workers=8))
     blocker = Blocker()

@@ -74,6 +74,21 @@ async def test_the_pool_doubles_when_the_oldest_waiter_is_at_risk(logs: Any) -> 
     assert event["oldest_wait_s"] == 21
 
 
+async def test_a_head_at_risk_within_a_second_reports_its_own_wait(logs: Any) -> None:
+    """The growth's ``oldest_wait_s`` is the head's wait, however short (here 0.25 s)."""
+    clock = VirtualClock(0)
+    queue = make_queue(clock, item_expiry=0.5)  # at risk after 0.25 s
+    blocker = Blocker()
+    async with anyio.create_task_group() as tg:
+        await submit(tg, queue, blocker.run, 3)
+        clock.advance(0.25)
+        await submit(tg, queue, blocker.run, 1)
+        blocker.release()
+
+    [event] = events(logs, "queue_scaled_up")
+    assert (event["reason"], event["workers"], event["oldest_wait_s"]) == ("at_risk", 4, 0.25)
+
+
 async def test_a_long_line_of_young_items_does_not_grow_the_pool(logs: Any) -> None:
     clock = VirtualClock()
     queue = make_queue(clock)

@@ -378,6 +378,40 @@ async def test_a_line_that_stops_moving_sheds_the_waiters_it_cannot_reach(
     assert newcomer.started == 0
 
 
+async def test_a_waiter_behind_a_shed_one_is_judged_at_the_place_it_moves_up_to(
+    clock: VirtualClock, configure_queue: Configure
+) -> None:
+    """Shed from place 2, a call leaves it to the one behind, whose wait is then judged from 2."""
+    shed_queue(configure_queue, item_expiry=1000)
+    await _line_moved_after(clock, 100)  # 100 s per place
+    hung, blocker, newcomer = Blocker(), Blocker(), Blocker()
+    outcomes: dict[str, Outcome] = {}
+
+    async def caller(name: str, deadline: float | None = None) -> None:
+        outcomes[name] = await dispatch(blocker.run, deadline=deadline, on_error="log")
+
+    async with anyio.create_task_group() as tg:
+        await submit(tg, hung.run)
+        for name, deadline in (("first", None), ("short", 500), ("third", None)):
+            tg.start_soon(caller, name, deadline)  # places 1 to 3: 100 to 300 s away
+            await all_blocked()
+        clock.advance(200)  # the line has not moved for 200 s: 300 s per place
+        # Place 2 is 600 s away: "short" (300 s left) is shed; "third" moves up to
+        # place 2, 600 s away too, within its 800 s left (at place 3, 900 s: shed).
+        await submit(tg, newcomer.run)  # a change: the rules run (it is shed as it comes)
+        stats = queue_stats()
+        assert (stats.waiting, stats.shed) == (2, 2)
+        hung.release()
+        blocker.release()
+
+    assert {name: o.status for name, o in outcomes.items()} == {
+        "first": "ok",
+        "short": "expired",
+        "third": "ok",
+    }
+    assert newcomer.started == 0
+
+
 async def test_a_line_that_emptied_without_moving_is_not_held_against_the_next(
     clock: VirtualClock, configure_queue: Configure
 ) -> None:
