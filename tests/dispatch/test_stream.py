@@ -6,6 +6,8 @@ withdraws the rest, and every call still ends as one counted outcome.
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
 from typing import Any
 
@@ -438,3 +440,13 @@ async def test_a_streams_repr_says_how_many_calls_are_pending() -> None:
         first = await anext(stream)
         assert first.value == "a"
         assert repr(stream) == "<Stream of 2 listeners, 1 pending>"
+
+
+def test_a_stream_is_made_by_stream_async_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Stream()`` is refused by name, and the half-made object goes away quietly."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(TypeError, match=r"^a Stream is made by Signal\.stream_async\(\)$"):
+        Stream()
+    gc.collect()  # its __del__ has run: it had nothing pending to cancel
+    assert unraisable == []
