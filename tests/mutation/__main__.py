@@ -139,6 +139,8 @@ TARGETS: dict[str, Target] = {
             "tests/dispatch/test_sync_twins.py",
             "tests/dispatch/test_signal_verbs.py",
             "tests/dispatch/test_stream.py",
+            # What the verbs make of their deadline (given, the default, refused by name).
+            "tests/dispatch/test_deadlines.py",
         ),
         goal=85.0,
         sample=80,
