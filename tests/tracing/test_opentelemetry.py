@@ -213,7 +213,7 @@ async def test_a_stream_has_its_span_until_it_ends(spans: Any) -> None:
     signal = Signal(name="streamed")
     signal.connect(async_quote)
     signal.connect(sync_quote)
-    async with signal.stream_async(sender=None) as stream:
+    async with asyncio.timeout(5), signal.stream_async(sender=None) as stream:
         seen = [outcome.value async for outcome in stream]
     assert sorted(seen) == [1, 2]
     found = by_name(spans)
@@ -234,7 +234,7 @@ async def test_a_stream_the_deadline_cut_says_so_in_its_span(spans: Any) -> None
     signal.connect(hangs, on_error="log")
     signal.connect(async_quote)
     with VirtualClock():
-        async with signal.stream_async(sender=None, deadline=2) as stream:
+        async with asyncio.timeout(5), signal.stream_async(sender=None, deadline=2) as stream:
             statuses = sorted([outcome.status async for outcome in stream])
     assert statuses == ["ok", "timeout"]
     send = by_name(spans)["send streamed_slow"]
@@ -247,8 +247,9 @@ async def test_a_stream_left_by_an_error_ends_its_span_as_one(spans: Any) -> Non
     signal = Signal(name="streamed_error")
     signal.connect(failing)
     with pytest.raises(Boom):
-        async for _ in signal.stream_async(sender=None):
-            pass
+        async with asyncio.timeout(5):
+            async for _ in signal.stream_async(sender=None):
+                pass
     send = by_name(spans)["send streamed_error"]
     assert send.status.status_code is StatusCode.ERROR
     assert send.attributes is not None
