@@ -39,6 +39,7 @@ from patchboard._run import QUEUE, Dispatch, InOwnContext, placement, run_async
 from patchboard._state import state
 
 if TYPE_CHECKING:
+    from patchboard._instrument import Span
     from patchboard._listeners import Listener
 
 
@@ -56,8 +57,9 @@ class Stream:
     _wakeup: asyncio.Future[None] | None
     _seen: list[Outcome]
     _observed: bool
-    _context: contextvars.Context | None
-    _current: AbstractContextManager[object] | None
+    _traced: tuple[contextvars.Context, AbstractContextManager[object], Span] | None
+    """A traced stream's span, once current: the context it is current in, what
+    makes it current there, and the span itself."""
 
     def __init__(self) -> None:
         raise TypeError("a Stream is made by Signal.stream_async()")
@@ -74,8 +76,7 @@ class Stream:
         self._wakeup = None
         self._seen = []
         self._observed = False
-        self._context = None
-        self._current = None
+        self._traced = None
         return self
 
     def __repr__(self) -> str:
@@ -167,9 +168,10 @@ class Stream:
         if dispatch.traced is not None:
             # The stream's span, current in the context its calls' tasks copy; left
             # (in the same context) when the stream ends, in _observe.
-            self._context = context
-            self._current = context.run(open_span, dispatch).current()
-            context.run(self._current.__enter__)
+            span = context.run(open_span, dispatch)
+            current = span.current()
+            context.run(current.__enter__)
+            self._traced = (context, current, span)
         ledger.submitted(len(dispatch.listeners))
         me = weakref.ref(self)
         coros: list[Coroutine[Any, Any, Any]]
@@ -213,13 +215,14 @@ class Stream:
             dispatch = self._dispatch
             for observer in state.observers:
                 observer(dispatch.signal, dispatch.sender, self._seen)
-            if dispatch.span is not None and self._context is not None and self._current:
-                self._context.run(self._current.__exit__, None, None, None)
+            if self._traced is not None:
+                context, current, span = self._traced
+                context.run(current.__exit__, None, None, None)
                 seen = self._seen
                 error = self._failure or next((o.error for o in seen if o.propagate), None)
                 hit = any(getattr(outcome.error, "deadline", False) for outcome in seen)
                 collected = None if error is not None else Collected(seen, deadline_hit=hit)
-                end_span(dispatch.span, collected, error)
+                end_span(span, collected, error)
 
 
 def _call(listener: Listener, dispatch: Dispatch) -> Coroutine[Any, Any, Outcome]:

@@ -239,6 +239,26 @@ def test_a_dispatched_weak_listener_goes_with_its_function(options: dict[str, ob
     assert list(signal.collect(sender=None)) == []
 
 
+def test_a_dispatch_drops_the_entry_of_a_collected_receiver_as_djangos_verbs_do() -> None:
+    """A signal sent only through patchboard's verbs does not pile up dead entries."""
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        return "alive"
+
+    def other(sender, **kwargs):
+        return "other"
+
+    signal.connect(listener)
+    signal.connect(other)
+    assert signal.collect(sender=None).values() == ["alive", "other"]
+    del listener
+    gc.collect()
+
+    assert signal.collect(sender=None).values() == ["other"]
+    assert [entry[1]() for entry in signal.receivers] == [other]
+
+
 class Unreferenceable:
     """A callable that takes no weak references (``__slots__`` without ``__weakref__``)."""
 

@@ -41,7 +41,8 @@ def _ended(counts: dict[str, int]) -> int:
     return sum(n for key, n in counts.items() if key != "submitted")
 
 
-async def test_a_collect_returns_by_its_deadline_with_timeouts() -> None:
+@pytest.mark.parametrize("verb", ["collect_async", "send_async"])
+async def test_an_async_verb_returns_by_its_deadline_with_timeouts(verb: str) -> None:
     signal = Signal(name="tests.deadlines.collect")
     never = Never()
 
@@ -52,7 +53,7 @@ async def test_a_collect_returns_by_its_deadline_with_timeouts() -> None:
     signal.connect(quick, weak=False)
 
     with anyio.fail_after(5):
-        collected = await signal.collect_async(sender=None, deadline=SHORT)
+        collected = await getattr(signal, verb)(sender=None, deadline=SHORT)
 
     assert [o.status for o in collected] == ["timeout", "ok"]
     assert collected.values() == ["stood in", "quick"]

@@ -223,8 +223,9 @@ async def test_stream_yields_every_outcome_then_raises_the_group_once() -> None:
 
     stream = signal.stream_async(sender=None)
     with pytest.raises(ListenerErrors) as raised:
-        async for outcome in stream:
-            seen.append(outcome.status)
+        async with asyncio.timeout(5):
+            async for outcome in stream:
+                seen.append(outcome.status)
 
     assert sorted(seen) == ["error", "error", "ok"]
     assert set(raised.value.exceptions) == {first, last}

@@ -142,6 +142,24 @@ async def test_queue_true_on_an_ordered_signal_is_refused() -> None:
         await paid.collect_async(sender=None, queue=True)
 
 
+def test_a_listener_connected_again_after_a_disconnect_takes_its_new_priority() -> None:
+    paid = Signal(ordered=True)
+
+    def first(sender, **kwargs):
+        return "first"
+
+    def second(sender, **kwargs):
+        return "second"
+
+    paid.connect(first, priority=5)
+    paid.connect(second, priority=1)
+    assert paid.collect(sender=None).values() == ["first", "second"]
+    assert paid.disconnect(first)
+    paid.connect(first)  # priority 0 now
+
+    assert paid.collect(sender=None).values() == ["second", "first"]
+
+
 def test_priorities_order_sync_listeners_of_a_plain_signal_under_djangos_send() -> None:
     plain = Signal()
     calls = []

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import AsyncToSync, async_to_sync
+from django.test import override_settings
 
 from patchboard import Listener, ListenerOptions, Signal, queue_stats
 from patchboard.testing import capture_dispatches
@@ -97,6 +98,23 @@ def test_queue_true_sends_every_call_through_the_queue(verb: str, deadline: floa
 
     assert received == [(signal, Shop, KWARGS)] * 2
     assert queue_stats().submitted == 2
+
+
+@pytest.mark.parametrize(("threshold", "queued"), [(2, 0), (1, 2)], ids=["at", "above"])
+def test_a_collect_uses_the_queue_with_more_listeners_than_its_threshold(
+    threshold: int, queued: int
+) -> None:
+    signal = Signal(name="tests.verbs.auto")
+    received: list[tuple[Any, Any, dict[str, Any]]] = []
+    _recording(signal, received)
+
+    with override_settings(PATCHBOARD={"COLLECT_QUEUE_THRESHOLD": threshold}):
+        collected = async_to_sync(signal.collect_async)(sender=Shop, **KWARGS)
+        submitted = queue_stats().submitted
+
+    assert collected.values() == ["sync", "async"]
+    assert received == [(signal, Shop, KWARGS)] * 2
+    assert submitted == queued
 
 
 @pytest.mark.parametrize("verb", ["send", "send_robust", "asend", "asend_robust"])

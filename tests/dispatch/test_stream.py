@@ -6,11 +6,14 @@ withdraws the rest, and every call still ends as one counted outcome.
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
 from typing import Any
 
 import anyio
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -438,3 +441,28 @@ async def test_a_streams_repr_says_how_many_calls_are_pending() -> None:
         first = await anext(stream)
         assert first.value == "a"
         assert repr(stream) == "<Stream of 2 listeners, 1 pending>"
+
+
+def test_a_stream_is_made_by_stream_async_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Stream()`` is refused by name, and the half-made object goes away quietly."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(TypeError, match=r"^a Stream is made by Signal\.stream_async\(\)$"):
+        Stream()
+    gc.collect()  # its __del__ has run: it had nothing pending to cancel
+    assert unraisable == []
+
+
+@pytest.mark.parametrize(
+    ("queue", "error", "message"),
+    [
+        (True, ImproperlyConfigured, r"^queue=True: an ordered signal runs its"),
+        ("yes", ValueError, r"^queue must be 'auto', True or False, got 'yes'$"),
+    ],
+)
+def test_a_stream_refuses_a_bad_queue_as_it_is_made_even_without_listeners(
+    queue: Any, error: type[Exception], message: str
+) -> None:
+    signal = Signal(ordered=True, name="tests.stream.bad_queue")
+    with pytest.raises(error, match=message):
+        signal.stream_async(sender=None, queue=queue)

@@ -49,8 +49,14 @@ async def test_sync_twin_inside_a_running_loop_fails_clearly(verb) -> None:
     @receiver(quote)
     def listener(sender, **kwargs): ...
 
-    with pytest.raises(SyncCallInEventLoop, match=r"await signal\.\w+_async"):
+    twin = {"collect": "collect_async", "send_sync": "send_async"}[verb]
+    message = (
+        rf"^Signal\.{verb}\(\) cannot be called from a running event loop; "
+        rf"use 'await signal\.{twin}\(\.\.\.\)' instead$"
+    )
+    with pytest.raises(SyncCallInEventLoop, match=message) as raised:
         getattr(quote, verb)(sender=None)
+    assert raised.value.method == verb
 
 
 def test_sync_twin_error_policies() -> None:

@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from patchboard import Signal
 from patchboard._config import get_settings, installed
+from patchboard.testing import VirtualClock
 
 EXPORTER = InMemorySpanExporter()
 
@@ -212,21 +213,43 @@ async def test_a_stream_has_its_span_until_it_ends(spans: Any) -> None:
     signal = Signal(name="streamed")
     signal.connect(async_quote)
     signal.connect(sync_quote)
-    async with signal.stream_async(sender=None) as stream:
+    async with asyncio.timeout(5), signal.stream_async(sender=None) as stream:
         seen = [outcome.value async for outcome in stream]
     assert sorted(seen) == [1, 2]
     found = by_name(spans)
     send = found["send streamed"]
+    assert send.status.status_code is StatusCode.UNSET
+    assert send.attributes is not None
+    assert send.attributes["messaging.batch.message_count"] == 2
+    assert send.attributes["patchboard.deadline_hit"] is False
     for name in ("async_quote", "sync_quote"):
         assert parent_of(found[f"process {LABEL}.{name}"]) == span_id(send)
+
+
+async def test_a_stream_the_deadline_cut_says_so_in_its_span(spans: Any) -> None:
+    async def hangs(sender: Any, **kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+    signal = Signal(name="streamed_slow")
+    signal.connect(hangs, on_error="log")
+    signal.connect(async_quote)
+    with VirtualClock():
+        async with asyncio.timeout(5), signal.stream_async(sender=None, deadline=2) as stream:
+            statuses = sorted([outcome.status async for outcome in stream])
+    assert statuses == ["ok", "timeout"]
+    send = by_name(spans)["send streamed_slow"]
+    assert send.status.status_code is StatusCode.UNSET  # a deadline hit is not an error
+    assert send.attributes is not None
+    assert send.attributes["patchboard.deadline_hit"] is True
 
 
 async def test_a_stream_left_by_an_error_ends_its_span_as_one(spans: Any) -> None:
     signal = Signal(name="streamed_error")
     signal.connect(failing)
     with pytest.raises(Boom):
-        async for _ in signal.stream_async(sender=None):
-            pass
+        async with asyncio.timeout(5):
+            async for _ in signal.stream_async(sender=None):
+                pass
     send = by_name(spans)["send streamed_error"]
     assert send.status.status_code is StatusCode.ERROR
     assert send.attributes is not None
