@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patchboard import Signal, Stream, outcome_counts, queue_stats
-from patchboard.testing import capture_dispatches, reset
+from patchboard.testing import VirtualClock, capture_dispatches, reset
 
 
 class Gate:
@@ -90,9 +90,10 @@ async def test_leaving_the_stream_early_cancels_everything_pending() -> None:
 async def test_a_plain_async_for_left_by_break_cancels_as_the_stream_is_dropped() -> None:
     gates = [Gate(name) for name in "ab"]
     gates[0].open.set()
-    async for outcome in _signal(*gates).stream_async(sender=None):
-        assert outcome.value == "a"
-        break
+    with anyio.fail_after(5):
+        async for outcome in _signal(*gates).stream_async(sender=None):
+            assert outcome.value == "a"
+            break
     # Dropped at the end of the loop: its pending calls are cancelled at once,
     # and finish unwinding at the next turn of the loop.
     await anyio.wait_all_tasks_blocked()
@@ -152,9 +153,9 @@ async def test_a_deadline_ends_what_is_still_running() -> None:
     quick = Gate("quick")
     quick.open.set()
     seen = []
-    with anyio.fail_after(5):
+    with VirtualClock(), anyio.fail_after(5):
         async with _signal(late, quick, on_error="log").stream_async(
-            sender=None, deadline=0.05
+            sender=None, deadline=2
         ) as stream:
             async for outcome in stream:
                 seen.append((outcome.value, outcome.status))
@@ -197,8 +198,9 @@ async def test_an_ordered_signal_streams_in_priority_order() -> None:
 
     for name, priority in (("low", 1), ("high", 3), ("middle", 2)):
         signal.connect(make(name), weak=False, priority=priority)
-    async with signal.stream_async(sender=None) as stream:
-        values = [outcome.value async for outcome in stream]
+    with anyio.fail_after(5):
+        async with signal.stream_async(sender=None) as stream:
+            values = [outcome.value async for outcome in stream]
     assert values == calls == ["high", "middle", "low"]
 
 
@@ -426,8 +428,9 @@ async def test_every_stream_adds_its_calls_to_the_counts() -> None:
         gates = [Gate(name) for name in "ab"]
         for gate in gates:
             gate.open.set()
-        async with _signal(*gates).stream_async(sender=None) as stream:
-            assert len([outcome async for outcome in stream]) == 2
+        with anyio.fail_after(5):
+            async with _signal(*gates).stream_async(sender=None) as stream:
+                assert len([outcome async for outcome in stream]) == 2
     counts = outcome_counts()
     assert (counts["submitted"], counts["ok"]) == (4, 4)
 
@@ -437,10 +440,11 @@ async def test_a_streams_repr_says_how_many_calls_are_pending() -> None:
     gates[0].open.set()
     stream = _signal(*gates).stream_async(sender=None)
     assert repr(stream) == "<Stream of 2 listeners, not started>"
-    async with stream:
-        first = await anext(stream)
-        assert first.value == "a"
-        assert repr(stream) == "<Stream of 2 listeners, 1 pending>"
+    with anyio.fail_after(5):
+        async with stream:
+            first = await anext(stream)
+            assert first.value == "a"
+            assert repr(stream) == "<Stream of 2 listeners, 1 pending>"
 
 
 def test_a_stream_is_made_by_stream_async_only(monkeypatch: pytest.MonkeyPatch) -> None:
