@@ -69,17 +69,16 @@ def forwarding(func: object, *, reserved: str) -> Forwarding | None:
     if type(func) is not FunctionType:
         return None
     code = func.__code__
-    flags = code.co_flags
-    count = code.co_argcount + code.co_kwonlyargcount
-    count += bool(flags & CO_VARARGS) + bool(flags & CO_VARKEYWORDS)
-    names = code.co_varnames[:count]
-    if not all(spellable(name) and not name.startswith(reserved) for name in names):
+    flags, names = code.co_flags, code.co_varnames
+    keywords_at = code.co_argcount
+    rest_at = keywords_at + code.co_kwonlyargcount
+    positional = list(names[:keywords_at])
+    keywords = list(names[keywords_at:rest_at])
+    varargs = names[rest_at] if flags & CO_VARARGS else None
+    varkw = names[rest_at + (varargs is not None)] if flags & CO_VARKEYWORDS else None
+    every = [*positional, *keywords, *(name for name in (varargs, varkw) if name is not None)]
+    if not all(spellable(name) and not name.startswith(reserved) for name in every):
         return None
-    positional = list(names[: code.co_argcount])
-    keywords = list(names[code.co_argcount : code.co_argcount + code.co_kwonlyargcount])
-    rest = names[code.co_argcount + code.co_kwonlyargcount :]
-    varargs = rest[0] if flags & CO_VARARGS else None
-    varkw = rest[-1] if flags & CO_VARKEYWORDS else None
 
     parameters = list(positional)
     if code.co_posonlyargcount:

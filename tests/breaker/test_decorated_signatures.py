@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from patchboard import CircuitBreaker
 
-NAMES = ("a", "b", "c", "fn", "args", "kwargs", "hasattr", "type", "next", "self", "_pb_x")
-"""Parameter names: plain ones, the guard's own words, and one of its reserved prefix."""
+NAMES = ("a", "b", "c", "fn", "args", "kwargs", "hasattr", "type", "next", "self", "_pb_fn")
+"""Parameter names: plain ones, the guard's words, and one of its own (its reserved prefix)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,12 @@ def new_breaker() -> CircuitBreaker:
     return CircuitBreaker(f"signatures-{uuid.uuid4().hex[:8]}", store="memory")
 
 
+EVERY_KIND = Shape(("a",), ("b",), 1, True, (("c", False), ("d", True)), True)
+"""One parameter of each kind, for the examples every run tries."""
+
+
 @given(shapes(), calls())
+@example(EVERY_KIND, ((1, 2, 3), {"c": 4, "z": 5}))
 def test_a_decorated_function_is_called_as_itself(shape: Shape, call) -> None:
     func = define(shape, is_async=False)
     breaker = new_breaker()
@@ -124,6 +129,7 @@ def test_a_decorated_function_is_called_as_itself(shape: Shape, call) -> None:
 
 
 @given(shapes(), calls())
+@example(EVERY_KIND, ((1, 2, 3), {"c": 4, "z": 5}))
 def test_a_decorated_async_function_is_called_as_itself(shape: Shape, call) -> None:
     func = define(shape, is_async=True)
     breaker = new_breaker()

@@ -188,6 +188,7 @@ async def test_through_the_queue_a_stopped_dispatch_still_raises_its_error() -> 
 NAMED: dict[str, list[dict[str, Any]]] = {
     "none": [{}],
     "unspellable": [{"class": "a", "two words": "b", "order": 1}],
+    "a_keyword_alone": [{"class": "a"}, {"lambda": 1, "order": 2}],
     "not_normalized": [{"\u00b5": 1, "\ufb01le": 2, "ok": 3}],
     "own_names": [{"a": 1, "func": 2, "apply": 3}],
     "reordered": [{"x": 1, "y": 2}, {"y": 3, "x": 4}],

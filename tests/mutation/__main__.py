@@ -194,6 +194,14 @@ TARGETS: dict[str, Target] = {
             "tests/breaker/test_redis.py::test_exactly_max_calls_probes_among_200_callers_in_one_process",
         ),
     ),
+    "source": Target(
+        modules=("patchboard/_source.py",),
+        tests=(
+            "tests/breaker/test_decorated_signatures.py",
+            "tests/dispatch/test_listener_inputs.py",
+        ),
+        goal=85.0,
+    ),
     "payload": Target(
         modules=("patchboard/_background/_payload.py",),
         tests=("tests/background/test_payload.py", "tests/background/test_payload_property.py"),
