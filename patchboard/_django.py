@@ -75,13 +75,10 @@ def holds(signal: DjangoSignal, receiver: object, sender_key: Hashable | None) -
     return False
 
 
-def clear_dead_receivers(signal: DjangoSignal) -> bool:
-    """Drop the entries of collected receivers, as Django does lazily; True if any were flagged."""
-    if not signal._dead_receivers:  # type: ignore[attr-defined]
-        return False
+def clear_dead_receivers(signal: DjangoSignal) -> None:
+    """Drop the entries of collected receivers, as Django does lazily."""
     with signal.lock:
         signal._clear_dead_receivers()  # type: ignore[attr-defined]
-    return True
 
 
 def dead_receiver_flag(signal: DjangoSignal) -> Callable[[], None]:

@@ -191,8 +191,11 @@ class Signal(DjangoSignal):
         hook of the wrappers ``connect`` makes), which drops the cache here.
         """
         # Django's own flag, read before the call: the hot path pays no frame for it.
-        if self._dead_receivers and clear_dead_receivers(self):  # type: ignore[attr-defined]
+        if self._dead_receivers:  # type: ignore[attr-defined]
+            # The cache first: it holds the wrappers of the dead listeners with options,
+            # and Django drops an entry only once its wrapper is gone.
             self._resolved.clear()
+            clear_dead_receivers(self)
         receivers = self.receivers
         senderkey = NONE_ID if sender is None else make_id(sender)
         resolved = self._resolved.get(senderkey)

@@ -259,6 +259,27 @@ def test_a_dispatch_drops_the_entry_of_a_collected_receiver_as_djangos_verbs_do(
     assert [entry[1]() for entry in signal.receivers] == [other]
 
 
+def test_a_dispatch_drops_the_entry_of_a_collected_listener_with_options_at_once() -> None:
+    # Its entry holds the wrapper that connect() made for its options; the cached
+    # resolution held the wrapper too, so the entry outlived one more dispatch.
+    signal = Signal()
+
+    def listener(sender, **kwargs):
+        return "alive"
+
+    def other(sender, **kwargs):
+        return "other"
+
+    signal.connect(listener, priority=1)
+    signal.connect(other)
+    assert signal.collect(sender=None).values() == ["alive", "other"]
+    del listener
+    gc.collect()
+
+    assert signal.collect(sender=None).values() == ["other"]
+    assert len(signal.receivers) == 1
+
+
 class Unreferenceable:
     """A callable that takes no weak references (``__slots__`` without ``__weakref__``)."""
 
