@@ -321,7 +321,7 @@ class Signal(DjangoSignal):
             ImproperlyConfigured: ``queue=True`` on an ordered signal.
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
         """
-        dispatch = self._build(sender, named, queue, deadline, stream=True)
+        dispatch = self._build(sender, named, queue, deadline)
         return Stream._of(dispatch)
 
     def send_sync(
@@ -378,13 +378,11 @@ class Signal(DjangoSignal):
         named: dict[str, Any],
         queue: QueueChoice,
         deadline: float | Unset | None,
-        *,
-        stream: bool = False,
     ) -> Dispatch:
         """
         The dispatch of one verb call: its deadline in seconds (``UNSET``:
         ``PATCHBOARD["DEFAULT_DEADLINE"]``), its live listeners and the queue
-        they use (chosen only when there are listeners, or a stream).
+        they use (a bad ``queue`` is refused with no listeners too).
 
         Raises:
             TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
@@ -403,10 +401,8 @@ class Signal(DjangoSignal):
         ordered = self.ordered
         if queue == "auto" and (ordered or len(listeners) <= settings.collect_queue_threshold):
             short_term = None  # queue_for's answer, without the call (the hot path's case)
-        elif listeners or stream:
-            short_term = queue_for(queue, len(listeners), ordered=ordered)
         else:
-            short_term = None
+            short_term = queue_for(queue, len(listeners), ordered=ordered)
         return Dispatch(self, sender, named, listeners, resolved, until, short_term, ordered)
 
     # -- Django's verbs on an ordered signal (see __init__) -------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from patchboard import Collected, Signal, receiver
 
@@ -38,6 +40,26 @@ async def test_send_async_propagates_a_raise_policy_error() -> None:
 
     with pytest.raises(KeyError):
         await paid.send_async(sender=None)
+
+
+@pytest.mark.parametrize(
+    ("queue", "error", "message"),
+    [
+        (True, ImproperlyConfigured, r"^queue=True: an ordered signal runs its"),
+        ("yes", ValueError, r"^queue must be 'auto', True or False, got 'yes'$"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["collect", "send_sync", "collect_async", "send_async"])
+async def test_every_verb_refuses_a_bad_queue_even_without_listeners(
+    verb: str, queue: Any, error: type[Exception], message: str
+) -> None:
+    # Refused whether or not a listener is connected yet: not first in production.
+    signal = Signal(ordered=True)
+    call = getattr(signal, verb)
+    with pytest.raises(error, match=message):
+        result = call(sender=None, queue=queue)
+        if verb.endswith("_async"):
+            await result
 
 
 async def test_queue_argument_is_validated() -> None:
