@@ -88,7 +88,10 @@ class Rejected(PatchboardError):
 
 
 class CircuitOpen(PatchboardError):
-    """The circuit breaker is open: the guarded code was not called."""
+    """
+    The circuit breaker is open: the guarded code was not called. ``breaker``
+    is its name; ``retry_at`` when the next probe goes (None while forced open).
+    """
 
     def __init__(self, breaker: str, retry_at: datetime | None) -> None:
         when = retry_at.isoformat() if retry_at is not None else "when reset"
