@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from patchboard import BreakerConfig, CircuitBreaker, CircuitOpen, Signal, get_breaker
-from patchboard._breaker import _circuit
+from patchboard._breaker import _circuit, _redis
 from patchboard._breaker._redis import RedisStore
 from patchboard.testing import VirtualClock
 
@@ -280,6 +280,29 @@ def test_the_command_lists_the_keyed_circuits_open_in_redis_and_says_when_capped
         f"Note: {breaker_name}: more than 1 of its circuits are open, half-open or forced "
         "in Redis; 1 of them are listed."
     )
+
+
+@pytest.mark.redis
+def test_the_listing_reads_redis_in_batches_and_stops_once_capped(
+    redis_url: str, breaker_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of two keys (of 1000 in production): several batches, and the cap
+    # reached in the middle of the scan.
+    monkeypatch.setattr(_redis, "SCAN_COUNT", 2)
+    CircuitBreaker(breaker_name, store=redis_url, key=carrier_of)
+    keys = ["a", "b", "c", "d", "e"]
+    for key in keys:
+        RedisStore(f"{breaker_name}[{key}]", BreakerConfig(), redis_url).force("force_open")
+    listed, notes = _circuit.listed_breakers()
+    assert [b.name for b in listed] == [breaker_name, *(f"{breaker_name}[{k}]" for k in keys)]
+    assert notes == []
+
+    monkeypatch.setattr(_circuit, "LISTED_FROM_STORE", 2)
+    listed, notes = _circuit.listed_breakers()
+    circuits = [b.name for b in listed][1:]
+    assert len(circuits) == 2
+    assert set(circuits) <= {f"{breaker_name}[{k}]" for k in keys}
+    assert len(notes) == 1
 
 
 @pytest.mark.redis
