@@ -432,8 +432,7 @@ class CircuitBreaker:
             spelled, callee = _CALL, "fn"
         else:
             spelled, callee = forwarding(fn, reserved="_pb_") or GENERIC, "_pb_fn"
-        make = compiled(template.format(f=spelled, fn=callee), "make", _GUARD_GLOBALS)
-        guarded: Callable[..., Any] = make(
+        guarded: Callable[..., Any] = _guard_maker(template, spelled, callee)(
             fn,
             self._store,
             self._in_context,
@@ -1014,10 +1013,14 @@ def _refuse_awaitable(fn: object, result: object) -> _Misuse:
     )
 
 
-_SYNC_GUARD = """
+_MAKE = """
 def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_ok, _pb_leave_fast,
          _pb_entries, _pb_fast_entry, _pb_aexit, _pb_in_context_run, _pb_in_context_arun,
-         _pb_refuse):
+         _pb_refuse):"""
+"""The factory of a guard, taking what it reads (each template uses its part of it)."""
+_SYNC_GUARD = (
+    _MAKE
+    + """
     def guarded({f.parameters}):
         if _pb_store.fast and _pb_in_context() is None:
             _pb_me = _pb_get_ident()
@@ -1040,6 +1043,7 @@ def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_
         return _pb_in_context_run({fn}, ({f.args}), {{{f.kwargs}}})
     return guarded
 """
+)
 """
 The sync guard of a function: its fast path (closed, not nested) is inline and
 reads only the closure's cells, since a frame or an attribute lookup more would
@@ -1050,10 +1054,9 @@ fifth of what ``*args, **kwargs`` would. Names starting with ``_pb_`` are the
 guard's own (builtins too: a parameter may be called ``hasattr``). The guard of
 ``call_sync()`` calls the function it is given (``fn``).
 """
-_ASYNC_GUARD = """
-def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_ok, _pb_leave_fast,
-         _pb_entries, _pb_fast_entry, _pb_aexit, _pb_in_context_run, _pb_in_context_arun,
-         _pb_refuse):
+_ASYNC_GUARD = (
+    _MAKE
+    + """
     async def guarded({f.parameters}):
         # A thread with a fast sync entry in flight (rare): _needs_store tells whose.
         _pb_fast = _pb_in_context() is None and _pb_store.fast and not _pb_busy
@@ -1078,6 +1081,7 @@ def make(_pb_fn, _pb_store, _pb_in_context, _pb_busy, _pb_mark, _pb_unmark, _pb_
         return await _pb_in_context_arun({fn}, ({f.args}), {{{f.kwargs}}})
     return guarded
 """
+)
 """
 The async guard of a function: :data:`_SYNC_GUARD`'s twin, for ``call()`` and a
 decorated ``async def``. Its fast entry is the context stack's shared entry.
@@ -1092,6 +1096,21 @@ _GUARD_GLOBALS = {
     "_pb_not_awaitable": _not_awaitable,
 }
 _CALL = Forwarding("fn, args, kwargs", "*args, **kwargs", "*args,", "**kwargs")
+
+
+@functools.lru_cache(maxsize=256)
+def _guard_maker(
+    template: str, spelled: Forwarding, callee: str
+) -> Callable[..., Callable[..., Any]]:
+    """
+    The factory of ``template``'s guard for a function spelled so: compiled once,
+    since every breaker and keyed circuit needs the guards of ``call()`` and
+    ``call_sync()``, and compiling costs about 200 us (signatures are few: they
+    come from the code).
+    """
+    source = template.format(f=spelled, fn=callee)
+    make: Callable[..., Callable[..., Any]] = compiled(source, "make", _GUARD_GLOBALS)
+    return make
 
 
 _TRANSITION_EVENTS: dict[CircuitState, tuple[str, str]] = {
