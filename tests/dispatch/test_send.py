@@ -49,16 +49,19 @@ async def test_send_async_propagates_a_raise_policy_error() -> None:
         ("yes", ValueError, r"^queue must be 'auto', True or False, got 'yes'$"),
     ],
 )
-@pytest.mark.parametrize("verb", ["collect", "send_sync", "collect_async", "send_async"])
+@pytest.mark.parametrize(
+    "verb", ["collect", "send_sync", "collect_async", "send_async", "stream_async"]
+)
 async def test_every_verb_refuses_a_bad_queue_even_without_listeners(
     verb: str, queue: Any, error: type[Exception], message: str
 ) -> None:
     # Refused whether or not a listener is connected yet: not first in production.
+    # (A stream is refused as it is made, before anything is awaited.)
     signal = Signal(ordered=True)
     call = getattr(signal, verb)
     with pytest.raises(error, match=message):
         result = call(sender=None, queue=queue)
-        if verb.endswith("_async"):
+        if verb in ("collect_async", "send_async"):
             await result
 
 

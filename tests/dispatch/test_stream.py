@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -455,18 +454,3 @@ def test_a_stream_is_made_by_stream_async_only(monkeypatch: pytest.MonkeyPatch) 
         Stream()
     gc.collect()  # its __del__ has run: it had nothing pending to cancel
     assert unraisable == []
-
-
-@pytest.mark.parametrize(
-    ("queue", "error", "message"),
-    [
-        (True, ImproperlyConfigured, r"^queue=True: an ordered signal runs its"),
-        ("yes", ValueError, r"^queue must be 'auto', True or False, got 'yes'$"),
-    ],
-)
-def test_a_stream_refuses_a_bad_queue_as_it_is_made_even_without_listeners(
-    queue: Any, error: type[Exception], message: str
-) -> None:
-    signal = Signal(ordered=True, name="tests.stream.bad_queue")
-    with pytest.raises(error, match=message):
-        signal.stream_async(sender=None, queue=queue)
