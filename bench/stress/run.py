@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import secrets
 import sqlite3
 import tempfile
@@ -29,7 +30,7 @@ import httpx
 from bench.stress import load
 from bench.stress.config import DOWN, REQUEST_BUDGET, SLOW, SLOW_MS, Config
 from bench.stress.services import cpu_seconds, proc_status, rq_busy, workers
-from bench.stress.shop import ORDERS_HEADER, PID_HEADER, QUOTES_HEADER
+from bench.stress.shop import ORDERS_HEADER, PID_HEADER, QUOTES_HEADER, STACKS_SIGNAL
 from examples.processes import ROOT, RedisServer, StackError
 from examples.stack import Stack
 from examples.walkthrough import log_in
@@ -130,6 +131,8 @@ class StressRun:
         self.observed = Observed(config)
         self.started = 0.0
         self.phase = "starting"
+        self.answered: dict[int, float] = {}
+        """When each worker's status page last answered (seconds into the load)."""
 
     # -- the run ---------------------------------------------------------------------
 
@@ -382,7 +385,7 @@ class StressRun:
                         ProcSample(now, pid, status["VmRSS"], status["Threads"])
                     )
             try:
-                pages = await self.snapshots(stack, within=2.0)
+                pages = await self.snapshots(stack, within=2.0, explain=False)
             except (httpx.HTTPError, StackError):
                 pages = {}  # the page is one more client: never let it stop the watch
             self.observed.pages += pages.values()
@@ -409,13 +412,16 @@ class StressRun:
             await asyncio.sleep(0.1)
         return pids
 
-    async def snapshots(self, stack: Stack, within: float = SNAPSHOT_WITHIN) -> dict[int, Snapshot]:
+    async def snapshots(
+        self, stack: Stack, within: float = SNAPSHOT_WITHIN, *, explain: bool = True
+    ) -> dict[int, Snapshot]:
         """
         The status page of every worker process. uvicorn's workers share the
         listening socket, so each new connection goes to one of them: ask on
         fresh connections, a few at once, until every worker has answered
         (``within`` seconds at most: bounded by time, not by tries, which a fast
-        worker's answers use up in a moment).
+        worker's answers use up in a moment). With ``explain``, the error says
+        what became of each worker that never answered (:meth:`whereabouts`).
 
         Raises:
             StackError: some worker never answered.
@@ -426,12 +432,15 @@ class StressRun:
         while time.monotonic() < deadline:
             pages = await asyncio.gather(*(self.snapshot(stack) for _ in range(4)))
             found.update((page.pid, page) for page in pages)
+            self.answered.update((page.pid, self.elapsed()) for page in pages)
             if wanted <= found.keys():
                 return found
             # A worker whose loop is busier than the other's loses every race
             # to accept: give it a moment between rounds (it once lost 240).
             await asyncio.sleep(0.1)
         missing = sorted(wanted - found.keys())
+        if not explain:
+            raise StackError(f"status pages of {missing} never answered within {within:g} s")
         raise StackError(
             f"status pages of {missing} never answered within {within:g} s: "
             + "; ".join(self.whereabouts(stack, pid) for pid in missing)
@@ -442,17 +451,25 @@ class StressRun:
         What became of a worker process: still running (its CPU time), or gone,
         with what uvicorn logged about it. uvicorn's supervisor kills and
         replaces a worker that misses its health check (a ping answered by a
-        thread of the worker) for ``--timeout-worker-healthcheck`` seconds.
+        thread of the worker) for ``--timeout-worker-healthcheck`` seconds. A
+        worker that still runs is asked for its threads' stacks, which it writes
+        to the shop's log (``bench.stress.shop``), quoted here.
         """
-        if proc_status(pid):
-            return f"worker {pid} still runs ({cpu_seconds(pid):.1f} s of CPU so far)"
+        seen = self.answered.get(pid)
+        last = f"last answered at {seen:.1f} s" if seen is not None else "never answered"
         log = stack.service("shop").log
-        told = [
-            line.strip()
-            for line in (log.read_text(errors="replace").splitlines() if log else [])
-            if f"[{pid}]" in line
-        ]
-        return f"worker {pid} is gone; uvicorn said: {' / '.join(told) or 'nothing'}"
+        lines = log.read_text(errors="replace").splitlines() if log else []
+        if proc_status(pid):
+            os.kill(pid, STACKS_SIGNAL)
+            time.sleep(0.5)  # the worker writes them from a signal handler, at once
+            stacks = (log.read_text(errors="replace").splitlines() if log else [])[len(lines) :]
+            dumped = "\n".join(line for line in stacks if not line.startswith("{"))
+            return (
+                f"worker {pid} still runs ({cpu_seconds(pid):.1f} s of CPU so far, {last}); "
+                f"its threads:\n{dumped or '(nothing written)'}"
+            )
+        told = [line.strip() for line in lines if f"[{pid}]" in line]
+        return f"worker {pid} is gone ({last}); uvicorn said: {' / '.join(told) or 'nothing'}"
 
     async def snapshot(self, stack: Stack) -> Snapshot:
         async with httpx.AsyncClient(

@@ -8,7 +8,10 @@ per run, for the run to count.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +21,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import async_only_middleware
+
+STACKS_SIGNAL = signal.SIGUSR1
+"""Sent by the run to a shop worker that stops answering: the worker writes every
+thread's stack to its output, the shop's log, for the run's report."""
 
 PID_HEADER = "X-Stress-Pid"
 QUOTES_HEADER = "X-Stress-Quotes-Started"
@@ -65,6 +72,7 @@ class StressShopConfig(AppConfig):
     label = "stress_shop"
 
     def ready(self) -> None:
+        faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
         connect_sync_carrier(settings.SYNC_CARRIER)
         # Imported here: shop.signals is the example's, on the path once Django is set up.
         from shop.signals import order_completed

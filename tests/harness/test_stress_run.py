@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,14 +28,36 @@ def test_a_worker_gone_is_named_with_what_uvicorn_said_about_it(tmp_path: Path) 
     )
     said = StressRun(CI).whereabouts(stack_logging(log), worker.pid)
     told = f"INFO:     Child process [{worker.pid}] died"
-    assert said == f"worker {worker.pid} is gone; uvicorn said: {told}"
+    assert said == f"worker {worker.pid} is gone (never answered); uvicorn said: {told}"
 
 
-def test_a_worker_still_running_is_named_with_its_cpu_time(tmp_path: Path) -> None:
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+STUCK = """
+import faulthandler, signal, sys, time
+
+def stuck_in_a_blocking_call():
+    time.sleep(30)
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # as bench.stress.shop does
+print("ready", flush=True)
+stuck_in_a_blocking_call()
+"""
+
+
+def test_a_worker_still_running_is_named_with_its_cpu_time_and_its_stacks(tmp_path: Path) -> None:
+    log = tmp_path / "shop.log"
+    with log.open("ab") as output:
+        worker = subprocess.Popen([sys.executable, "-c", STUCK], stdout=output, stderr=output)
     try:
-        said = StressRun(CI).whereabouts(stack_logging(tmp_path / "shop.log"), worker.pid)
+        while "ready" not in log.read_text():
+            time.sleep(0.01)
+        run = StressRun(CI)
+        run.answered[worker.pid] = 12.5
+        said = run.whereabouts(stack_logging(log), worker.pid)
     finally:
         worker.kill()
         worker.wait()
-    assert said.startswith(f"worker {worker.pid} still runs (")
+    first, stacks = said.split("\n", 1)
+    assert first.startswith(f"worker {worker.pid} still runs (")
+    assert first.endswith(" s of CPU so far, last answered at 12.5 s); its threads:")
+    assert "in stuck_in_a_blocking_call" in stacks
+    assert worker.returncode == -9  # it was still there to be killed: the dump did not stop it
