@@ -29,6 +29,7 @@ import httpx
 
 from bench.stress import load
 from bench.stress.config import DOWN, REQUEST_BUDGET, SLOW, SLOW_MS, Config
+from bench.stress.reach import ask_each
 from bench.stress.services import cpu_seconds, proc_status, rq_busy, workers
 from bench.stress.shop import ORDERS_HEADER, PID_HEADER, QUOTES_HEADER, STACKS_SIGNAL
 from examples.processes import ROOT, RedisServer, StackError
@@ -385,7 +386,7 @@ class StressRun:
                         ProcSample(now, pid, status["VmRSS"], status["Threads"])
                     )
             try:
-                pages = await self.snapshots(stack, within=2.0, explain=False)
+                pages = await self.snapshots(stack, within=2.0, under_load=True)
             except (httpx.HTTPError, StackError):
                 pages = {}  # the page is one more client: never let it stop the watch
             self.observed.pages += pages.values()
@@ -413,33 +414,30 @@ class StressRun:
         return pids
 
     async def snapshots(
-        self, stack: Stack, within: float = SNAPSHOT_WITHIN, *, explain: bool = True
+        self, stack: Stack, within: float = SNAPSHOT_WITHIN, *, under_load: bool = False
     ) -> dict[int, Snapshot]:
         """
-        The status page of every worker process. uvicorn's workers share the
-        listening socket, so each new connection goes to one of them: ask on
-        fresh connections, a few at once, until every worker has answered
-        (``within`` seconds at most: bounded by time, not by tries, which a fast
-        worker's answers use up in a moment). With ``explain``, the error says
-        what became of each worker that never answered (:meth:`whereabouts`).
+        The status page of every worker process, ``within`` seconds at most.
+        uvicorn's workers share the listening socket, so each new connection
+        goes to one of them: :func:`~bench.stress.reach.ask_each` asks on fresh
+        connections and, unless ``under_load`` (where a pause would show in the
+        latencies), pauses the workers that answered so that the others take
+        the next one; the error then says what became of each worker that
+        never answered (:meth:`whereabouts`).
 
         Raises:
             StackError: some worker never answered.
         """
         wanted = set(self.observed.worker_pids)
-        found: dict[int, Snapshot] = {}
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            pages = await asyncio.gather(*(self.snapshot(stack) for _ in range(4)))
-            found.update((page.pid, page) for page in pages)
-            self.answered.update((page.pid, self.elapsed()) for page in pages)
-            if wanted <= found.keys():
-                return found
-            # A worker whose loop is busier than the other's loses every race
-            # to accept: give it a moment between rounds (it once lost 240).
-            await asyncio.sleep(0.1)
+        found = await ask_each(
+            wanted, partial(self.snapshot, stack), within=within, pause=not under_load
+        )
+        for page in found.values():
+            self.answered[page.pid] = self.elapsed()
+        if wanted <= found.keys():
+            return found
         missing = sorted(wanted - found.keys())
-        if not explain:
+        if under_load:
             raise StackError(f"status pages of {missing} never answered within {within:g} s")
         raise StackError(
             f"status pages of {missing} never answered within {within:g} s: "
@@ -461,8 +459,7 @@ class StressRun:
         lines = log.read_text(errors="replace").splitlines() if log else []
         if proc_status(pid):
             os.kill(pid, STACKS_SIGNAL)
-            time.sleep(0.5)  # the worker writes them from a signal handler, at once
-            stacks = (log.read_text(errors="replace").splitlines() if log else [])[len(lines) :]
+            stacks = written_after(log, len(lines)) if log else []
             dumped = "\n".join(line for line in stacks if not line.startswith("{"))
             return (
                 f"worker {pid} still runs ({cpu_seconds(pid):.1f} s of CPU so far, {last}); "
@@ -471,7 +468,8 @@ class StressRun:
         told = [line.strip() for line in lines if f"[{pid}]" in line]
         return f"worker {pid} is gone ({last}); uvicorn said: {' / '.join(told) or 'nothing'}"
 
-    async def snapshot(self, stack: Stack) -> Snapshot:
+    async def snapshot(self, stack: Stack) -> tuple[int, Snapshot]:
+        """One status page, on a fresh connection: the pid that served it, and the page."""
         async with httpx.AsyncClient(
             base_url=stack.shop_url, cookies=self.staff.cookies, timeout=30.0
         ) as fresh:
@@ -479,7 +477,7 @@ class StressRun:
         response.raise_for_status()
         page = response.json()
         assert int(response.headers[PID_HEADER]) == page["pid"]
-        return Snapshot(
+        return page["pid"], Snapshot(
             page["pid"],
             page,
             int(response.headers[QUOTES_HEADER]),
@@ -505,6 +503,23 @@ class StressRun:
     def mark(self, name: str) -> None:
         self.observed.marks[name] = self.elapsed()
         self.observed.wall[name] = datetime.now(UTC)
+
+
+def written_after(log: Path, known: int, within: float = 3.0) -> list[str]:
+    """
+    The lines ``log`` gains after its first ``known`` lines once it stops
+    growing (a stack dump is written in a moment, but on a busy machine the
+    process may wait for a core first), ``within`` seconds at most.
+    """
+    deadline = time.monotonic() + within
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = log.read_text(errors="replace").splitlines()[known:]
+        if now and now == seen:
+            break
+        seen = now
+    return seen
 
 
 def outbox_unclaimed(database: Path) -> int:

@@ -91,5 +91,15 @@ def rq_busy(url: str, *, live_workers_only: bool = False) -> int:
         )
 
 
+def state(pid: int) -> str:
+    """A process's state letter in ``/proc/<pid>/stat`` (``T``: stopped); "" once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]  # after the command name, which may hold spaces
+
+
 def alive(pid: int | None) -> bool:
-    return pid is not None and Path(f"/proc/{pid}").exists()
+    """Whether process ``pid`` still runs (not gone, not a zombie)."""
+    return pid is not None and state(pid) not in {"", "Z", "X"}
