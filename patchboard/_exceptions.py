@@ -154,14 +154,8 @@ class ListenerErrors(ExceptionGroup[Exception], PatchboardError):
         self.collected = collected
         return self
 
-    def __init__(
-        self,
-        message: str,
-        exceptions: Sequence[Exception],
-        *,
-        outcomes: Sequence[Outcome] = (),
-        collected: Collected | None = None,
-    ) -> None:
+    def __init__(self, message: str, exceptions: Sequence[Exception], **kept: object) -> None:
+        # __new__ kept outcomes and collected: BaseException's __init__ takes no keywords.
         super().__init__(message, exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> ListenerErrors:  # type: ignore[override]

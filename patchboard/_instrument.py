@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from patchboard._config import Settings
 
 
+type Attributes = Mapping[str, Any] | None
+"""A span's attributes at its end: OpenTelemetry's, for a call that ran in a worker."""
+
+
 class Span(Protocol):
     """One span an instrument opened, for a dispatch or a listener call."""
 
@@ -45,12 +49,7 @@ class Span(Protocol):
         """Make the span current (the parent of the spans opened meanwhile) in this context."""
         ...
 
-    def end(
-        self,
-        status: str,
-        error: BaseException | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
+    def end(self, status: str, error: BaseException | None, attributes: Attributes = None) -> None:
         """End the span, once: ``status`` is the call's outcome status (``"ok"``, ``"error"``,
         ...; a dispatch's ``"ok"`` or ``"error"``), ``error`` what it raised, if anything."""
         ...
@@ -129,12 +128,7 @@ class _NoSpan:
     def current(self) -> AbstractContextManager[object]:
         return nullcontext()
 
-    def end(
-        self,
-        status: str,
-        error: BaseException | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
+    def end(self, status: str, error: BaseException | None, attributes: Attributes = None) -> None:
         pass
 
 
@@ -156,12 +150,7 @@ class _Spans:
             stack.enter_context(span.current())
         return stack
 
-    def end(
-        self,
-        status: str,
-        error: BaseException | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
+    def end(self, status: str, error: BaseException | None, attributes: Attributes = None) -> None:
         for span in self._spans:
             span.end(status, error, attributes)
 

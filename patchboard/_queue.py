@@ -147,14 +147,8 @@ from patchboard._state import state
 from patchboard._threads import listener_threads
 from patchboard._waiter import Waiter
 
-# An item's state; it changes only under the queue's lock.
-_WAITING: Final = 0
-_GRANTED: Final = 1
-_EXPIRED: Final = 2
-_REJECTED: Final = 3
-_WITHDRAWN: Final = 4
-_FINISHED: Final = 5
-_REFUSED: Final = 6
+# An item's state; it changes only under the queue's lock. Plain ints, read on every call.
+_WAITING, _GRANTED, _EXPIRED, _REJECTED, _WITHDRAWN, _FINISHED, _REFUSED = range(7)
 
 _SERVICE_WEIGHT: Final = 0.2
 """Weight of the newest run in the moving average of how long a call holds a worker."""

@@ -289,11 +289,7 @@ class Signal(DjangoSignal):
         deadline a sync listener runs in a listener thread, like one with a
         ``timeout``. Background listeners are not bound by it.
 
-        Raises:
-            Exception: the error of a listener whose ``on_error`` is
-                ``"raise"``, after the other listeners were cancelled.
-            ImproperlyConfigured: ``queue=True`` on an ordered signal.
-            TypeError, ValueError: ``deadline`` is not a number of seconds > 0.
+        Raises the errors :meth:`send_async` raises, for the same reasons.
         """
         return await _dispatch.dispatch_async(self._build(sender, named, queue, deadline))
 

@@ -37,7 +37,7 @@ from django.utils.translation import ngettext
 
 from patchboard import _clock
 from patchboard._breaker import CircuitBreaker, get_breaker
-from patchboard._instrument import NO_SPAN, CallStart, Span, instruments
+from patchboard._instrument import NO_SPAN, Attributes, CallStart, Span, instruments
 from patchboard._log import signal_label
 from patchboard._signals import Signal
 from patchboard._stream import Stream
@@ -106,12 +106,7 @@ class _RecordSpan:
         finally:
             _dispatch.reset(token)
 
-    def end(
-        self,
-        status: str,
-        error: BaseException | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
+    def end(self, status: str, error: BaseException | None, attributes: Attributes = None) -> None:
         record = self._record
         breaker = record.get("breaker")
         state = None if breaker is None else _breaker_state(breaker)

@@ -39,7 +39,7 @@ from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from typing import Any, Final
 
-from patchboard._instrument import CallStart, Instrument, Span, merge
+from patchboard._instrument import Attributes, CallStart, Instrument, Span, merge
 from patchboard._log import signal_label
 
 SYSTEM: Final = "patchboard"
@@ -67,12 +67,7 @@ class _OtelSpan:
         )
         return use
 
-    def end(
-        self,
-        status: str,
-        error: BaseException | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
+    def end(self, status: str, error: BaseException | None, attributes: Attributes = None) -> None:
         span = self._span
         span.set_attribute("patchboard.status", status)
         if attributes:

@@ -36,7 +36,7 @@ from collections.abc import Generator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-from patchboard._instrument import NO_SPAN, CallStart, Instrument, Span, merge
+from patchboard._instrument import NO_SPAN, Attributes, CallStart, Instrument, Span, merge
 
 _FAILED: Final = frozenset({"error", "timeout", "expired", "rejected", "circuit_open"})
 
@@ -62,12 +62,7 @@ class _SentrySpan:
             scope.span = self._span
             yield
 
-    def end(
-        self,
-        status: str,
-        error: BaseException | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
+    def end(self, status: str, error: BaseException | None, attributes: Attributes = None) -> None:
         span = self._span
         span.set_attribute("patchboard.status", status)
         if status in _FAILED:
