@@ -40,6 +40,7 @@ from patchboard._ledger import Ended, ledger
 from patchboard._log import sender_label, signal_label
 from patchboard._outcomes import Outcome, Status, ok_outcome
 from patchboard._retry import Attempts, budget_of
+from patchboard._shield import finish
 from patchboard._threads import Job, listener_threads
 
 if TYPE_CHECKING:
@@ -352,9 +353,9 @@ class Call:
                 if loser is not None:
                     budget_of(self.signal).hedge("cancelled")
                     loser.ended("cancelled", None)
-                # Shielded: a time limit that cut the call still waits for its attempts' ends.
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait(running)
+                # A time limit or a cancellation that cut the call still waits for its
+                # attempts' ends.
+                await finish(asyncio.wait(running))
 
     def refusal(self) -> CircuitOpen | None:
         """

@@ -337,7 +337,8 @@ class InOwnContext[T]:
                 else:
                     step = run(coro.send, sent)
         except StopIteration as returned:
-            return returned.value  # type: ignore[no-any-return]  # StopIteration.value is Any
+            value: T = returned.value  # StopIteration.value is Any: the coroutine's T
+            return value
 
 
 # -- running one call ------------------------------------------------------------------

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Generator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar, Token
+from types import FrameType
 from typing import Any, Final
 
 from debug_toolbar.panels import Panel
@@ -54,12 +55,12 @@ _VERBS: Final = {
 def _verb() -> str:
     # The seam does not pass the verb: looking for it on the stack costs the
     # recorded dispatches only, where a parameter would cost every dispatch.
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         verb = _VERBS.get(frame.f_code)
         if verb is not None:
             return verb
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return "?"
 
 

@@ -628,8 +628,12 @@ class CircuitBreaker:
         self._emit()
 
     async def _arecord(self, ticket: Ticket, result: Result) -> None:
-        await self._store.arecord(ticket, result)
-        await self._aemit()
+        try:
+            await self._store.arecord(ticket, result)
+        finally:
+            # A cancelled caller's report still ends (see the stores): what it changed
+            # is logged and signalled now, not by whichever call comes next.
+            await self._aemit()
 
     def _emit(self) -> None:
         """Log and signal the store's pending transitions (``send_robust``)."""

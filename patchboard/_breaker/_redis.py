@@ -86,6 +86,7 @@ from patchboard._config import MAX_SECONDS, BreakerConfig
 from patchboard._django import is_temporary_loop
 from patchboard._exceptions import CircuitOpen
 from patchboard._log import logger
+from patchboard._shield import finish
 from patchboard._state import state
 
 Reply: TypeAlias = Sequence[int]
@@ -126,7 +127,8 @@ def run_blocking[T](operation: Coroutine[Any, Any, T]) -> T:
     try:
         operation.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any
+        value: T = done.value  # StopIteration.value is Any: the coroutine's T
+        return value
     operation.close()
     raise RuntimeError("a blocking Redis store operation suspended")
 
@@ -424,7 +426,8 @@ class RedisLink:
     def run(self, keys: Sequence[str], args: list[str]) -> Reply:
         """Run the script on the sync client (blocking I/O)."""
         # redis types a script's reply as Any; breaker.lua returns a list of integers.
-        return self._sync_pair()[1](keys=keys, args=args)  # type: ignore[no-any-return]
+        reply: Reply = self._sync_pair()[1](keys=keys, args=args)
+        return reply
 
     def sync_client(self) -> Any:
         """The sync client (``redis.Redis`` or ``RedisCluster``), made on first use."""
@@ -461,7 +464,8 @@ class RedisLink:
             client = self.topology.async_client(self._options(Retry))
             pair = self._async[loop] = (client, client.register_script(self.script))
         # As in run(): the reply is typed Any.
-        return await pair[1](keys=keys, args=args)  # type: ignore[no-any-return]
+        reply: Reply = await pair[1](keys=keys, args=args)
+        return reply
 
     def available(self) -> bool:
         """Whether to try Redis now; after the back-off, one caller gets to try."""
@@ -643,16 +647,21 @@ class RedisStore:
 
     def record(self, ticket: Ticket, result: Result) -> None:
         """Report the result of the call ``ticket`` admitted (blocking I/O)."""
-        run_blocking(self._record(ticket, result, self._run_blocking))
+        op = self._report_op(ticket, result)
+        if op is not None:
+            run_blocking(self._report(ticket, result, op, self._run_blocking))
 
     async def arecord(self, ticket: Ticket, result: Result) -> None:
         """
-        Report a result. Shielded from cancellation: a caller cancelled by an
-        enclosing scope still reports (and frees its probe slot), within the
-        socket timeout.
+        Report a result. A report that goes to Redis outlives its caller's
+        cancellation, whether a cancel scope's or a task's ``cancel()``
+        (Django's when a client goes away, a dispatch's at its deadline): it
+        is waited for, within the socket timeout, so that its probe slot is
+        freed and a transition Redis made is known, logged and signalled here.
         """
-        with anyio.CancelScope(shield=True):
-            await self._record(ticket, result, self._run_async)
+        op = self._report_op(ticket, result)
+        if op is not None:
+            await finish(self._report(ticket, result, op, self._run_async))
 
     def force(self, action: Control) -> None:
         """
@@ -684,12 +693,17 @@ class RedisStore:
         link.succeeded(self.name, sent)
         return self._apply(reply, token, sent) or self.admitted
 
-    async def _record(self, ticket: Ticket, result: Result, execute: Execute) -> None:
+    def _report_op(self, ticket: Ticket, result: Result) -> str | None:
+        """
+        The script operation that reports ``result`` to Redis; None when
+        nothing goes to Redis (the fallback admitted the call: it is told here).
+        """
         if ticket.origin is not self:
-            return self.fallback.record(ticket, result)
-        op = self._result_op(ticket, result)
-        if op is None:
+            self.fallback.record(ticket, result)
             return None
+        return self._result_op(ticket, result)
+
+    async def _report(self, ticket: Ticket, result: Result, op: str, execute: Execute) -> None:
         link = self.link
         if link.available():
             sent = _clock.now()

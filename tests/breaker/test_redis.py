@@ -34,6 +34,7 @@ from patchboard import (
     CircuitOpen,
     Signal,
     _deadline,
+    circuit_state_changed,
     get_breaker,
 )
 from patchboard._breaker._redis import RedisLink, run_blocking
@@ -89,6 +90,14 @@ async def fail(b: CircuitBreaker) -> None:
 async def elsewhere[T](coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` as another caller would: a task with a context of its own."""
     return await asyncio.create_task(coro, context=contextvars.Context())
+
+
+async def until_a_command_is_held(control: redis.asyncio.Redis) -> None:
+    """Until the server holds a client's command back (``CLIENT PAUSE``)."""
+    deadline = time.monotonic() + 10
+    while (await control.info("clients"))["blocked_clients"] == 0:
+        assert time.monotonic() < deadline, "no command reached the paused server"
+        await asyncio.sleep(0.001)
 
 
 async def refused_entry(b: CircuitBreaker) -> CircuitOpen:
@@ -342,6 +351,60 @@ async def test_a_cancelled_probe_frees_its_redis_slot(redis_url, name) -> None:
         pass
     assert await b.get_state() == "closed"
     await control.aclose()
+
+
+@pytest.mark.parametrize("cut", ["task.cancel()", "asyncio.timeout"])
+async def test_a_probe_cut_while_redis_holds_its_report_still_reports(
+    private_redis, logs, cut
+) -> None:
+    """
+    Regression (seen in a stress run: a circuit Redis had closed, with no
+    ``circuit_closed`` logged): a native cancellation (Django's when a client
+    goes away, a dispatch's at its deadline, ``asyncio.timeout``) went
+    through the anyio shield of the report, so a success that closed the
+    circuit in Redis was never applied here, logged nor signalled.
+    """
+    control = redis.asyncio.Redis.from_url(private_redis.url)
+    name = "held-report"
+    store = f"{private_redis.url}?socket_timeout=10"  # the report waits out the pause
+    b = CircuitBreaker(
+        name, failure_threshold=1, reset_timeout=0.001, probe_timeout=120, store=store
+    )
+    changes: list[str] = []
+
+    def changed(sender: object, *, breaker: CircuitBreaker, new_state: str, **kwargs: Any) -> None:
+        changes.append(new_state)
+
+    circuit_state_changed.connect(changed, weak=False)
+    try:
+        await fail(b)
+        assert b.retry_at is not None
+        await wait_for_server_time(control, b.retry_at.timestamp() * 1000)
+        timer = asyncio.timeout(None)
+
+        async def probe() -> None:
+            async with timer, b:
+                # Every write waits at the server until the pause ends: the report too.
+                await control.client_pause(300, all=False)
+
+        task = asyncio.create_task(probe())
+        await until_a_command_is_held(control)  # the report, on the wire
+        if cut == "task.cancel()":
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            timer.reschedule(asyncio.get_running_loop().time())
+            with pytest.raises(TimeoutError):  # the cut still reaches the caller, as itself
+                await task
+        assert changes == ["open", "half_open", "closed"]
+        closed = [e for e in logs.entries if e["event"] == "circuit_closed"]
+        assert [e["breaker"] for e in closed] == [name]
+        assert b.state == "closed"
+        assert await control.zcard(f"{key(name)}:probes") == 0
+    finally:
+        circuit_state_changed.disconnect(changed)
+        await control.aclose()
 
 
 async def test_a_silent_probe_loses_its_slot_when_the_lease_ends(redis_url, name) -> None:

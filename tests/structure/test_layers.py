@@ -28,6 +28,7 @@ LAYERS: list[list[str]] = [
         "patchboard._waiter",
         "patchboard._version",
         "patchboard._source",
+        "patchboard._shield",
     ],
     ["patchboard._state", "patchboard._django", "patchboard._deadline"],
     ["patchboard._config", "patchboard._log"],

@@ -1,0 +1,38 @@
+"""
+Work that must end even when its caller is cancelled.
+
+An anyio shield (``CancelScope(shield=True)``) holds off the cancellation of
+anyio's cancel scopes only: on asyncio, a task's ``cancel()`` goes through
+it, and that is how Django cancels a view whose client went away, how
+``asyncio.timeout`` ends, and how a dispatch cuts the calls its deadline
+caught. :func:`finish` runs the work in a task of its own and waits for it
+through both kinds, then lets the cancellation go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import anyio
+
+
+async def finish[T](work: Awaitable[T]) -> T:
+    """
+    ``work``'s result, awaited to its end even if the caller is cancelled
+    meanwhile; a cancellation that came meanwhile is raised once it ended
+    (its result, or error, is then dropped: the caller is gone).
+    """
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    with anyio.CancelScope(shield=True):  # an anyio scope would cancel every wait again
+        while not task.done():
+            try:
+                await asyncio.wait((task,))  # never cancels the task
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not report it: dropped with the caller
+        raise cancelled
+    return task.result()
