@@ -12,16 +12,19 @@ through both kinds, then lets the cancellation go on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 
-async def finish[T](work: Awaitable[T]) -> T:
+async def finish[T](work: Awaitable[T], *, undo: Callable[[T], Awaitable[None]] | None = None) -> T:
     """
     ``work``'s result, awaited to its end even if the caller is cancelled
     meanwhile; a cancellation that came meanwhile is raised once it ended
-    (its result, or error, is then dropped: the caller is gone).
+    (its result, or error, is then dropped: the caller is gone). With
+    ``undo``, a result dropped so is handed to it first, awaited the same
+    way: say, a probe slot granted to a caller that is gone, given back.
     """
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
@@ -32,7 +35,8 @@ async def finish[T](work: Awaitable[T]) -> T:
             except asyncio.CancelledError as exc:
                 cancelled = exc
     if cancelled is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not report it: dropped with the caller
-        raise cancelled
+        if not task.cancelled() and task.exception() is None and undo is not None:
+            with contextlib.suppress(asyncio.CancelledError):  # the caller's is raised below
+                await finish(undo(task.result()))
+        raise cancelled  # (an error of the work's is dropped with the caller)
     return task.result()

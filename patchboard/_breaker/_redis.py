@@ -633,17 +633,25 @@ class RedisStore:
         Raises:
             CircuitOpen: the circuit is open, or every probe slot is taken.
         """
-        return run_blocking(self._acquire(self._run_blocking))
+        ticket = self._decided()
+        if ticket is not None:
+            return ticket
+        return run_blocking(self._ask(self._run_blocking))
 
     async def aacquire(self) -> Ticket:
         """
         Admit a call: from the fresh view, or by asking Redis; from the
-        fallback while Redis is down.
+        fallback while Redis is down. An answer on its way back from Redis
+        when the caller is cancelled is still waited for (as a report is:
+        see :meth:`arecord`), and a probe slot it granted is given back.
 
         Raises:
             CircuitOpen: the circuit is open, or every probe slot is taken.
         """
-        return await self._acquire(self._run_async)
+        ticket = self._decided()
+        if ticket is not None:
+            return ticket
+        return await finish(self._ask(self._run_async), undo=self._give_back)
 
     def record(self, ticket: Ticket, result: Result) -> None:
         """Report the result of the call ``ticket`` admitted (blocking I/O)."""
@@ -676,13 +684,21 @@ class RedisStore:
         """The async twin of :meth:`force`."""
         await self._force(action, self._run_async)
 
-    async def _acquire(self, execute: Execute) -> Ticket:
-        link = self.link
-        if not link.available():
+    def _decided(self) -> Ticket | None:
+        """
+        An admission decided without I/O: the fallback's while Redis is left
+        alone, or the fresh view's; None when Redis must decide.
+
+        Raises:
+            CircuitOpen: the circuit is open, or every probe slot is taken.
+        """
+        if not self.link.available():
             return self._fallback().acquire()
-        ticket = self._local_decision()
-        if ticket is not None:
-            return ticket
+        return self._local_decision()
+
+    async def _ask(self, execute: Execute) -> Ticket:
+        """Ask Redis to admit a call (from the fallback if it fails to answer)."""
+        link = self.link
         token = _new_token()
         sent = _clock.now()
         try:
@@ -692,6 +708,11 @@ class RedisStore:
             return self._fallback().acquire()
         link.succeeded(self.name, sent)
         return self._apply(reply, token, sent) or self.admitted
+
+    async def _give_back(self, ticket: Ticket) -> None:
+        """Free the probe slot of a ticket whose caller is gone."""
+        if ticket.probe is not None:
+            await self.arecord(ticket, RELEASE)
 
     def _report_op(self, ticket: Ticket, result: Result) -> str | None:
         """

@@ -407,6 +407,56 @@ async def test_a_probe_cut_while_redis_holds_its_report_still_reports(
         await control.aclose()
 
 
+async def test_a_caller_cut_while_redis_holds_its_admission_gives_the_probe_slot_back(
+    private_redis, logs
+) -> None:
+    """
+    The admission's twin of the test above: the probe slot Redis granted a
+    caller cancelled meanwhile is given back at once (not held until its
+    lease ends), and the transition to half-open is logged and signalled.
+    """
+    control = redis.asyncio.Redis.from_url(private_redis.url)
+    name = "held-admission"
+    store = f"{private_redis.url}?socket_timeout=10"  # the admission waits out the pause
+    b = CircuitBreaker(
+        name, failure_threshold=1, reset_timeout=0.001, probe_timeout=120, store=store
+    )
+    changes: list[str] = []
+
+    def changed(sender: object, *, breaker: CircuitBreaker, new_state: str, **kwargs: Any) -> None:
+        changes.append(new_state)
+
+    circuit_state_changed.connect(changed, weak=False)
+    ran = False
+
+    async def probe() -> None:
+        nonlocal ran
+        async with b:
+            ran = True
+
+    try:
+        await fail(b)
+        assert b.retry_at is not None
+        await wait_for_server_time(control, b.retry_at.timestamp() * 1000)
+        await control.client_pause(300, all=False)  # the admission's script writes: held
+        task = asyncio.create_task(probe())
+        await until_a_command_is_held(control)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not ran
+        assert changes == ["open", "half_open"]
+        half_opened = [e for e in logs.entries if e["event"] == "circuit_half_opened"]
+        assert [e["breaker"] for e in half_opened] == [name]
+        assert await control.zcard(f"{key(name)}:probes") == 0  # given back
+        await probe()  # so the next caller is the probe, at once
+        assert ran
+        assert changes == ["open", "half_open", "closed"]
+    finally:
+        circuit_state_changed.disconnect(changed)
+        await control.aclose()
+
+
 async def test_a_silent_probe_loses_its_slot_when_the_lease_ends(redis_url, name) -> None:
     control = redis.asyncio.Redis.from_url(redis_url)
     b = CircuitBreaker(
