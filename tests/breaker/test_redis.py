@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -353,9 +353,41 @@ async def test_a_cancelled_probe_frees_its_redis_slot(redis_url, name) -> None:
     await control.aclose()
 
 
+@pytest.fixture
+def transitions() -> Iterator[list[str]]:
+    """The ``new_state`` of every ``circuit_state_changed`` sent during the test."""
+    changes: list[str] = []
+
+    def changed(sender: object, *, new_state: str, **kwargs: Any) -> None:
+        changes.append(new_state)
+
+    circuit_state_changed.connect(changed, weak=False)
+    yield changes
+    circuit_state_changed.disconnect(changed)
+
+
+@pytest.fixture
+async def held(private_redis) -> AsyncIterator[tuple[CircuitBreaker, redis.asyncio.Redis]]:
+    """
+    A breaker on a private Redis (whose ``CLIENT PAUSE`` holds every client),
+    opened and due for its probe, with a socket timeout that waits out a pause;
+    and a client to control that Redis.
+    """
+    control = redis.asyncio.Redis.from_url(private_redis.url)
+    store = f"{private_redis.url}?socket_timeout=10"
+    b = CircuitBreaker(
+        "held", failure_threshold=1, reset_timeout=0.001, probe_timeout=120, store=store
+    )
+    await fail(b)
+    assert b.retry_at is not None
+    await wait_for_server_time(control, b.retry_at.timestamp() * 1000)
+    yield b, control
+    await control.aclose()
+
+
 @pytest.mark.parametrize("cut", ["task.cancel()", "asyncio.timeout"])
 async def test_a_probe_cut_while_redis_holds_its_report_still_reports(
-    private_redis, logs, cut
+    held, transitions, logs, cut
 ) -> None:
     """
     Regression (seen in a stress run: a circuit Redis had closed, with no
@@ -364,69 +396,40 @@ async def test_a_probe_cut_while_redis_holds_its_report_still_reports(
     through the anyio shield of the report, so a success that closed the
     circuit in Redis was never applied here, logged nor signalled.
     """
-    control = redis.asyncio.Redis.from_url(private_redis.url)
-    name = "held-report"
-    store = f"{private_redis.url}?socket_timeout=10"  # the report waits out the pause
-    b = CircuitBreaker(
-        name, failure_threshold=1, reset_timeout=0.001, probe_timeout=120, store=store
-    )
-    changes: list[str] = []
+    b, control = held
+    timer = asyncio.timeout(None)
 
-    def changed(sender: object, *, breaker: CircuitBreaker, new_state: str, **kwargs: Any) -> None:
-        changes.append(new_state)
+    async def probe() -> None:
+        async with timer, b:
+            # Every write waits at the server until the pause ends: the report too.
+            await control.client_pause(300, all=False)
 
-    circuit_state_changed.connect(changed, weak=False)
-    try:
-        await fail(b)
-        assert b.retry_at is not None
-        await wait_for_server_time(control, b.retry_at.timestamp() * 1000)
-        timer = asyncio.timeout(None)
-
-        async def probe() -> None:
-            async with timer, b:
-                # Every write waits at the server until the pause ends: the report too.
-                await control.client_pause(300, all=False)
-
-        task = asyncio.create_task(probe())
-        await until_a_command_is_held(control)  # the report, on the wire
-        if cut == "task.cancel()":
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        else:
-            timer.reschedule(asyncio.get_running_loop().time())
-            with pytest.raises(TimeoutError):  # the cut still reaches the caller, as itself
-                await task
-        assert changes == ["open", "half_open", "closed"]
-        closed = [e for e in logs.entries if e["event"] == "circuit_closed"]
-        assert [e["breaker"] for e in closed] == [name]
-        assert b.state == "closed"
-        assert await control.zcard(f"{key(name)}:probes") == 0
-    finally:
-        circuit_state_changed.disconnect(changed)
-        await control.aclose()
+    task = asyncio.create_task(probe())
+    await until_a_command_is_held(control)  # the report, on the wire
+    if cut == "task.cancel()":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        timer.reschedule(asyncio.get_running_loop().time())
+        with pytest.raises(TimeoutError):  # the cut still reaches the caller, as itself
+            await task
+    assert transitions == ["half_open", "closed"]
+    closed = [e for e in logs.entries if e["event"] == "circuit_closed"]
+    assert [e["breaker"] for e in closed] == [b.name]
+    assert b.state == "closed"
+    assert await control.zcard(f"{key(b.name)}:probes") == 0
 
 
 async def test_a_caller_cut_while_redis_holds_its_admission_gives_the_probe_slot_back(
-    private_redis, logs
+    held, transitions, logs
 ) -> None:
     """
     The admission's twin of the test above: the probe slot Redis granted a
     caller cancelled meanwhile is given back at once (not held until its
     lease ends), and the transition to half-open is logged and signalled.
     """
-    control = redis.asyncio.Redis.from_url(private_redis.url)
-    name = "held-admission"
-    store = f"{private_redis.url}?socket_timeout=10"  # the admission waits out the pause
-    b = CircuitBreaker(
-        name, failure_threshold=1, reset_timeout=0.001, probe_timeout=120, store=store
-    )
-    changes: list[str] = []
-
-    def changed(sender: object, *, breaker: CircuitBreaker, new_state: str, **kwargs: Any) -> None:
-        changes.append(new_state)
-
-    circuit_state_changed.connect(changed, weak=False)
+    b, control = held
     ran = False
 
     async def probe() -> None:
@@ -434,27 +437,20 @@ async def test_a_caller_cut_while_redis_holds_its_admission_gives_the_probe_slot
         async with b:
             ran = True
 
-    try:
-        await fail(b)
-        assert b.retry_at is not None
-        await wait_for_server_time(control, b.retry_at.timestamp() * 1000)
-        await control.client_pause(300, all=False)  # the admission's script writes: held
-        task = asyncio.create_task(probe())
-        await until_a_command_is_held(control)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert not ran
-        assert changes == ["open", "half_open"]
-        half_opened = [e for e in logs.entries if e["event"] == "circuit_half_opened"]
-        assert [e["breaker"] for e in half_opened] == [name]
-        assert await control.zcard(f"{key(name)}:probes") == 0  # given back
-        await probe()  # so the next caller is the probe, at once
-        assert ran
-        assert changes == ["open", "half_open", "closed"]
-    finally:
-        circuit_state_changed.disconnect(changed)
-        await control.aclose()
+    await control.client_pause(300, all=False)  # the admission's script writes: held
+    task = asyncio.create_task(probe())
+    await until_a_command_is_held(control)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not ran
+    assert transitions == ["half_open"]
+    half_opened = [e for e in logs.entries if e["event"] == "circuit_half_opened"]
+    assert [e["breaker"] for e in half_opened] == [b.name]
+    assert await control.zcard(f"{key(b.name)}:probes") == 0  # given back
+    await probe()  # so the next caller is the probe, at once
+    assert ran
+    assert transitions == ["half_open", "closed"]
 
 
 async def test_a_silent_probe_loses_its_slot_when_the_lease_ends(redis_url, name) -> None:
