@@ -1,0 +1,99 @@
+"""
+``patchboard._shield.finish``: work that ends even when its caller is
+cancelled (internals on purpose: the breakers' Redis reports and admissions
+rest on it; tests/breaker/test_redis.py shows them through a paused Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from patchboard._shield import finish
+
+
+async def test_the_work_ends_though_its_caller_is_cancelled_twice() -> None:
+    release = asyncio.Event()
+    ended: list[str] = []
+
+    async def work() -> int:
+        await release.wait()
+        ended.append("work")
+        return 7
+
+    caller = asyncio.create_task(finish(work()))
+    await asyncio.sleep(0)  # the caller waits
+    caller.cancel()
+    await asyncio.sleep(0)
+    caller.cancel()  # again: still waiting
+    await asyncio.sleep(0)
+    assert not caller.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert ended == ["work"]
+
+
+async def test_a_result_dropped_with_its_caller_is_undone_even_if_cancelled_again() -> None:
+    release_work, release_undo = asyncio.Event(), asyncio.Event()
+    undone: list[int] = []
+
+    async def work() -> int:
+        await release_work.wait()
+        return 7
+
+    async def undo(result: int) -> None:
+        await release_undo.wait()
+        undone.append(result)
+
+    caller = asyncio.create_task(finish(work(), undo=undo))
+    await asyncio.sleep(0)
+    caller.cancel()
+    release_work.set()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the work ends, the undo starts and waits
+    caller.cancel()  # cancelled again, during the undo
+    await asyncio.sleep(0)
+    assert not caller.done()
+    release_undo.set()
+    with pytest.raises(asyncio.CancelledError):  # once, the caller's own
+        await caller
+    assert undone == [7]
+
+
+async def test_an_error_of_the_work_reaches_a_caller_still_there() -> None:
+    async def work() -> None:
+        raise LookupError("the work's own")
+
+    with pytest.raises(LookupError, match="the work's own"):
+        await finish(work(), undo=pytest.fail)
+
+
+async def test_a_result_reaches_a_caller_still_there_and_nothing_is_undone() -> None:
+    async def work() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert await finish(work(), undo=pytest.fail) == 7
+
+
+async def test_inside_a_cancelled_anyio_scope_the_wait_is_not_cancelled_again_and_again() -> None:
+    # anyio's scopes cancel level-triggered: every await inside is cancelled, again
+    # and again, so an unshielded wait would spin on the loop until the work ends.
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        return 7
+
+    loop = asyncio.get_running_loop()
+    loop.call_soon(lambda: loop.call_soon(release.set))
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        result = await finish(work())
+        task = asyncio.current_task()
+        assert task is not None
+        delivered = task.cancelling()
+    assert (result, delivered) == (7, 0)
