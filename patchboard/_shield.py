@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 import anyio
 
 
-async def finish[T](work: Awaitable[T], *, undo: Callable[[T], Awaitable[None]] | None = None) -> T:
+async def finish[T](
+    work: Coroutine[Any, Any, T], *, undo: Callable[[T], Coroutine[Any, Any, None]] | None = None
+) -> T:
     """
     ``work``'s result, awaited to its end even if the caller is cancelled
     meanwhile; a cancellation that came meanwhile is raised once it ended
@@ -26,17 +29,28 @@ async def finish[T](work: Awaitable[T], *, undo: Callable[[T], Awaitable[None]] 
     ``undo``, a result dropped so is handed to it first, awaited the same
     way: say, a probe slot granted to a caller that is gone, given back.
     """
-    task = asyncio.ensure_future(work)
-    cancelled: asyncio.CancelledError | None = None
+    # Started at once, up to its first wait (a Redis command: sent), as the caller
+    # would have run it: no loop turn before it starts.
+    task = asyncio.Task(work, loop=asyncio.get_running_loop(), eager_start=True)
+    if not task.done():
+        try:
+            await asyncio.wait((task,))  # never cancels the task
+        except asyncio.CancelledError as cancelled:
+            await _outlive(task, cancelled, undo)
+    return task.result()
+
+
+async def _outlive[T](
+    task: asyncio.Task[T],
+    cancelled: asyncio.CancelledError,
+    undo: Callable[[T], Coroutine[Any, Any, None]] | None,
+) -> NoReturn:
+    """The rest of :func:`finish` once its caller was cancelled: wait, undo, raise."""
     with anyio.CancelScope(shield=True):  # an anyio scope would cancel every wait again
         while not task.done():
-            try:
-                await asyncio.wait((task,))  # never cancels the task
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    if cancelled is not None:
-        if not task.cancelled() and task.exception() is None and undo is not None:
-            with contextlib.suppress(asyncio.CancelledError):  # the caller's is raised below
-                await finish(undo(task.result()))
-        raise cancelled  # (an error of the work's is dropped with the caller)
-    return task.result()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((task,))
+    if not task.cancelled() and task.exception() is None and undo is not None:
+        with contextlib.suppress(asyncio.CancelledError):  # the caller's is raised below
+            await finish(undo(task.result()))
+    raise cancelled  # (an error of the work's is dropped with the caller)

@@ -79,21 +79,44 @@ async def test_a_result_reaches_a_caller_still_there_and_nothing_is_undone() -> 
     assert await finish(work(), undo=pytest.fail) == 7
 
 
-async def test_inside_a_cancelled_anyio_scope_the_wait_is_not_cancelled_again_and_again() -> None:
+async def test_inside_a_cancelled_anyio_scope_the_wait_is_cancelled_once() -> None:
     # anyio's scopes cancel level-triggered: every await inside is cancelled, again
     # and again, so an unshielded wait would spin on the loop until the work ends.
     release = asyncio.Event()
+    ended: list[str] = []
 
-    async def work() -> int:
+    async def work() -> None:
         await release.wait()
-        return 7
+        ended.append("work")
 
+    task = asyncio.current_task()
+    assert task is not None
     loop = asyncio.get_running_loop()
-    loop.call_soon(lambda: loop.call_soon(release.set))
+    loop.call_soon(lambda: loop.call_soon(lambda: loop.call_soon(release.set)))
+    delivered = 0
     with anyio.CancelScope() as scope:
         scope.cancel()
-        result = await finish(work())
-        task = asyncio.current_task()
-        assert task is not None
-        delivered = task.cancelling()
-    assert (result, delivered) == (7, 0)
+        try:
+            await finish(work())
+        except asyncio.CancelledError:
+            delivered = task.cancelling()
+            raise
+    assert scope.cancelled_caught
+    assert (ended, delivered) == (["work"], 1)
+
+
+async def test_the_work_starts_at_once_as_the_caller_would_have_run_it() -> None:
+    # A Redis command is sent before the loop turns: no other task runs first.
+    steps: list[str] = []
+
+    async def other() -> None:
+        steps.append("another task")
+
+    async def work() -> None:
+        steps.append("the work")
+        await asyncio.sleep(0)
+
+    scheduled = asyncio.create_task(other())
+    await finish(work())
+    await scheduled
+    assert steps == ["the work", "another task"]
