@@ -35,10 +35,10 @@ STUCK = """
 import faulthandler, signal, sys, time
 
 def stuck_in_a_blocking_call():
+    print("ready", flush=True)  # here: a stack dumped from now on names this function
     time.sleep(30)
 
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # as bench.stress.shop does
-print("ready", flush=True)
 stuck_in_a_blocking_call()
 """
 
