@@ -148,8 +148,10 @@ class RetryBudget:
                 self.hedged += 1
             elif event == "won":
                 self.hedges_won += 1
-            else:
+            elif event == "cancelled":
                 self.hedges_cancelled += 1
+            else:
+                raise ValueError(f"unknown hedge event {event!r}")
 
     def statistics(self) -> RetryStatistics:
         """The budget's window and counts, now."""
