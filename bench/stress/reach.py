@@ -46,14 +46,15 @@ async def ask_each[T](
     stuck (or gone). Without ``pause`` (under load, where a pause would show
     in the latencies), rounds of a few requests go on until the time is up.
     """
+    wanted = set(wanted)
     found: dict[int, T] = {}
     deadline = time.monotonic() + within
-    while (missing := set(wanted) - found.keys()) and (left := deadline - time.monotonic()) > 0:
-        if pause and found.keys() & set(wanted):
+    while (missing := wanted - found.keys()) and (left := deadline - time.monotonic()) > 0:
+        if pause and (answered := found.keys() & wanted):
             if not any(alive(pid) for pid in missing):
                 break  # nobody left to take the connection
             try:
-                async with paused(found.keys() & set(wanted)), asyncio.timeout(left):
+                async with paused(answered), asyncio.timeout(left):
                     found.update([await ask()])
             except TimeoutError:
                 break

@@ -30,7 +30,7 @@ import httpx
 from bench.stress import load
 from bench.stress.config import DOWN, REQUEST_BUDGET, SLOW, SLOW_MS, Config
 from bench.stress.reach import ask_each
-from bench.stress.services import cpu_seconds, proc_status, rq_busy, workers
+from bench.stress.services import alive, cpu_seconds, proc_status, rq_busy, workers
 from bench.stress.shop import ORDERS_HEADER, PID_HEADER, QUOTES_HEADER, STACKS_SIGNAL
 from examples.processes import ROOT, RedisServer, StackError
 from examples.stack import Stack
@@ -457,7 +457,7 @@ class StressRun:
         last = f"last answered at {seen:.1f} s" if seen is not None else "never answered"
         log = stack.service("shop").log
         lines = log.read_text(errors="replace").splitlines() if log else []
-        if proc_status(pid):
+        if alive(pid):
             os.kill(pid, STACKS_SIGNAL)
             stacks = written_after(log, len(lines)) if log else []
             dumped = "\n".join(line for line in stacks if not line.startswith("{"))

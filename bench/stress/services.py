@@ -46,13 +46,20 @@ def proc_status(pid: int) -> dict[str, int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far, from ``/proc/<pid>/stat``."""
+def stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat``'s fields after the command name (the state first); [] once gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return []
+    return stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, from ``/proc/<pid>/stat``."""
+    fields = stat_fields(pid)
+    if not fields:
         return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -93,11 +100,8 @@ def rq_busy(url: str, *, live_workers_only: bool = False) -> int:
 
 def state(pid: int) -> str:
     """A process's state letter in ``/proc/<pid>/stat`` (``T``: stopped); "" once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[0]  # after the command name, which may hold spaces
+    fields = stat_fields(pid)
+    return fields[0] if fields else ""
 
 
 def alive(pid: int | None) -> bool:
