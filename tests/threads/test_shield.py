@@ -14,44 +14,46 @@ import pytest
 from patchboard._shield import finish
 
 
-async def test_the_work_ends_though_its_caller_is_cancelled_twice() -> None:
-    release = asyncio.Event()
-    ended: list[str] = []
+class Held:
+    """Work that waits until released, then ends with 7."""
 
-    async def work() -> int:
-        await release.wait()
-        ended.append("work")
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.ended = False
+
+    async def work(self) -> int:
+        await self.release.wait()
+        self.ended = True
         return 7
 
-    caller = asyncio.create_task(finish(work()))
+
+async def test_the_work_ends_though_its_caller_is_cancelled_twice() -> None:
+    held = Held()
+    caller = asyncio.create_task(finish(held.work()))
     await asyncio.sleep(0)  # the caller waits
     caller.cancel()
     await asyncio.sleep(0)
     caller.cancel()  # again: still waiting
     await asyncio.sleep(0)
     assert not caller.done()
-    release.set()
+    held.release.set()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert ended == ["work"]
+    assert held.ended
 
 
 async def test_a_result_dropped_with_its_caller_is_undone_even_if_cancelled_again() -> None:
-    release_work, release_undo = asyncio.Event(), asyncio.Event()
+    held, release_undo = Held(), asyncio.Event()
     undone: list[int] = []
-
-    async def work() -> int:
-        await release_work.wait()
-        return 7
 
     async def undo(result: int) -> None:
         await release_undo.wait()
         undone.append(result)
 
-    caller = asyncio.create_task(finish(work(), undo=undo))
+    caller = asyncio.create_task(finish(held.work(), undo=undo))
     await asyncio.sleep(0)
     caller.cancel()
-    release_work.set()
+    held.release.set()
     for _ in range(3):
         await asyncio.sleep(0)  # the work ends, the undo starts and waits
     caller.cancel()  # cancelled again, during the undo
@@ -82,27 +84,22 @@ async def test_a_result_reaches_a_caller_still_there_and_nothing_is_undone() -> 
 async def test_inside_a_cancelled_anyio_scope_the_wait_is_cancelled_once() -> None:
     # anyio's scopes cancel level-triggered: every await inside is cancelled, again
     # and again, so an unshielded wait would spin on the loop until the work ends.
-    release = asyncio.Event()
-    ended: list[str] = []
-
-    async def work() -> None:
-        await release.wait()
-        ended.append("work")
+    held = Held()
 
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    loop.call_soon(lambda: loop.call_soon(lambda: loop.call_soon(release.set)))
+    loop.call_soon(lambda: loop.call_soon(lambda: loop.call_soon(held.release.set)))
     delivered = 0
     with anyio.CancelScope() as scope:
         scope.cancel()
         try:
-            await finish(work())
+            await finish(held.work())
         except asyncio.CancelledError:
             delivered = task.cancelling()
             raise
     assert scope.cancelled_caught
-    assert (ended, delivered) == (["work"], 1)
+    assert (held.ended, delivered) == (True, 1)
 
 
 async def test_the_work_starts_at_once_as_the_caller_would_have_run_it() -> None:
